@@ -1,0 +1,420 @@
+"""The node-local, content-addressed image cache.
+
+Layout under the cache root (the design card's):
+
+    blobs/sha256/<hex>   image content, read-only, named by its digest
+    images/<name>        symlink -> ../blobs/sha256/<hex>: which name is which blob
+    refs/<pin>           symlink for entries pinned by their source only (oras @sha256)
+    locks/<name>.lock    per-image staging lock; never deleted (a deleted lock file lets a
+                         third process lock a fresh inode while the second holds the old one)
+    pins/<hex>.pin       shared flock = "a job uses this blob"; eviction takes it exclusively
+    used/<hex>           mtime = last use, for LRU (blobs are read-only, atime is unreliable)
+    tmp/                 downloads in progress, each holding an exclusive flock on itself
+    quarantine/          blobs that failed `verify`, kept for inspection
+
+Correctness never depends on a lock: a blob appears under its final name only by
+`os.replace` of a complete, verified, fsynced temp file. Locks save bandwidth (one
+download per node) and protect pinned blobs from eviction.
+
+Only `lookup` runs on the warm path: one `stat`, no lock, no hashing.
+"""
+import errno
+import fcntl
+import os
+import stat
+import time
+from contextlib import contextmanager
+
+from .errors import CacheError, CacheFull, LockTimeout
+
+DIR_MODE = 0o755
+BLOB_MODE = 0o444
+SUBDIRS = ("blobs/sha256", "images", "refs", "locks", "pins", "used", "tmp", "quarantine")
+
+
+class Entry:
+    """One cached blob as `status`, `gc` and the sensor see it."""
+
+    __slots__ = ("digest", "size", "last_used", "names", "pinned")
+
+    def __init__(self, digest, size, last_used, names, pinned):
+        self.digest, self.size, self.last_used = digest, size, last_used
+        self.names, self.pinned = names, pinned
+
+
+class Cache:
+    def __init__(self, root, max_size=None, low_water=0.8, min_free=0):
+        self.root = root
+        self.max_size = max_size
+        self.low_water = low_water
+        self.min_free = min_free
+
+    @classmethod
+    def from_settings(cls, settings):
+        c = settings.values["cache"]
+        return cls(settings.cache_root, c["max_size"], c["low_water"], c["min_free"])
+
+    def _p(self, *parts):
+        return os.path.join(self.root, *parts)
+
+    def blob_path(self, digest):
+        return self._p("blobs", "sha256", digest)
+
+    def path_for(self, image):
+        """Where `image` lives once cached (a blob, or a ref for source-pinned entries)."""
+        if image.sha256:
+            return self.blob_path(image.sha256)
+        return self._p("refs", image.pin)
+
+    # ------------------------------------------------------------ warm path
+
+    def lookup(self, image):
+        """The cached file of `image`, or None. A stat: complete files only ever
+        appear by rename, so existence with the right size means complete."""
+        path = self.path_for(image)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or (image.size is not None and st.st_size != image.size):
+            return None
+        return path
+
+    def record_use(self, path):
+        """Best effort: a job owner cannot touch root's cache, and need not."""
+        digest = os.path.basename(os.path.realpath(path))
+        try:
+            os.utime(self._p("used", digest))
+        except FileNotFoundError:
+            try:
+                os.close(os.open(self._p("used", digest), os.O_WRONLY | os.O_CREAT, 0o644))
+            except OSError:
+                pass
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------ layout
+
+    def ensure_layout(self):
+        try:
+            for sub in SUBDIRS:
+                os.makedirs(self._p(sub), mode=DIR_MODE, exist_ok=True)
+        except OSError as e:
+            raise CacheError(f"cache root {self.root} is not usable: {e.strerror} "
+                             f"(create it, writable by the user that stages images)") from None
+        if not os.access(self._p("tmp"), os.W_OK):
+            raise CacheError(f"cache root {self.root} is not writable by uid {os.getuid()}")
+
+    # ------------------------------------------------------------ locks
+
+    @contextmanager
+    def image_lock(self, name, timeout=None):
+        """Exclusive per-image staging lock: blocking flock (waiters wake as soon as
+        the holder releases), bounded by `timeout` seconds."""
+        fd = os.open(self._p("locks", f"{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _flock(fd, fcntl.LOCK_EX, timeout, f"image {name!r}")
+            yield
+        finally:
+            os.close(fd)  # releases the lock; the file stays (see module docstring)
+
+    @contextmanager
+    def pinned(self, image):
+        """Hold a shared lock on `image`'s blob so eviction leaves it alone. The kernel
+        drops it when the holder dies, so a killed job never leaks a pin."""
+        from .errors import NotCached
+        path = self.lookup(image)
+        if path is None:
+            raise NotCached(f"image {image.name!r} is not cached on this host")
+        digest = os.path.basename(os.path.realpath(path))
+        fd = _open_pin(self._p("pins", f"{digest}.pin"))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            # Eviction may have removed the blob between lookup and lock.
+            if self.lookup(image) is None:
+                raise NotCached(f"image {image.name!r} was evicted before it could be pinned")
+            yield path
+        finally:
+            os.close(fd)
+
+    def is_pinned(self, digest):
+        path = self._p("pins", f"{digest}.pin")
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------ staging
+
+    def new_temp(self, name, expected_size=None):
+        """A unique temp file in the cache's filesystem, flocked by its writer so that
+        `sweep_temps` can tell a live download from a dead one."""
+        self.ensure_layout()
+        size = expected_size if expected_size is not None else 0
+        for _ in range(100):
+            path = self._p("tmp", f"{name}.{os.getpid()}.{size}.{os.urandom(4).hex()}.part")
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                break
+            except FileExistsError:
+                continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd, path
+
+    def publish(self, fd, tmp_path, digest, image):
+        """Make a verified temp file the blob `digest`: read-only, fsynced, renamed,
+        directory fsynced; then point the name index at it. Returns the image path."""
+        os.fchmod(fd, BLOB_MODE)
+        os.fsync(fd)
+        final = self.blob_path(digest)
+        os.replace(tmp_path, final)  # an existing identical blob is simply replaced
+        _fsync_dir(os.path.dirname(final))
+        target = os.path.join("..", "blobs", "sha256", digest)
+        _replace_symlink(target, self._p("images", image.name))
+        if not image.sha256:
+            _replace_symlink(target, self._p("refs", image.pin))
+        _fsync_dir(self._p("images"))
+        self.record_use(final)
+        return self.path_for(image)
+
+    def sweep_temps(self):
+        """Remove temp files whose writer is gone (its flock died with it)."""
+        removed = []
+        try:
+            names = os.listdir(self._p("tmp"))
+        except OSError:
+            return removed
+        for fn in names:
+            path = self._p("tmp", fn)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # a live writer holds it
+            try:
+                os.unlink(path)
+                removed.append(fn)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        return removed
+
+    def inflight_bytes(self):
+        """Bytes that downloads in progress will still need (from their temp names)."""
+        total = 0
+        try:
+            for fn in os.listdir(self._p("tmp")):
+                parts = fn.split(".")
+                try:
+                    expected = int(parts[-3])
+                    have = os.stat(self._p("tmp", fn)).st_size
+                except (ValueError, IndexError, OSError):
+                    continue
+                total += max(expected - have, 0)
+        except OSError:
+            pass
+        return total
+
+    # ------------------------------------------------------------ listing
+
+    def entries(self):
+        """Every complete blob, with its names, size, last use and pin state."""
+        names = {}
+        try:
+            for n in os.listdir(self._p("images")):
+                try:
+                    target = os.readlink(self._p("images", n))
+                except OSError:
+                    continue
+                names.setdefault(os.path.basename(target), []).append(n)
+        except OSError:
+            pass
+        out = []
+        try:
+            it = os.scandir(self._p("blobs", "sha256"))
+        except OSError:
+            return out
+        with it:
+            for de in it:
+                try:
+                    st = de.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                try:
+                    last = os.stat(self._p("used", de.name)).st_mtime
+                except OSError:
+                    last = st.st_mtime
+                out.append(Entry(de.name, st.st_size, last, sorted(names.get(de.name, [])),
+                                 self.is_pinned(de.name)))
+        return out
+
+    def used_bytes(self):
+        return sum(e.size for e in self.entries())
+
+    def free_bytes(self):
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    # ------------------------------------------------------------ eviction
+
+    def make_room(self, need, keep=()):
+        """Before a download of `need` bytes: if it would break the cap (or leave the
+        filesystem with less than min_free), evict least-recently-used unpinned blobs
+        down to the low-water mark. Returns the evicted entries."""
+        self.ensure_layout()
+        fd = os.open(self._p("locks", ".evict.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return self._evict(need, keep)
+        finally:
+            os.close(fd)
+
+    def _evict(self, need, keep):
+        entries = self.entries()
+        used = sum(e.size for e in entries) + self.inflight_bytes()
+        free = self.free_bytes()
+        over_cap = self.max_size is not None and used + need > self.max_size
+        short = free - need < self.min_free
+        if not over_cap and not short:
+            return []
+        target = used
+        if over_cap:
+            target = self.low_water * self.max_size - need
+        evicted = []
+        for e in sorted(entries, key=lambda e: e.last_used):
+            if used <= target and free - need >= self.min_free:
+                break
+            if e.digest in keep or not self._remove_unpinned(e):
+                continue
+            evicted.append(e)
+            used -= e.size
+            free += e.size
+        if (self.max_size is not None and used + need > self.max_size) or free - need < self.min_free:
+            from .units import format_size
+            raise CacheFull(
+                f"cache {self.root} cannot make room for {format_size(need)}: "
+                f"{format_size(used)} used of {format_size(self.max_size or 0)} cap, "
+                f"{format_size(free)} free on disk, the rest is pinned by running jobs")
+        return evicted
+
+    def _remove_unpinned(self, entry):
+        """Delete a blob unless a job pins it; holding the pin lock exclusively while
+        deleting makes a concurrent `pinned()` wait and then see it gone."""
+        fd = _open_pin(self._p("pins", f"{entry.digest}.pin"))
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False
+            self._unlink_blob(entry.digest)
+            return True
+        finally:
+            os.close(fd)
+
+    def _unlink_blob(self, digest, to=None):
+        target = os.path.join("..", "blobs", "sha256", digest)
+        for sub in ("images", "refs"):
+            try:
+                for n in os.listdir(self._p(sub)):
+                    try:
+                        if os.readlink(self._p(sub, n)) == target:
+                            os.unlink(self._p(sub, n))
+                    except OSError:
+                        pass
+            except OSError:
+                pass
+        if to:
+            os.replace(self.blob_path(digest), to)
+        else:
+            try:
+                os.unlink(self.blob_path(digest))
+            except FileNotFoundError:
+                pass
+        for extra in (self._p("used", digest),):
+            try:
+                os.unlink(extra)
+            except OSError:
+                pass
+        _fsync_dir(self._p("blobs", "sha256"))
+
+    def quarantine(self, digest):
+        """Move a bad blob out of the way (kept for inspection, no longer served)."""
+        self.ensure_layout()
+        dest = self._p("quarantine", f"{digest}.{int(time.time())}")
+        self._unlink_blob(digest, to=dest)
+        return dest
+
+
+def _open_pin(path):
+    # Pin files are opened read-only by job owners: create them world-readable.
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+            return fd
+        except OSError as e:
+            raise CacheError(f"cannot create pin file {path}: {e.strerror}") from None
+
+
+def _flock(fd, op, timeout, what):
+    """Blocking flock, bounded by `timeout` with an interval timer: the waiter sleeps
+    in the kernel and wakes within microseconds of release (no polling loop)."""
+    try:
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    import signal
+    import threading
+    if not timeout or threading.current_thread() is not threading.main_thread():
+        fcntl.flock(fd, op)
+        return
+
+    class _Expired(Exception):
+        pass
+
+    def _alarm(signum, frame):
+        raise _Expired()
+
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        fcntl.flock(fd, op)
+    except _Expired:
+        raise LockTimeout(f"gave up waiting {timeout:.0f}s for the lock of {what} "
+                          f"(another process is still staging it)") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EROFS):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _replace_symlink(target, link):
+    tmp = f"{link}.{os.getpid()}.{os.urandom(3).hex()}.new"
+    os.symlink(target, tmp)
+    os.replace(tmp, link)

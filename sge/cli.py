@@ -1,0 +1,212 @@
+"""`sge-image`: the admin's and the hooks' command line.
+
+Subcommands import what they need when they run: `sge-image path` is on every job's
+path and must cost little more than starting the interpreter.
+"""
+import argparse
+import os
+import sys
+
+from . import errors
+
+EXIT_CODES = """exit codes:
+  0  success
+  1  unexpected internal error (a bug: please report it with the log)
+  2  bad command line, config or catalog (the message names file and line)
+  3  invalid image name, or not in the catalog
+  4  `path`: the image is not cached on this host
+  5  transient failure: network, server error, timeout, lock wait, disk full;
+     retrying later may succeed
+  6  permanent failure: not found, access denied, digest mismatch on every mirror;
+     fix the catalog or the source
+  7  `verify` found a corrupt image and quarantined it"""
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="sge-image", description="Node-local container image cache for Grid Engine.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="PATH",
+                   help="site config (default: $SGE_IMAGE_CONFIG, else /etc/sge-image/config.yaml)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("pull", help="stage an image into this host's cache (once, verified)")
+    s.add_argument("name")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+    s = sub.add_parser("path", help="print the cached file of an image, or exit 4")
+    s.add_argument("name")
+
+    s = sub.add_parser("status", help="table of cached images")
+    s.add_argument("--catalog", action="store_true", help="list every catalog image, cached or not")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--cluster", action="store_true",
+                   help="per-image warm hosts across the cluster, from the load sensors")
+
+    s = sub.add_parser("gc", help="remove dead temp files; evict down to the low-water mark if over the cap")
+    s.add_argument("--dry-run", action="store_true")
+
+    s = sub.add_parser("verify", help="re-hash cached images; quarantine corrupt ones")
+    s.add_argument("name", nargs="?")
+
+    s = sub.add_parser("catalog", help="catalog tools")
+    s.add_argument("action", choices=["check"])
+
+    from .ge import commands as ge_commands
+    ge_commands.add_parsers(sub)
+    return p
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args) if hasattr(args, "func") else COMMANDS[args.command](args)
+    except errors.SgeImageError as e:
+        print(f"sge-image: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("sge-image: interrupted", file=sys.stderr)
+        return 130
+
+
+def load_settings(args):
+    from . import config
+    return config.load(args.config)
+
+
+def cmd_pull(args):
+    from .sink import Progress
+    from .stage import ensure
+    from .log import Log
+    settings = load_settings(args)
+    progress = None
+    if not args.quiet:
+        progress = Progress(args.name, sys.stderr, settings.values["fetch"]["progress_interval"])
+    log = Log.from_settings(settings, echo=None if args.quiet else sys.stderr)
+    path = ensure(args.name, settings, progress, log)
+    print(path)
+    return 0
+
+
+def cmd_path(args):
+    from .cache import Cache
+    settings = load_settings(args)
+    image = settings.image(args.name)
+    path = Cache.from_settings(settings).lookup(image)
+    if path is None:
+        print(f"sge-image: image {args.name!r} is not cached on this host "
+              f"(`sge-image pull {args.name}` stages it)", file=sys.stderr)
+        return errors.EXIT_NOT_CACHED
+    print(path)
+    return 0
+
+
+def cmd_status(args):
+    import json
+    import time
+    from .cache import Cache
+    from .units import format_size
+    if args.cluster:
+        from .ge import cluster_status
+        return cluster_status.main(args)
+    settings = load_settings(args)
+    cache = Cache.from_settings(settings)
+    entries = cache.entries()
+    by_digest = {e.digest: e for e in entries}
+    rows = []
+    for e in sorted(entries, key=lambda e: -e.last_used):
+        rows.append({"name": ",".join(e.names) or "-", "size": e.size, "sha256": e.digest,
+                     "last_used": e.last_used, "pinned": e.pinned, "cached": True})
+    if args.catalog:
+        cached_names = {n for e in entries for n in e.names}
+        for name, img in sorted(settings.images.items()):
+            if name in cached_names:
+                continue
+            path = cache.lookup(img)
+            e = by_digest.get(os.path.basename(os.path.realpath(path))) if path else None
+            rows.append({"name": name, "size": img.size, "sha256": img.sha256 or "",
+                         "last_used": e.last_used if e else None, "pinned": bool(e and e.pinned),
+                         "cached": e is not None})
+    if args.json:
+        print(json.dumps({"root": cache.root, "images": rows,
+                          "max_size": cache.max_size}, indent=2))
+        return 0
+    used = sum(e.size for e in entries)
+    print(f"cache {cache.root}: {len(entries)} images, {format_size(used)} of "
+          f"{format_size(cache.max_size)} cap")
+    print(f"{'NAME':30} {'SIZE':>10} {'SHA256':14} {'LAST USED':19} {'PINNED':6} CACHED")
+    for r in rows:
+        last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_used"])) if r["last_used"] else "-"
+        size = format_size(r["size"]) if r["size"] is not None else "?"
+        print(f"{r['name'][:30]:30} {size:>10} {r['sha256'][:12]:14} {last:19} "
+              f"{'yes' if r['pinned'] else 'no':6} {'yes' if r['cached'] else 'no'}")
+    return 0
+
+
+def cmd_gc(args):
+    from .cache import Cache
+    from .units import format_size
+    settings = load_settings(args)
+    cache = Cache.from_settings(settings)
+    cache.ensure_layout()
+    if args.dry_run:
+        used = cache.used_bytes()
+        print(f"{format_size(used)} used of {format_size(cache.max_size)}; "
+              f"{'over' if used > cache.max_size else 'within'} the cap")
+        return 0
+    for fn in cache.sweep_temps():
+        print(f"removed dead temp file {fn}")
+    for e in cache.make_room(0):
+        print(f"evicted {','.join(e.names) or '-'} sha256:{e.digest[:12]} {format_size(e.size)}")
+    print(f"{format_size(cache.used_bytes())} used of {format_size(cache.max_size)}")
+    return 0
+
+
+def cmd_verify(args):
+    import hashlib
+    from .cache import Cache
+    settings = load_settings(args)
+    cache = Cache.from_settings(settings)
+    wanted = None
+    if args.name:
+        img = settings.image(args.name)
+        path = cache.lookup(img)
+        if path is None:
+            raise errors.NotCached(f"image {args.name!r} is not cached on this host")
+        wanted = os.path.basename(os.path.realpath(path))
+    bad = 0
+    for e in cache.entries():
+        if wanted and e.digest != wanted:
+            continue
+        h = hashlib.sha256()
+        with open(cache.blob_path(e.digest), "rb", buffering=0) as f:
+            buf = bytearray(1 << 20)
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                h.update(memoryview(buf)[:n])
+        label = ",".join(e.names) or e.digest[:12]
+        if h.hexdigest() == e.digest:
+            print(f"ok       {label}")
+        else:
+            dest = cache.quarantine(e.digest)
+            print(f"CORRUPT  {label}: content hashes to {h.hexdigest()[:16]}...; moved to {dest}")
+            bad += 1
+    return errors.EXIT_CORRUPT if bad else 0
+
+
+def cmd_catalog(args):
+    from . import config
+    settings = config.load(args.config, use_snapshot=False)
+    print(f"{settings.path}: {len(settings.images)} images, ok")
+    return 0
+
+
+COMMANDS = {"pull": cmd_pull, "path": cmd_path, "status": cmd_status, "gc": cmd_gc,
+            "verify": cmd_verify, "catalog": cmd_catalog}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""Site settings and image catalog: YAML in, validated `Settings` out.
+
+Every error names the file, the line and what is wrong; unknown keys are errors,
+because a misspelt `max_sise:` that is silently ignored fills a node's disk.
+
+The prolog and `sge-image path` run on every job, and importing PyYAML alone costs
+more than a bare interpreter start, so a validated copy of the settings is kept as
+JSON beside the config file (`.NAME.snapshot.json`) and used while the YAML files
+it came from are unchanged (same mtime, size and inode).
+"""
+import json
+import os
+import socket
+
+from .errors import ConfigError
+from .names import explain_invalid, is_valid_name, warm_complex
+
+DEFAULT_PATH = "/etc/sge-image/config.yaml"
+SNAPSHOT_VERSION = 2
+
+# section -> key -> (kind, default). Kinds are checked by _coerce.
+SCHEMA = {
+    "cache": {
+        "root": ("path", "/var/cache/sge-image"),
+        "max_size": ("size", "200G"),
+        "low_water": ("share", "80%"),
+        "lock_wait": ("seconds", 7200),
+        "min_free": ("size", "1G"),
+    },
+    "fetch": {
+        "connect_timeout": ("seconds", 10),
+        "read_timeout": ("seconds", 60),
+        "retries": ("int", 3),
+        "backoff": ("seconds", 2),
+        "backoff_max": ("seconds", 60),
+        "progress_interval": ("seconds", 10),
+        "low_speed_limit": ("size", "64K"),
+        "low_speed_time": ("seconds", 60),
+        "command_timeout": ("seconds", 3600),
+    },
+    "log": {
+        "file": ("optpath", None),
+        "level": ("level", "info"),
+    },
+    "jsv": {
+        "strict": ("bool", False),
+        "timeout": ("seconds", 5),
+    },
+    "prolog": {
+        "max_reschedules": ("int", 3),
+    },
+    "sensor": {
+        "list_complex": ("bool", False),
+    },
+    "starter": {
+        "runtime": ("argv", ["apptainer", "exec"]),
+    },
+}
+TOP_KEYS = set(SCHEMA) | {"catalog", "images", "sources"}
+IMAGE_KEYS = {"url", "sha256", "size", "description", "s3", "oras", "command"}
+LEVELS = ("debug", "info", "warning", "error")
+
+
+class Image:
+    """One catalog entry. `key` names its cache identity (the sha256 of its content)."""
+
+    __slots__ = ("name", "urls", "sha256", "size", "description", "options")
+
+    def __init__(self, name, urls, sha256=None, size=None, description="", options=None):
+        self.name = name
+        self.urls = list(urls)
+        self.sha256 = sha256
+        self.size = size
+        self.description = description
+        self.options = options or {}
+
+    @property
+    def complex(self):
+        return warm_complex(self.name)
+
+    @property
+    def pin(self):
+        """Identity of an entry that has no sha256 but a source that pins one
+        (`oras://r/x@sha256:...`): the first such pin, else None."""
+        for url in self.urls:
+            if "@sha256:" in url:
+                return url.rsplit("@sha256:", 1)[1]
+        return None
+
+    def to_json(self):
+        return {"urls": self.urls, "sha256": self.sha256, "size": self.size,
+                "description": self.description, "options": self.options}
+
+    @classmethod
+    def from_json(cls, name, d):
+        return cls(name, d["urls"], d["sha256"], d["size"], d["description"], d["options"])
+
+    def __repr__(self):
+        return f"Image({self.name!r}, sha256={self.sha256 and self.sha256[:12]!r})"
+
+
+class Settings:
+    """Validated settings: `section.key` attributes plus `images` (name -> Image)."""
+
+    def __init__(self, values, images, path=None, sources=None):
+        self.values = values
+        self.images = images
+        self.path = path
+        self.sources = sources or {}
+
+    def get(self, section, key):
+        return self.values[section][key]
+
+    @property
+    def cache_root(self):
+        return expand_root(self.values["cache"]["root"])
+
+    def image(self, name):
+        from .errors import UnknownImage
+        if not is_valid_name(name):
+            raise UnknownImage(explain_invalid(name))
+        try:
+            return self.images[name]
+        except KeyError:
+            raise UnknownImage(
+                f"image {name!r} is not in the catalog; `sge-image status --catalog` "
+                f"lists the available images") from None
+
+    def to_json(self):
+        return {"values": self.values, "sources": self.sources,
+                "images": {n: i.to_json() for n, i in self.images.items()}}
+
+    @classmethod
+    def from_json(cls, d, path):
+        images = {n: Image.from_json(n, v) for n, v in d["images"].items()}
+        return cls(d["values"], images, path, d["sources"])
+
+
+def expand_root(root):
+    """`{host}` in cache.root becomes the short host name, so one shared config can
+    give each exec host (or each simulated host in tests) its own cache."""
+    if "{host}" in root:
+        root = root.replace("{host}", socket.gethostname().split(".")[0])
+    return root
+
+
+def config_path(explicit=None):
+    return explicit or os.environ.get("SGE_IMAGE_CONFIG") or DEFAULT_PATH
+
+
+def load(path=None, use_snapshot=True):
+    """Load and validate settings; `path` as `config_path` resolves it."""
+    path = os.path.abspath(config_path(path))
+    if use_snapshot:
+        settings = _read_snapshot(path)
+        if settings is not None:
+            return settings
+    settings, sources = _load_yaml(path)
+    if use_snapshot:
+        _write_snapshot(path, settings, sources)
+    return settings
+
+
+# ---------------------------------------------------------------- snapshot
+
+def _snapshot_path(path):
+    d, base = os.path.split(path)
+    return os.path.join(d, f".{base}.snapshot.json")
+
+
+def _stamp(path):
+    st = os.stat(path)
+    return [path, st.st_mtime_ns, st.st_size, st.st_ino]
+
+
+def _read_snapshot(path):
+    snap = _snapshot_path(path)
+    try:
+        fd = os.open(snap, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        # A snapshot someone else could have written must not steer a root prolog.
+        if st.st_uid != os.stat(path).st_uid or st.st_mode & 0o022:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            fd = None
+            data = json.loads(f.read())
+        if data.get("version") != SNAPSHOT_VERSION:
+            return None
+        for stamp in data["sources"]:
+            if _stamp(stamp[0]) != stamp:
+                return None
+        return Settings.from_json(data["settings"], path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _write_snapshot(path, settings, sources):
+    snap = _snapshot_path(path)
+    tmp = f"{snap}.{os.getpid()}.tmp"
+    try:
+        data = {"version": SNAPSHOT_VERSION, "sources": [_stamp(p) for p in sources],
+                "settings": settings.to_json()}
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, snap)
+    except OSError:
+        # Not writable by this user: fine, the next run parses the YAML again.
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------- YAML
+
+def _yaml_loader():
+    import yaml
+
+    class LineLoader(yaml.SafeLoader):
+        """Keeps the line of every mapping key, and refuses duplicate keys."""
+
+    def construct_mapping(loader, node, deep=False):
+        mapping = LineDict()
+        mapping.line = node.start_mark.line + 1
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                raise ConfigError(f"{loader.name}:{line}: a key must be a plain word")
+            key = str(key)
+            if key in mapping:
+                raise ConfigError(f"{loader.name}:{line}: duplicate key {key!r} "
+                                  f"(first on line {mapping.lines[key]})")
+            mapping[key] = loader.construct_object(value_node, deep=True)
+            mapping.lines[key] = line
+        return mapping
+
+    LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return yaml, LineLoader
+
+
+class LineDict(dict):
+    def __init__(self):
+        super().__init__()
+        self.line = 0
+        self.lines = {}
+
+
+def _parse_file(path):
+    yaml, loader_cls = _yaml_loader()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (give --config PATH or set SGE_IMAGE_CONFIG)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    loader = loader_cls(text)
+    loader.name = path
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else 0
+        raise ConfigError(f"{path}:{line}: malformed YAML: {e.problem or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: malformed YAML: {e}") from None
+    finally:
+        loader.dispose()
+    if data is None:
+        data = LineDict()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _load_yaml(path):
+    data = _parse_file(path)
+    sources = [path]
+    where = lambda key, d=data: f"{path}:{d.lines.get(key, d.line)}"  # noqa: E731
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{where(unknown[0])}: unknown key {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(TOP_KEYS))})")
+    values = {}
+    for section, keys in SCHEMA.items():
+        given = data.get(section) or LineDict()
+        if not isinstance(given, dict):
+            raise ConfigError(f"{where(section)}: {section!r} must be a mapping")
+        extra = sorted(set(given) - set(keys))
+        if extra:
+            raise ConfigError(f"{path}:{given.lines[extra[0]]}: unknown key {section}.{extra[0]} "
+                              f"(known: {', '.join(sorted(keys))})")
+        values[section] = {}
+        for key, (kind, default) in keys.items():
+            raw = given.get(key, default)
+            try:
+                values[section][key] = _coerce(kind, raw)
+            except ValueError as e:
+                line = given.lines.get(key, given.line) if isinstance(given, LineDict) else 0
+                raise ConfigError(f"{path}:{line}: {section}.{key}: {e}") from None
+    _check_cache_values(values, path, data)
+
+    src = data.get("sources") or {}
+    if not isinstance(src, dict):
+        raise ConfigError(f"{where('sources')}: 'sources' must be a mapping")
+
+    if "images" in data and "catalog" in data:
+        raise ConfigError(f"{where('catalog')}: give either 'catalog: PATH' or inline 'images:', not both")
+    if "catalog" in data:
+        cat_path = data["catalog"]
+        if not isinstance(cat_path, str) or not cat_path:
+            raise ConfigError(f"{where('catalog')}: 'catalog' must be the path of a YAML file")
+        cat_path = os.path.join(os.path.dirname(path), cat_path)
+        cat = _parse_file(cat_path)
+        if set(cat) == {"images"} and isinstance(cat["images"], dict):
+            cat = cat["images"]  # a catalog file may wrap its mapping in `images:` too
+        images = parse_catalog(cat, cat_path)
+        sources.append(cat_path)
+    else:
+        raw = data.get("images")
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"{where('images')}: 'images' must be a mapping of NAME: entry")
+        images = parse_catalog(raw or LineDict(), path)
+    return Settings(values, images, path, dict(src)), sources
+
+
+def _check_cache_values(values, path, data):
+    root = values["cache"]["root"]
+    if not os.path.isabs(root):
+        line = data.get("cache", LineDict()).lines.get("root", 0) if isinstance(data.get("cache"), dict) else 0
+        raise ConfigError(f"{path}:{line}: cache.root must be an absolute path, got {root!r}")
+
+
+def _coerce(kind, raw):
+    from .units import parse_share, parse_size
+    if kind == "size":
+        return parse_size(raw)
+    if kind == "share":
+        return parse_share(raw)
+    if kind == "seconds":
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw < 0:
+            raise ValueError(f"{raw!r} is not a number of seconds")
+        return float(raw)
+    if kind == "int":
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+            raise ValueError(f"{raw!r} is not a non-negative whole number")
+        return raw
+    if kind == "bool":
+        if not isinstance(raw, bool):
+            raise ValueError(f"{raw!r} is not true or false")
+        return raw
+    if kind == "path":
+        if not isinstance(raw, str) or not raw:
+            raise ValueError(f"{raw!r} is not a path")
+        return raw
+    if kind == "optpath":
+        if raw is not None and (not isinstance(raw, str) or not raw):
+            raise ValueError(f"{raw!r} is not a path")
+        return raw
+    if kind == "level":
+        if raw not in LEVELS:
+            raise ValueError(f"{raw!r} is not one of {', '.join(LEVELS)}")
+        return raw
+    if kind == "argv":
+        if isinstance(raw, str):
+            raw = raw.split()
+        if not isinstance(raw, list) or not raw or not all(isinstance(a, str) and a for a in raw):
+            raise ValueError(f"{raw!r} is not a command (a list of words)")
+        return raw
+    raise AssertionError(kind)
+
+
+def parse_catalog(data, path):
+    """NAME -> {url, sha256, size} mapping -> {name: Image}; every error names its line."""
+    images = {}
+    seen_complex = {}
+    for name, entry in data.items():
+        line = data.lines.get(name, 0) if isinstance(data, LineDict) else 0
+        at = f"{path}:{line}"
+        if not is_valid_name(name):
+            raise ConfigError(f"{at}: {explain_invalid(name)}")
+        cx = warm_complex(name)
+        if cx in seen_complex:
+            raise ConfigError(f"{at}: image {name!r} differs from {seen_complex[cx]!r} only in "
+                              f"case; both would set the complex {cx}")
+        seen_complex[cx] = name
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{at}: image {name!r}: expected a mapping with url, sha256, size")
+        eline = lambda key, e=entry: f"{path}:{e.lines.get(key, line)}"  # noqa: E731
+        extra = sorted(set(entry) - IMAGE_KEYS)
+        if extra:
+            raise ConfigError(f"{eline(extra[0])}: image {name!r}: unknown key {extra[0]!r} "
+                              f"(known: {', '.join(sorted(IMAGE_KEYS))})")
+        urls = entry.get("url")
+        if isinstance(urls, str):
+            urls = [urls]
+        if not urls or not isinstance(urls, list) or not all(isinstance(u, str) and u.strip() for u in urls):
+            raise ConfigError(f"{eline('url')}: image {name!r}: 'url' must be a URL or a list of mirror URLs")
+        for u in urls:
+            if any(c in u for c in "\0\n\r"):
+                raise ConfigError(f"{eline('url')}: image {name!r}: url contains a control character")
+        digest = entry.get("sha256")
+        if digest is not None:
+            digest = str(digest).lower()
+            if digest.startswith("sha256:"):
+                digest = digest[7:]
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ConfigError(f"{eline('sha256')}: image {name!r}: sha256 must be 64 hex digits")
+        size = entry.get("size")
+        if size is not None:
+            from .units import parse_size
+            try:
+                size = parse_size(size)
+            except ValueError as e:
+                raise ConfigError(f"{eline('size')}: image {name!r}: size: {e}") from None
+        description = entry.get("description", "")
+        if not isinstance(description, str):
+            raise ConfigError(f"{eline('description')}: image {name!r}: description must be text")
+        options = {k: entry[k] for k in ("s3", "oras", "command") if k in entry}
+        for k, v in options.items():
+            if not isinstance(v, dict):
+                raise ConfigError(f"{eline(k)}: image {name!r}: {k!r} must be a mapping of options")
+        image = Image(name, [u.strip() for u in urls], digest, size, description,
+                      {k: dict(v) for k, v in options.items()})
+        if digest is None and image.pin is None:
+            raise ConfigError(f"{at}: image {name!r} has neither a sha256 nor a source that pins "
+                              f"one (such as oras://registry/repo@sha256:...); add its sha256")
+        images[name] = image
+    return images

@@ -1,0 +1,41 @@
+"""file:///path and plain paths: images on a shared filesystem or a local disk."""
+import errno
+import os
+from urllib.parse import unquote, urlsplit
+
+from ..errors import FetchError
+
+
+def local_path(url):
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise FetchError(f"{url}: file URLs must name a local path (file:///path)", transient=False)
+    return unquote(parts.path)
+
+
+def fetch(url, sink, ctx):
+    path = local_path(url)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        # A missing file is the catalog's fault; anything else (EIO, a stale NFS
+        # handle, a mount not yet up) may pass.
+        transient = e.errno not in (errno.ENOENT, errno.EACCES, errno.EISDIR, errno.ENOTDIR)
+        raise FetchError(f"{path}: {e.strerror}", transient=transient) from None
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            fd = None
+            while True:
+                buf = sink.buffer()
+                n = f.readinto(buf)
+                sink.commit(n or 0)
+                if not n:
+                    return
+    except OSError as e:
+        raise FetchError(f"{path}: read failed: {e.strerror}", transient=True) from None
+    finally:
+        if fd is not None:
+            os.close(fd)

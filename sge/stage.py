@@ -1,0 +1,79 @@
+"""ensure(NAME) -> path of the cached image: the engine the CLI and the prolog call.
+
+Warm path: a stat of the content-addressed file, no lock, no hashing, no heavy
+imports. Cold path: the image's blocking lock (one download per node; the other
+callers sleep in the kernel and wake when it is released), a re-check, eviction if the
+cap needs it, a download into a private temp file verified by size and sha256, and an
+atomic publish. A killed download leaves only a temp file, swept by the next cold path.
+"""
+import os
+
+from .cache import Cache
+
+
+def ensure(name, settings, progress=None, log=None):
+    image = settings.image(name)
+    cache = Cache.from_settings(settings)
+    path = cache.lookup(image)
+    if path is not None:
+        cache.record_use(path)
+        return path
+    return stage(image, cache, settings, progress, log)
+
+
+def stage(image, cache, settings, progress=None, log=None):
+    from .log import Log
+    log = log or Log.from_settings(settings)
+    cache.ensure_layout()
+    with cache.image_lock(image.name, settings.values["cache"]["lock_wait"]):
+        path = cache.lookup(image)
+        if path is not None:
+            cache.record_use(path)
+            return path  # staged by the process we waited for
+        for fn in cache.sweep_temps():
+            log(f"removed stale temp file {fn} (its writer died)")
+        try:
+            return _download(image, cache, settings, progress, log)
+        except _RetryAfterEviction as e:
+            log(f"image {image.name}: disk full after {e.received} bytes; evicting and retrying once")
+            _evict(cache, image, max(image.size or 0, e.received), log)
+            return _download(image, cache, settings, progress, log, final=True)
+
+
+class _RetryAfterEviction(Exception):
+    def __init__(self, received):
+        self.received = received
+
+
+def _evict(cache, image, need, log):
+    for e in cache.make_room(need):
+        log(f"evicted {', '.join(e.names) or e.digest[:12]} ({e.size} bytes, least recently used)")
+
+
+def _download(image, cache, settings, progress, log, final=False):
+    from .errors import CacheFull
+    from .fetch import Context, fetch_image
+    from .sink import Sink
+    _evict(cache, image, image.size or 0, log)
+    fd, tmp = cache.new_temp(image.name, image.size)
+    sink = Sink(fd, tmp, image.size, image.sha256, progress)
+    published = False
+    try:
+        ctx = Context(image, settings.values["fetch"], settings.sources, log)
+        digest = fetch_image(image, sink, ctx)
+        path = cache.publish(fd, tmp, digest, image)
+        published = True
+        log(f"image {image.name}: staged {sink.received} bytes, sha256 {digest[:16]}...")
+        return path
+    except CacheFull:
+        if final:
+            raise
+        raise _RetryAfterEviction(sink.received) from None
+    finally:
+        sink.close()
+        if not published:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        os.close(fd)
