@@ -27,15 +27,15 @@ class _Interrupted(Exception):
 
 
 def fetch(url, sink, ctx):
-    validator = None        # ETag or Last-Modified of the first response
+    state = {"validator": None}     # ETag or Last-Modified, if the server can resume
     resumes = 0
     while True:
         offset = sink.received
         try:
-            validator = _transfer(url, sink, ctx, offset, validator)
+            _transfer(url, sink, ctx, offset, state)
             return
         except _Interrupted as e:
-            if validator is None or sink.received == offset and resumes:
+            if state["validator"] is None or sink.received == offset and resumes:
                 raise FetchError(f"{redact(url)}: {e}", transient=True) from None
             resumes += 1
             if resumes > MAX_RESUMES:
@@ -44,11 +44,11 @@ def fetch(url, sink, ctx):
             ctx.log(f"image {ctx.image.name}: {e}; resuming at byte {sink.received}")
 
 
-def _transfer(url, sink, ctx, offset, validator):
+def _transfer(url, sink, ctx, offset, state):
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-        headers["If-Range"] = validator
+        headers["If-Range"] = state["validator"]
     resp, conn, final_url = _open(url, headers, ctx)
     shown = redact(final_url)
     try:
@@ -68,46 +68,68 @@ def _transfer(url, sink, ctx, offset, validator):
         else:
             raise _status_error(resp, shown)
         accept = (resp.getheader("Accept-Ranges") or "").lower()
-        new_validator = resp.getheader("ETag") or resp.getheader("Last-Modified")
-        if "bytes" not in accept and resp.status != 206:
-            new_validator = None
+        validator = resp.getheader("ETag") or resp.getheader("Last-Modified")
+        if "bytes" in accept or resp.status == 206:
+            state["validator"] = validator
+        else:
+            state["validator"] = None
         _stream(resp, sink, ctx, shown)
-        return new_validator
     finally:
         conn.close()
 
 
 def _stream(resp, sink, ctx, shown):
+    """Fill the sink's buffers with single socket reads (readinto1), so the
+    low-speed check runs between reads: a plain readinto waits for a whole buffer,
+    which a server sending a byte a second never completes."""
     limit = ctx.settings.get("low_speed_limit", 0)
     window = ctx.settings.get("low_speed_time", 0)
     mark_t, mark_n = time.monotonic(), sink.received
-    while True:
+    remaining = resp.length  # None for chunked bodies: http.client decodes those
+    while remaining != 0:
         buf = sink.buffer()
+        filled = 0
         try:
-            n = resp.readinto(buf)
+            while filled < len(buf) and remaining != 0:
+                view = buf[filled:] if remaining is None else buf[filled:filled + remaining]
+                if remaining is None:
+                    n = resp.readinto(view)
+                else:
+                    n = resp.fp.readinto1(view)
+                if not n:
+                    if remaining is None:
+                        break
+                    raise _Interrupted(f"connection closed after {sink.received + filled} bytes")
+                filled += n
+                if remaining is not None:
+                    remaining -= n
+                if limit and window:
+                    now = time.monotonic()
+                    if now - mark_t >= window:
+                        rate = (sink.received + filled - mark_n) / (now - mark_t)
+                        if rate < limit:
+                            raise FetchError(f"{shown}: transfer too slow ({rate:.0f} B/s for "
+                                             f"{window:.0f}s)", transient=True)
+                        mark_t, mark_n = now, sink.received + filled
+            if remaining is None and not filled:
+                sink.commit(0)
+                return
         except http.client.IncompleteRead as e:
-            sink.commit(0)
+            sink.commit(filled)
             raise _Interrupted(f"connection closed after {sink.received} bytes "
                                f"({e.expected} more expected)") from None
         except (socket.timeout, TimeoutError):
-            sink.commit(0)
+            sink.commit(filled)
             raise _Interrupted(f"no data for {ctx.read_timeout:.0f}s") from None
         except (OSError, http.client.HTTPException) as e:
-            sink.commit(0)
+            sink.commit(filled)
             raise _Interrupted(f"connection lost: {e}") from None
-        sink.commit(n or 0)
-        if not n:
-            if resp.length not in (None, 0):
-                raise _Interrupted(f"connection closed after {sink.received} bytes")
-            return
-        if limit and window:
-            now = time.monotonic()
-            if now - mark_t >= window:
-                rate = (sink.received - mark_n) / (now - mark_t)
-                if rate < limit:
-                    raise FetchError(f"{shown}: transfer too slow ({rate:.0f} B/s for "
-                                     f"{window:.0f}s)", transient=True)
-                mark_t, mark_n = now, sink.received
+        except BaseException:
+            sink.commit(filled)
+            raise
+        sink.commit(filled)
+    # Tell http.client the body is consumed (we read past its bookkeeping).
+    resp.length = 0
 
 
 def _open(url, headers, ctx):

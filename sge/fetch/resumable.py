@@ -1,0 +1,159 @@
+"""A resumable GET into the sink for sources that speak HTTP underneath: S3 through a
+presigned URL, a registry's blobs with a token.
+
+It is http.py's transfer loop (its `_open` and `_stream` pieces, measured fast) plus
+what those sources need: extra request headers (a registry token, sent to the
+registry's host only, never to the host a blob redirects to), the source's own error
+wording (S3's XML <Code>, a registry's JSON `errors`), and fresh credentials when a
+resume is refused with 401/403 because a token or a presigned URL expired in the
+middle of a long download.
+"""
+import http.client
+from urllib.parse import urljoin, urlsplit
+
+from ..errors import FetchError, VerifyError
+from . import http as _http
+from . import redact
+
+ERROR_BODY_LIMIT = 64 << 10
+MAX_RENEWALS = 3
+
+
+def get(url, sink, ctx, headers=None, describe=None, renew=None):
+    """Fill `sink` from byte `sink.received` with the body of GET `url`.
+
+    describe(status, reason, headers, body, shown) -> FetchError words a refusal
+    (default: http.py's wording). renew(status, response_headers) -> (url, headers)
+    or None is asked for new credentials after a 401/403.
+    """
+    headers = dict(headers or {})
+    state = {"validator": None}
+    resumes = renewals = 0
+    while True:
+        offset = sink.received
+        try:
+            _transfer(url, sink, ctx, offset, state, headers, describe)
+            return
+        except _Refused as e:
+            renewals += 1
+            fresh = renew(e.status, e.headers) if renew and renewals <= MAX_RENEWALS else None
+            if fresh is None:
+                raise e.error from None
+            url, new_headers = fresh
+            headers = dict(new_headers or {})
+            ctx.log(f"image {ctx.image.name}: {e.error}; renewed the credentials")
+        except _http._Interrupted as e:
+            if state["validator"] is None or sink.received == offset and resumes:
+                raise FetchError(f"{redact(url)}: {e}", transient=True) from None
+            resumes += 1
+            if resumes > _http.MAX_RESUMES:
+                raise FetchError(f"{redact(url)}: {e} (gave up after {_http.MAX_RESUMES} resumes)",
+                                 transient=True) from None
+            ctx.log(f"image {ctx.image.name}: {e}; resuming at byte {sink.received}")
+
+
+class _Refused(Exception):
+    """401/403: maybe only an expired token or URL, which `renew` can replace."""
+
+    def __init__(self, status, headers, error):
+        super().__init__(str(error))
+        self.status, self.headers, self.error = status, headers, error
+
+
+def _transfer(url, sink, ctx, offset, state, extra, describe):
+    headers = {"User-Agent": _http.USER_AGENT, "Accept-Encoding": "identity", **extra}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        if state["validator"]:
+            headers["If-Range"] = state["validator"]
+    resp, conn, final_url = open_url(url, headers, ctx)
+    shown = redact(final_url)
+    try:
+        if resp.status == 206 and offset:
+            start = _http._range_start(resp.getheader("Content-Range"))
+            if start != offset:
+                raise FetchError(f"{shown}: server resumed at byte {start}, not {offset}",
+                                 transient=True)
+        elif resp.status == 200:
+            if offset:
+                ctx.log(f"image {ctx.image.name}: server ignored the range; restarting")
+                sink.reset()
+            length = resp.getheader("Content-Length")
+            if length is not None and sink.expected_size is not None and int(length) != sink.expected_size:
+                raise VerifyError(f"{shown}: server offers {length} bytes, expected "
+                                  f"{sink.expected_size} (wrong file?)")
+        else:
+            error = refusal(resp, shown, describe)
+            if resp.status in (401, 403):
+                raise _Refused(resp.status, dict(resp.getheaders()), error)
+            raise error
+        accept = (resp.getheader("Accept-Ranges") or "").lower()
+        validator = resp.getheader("ETag") or resp.getheader("Last-Modified")
+        state["validator"] = validator if ("bytes" in accept or resp.status == 206) else None
+        _http._stream(resp, sink, ctx, shown)
+    finally:
+        conn.close()
+
+
+def open_url(url, headers, ctx, method="GET", body=None):
+    """http.py's request with redirects followed, except that `Authorization` goes
+    to the first host only: a registry that redirects a blob to object storage must
+    not leak its token there (and S3 rejects a request with both a token and a
+    signed URL). Returns (response, connection, final URL)."""
+    first = _origin(url)
+    seen = []
+    for _ in range(_http.MAX_REDIRECTS + 1):
+        conn = _http._connection(url, ctx)
+        parts = urlsplit(url)
+        target = url if getattr(conn, "_absolute", False) else (parts.path or "/") + (
+            f"?{parts.query}" if parts.query else "")
+        hdrs = dict(headers) if _origin(url) == first else {
+            k: v for k, v in headers.items() if k.lower() != "authorization"}
+        if getattr(conn, "_auth", None):
+            hdrs["Authorization"] = conn._auth
+        try:
+            conn.request(method, target, body=body, headers=hdrs)
+            _http._tune(conn, ctx)
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise FetchError(f"{redact(url)}: {_http._describe(e)}", transient=True) from None
+        if resp.status in (301, 302, 303, 307, 308) and method == "GET":
+            location = resp.getheader("Location")
+            conn.close()
+            if not location:
+                raise FetchError(f"{redact(url)}: redirect without a Location", transient=False)
+            seen.append(url)
+            url = urljoin(url, location)
+            if url in seen:
+                raise FetchError(f"{redact(url)}: redirect loop", transient=False)
+            continue
+        return resp, conn, url
+    raise FetchError(f"{redact(url)}: more than {_http.MAX_REDIRECTS} redirects", transient=False)
+
+
+def _origin(url):
+    p = urlsplit(url)
+    return (p.scheme, p.hostname, p.port)
+
+
+def refusal(resp, shown, describe=None):
+    """A FetchError for a non-2xx answer, worded by the source when it can."""
+    body = read_limited(resp, ERROR_BODY_LIMIT)
+    error = None
+    if describe is not None:
+        error = describe(resp.status, resp.reason, resp, body, shown)
+    if error is None:
+        error = _http._status_error(resp, shown)
+    error.status = resp.status
+    return error
+
+
+def read_limited(resp, limit):
+    """Up to `limit` bytes of a body (error pages, manifests); never the whole of a
+    misdirected multi-GB answer."""
+    try:
+        data = resp.read(limit + 1)
+    except (OSError, http.client.HTTPException):
+        return b""
+    return data[:limit]

@@ -1,0 +1,249 @@
+"""Job submission verifier: `qsub -l image=NAME` becomes a request for a warm host.
+
+Works as the server JSV (`jsv_url`, one long-lived process per qmaster worker
+thread) and as a client JSV (`qsub -jsv`, one process per submission). For a job
+that asks for an image it
+
+* checks NAME against the image catalog (bad or unknown: REJECT, one line),
+* removes `image=NAME` (or its shortcut `img=NAME`) from `l_hard`/`l_soft`: no
+  host reports `image`, so a hard request for it would pend forever,
+* asks for the image's warm complex `img_<name>=true` as a soft request, which the
+  scheduler uses as its primary sort key (site option `jsv.strict: true`: a hard
+  one, so jobs wait for a host that has the image),
+* sets `SGE_IMAGE=NAME` in the job environment for the prolog that stages it.
+
+Jobs without an image pass unchanged, without the catalog being read at all.
+
+Decisions:
+
+* `SGE_IMAGE` set by the user (`-v SGE_IMAGE=x`, `-V`) without `-l image` is
+  treated as an image request: it is validated against the catalog like
+  `-l image=x` and mapped the same way, so the prolog never sees a name the
+  catalog does not vouch for, and a job submitted from inside an image job with
+  `-V` keeps its image. An empty `SGE_IMAGE` is removed. When both are given,
+  `-l image` wins and `SGE_IMAGE` is overwritten.
+* This also makes a second pass idempotent: after a client JSV mapped the job,
+  the server JSV sees `SGE_IMAGE` and the warm complex already there, and
+  answers ACCEPT without changes.
+* Time: each verification runs under `jsv.timeout` (default 5 s, capped at 8 s
+  because qmaster gives up after 10 s and then rejects anyway); a hung server
+  JSV would block a qmaster worker thread. On timeout, on a catalog that cannot
+  be read and on internal errors the answer is REJECT_WAIT ("try again later")
+  rather than ACCEPT: an accepted `-l image=NAME` would pend forever, silently.
+* The catalog is re-read at most every RELOAD_INTERVAL seconds, so a long-lived
+  server JSV follows catalog edits; if a re-read fails, the last good catalog
+  stays in use (and the failure is logged).
+"""
+import os
+import sys
+import time
+
+from ..errors import UnknownImage
+from ..names import explain_invalid, is_valid_name, warm_complex
+from .jsv_protocol import CORRECT, JsvLoop, Result, clean_text
+
+# The requestable `image` complex and its shortcut. Grid Engine compares complex
+# names without case, so `-l IMAGE=x` is the same request.
+IMAGE_COMPLEXES = ("image", "img")
+ENV_VAR = "SGE_IMAGE"
+DEFAULT_TIMEOUT = 5.0
+MAX_TIMEOUT = 8.0       # qmaster's JSV_CMD_TIMEOUT is 10 s
+RELOAD_INTERVAL = 2.0   # seconds between catalog freshness checks
+TAG = "sge-image"
+
+
+class CatalogUnavailable(Exception):
+    """The site config or catalog cannot be read right now."""
+
+
+# ---------------------------------------------------------------- pure mapping
+
+def split_resources(value):
+    """`PARAM l_hard a=1,b=2` value -> entries exactly as typed (values may hold `=`)."""
+    return value.split(",") if value else []
+
+
+def resource_name(entry):
+    return entry.partition("=")[0].strip().lower()
+
+
+def is_image_entry(entry):
+    return resource_name(entry) in IMAGE_COMPLEXES
+
+
+def _show(name):
+    return clean_text(repr(name if len(name) <= 40 else name[:40] + "..."), 60)
+
+
+def map_image(params, env, settings):
+    """The answer for one job: `params` and `env` as Grid Engine sent them
+    (name -> value), `settings()` returning the site Settings (called only when
+    the job asks for an image; may raise CatalogUnavailable). No I/O of its own."""
+    hard = split_resources(params.get("l_hard", ""))
+    soft = split_resources(params.get("l_soft", ""))
+    asked = []
+    for entries in (hard, soft):  # `-soft -l image=x` counts the same as `-l image=x`
+        for e in entries:
+            if is_image_entry(e):
+                value = e.partition("=")[2]
+                if value not in asked:
+                    asked.append(value)
+    from_env = env.get(ENV_VAR)
+
+    if not asked:
+        if from_env is None:
+            return Result.accept()
+        if from_env == "":
+            return Result(CORRECT, f"{TAG}: removed the empty {ENV_VAR}",
+                          env=[("DEL", ENV_VAR, None)])
+        name, origin = from_env, f"{ENV_VAR} in the job environment"
+        hint = "; request an image with -l image=NAME"
+    elif len(asked) > 1:
+        return Result.reject(f"{TAG}: a job can use one image, but this one requests "
+                             + " and ".join(_show(n) for n in asked[:3]))
+    else:
+        name, origin, hint = asked[0], "-l image", ""
+
+    if not is_valid_name(name):
+        return Result.reject(f"{TAG}: {origin}: {explain_invalid(name)}{hint}")
+    try:
+        site = settings()
+        image = site.image(name)
+        strict = bool(site.values["jsv"]["strict"])
+    except UnknownImage as e:
+        return Result.reject(f"{TAG}: {origin}: {e}")
+    except CatalogUnavailable as e:
+        return Result.reject_wait(f"{TAG}: cannot check image {_show(name)}: the image "
+                                  f"catalog is unavailable ({clean_text(e, 200)}); submit "
+                                  f"again later or tell your administrator")
+
+    cx = warm_complex(image.name)
+    new_hard = [e for e in hard if not is_image_entry(e)]
+    new_soft = [e for e in soft if not is_image_entry(e)]
+    in_hard = any(resource_name(e) == cx for e in new_hard)
+    in_soft = any(resource_name(e) == cx for e in new_soft)
+    want = f"{cx}=true"
+    if strict:
+        if not in_hard:
+            new_soft = [e for e in new_soft if resource_name(e) != cx]
+            new_hard.append(want)
+    elif not (in_hard or in_soft):
+        new_soft.append(want)
+
+    changes = []
+    if new_hard != hard:
+        changes.append(("l_hard", ",".join(new_hard)))  # "" deletes the list
+    if new_soft != soft:
+        changes.append(("l_soft", ",".join(new_soft)))
+    env_changes = [("ADD", ENV_VAR, name)] if env.get(ENV_VAR) != name else []
+    if not changes and not env_changes:
+        return Result.accept()  # already mapped, e.g. by the client JSV
+    kind = "hard" if strict else "soft"
+    job = params.get("JOB_ID") or "(new)"
+    return Result(CORRECT, f"{TAG}: image {name} prefers hosts that have it cached",
+                  params=changes, env=env_changes,
+                  logs=[("INFO", f"{TAG} jsv: job {job} of {params.get('USER', '?')}: "
+                                 f"image {name} -> {kind} {want}")])
+
+
+# ---------------------------------------------------------------- the process
+
+class ImageJsv:
+    """Holds the lazily loaded settings between jobs of one JSV process."""
+
+    def __init__(self, config_path=None, clock=time.monotonic):
+        from ..log import Log
+        self.config_path = config_path
+        self.clock = clock
+        self.settings = None
+        self.checked_at = None
+        self.loop = None
+        self.log = Log(None, tag="sge-image-jsv")
+
+    def current_settings(self):
+        now = self.clock()
+        if self.settings is not None and now - self.checked_at < RELOAD_INTERVAL:
+            return self.settings
+        try:
+            from .. import config
+            settings = config.load(self.config_path)
+        except Exception as e:  # noqa: BLE001 - ConfigError, OSError, a YAML surprise
+            if self.settings is not None:
+                self.checked_at = now
+                self.log(f"jsv: re-reading the config failed, keeping the last good "
+                         f"catalog: {clean_text(e, 300)}")
+                return self.settings
+            raise CatalogUnavailable(str(e)) from None
+        self._adopt(settings)
+        self.checked_at = now
+        return settings
+
+    def _adopt(self, settings):
+        from ..log import Log
+        self.settings = settings
+        self.log = Log.from_settings(settings, tag="sge-image-jsv")
+        if self.loop is not None:
+            self.loop.timeout = effective_timeout(settings.values["jsv"]["timeout"])
+
+    def verify(self, job):
+        result = map_image(job.params, job.env, self.current_settings)
+        if result.state not in ("ACCEPT", "CORRECT"):
+            self.log(f"jsv: {result.state} job {job.params.get('JOB_ID', '(new)')} of "
+                     f"{job.params.get('USER', '?')}: {clean_text(result.message, 300)}")
+        return result
+
+    def on_timeout(self, job):
+        t = self.loop.timeout if self.loop else DEFAULT_TIMEOUT
+        return Result.reject_wait(f"{TAG}: checking the image request took longer than "
+                                  f"{t:g} s; submit again later or tell your administrator")
+
+    def on_error(self, job, exc):
+        return Result.reject_wait(f"{TAG}: internal error in the image JSV (details in the "
+                                  f"sge-image log); submit again later")
+
+
+def effective_timeout(configured):
+    """jsv.timeout in seconds, kept under qmaster's own 10 s; 0 means the cap."""
+    if not configured or configured <= 0:
+        return MAX_TIMEOUT
+    return min(float(configured), MAX_TIMEOUT)
+
+
+def _private_stdio():
+    """The protocol's own stdout; fds 1 and 2 then point at /dev/null.
+
+    Any stderr line makes Grid Engine reject the job and restart the JSV, and any
+    stray stdout line is an unknown command that rejects it too, so nothing but
+    the protocol may reach either (not a warning, not a traceback, not a print).
+    """
+    out = os.fdopen(os.dup(1), "wb")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    return out
+
+
+def run(config_path=None):
+    """Serve the JSV protocol on stdin/stdout until QUIT or EOF; returns 0."""
+    out = _private_stdio()
+    jsv = ImageJsv(config_path)
+    loop = JsvLoop(jsv.verify, sys.stdin.buffer, out, timeout=DEFAULT_TIMEOUT,
+                   on_timeout=jsv.on_timeout, on_error=jsv.on_error,
+                   log=lambda msg: jsv.log(msg))
+    jsv.loop = loop
+    return loop.run()
+
+
+def main(argv=None):
+    """`python -m sge.ge.jsv [--config PATH]` (the CLI's `sge-image jsv` calls run)."""
+    import argparse
+    p = argparse.ArgumentParser(prog="sge-image jsv",
+                                description="Grid Engine JSV for container images")
+    p.add_argument("--config", metavar="PATH", help="site config")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    return run(args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

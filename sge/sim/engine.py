@@ -1,0 +1,769 @@
+"""Discrete-event engine: Grid Engine-like scheduling runs, prolog pulls, LRU caches.
+
+What is modelled, and which Grid Engine behaviour it stands for:
+
+* Scheduling runs every ``schedule_interval``; pending jobs are taken in
+  submit order, at most ``max_pending_tasks_per_job`` array tasks of a job per
+  run (SGE's default 50).  A task that cannot be placed stays pending.
+* Queue sort (``queue_sort_method load``): unmet soft requests first, then the
+  host's np_load_avg, then seq_no (host order).  The scheduler re-sorts after
+  every dispatch because each dispatch adds a load adjustment.
+* np_load_avg = (5-minute load average of executing tasks
+  + job_load_adjustment x sum over tasks dispatched in the last
+  load_adjustment_decay seconds of (1 - age / decay)) / slots.  That is SGE's
+  load correction (linear decay, divided by the processor count for ``np_``
+  values).  The load average is evaluated at scheduling time: its own ~40 s
+  sampling lag is small next to the 5-minute average.  Tasks waiting for a
+  pull do not add CPU load.
+* Free slots are exact (slots are a consumable qmaster books at dispatch).
+* Image complexes lag: a host reports what its cache holds at its load reports
+  (every ``load_report_time``, each host at its own phase).  A pull that
+  completes becomes visible to the scheduler at the host's next report; an
+  eviction likewise.  Until then the scheduler may send tasks to a host that
+  in fact has the image (a missed warm start) or no longer has it.
+* Prolog: a task dispatched to a host that has the image starts at once (a warm
+  start).  Otherwise it takes the host's lock for the image: the first task
+  starts the pull, the others wait for it.  The task holds its slot while it
+  waits (that is the slot time idle on pulls).
+* Cache: a pull that would exceed the cap evicts least-recently-used unpinned
+  images down to the low-water mark; images used by tasks on the host are
+  pinned.  Use = task start and task end.
+
+Hot paths (dispatch, task end) are written inline with local variables: 1,000
+hosts x one day is ~1.3 M tasks and has to run in well under a minute.  Each
+scheduling run sorts the free hosts once (numpy), then picks per task with
+lazily repaired heaps: a global one, and per image one fed from the warm set
+(small sets) or by walking the global order (large sets).
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import deque
+from heapq import heapify, heappop, heappush, heapreplace
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from .model import GB, GBIT, INF, Flow, FixedNetwork, HostCache, SharedNetwork, SimConfig
+from .policies import Policy, get_policy
+from .workload import Job, WorkloadConfig, generate_jobs, image_sizes, zipf_weights
+
+# Event kinds; at equal times a lower kind runs first (a task that ends at the
+# instant of a scheduling run frees its slot for that run).
+FINISH, DL, WINDOW, SCHED, PREWARM = 0, 1, 2, 3, 4
+
+COLD_REASONS = ("joined", "stale", "warm_full", "no_warm", "lag_miss")
+
+
+class Engine:
+    """One simulation: a cluster, a policy and a job stream.
+
+    ``jobs`` must be in submit order.  ``initial[h]`` lists the images host h
+    holds at t=0 (reported warm from the start).  ``window`` = (t0, t1): tasks
+    submitted in it are measured; egress and the lower bound count from t0 on.
+    With ``end_when_done`` the run ends when every job has run (scenarios);
+    otherwise when every measured task has started.
+    """
+
+    def __init__(self, sim: SimConfig, policy, sizes: Sequence[float], jobs: Iterable[Job], *,
+                 slots: Optional[Sequence[int]] = None,
+                 initial: Optional[Sequence[Iterable[int]]] = None,
+                 network=None,
+                 report_phase: Optional[Sequence[float]] = None,
+                 first_schedule: float = 0.0,
+                 window: Optional[tuple] = None,
+                 end_when_done: bool = False,
+                 max_time: float = INF):
+        self.sim = sim
+        self.policy: Policy = get_policy(policy)
+        self.sizes = [float(s) for s in sizes]
+        NI = self.NI = len(self.sizes)
+        slots = list(slots) if slots is not None else [sim.slots] * sim.hosts
+        H = self.H = len(slots)
+        self.slots = slots
+        self.free = list(slots)
+        cap = None if sim.cache_cap_gb is None else sim.cache_cap_gb * GB
+        self.caches = [HostCache(cap, sim.cache_low_water) for _ in range(H)]
+        self.warm_view: List[set] = [set() for _ in range(NI)]
+        self.hidden: List[set] = [set() for _ in range(NI)]  # complete, not yet reported
+        if initial is not None:
+            for h, imgs in enumerate(initial):
+                for img in imgs:
+                    self.caches[h].add_present(img, self.sizes[img])
+                    self.warm_view[img].add(h)
+        self.net = network if network is not None else SharedNetwork(
+            sim.host_link_gbit * GBIT, None if sim.registry_gbit is None else sim.registry_gbit * GBIT)
+        T = sim.load_report_time
+        if report_phase is None:
+            rng = random.Random(sim.seed * 31 + 5)
+            report_phase = [rng.uniform(0.0, T) for _ in range(H)]
+        self.phase = [float(p) for p in report_phase]
+        self.jobs = iter(jobs)
+        self.next_job: Optional[Job] = next(self.jobs, None)
+        self.first_schedule = first_schedule
+        if window is None:
+            w0 = sim.warmup_hours * 3600.0
+            window = (w0, w0 + sim.hours * 3600.0)
+        self.W0, self.W1 = float(window[0]), float(window[1])
+        self.end_when_done = end_when_done
+        self.max_time = max_time
+
+        # load average state per host: executing tasks x, average e0 at time tc
+        self.x = [0] * H
+        self.e0 = [0.0] * H
+        self.tc = [0.0] * H
+        # load adjustments: dispatch counts of recent runs (rows) per host
+        nrows = int(math.ceil(sim.load_adjustment_decay / max(sim.schedule_interval, 1e-9))) + 2
+        self.ring = np.zeros((max(nrows, 1), H))
+        self.ring_t = np.full(max(nrows, 1), -INF)
+        self.ring_i = 0
+        self.inv_slots = np.array([1.0 / s for s in slots])
+
+        self.heap: list = []
+        self.vis: list = []  # (visible at, seq, host, image, +1/-1)
+        self.vis_seq = 0
+        self.pending: List[Job] = []
+        self.fid = 0
+        self.dl_token = 0
+        self.dl_next = None
+        self.running = 0  # dispatched, not yet ended
+
+        # pre-warm agent
+        self.pre = self.policy.prewarm
+        self.pre_sub: deque = deque()
+        self.pre_cnt = [0] * NI
+        self.pre_queue: deque = deque()
+        self.pre_queued: set = set()
+        self.pre_inflight = 0
+
+        # measurements
+        self.in_window = self.W0 <= 0.0
+        self.init_present: Optional[List[frozenset]] = None
+        self.needed: set = set()
+        self.egress = 0.0
+        self.downloads = 0
+        self.pre_bytes = 0.0
+        self.pre_downloads = 0
+        self.evictions = 0
+        self.lat: List[float] = []
+        self.wait_s = 0.0
+        self.m_total = 0
+        self.m_started = 0
+        self.img_tot = [0] * NI
+        self.img_warm = [0] * NI
+        self.cold = {r: [0] * NI for r in COLD_REASONS}
+        self.placements = [0] * H
+        self.place_img: List[Dict[int, int]] = [dict() for _ in range(H)]
+        self.pulls = [0] * H
+        self.end_time = 0.0
+
+    # ------------------------------------------------------------------ helpers
+
+    def _next_report(self, h: int, t: float) -> float:
+        """Time of host h's first load report at or after t."""
+        T = self.sim.load_report_time
+        if T <= 0:
+            return t
+        ph = self.phase[h]
+        return ph + math.ceil((t - ph) / T - 1e-12) * T
+
+    def _vis(self, h: int, img: int, d: int, t: float) -> None:
+        self.vis_seq += 1
+        heappush(self.vis, (self._next_report(h, t), self.vis_seq, h, img, d))
+
+    def _load_step(self, h: int, t: float, d: int) -> None:
+        """Executing-task count on h changes by d; fold the past into the average."""
+        tau = self.sim.load_avg_tau
+        xh = self.x[h]
+        if tau > 0:
+            self.e0[h] = xh + (self.e0[h] - xh) * math.exp((self.tc[h] - t) / tau)
+        self.tc[h] = t
+        self.x[h] = xh + d
+
+    def _resched_dl(self) -> None:
+        nt = self.net.next_time()
+        if nt < INF and nt != self.dl_next:
+            self.dl_token += 1
+            self.dl_next = nt
+            heappush(self.heap, (nt, DL, self.dl_token, 0))
+
+    def _start_pull(self, h: int, img: int, t: float, prewarm: bool) -> Flow:
+        c = self.caches[h]
+        size = self.sizes[img]
+        for e in c.make_room(size):
+            self._vis(h, e, -1, t)
+            self.hidden[e].discard(h)
+            if self.in_window:
+                self.evictions += 1
+        c.used += size
+        self.fid += 1
+        fl = Flow(self.fid, h, img, size, t, prewarm)
+        c.inflight[img] = fl
+        self.net.add(t, fl)
+        self._resched_dl()
+        self.pulls[h] += 1
+        if self.in_window:
+            self.egress += size
+            self.downloads += 1
+            if prewarm:
+                self.pre_bytes += size
+                self.pre_downloads += 1
+        if self.sim.report_inflight_as_warm:
+            self._vis(h, img, +1, t)
+        return fl
+
+    def _exec_start(self, t: float, h: int, img: int, rt: float, job: Job, tdisp: float,
+                    i: int, warm: bool) -> None:
+        if self.sim.load_from_running:
+            self._load_step(h, t, +1)
+        heappush(self.heap, (t + rt, FINISH, h, img))
+        if job.measured:
+            self.lat.append(t - job.submit)
+            self.m_started += 1
+            self.img_tot[img] += 1
+            if warm:
+                self.img_warm[img] += 1
+            self.wait_s += t - tdisp
+        if job.recs is not None:
+            r = job.recs[i]
+            r["start"] = t
+            r["end"] = t + rt
+            r["warm"] = warm
+
+    def _pulls_done(self, t: float) -> None:
+        self.dl_next = None
+        for fl in self.net.pop_done(t):
+            h, img = fl.host, fl.img
+            c = self.caches[h]
+            del c.inflight[img]
+            c.present[img] = fl.size  # most recently used
+            if not self.sim.report_inflight_as_warm:
+                self._vis(h, img, +1, t)
+                self.hidden[img].add(h)
+            for rt, job, tdisp, i in fl.waiters:
+                self._exec_start(t, h, img, rt, job, tdisp, i, False)
+            if fl.prewarm:
+                self.pre_inflight -= 1
+        if self.pre is not None:
+            self._pre_pump(t)
+        self._resched_dl()
+
+    # ------------------------------------------------------------------ pre-warm
+
+    def _pre_tick(self, t: float) -> None:
+        pre = self.pre
+        sub, cnt = self.pre_sub, self.pre_cnt
+        while sub and sub[0][0] < t - pre.window_s:
+            _, img, n = sub.popleft()
+            cnt[img] -= n
+        ranked = sorted((i for i in range(self.NI) if cnt[i] > 0), key=lambda i: (-cnt[i], i))
+        nh = int(math.ceil(pre.host_fraction * self.H))
+        for img in ranked[:pre.top]:
+            for h in range(nh):
+                c = self.caches[h]
+                if img in c.present or img in c.inflight or (h, img) in self.pre_queued:
+                    continue
+                self.pre_queued.add((h, img))
+                self.pre_queue.append((h, img))
+        self._pre_pump(t)
+
+    def _pre_pump(self, t: float) -> None:
+        q = self.pre_queue
+        while q and self.pre_inflight < self.pre.max_inflight:
+            h, img = q.popleft()
+            self.pre_queued.discard((h, img))
+            c = self.caches[h]
+            if img in c.present or img in c.inflight:
+                continue
+            self._start_pull(h, img, t, True)
+            self.pre_inflight += 1
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _admit(self, t: float) -> None:
+        nj = self.next_job
+        pol = self.policy
+        W0, W1 = self.W0, self.W1
+        while nj is not None and nj.submit <= t:
+            # JSV decision; made with the scheduler's view at admission, which
+            # is at most one scheduling interval after the submit.
+            nj.hard = pol.jsv_hard(len(self.warm_view[nj.img]))
+            if W0 <= nj.submit < W1:
+                nj.measured = True
+                self.m_total += len(nj.runtimes)
+            if self.pre is not None:
+                self.pre_sub.append((nj.submit, nj.img, len(nj.runtimes)))
+                self.pre_cnt[nj.img] += len(nj.runtimes)
+            self.pending.append(nj)
+            nj = next(self.jobs, None)
+        self.next_job = nj
+
+    def _keys(self, t: float) -> np.ndarray:
+        sim = self.sim
+        H = self.H
+        if sim.load_from_running:
+            x = np.array(self.x, dtype=float)
+            if sim.load_avg_tau > 0:
+                e0 = np.array(self.e0)
+                tc = np.array(self.tc)
+                load = x + (e0 - x) * np.exp((tc - t) / sim.load_avg_tau)
+            else:
+                load = x
+        else:
+            load = np.zeros(H)
+        D = sim.load_adjustment_decay
+        if sim.job_load_adjustment > 0 and D > 0:
+            w = 1.0 - (t - self.ring_t) / D
+            np.maximum(w, 0.0, out=w)
+            if w.any():
+                load = load + sim.job_load_adjustment * (w @ self.ring)
+        return load * self.inv_slots
+
+    def _schedule(self, t: float) -> None:
+        warm_view, hidden = self.warm_view, self.hidden
+        vis = self.vis
+        while vis and vis[0][0] <= t:
+            _, _, h, img, d = heappop(vis)
+            if d > 0:
+                warm_view[img].add(h)
+                hidden[img].discard(h)
+            else:
+                warm_view[img].discard(h)
+        self._admit(t)
+        pending = self.pending
+        if not pending:
+            return
+        free = self.free
+        free_a = np.array(free)
+        idx = np.flatnonzero(free_a)
+        if idx.size == 0:
+            return
+        key_a = self._keys(t)
+        ks = key_a[idx]
+        o = np.argsort(ks, kind="stable")  # ties: lower host index (seq_no) first
+        order = list(zip(ks[o].tolist(), idx[o].tolist()))
+        norder = len(order)
+        key = key_a.tolist()
+        sim = self.sim
+        adj = sim.job_load_adjustment if sim.load_adjustment_decay > 0 else 0.0
+        adjinc = [adj / s for s in self.slots]
+        cnt = [0] * self.H
+        gheap = order[:]  # a sorted list is a heap
+        wstate: Dict[int, list] = {}
+        soft = self.policy.soft
+        maxpt = sim.max_pending_tasks_per_job
+        caches, heap, NI = self.caches, self.heap, self.NI
+        in_window = self.in_window
+        init_present, needed = self.init_present, self.needed
+        lfr = sim.load_from_running
+        placements, place_img = self.placements, self.place_img
+        cold = self.cold
+        c_joined, c_stale, c_full, c_none, c_lag = (cold[r] for r in COLD_REASONS)
+        img_tot, img_warm, lat = self.img_tot, self.img_warm, self.lat
+        load_step = self._load_step
+        ndisp = 0
+        stop = False
+
+        for job in pending:
+            img = job.img
+            quota = len(job.runtimes) - job.next
+            if maxpt and quota > maxpt:
+                quota = maxpt
+            st = None
+            S = None
+            if soft or job.hard:
+                S = warm_view[img]
+                if S:
+                    st = wstate.get(img)
+                    if st is None:
+                        if len(S) * 4 < norder:
+                            wh = [(key[h], h) for h in S if free[h]]
+                            heapify(wh)
+                            st = [wh, norder]
+                        else:
+                            st = [[], 0]
+                        wstate[img] = st
+            while quota:
+                h = -1
+                if st is not None:
+                    # Warm hosts with a free slot, least loaded first.  The heap
+                    # holds candidates with possibly stale (too low) keys and is
+                    # fed from the global order while that could hold a better one.
+                    wh = st[0]
+                    while True:
+                        while wh:
+                            k, h2 = wh[0]
+                            if not free[h2]:
+                                heappop(wh)
+                                continue
+                            kh = key[h2]
+                            if k != kh:
+                                heapreplace(wh, (kh, h2))
+                                continue
+                            break
+                        p = st[1]
+                        if p >= norder:
+                            h = wh[0][1] if wh else -1
+                            break
+                        e = order[p]
+                        if wh and wh[0] < e:
+                            h = wh[0][1]
+                            break
+                        st[1] = p + 1
+                        h2 = e[1]
+                        if free[h2] and h2 in S:
+                            heappush(wh, (key[h2], h2))
+                if h < 0:
+                    if job.hard:
+                        break  # pends until a host reported warm has a free slot
+                    while gheap:
+                        k, h2 = gheap[0]
+                        if not free[h2]:
+                            heappop(gheap)
+                            continue
+                        kh = key[h2]
+                        if k != kh:
+                            heapreplace(gheap, (kh, h2))
+                            continue
+                        h = h2
+                        break
+                    if h < 0:
+                        stop = True  # no free slot anywhere
+                        break
+                # ---- dispatch one task of job to host h
+                quota -= 1
+                ndisp += 1
+                free[h] -= 1
+                key[h] += adjinc[h]
+                cnt[h] += 1
+                i = job.next
+                job.next = i + 1
+                rt = job.runtimes[i]
+                placements[h] += 1
+                pi = place_img[h]
+                pi[img] = pi.get(img, 0) + 1
+                c = caches[h]
+                pins = c.pins
+                pins[img] = pins.get(img, 0) + 1
+                if in_window and img not in init_present[h]:
+                    needed.add(h * NI + img)
+                if job.recs is not None:
+                    job.recs[i]["host"] = h
+                    job.recs[i]["dispatch"] = t
+                pr = c.present
+                if img in pr:
+                    pr.move_to_end(img)
+                    # warm start: the prolog finds the image, the task runs now
+                    if lfr:
+                        load_step(h, t, +1)
+                    heappush(heap, (t + rt, FINISH, h, img))
+                    if job.measured:
+                        lat.append(t - job.submit)
+                        self.m_started += 1
+                        img_tot[img] += 1
+                        img_warm[img] += 1
+                    if job.recs is not None:
+                        r = job.recs[i]
+                        r["start"] = t
+                        r["end"] = t + rt
+                        r["warm"] = True
+                else:
+                    fl = c.inflight.get(img)
+                    if job.measured:
+                        if fl is not None:
+                            c_joined[img] += 1
+                        elif S is not None and h in S:
+                            c_stale[img] += 1
+                        elif S:
+                            c_full[img] += 1
+                        else:
+                            c_none[img] += 1
+                        for h2 in hidden[img]:
+                            if free[h2]:
+                                c_lag[img] += 1
+                                break
+                    if fl is None:
+                        fl = self._start_pull(h, img, t, False)
+                    fl.waiters.append((rt, job, t, i))
+            if stop:
+                break
+
+        self.running += ndisp
+        if ndisp:
+            self.pending = [j for j in pending if j.next < len(j.runtimes)]
+            r = self.ring_i
+            self.ring[r] = cnt
+            self.ring_t[r] = t
+            self.ring_i = (r + 1) % len(self.ring_t)
+
+    # ------------------------------------------------------------------ main loop
+
+    def _done(self, t: float) -> bool:
+        if self.end_when_done:
+            if self.next_job is None and self.running == 0 and self.net.active == 0:
+                # All work ran, or what still pends can never be placed: no task
+                # will end, no pull complete and no report change what is warm.
+                return not self.pending or not self.vis
+            return t >= self.max_time
+        if t < self.W1:
+            return False
+        if t >= self.W1 + self.sim.max_drain_hours * 3600.0:
+            return True
+        all_in = self.next_job is None or self.next_job.submit >= self.W1
+        return all_in and self.m_started >= self.m_total
+
+    def _snapshot(self) -> None:
+        self.in_window = True
+        self.init_present = [frozenset(c.present) | frozenset(c.inflight) for c in self.caches]
+
+    def run(self) -> dict:
+        sim = self.sim
+        heap = self.heap
+        interval = sim.schedule_interval
+        if self.W0 <= 0.0:
+            self._snapshot()
+        else:
+            heappush(heap, (self.W0, WINDOW, 0, 0))
+        heappush(heap, (self.first_schedule, SCHED, 0, 0))
+        if self.pre is not None:
+            heappush(heap, (self.first_schedule, PREWARM, 0, 0))
+        free, caches = self.free, self.caches
+        lfr = sim.load_from_running
+        load_step = self._load_step
+        t = 0.0
+        while heap:
+            t, kind, a, b = heappop(heap)
+            if kind == FINISH:
+                # task end: slot freed, pin dropped, image touched for LRU
+                free[a] += 1
+                self.running -= 1
+                c = caches[a]
+                c.pins[b] -= 1
+                pr = c.present
+                if b in pr:
+                    pr.move_to_end(b)
+                if lfr:
+                    load_step(a, t, -1)
+            elif kind == DL:
+                if a == self.dl_token:
+                    self._pulls_done(t)
+            elif kind == SCHED:
+                self._schedule(t)
+                if self._done(t):
+                    break
+                heappush(heap, (t + interval, SCHED, 0, 0))
+            elif kind == WINDOW:
+                self._snapshot()
+            elif kind == PREWARM:
+                self._pre_tick(t)
+                heappush(heap, (t + self.pre.interval_s, PREWARM, 0, 0))
+        self.end_time = t
+        return self.result()
+
+    def result(self) -> dict:
+        sizes, NI = self.sizes, self.NI
+        lb = 0.0
+        for pair in self.needed:
+            lb += sizes[pair % NI]
+        return {
+            "policy": self.policy.name,
+            "hosts": self.H,
+            "egress_bytes": self.egress,
+            "downloads": self.downloads,
+            "prewarm_bytes": self.pre_bytes,
+            "prewarm_downloads": self.pre_downloads,
+            "lb_bytes": lb,
+            "lb_pairs": len(self.needed),
+            "evictions": self.evictions,
+            "cap_overflows": sum(c.overflows for c in self.caches),
+            "latencies": self.lat,
+            "wait_slot_seconds": self.wait_s,
+            "measured_tasks": self.m_total,
+            "started_tasks": self.m_started,
+            "img_tasks": list(self.img_tot),
+            "img_warm": list(self.img_warm),
+            "cold": {r: list(v) for r, v in self.cold.items()},
+            "window": (self.W0, self.W1),
+            "end_time": self.end_time,
+        }
+
+
+# ---------------------------------------------------------------------- full runs
+
+def initial_caches(sim: SimConfig, wl: WorkloadConfig, sizes: Sequence[float]) -> List[List[int]]:
+    """Per host, images drawn by popularity without replacement up to
+    ``initial_fill`` of the cap (most popular draws most recently used)."""
+    if sim.cache_cap_gb is None or sim.initial_fill <= 0:
+        return [[] for _ in range(sim.hosts)]
+    rng = random.Random(sim.seed * 104729 + 3)
+    w = zipf_weights(len(sizes), wl.zipf_s)
+    target = sim.initial_fill * sim.cache_cap_gb * GB
+    out = []
+    for _ in range(sim.hosts):
+        # Efraimidis-Spirakis: sort by u^(1/w) = weighted sampling w/o replacement
+        order = sorted(range(len(sizes)), key=lambda i: -rng.random() ** (1.0 / w[i]))
+        used, picked = 0.0, []
+        for i in order:
+            if used + sizes[i] <= target:
+                picked.append(i)
+                used += sizes[i]
+        out.append(picked[::-1])  # first drawn = most recently used
+    return out
+
+
+def simulate(policy="soft", sim: Optional[SimConfig] = None,
+             workload: Optional[WorkloadConfig] = None) -> dict:
+    """Run one policy on the seeded workload; return the raw result dict
+    (see `report.summarize`)."""
+    sim = sim or SimConfig()
+    wl = workload or WorkloadConfig()
+    sizes = image_sizes(wl, sim.seed)
+    start = time.perf_counter()
+    eng = Engine(sim, policy, sizes, generate_jobs(wl, sim.seed),
+                 initial=initial_caches(sim, wl, sizes))
+    res = eng.run()
+    res["wall_s"] = time.perf_counter() - start
+    res["image_sizes"] = sizes
+    res["sim"] = sim.as_dict()
+    res["workload"] = wl.as_dict()
+    return res
+
+
+# ---------------------------------------------------------------------- calibration
+
+SCENARIO_SETTINGS = {
+    # scheduler and sensor (SGE defaults)
+    "schedule_interval": 15.0,
+    "first_schedule": 0.0,
+    "load_report_time": 40.0,
+    "report_phase": 0.0,
+    "job_load_adjustment": 0.5,
+    "load_adjustment_decay": 450.0,
+    "max_pending_tasks_per_job": 50,
+    # sleep jobs on a test cluster put no CPU load on the host
+    "load_from_running": False,
+    "load_avg_tau": 300.0,
+    "report_inflight_as_warm": False,
+    # cache (no cap unless given)
+    "cache_cap_gb": None,
+    "cache_low_water": 0.8,
+    # only used for images without download_s
+    "host_link_gbit": 10.0,
+    "registry_gbit": 100.0,
+    # give up (tasks stay unstarted) after this many simulated seconds
+    "max_time": 30 * 86400.0,
+}
+
+
+def run_scenario(scenario: dict) -> dict:
+    """Run an explicit small scenario; return per-host placements and pulls.
+
+    Meant for calibration: build the same cluster on a real Grid Engine (hosts
+    with these slots and seq_no order, images pre-staged per ``warm``, the JSV
+    of the policy, ``sleep RUNTIME`` jobs submitted at the given offsets) and
+    compare ``placements`` and ``downloads`` host by host.
+
+    Input (JSON-compatible)::
+
+        {
+          "policy": "soft",                 # none | soft | hard | soft+prewarm
+          "hosts": [                        # list order = seq_no order (ties in load)
+            {"name": "n1", "slots": 4, "warm": ["blast"]},
+            {"name": "n2", "slots": 4}      # "warm": images in the cache at t=0
+          ],
+          "images": {
+            "blast": {"download_s": 30.0, "size_gb": 2.0}
+          },                                # download_s: fixed pull time on that
+                                            # cluster; if no image has it, pulls
+                                            # are modelled from size_gb and the
+                                            # host_link/registry settings
+          "jobs": [                         # one entry per qsub
+            {"image": "blast", "submit": 0.0, "runtime": 300.0, "tasks": 6}
+          ],                                # tasks: array size (qsub -t 1-N), default 1;
+                                            # runtime: seconds, or a list, one per task
+          "settings": {...}                 # optional, see SCENARIO_SETTINGS;
+                                            # report_phase: one number for all hosts
+                                            # or {"n1": 12.0, ...}
+        }
+
+    Output::
+
+        {"placements": {"n1": 4, "n2": 2},            # tasks dispatched per host
+         "downloads": {"n1": 0, "n2": 1},             # pulls started per host
+         "placements_by_image": {"n1": {"blast": 4}, "n2": {"blast": 2}},
+         "tasks": [{"job": 0, "task": 1, "image": "blast", "host": "n1",
+                    "submit": 0.0, "dispatch": 0.0, "start": 0.0, "end": 300.0,
+                    "warm": true}, ...],              # host None: never started
+         "unstarted": 0, "end_time": 330.0}
+    """
+    st = dict(SCENARIO_SETTINGS)
+    st.update(scenario.get("settings") or {})
+    hosts = scenario["hosts"]
+    names = [h["name"] for h in hosts]
+    if len(set(names)) != len(names):
+        raise ValueError("host names must be unique")
+    img_names = list(scenario["images"])
+    img_ix = {n: i for i, n in enumerate(img_names)}
+    specs = [scenario["images"][n] or {} for n in img_names]
+    sizes = [float(s.get("size_gb", 1.0)) * GB for s in specs]
+    fixed = [("download_s" in s) for s in specs]
+    if any(fixed) and not all(fixed):
+        raise ValueError("give download_s for every image or for none")
+    sim = SimConfig(
+        hosts=len(hosts), slots=0,
+        cache_cap_gb=st["cache_cap_gb"], cache_low_water=st["cache_low_water"],
+        host_link_gbit=st["host_link_gbit"], registry_gbit=st["registry_gbit"],
+        schedule_interval=st["schedule_interval"], load_report_time=st["load_report_time"],
+        load_avg_tau=st["load_avg_tau"], load_from_running=st["load_from_running"],
+        job_load_adjustment=st["job_load_adjustment"],
+        load_adjustment_decay=st["load_adjustment_decay"],
+        max_pending_tasks_per_job=st["max_pending_tasks_per_job"],
+        report_inflight_as_warm=st["report_inflight_as_warm"],
+        initial_fill=0.0, warmup_hours=0.0)
+    net = None
+    if all(fixed) and fixed:
+        net = FixedNetwork({i: float(s["download_s"]) for i, s in enumerate(specs)})
+    rp = st["report_phase"]
+    if isinstance(rp, dict):
+        phase = [float(rp.get(n, 0.0)) for n in names]
+    else:
+        phase = [float(rp)] * len(hosts)
+    initial = [[img_ix[i] for i in h.get("warm", ())] for h in hosts]
+
+    jobs, records = [], []
+    entries = sorted(enumerate(scenario["jobs"]), key=lambda e: float(e[1].get("submit", 0.0)))
+    for ji, spec in entries:
+        n = int(spec.get("tasks", 1))
+        rt = spec["runtime"]
+        rts = [float(r) for r in rt] if isinstance(rt, (list, tuple)) else [float(rt)] * n
+        if len(rts) != n:
+            raise ValueError(f"job {ji}: {n} tasks but {len(rts)} runtimes")
+        img = img_ix[spec["image"]]
+        job = Job(ji, float(spec.get("submit", 0.0)), img, rts)
+        job.recs = [{"job": ji, "task": k + 1, "image": spec["image"], "host": None,
+                     "submit": job.submit, "dispatch": None, "start": None, "end": None,
+                     "warm": None} for k in range(n)]
+        records.append(job.recs)
+        jobs.append(job)
+
+    eng = Engine(sim, scenario.get("policy", "soft"), sizes, jobs,
+                 slots=[int(h["slots"]) for h in hosts], initial=initial, network=net,
+                 report_phase=phase, first_schedule=float(st["first_schedule"]),
+                 window=(0.0, INF), end_when_done=True,
+                 max_time=float(st["max_time"]))
+    eng.run()
+    tasks = [r for recs in sorted(records, key=lambda rs: rs[0]["job"]) for r in recs]
+    for r in tasks:
+        if r["host"] is not None:
+            r["host"] = names[r["host"]]
+    return {
+        "placements": {names[h]: eng.placements[h] for h in range(eng.H)},
+        "downloads": {names[h]: eng.pulls[h] for h in range(eng.H)},
+        "placements_by_image": {names[h]: {img_names[i]: c for i, c in sorted(eng.place_img[h].items())}
+                                for h in range(eng.H)},
+        "tasks": tasks,
+        "unstarted": sum(1 for r in tasks if r["start"] is None),
+        "end_time": eng.end_time,
+    }

@@ -1,0 +1,335 @@
+"""Cluster model: configuration, node-local image caches, and download bandwidth.
+
+Everything here is plain data plus the two pieces of physics the placement
+question depends on: how full a host's cache is (and what LRU throws out when a
+pull would not fit), and how fast a pull goes when many hosts pull at once.
+
+Defaults (`SimConfig`) resemble the site the kit is built for; all are
+parameters:
+
+=========================  ==========  =============================================
+parameter                  default     why
+=========================  ==========  =============================================
+hosts                      1000        site size
+slots                      48          32-64 slot exec hosts; one slot per task
+cache_cap_gb               200         node-local cache cap
+cache_low_water            0.8         LRU evicts down to 80 % of the cap
+host_link_gbit             10          per-host NIC
+registry_gbit              100         registry total egress limit
+schedule_interval          15 s        SGE default ``schedule_interval 0:0:15``
+load_report_time           40 s        SGE default ``load_report_time 0:0:40``
+load_avg_tau               300 s       np_load_avg is the 5-minute load average
+load_from_running          True        executing tasks are CPU bound (1 load/slot)
+job_load_adjustment        0.5         SGE default ``job_load_adjustments np_load_avg=0.50``
+load_adjustment_decay      450 s       SGE default ``load_adjustment_decay_time 0:7:30``
+max_pending_tasks_per_job  50          SGE default: array tasks considered per run
+initial_fill               0.8         caches start filled to the low-water mark
+warmup_hours               2           simulated before the measured window
+hours                      24          measured window (tasks submitted in it)
+=========================  ==========  =============================================
+
+The initial cache content is a policy-neutral stand-in for "the cluster has
+been running for a while": each host holds images drawn by popularity (without
+replacement) up to ``initial_fill`` of its cap.  ``initial_fill=0`` gives a cold
+start instead.  The warm-up then lets each policy reshape the caches its own way
+before anything is measured.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from dataclasses import dataclass, fields, replace
+from typing import Dict, List, Optional
+
+GB = 1e9
+GBIT = 1e9 / 8.0  # bytes per second in one Gbit/s
+INF = float("inf")
+
+
+@dataclass
+class SimConfig:
+    """Cluster, scheduler and run-length parameters (see the module table)."""
+
+    hosts: int = 1000
+    slots: int = 48
+    cache_cap_gb: Optional[float] = 200.0
+    cache_low_water: float = 0.8
+    host_link_gbit: float = 10.0
+    registry_gbit: float = 100.0
+    schedule_interval: float = 15.0
+    load_report_time: float = 40.0
+    load_avg_tau: float = 300.0
+    load_from_running: bool = True
+    job_load_adjustment: float = 0.5
+    load_adjustment_decay: float = 450.0
+    max_pending_tasks_per_job: int = 50
+    # What-if for the load sensor: report an image as soon as its pull starts
+    # (a "staging" state the JSV's soft request also matches) instead of only
+    # after the pull completed.
+    report_inflight_as_warm: bool = False
+    initial_fill: float = 0.8
+    warmup_hours: float = 2.0
+    hours: float = 24.0
+    # After the measured window closes, keep simulating (arrivals continue) until
+    # every measured task has started, but at most this long.
+    max_drain_hours: float = 12.0
+    seed: int = 1
+
+    def with_(self, **kw) -> "SimConfig":
+        return replace(self, **kw)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class HostCache:
+    """One host's image cache: complete images in LRU order, pulls in flight, pins.
+
+    ``present`` is ordered least- to most-recently used.  ``pins`` counts tasks
+    dispatched to the host that use the image (waiting for the pull or
+    executing): the prolog holds the image for them, so LRU may not evict it.
+    ``used`` counts complete images and pulls in flight (space is reserved when
+    a pull starts).
+    """
+
+    __slots__ = ("present", "inflight", "pins", "used", "cap", "low", "overflows")
+
+    def __init__(self, cap_bytes: Optional[float], low_water: float = 0.8):
+        self.present: "OrderedDict[int, float]" = OrderedDict()
+        self.inflight: Dict[int, "Flow"] = {}
+        self.pins: Dict[int, int] = {}
+        self.used = 0.0
+        self.cap = cap_bytes
+        self.low = None if cap_bytes is None else cap_bytes * low_water
+        self.overflows = 0
+
+    def add_present(self, img: int, size: float) -> None:
+        """Place an image without a pull (initial state)."""
+        self.present[img] = size
+        self.used += size
+
+    def make_room(self, size: float) -> List[int]:
+        """Evict LRU, unpinned images so a pull of ``size`` fits; return evicted ids.
+
+        Models the cache GC: nothing happens while the pull fits under the cap;
+        once it would not, evict least-recently-used images until usage plus the
+        pull is at the low-water mark.  Pinned images are skipped.  If pins make
+        that impossible the pull proceeds over the cap (the prolog never fails a
+        job for want of cache space) and ``overflows`` counts it.
+        """
+        cap = self.cap
+        if cap is None or self.used + size <= cap:
+            return []
+        target = self.low
+        evicted = []
+        pins = self.pins
+        present = self.present
+        for img in list(present):
+            if self.used + size <= target:
+                break
+            if pins.get(img):
+                continue
+            self.used -= present.pop(img)
+            evicted.append(img)
+        if self.used + size > cap:
+            self.overflows += 1
+        return evicted
+
+
+class Flow:
+    """One image pull to one host (the prolog's lock makes it one per host+image)."""
+
+    __slots__ = ("fid", "host", "img", "size", "t0", "k", "vf", "done", "waiters",
+                 "prewarm", "t_done")
+
+    def __init__(self, fid: int, host: int, img: int, size: float, t0: float,
+                 prewarm: bool = False):
+        self.fid = fid
+        self.host = host
+        self.img = img
+        self.size = size
+        self.t0 = t0
+        self.k = 0
+        self.vf = 0.0
+        self.done = False
+        self.waiters: list = []
+        self.prewarm = prewarm
+        self.t_done = INF
+
+
+class SharedNetwork:
+    """Max-min fair bandwidth: per-host link shared by that host's pulls, registry
+    egress shared by everyone.
+
+    A host with k concurrent pulls gives each at most link/k; the registry's
+    total egress R is split max-min fairly, so every flow gets min(link/k, r)
+    where the water level r makes the total equal R (or r is unbounded when the
+    links, not the registry, are the limit).  Flows are grouped by k: all flows
+    of a group progress at the same rate, so each group keeps a virtual clock
+    (bytes served per flow) and a heap of virtual finish marks.  A start or end
+    costs O(groups + log flows) instead of touching every flow.
+    """
+
+    def __init__(self, host_link_Bps: float, registry_Bps: Optional[float]):
+        self.C = float(host_link_Bps)
+        self.R = INF if registry_Bps is None else float(registry_Bps)
+        self.tu = 0.0
+        self.V = [0.0]
+        self.rate = [0.0]
+        self.heap: List[list] = [[]]
+        self.n = [0]
+        self.on_host: Dict[int, List[Flow]] = {}
+        self.active = 0
+
+    def _grow(self, k: int) -> None:
+        while len(self.V) <= k:
+            self.V.append(0.0)
+            self.rate.append(0.0)
+            self.heap.append([])
+            self.n.append(0)
+
+    def _advance(self, t: float) -> None:
+        dt = t - self.tu
+        if dt > 0:
+            V, r, n = self.V, self.rate, self.n
+            for k in range(1, len(V)):
+                if n[k]:
+                    V[k] += r[k] * dt
+        self.tu = t
+
+    def _put(self, fl: Flow, k: int, remaining: float) -> None:
+        fl.k = k
+        fl.vf = self.V[k] + remaining
+        self.n[k] += 1
+        heapq.heappush(self.heap[k], (fl.vf, fl.fid, fl))
+
+    def _rates(self) -> None:
+        C, R, n, rate = self.C, self.R, self.n, self.rate
+        ks = [k for k in range(1, len(n)) if n[k]]
+        if not ks:
+            return
+        hosts = sum(n[k] / k for k in ks)  # flows in group k come k per host
+        if hosts * C <= R:
+            for k in ks:
+                rate[k] = C / k
+            return
+        # Water-filling: groups in ascending per-flow cap (descending k).
+        r_left, n_left = R, sum(n[k] for k in ks)
+        ks.sort(reverse=True)
+        level = None
+        for k in ks:
+            cap = C / k
+            if level is None and cap * n_left <= r_left:
+                rate[k] = cap
+                r_left -= cap * n[k]
+                n_left -= n[k]
+            else:
+                if level is None:
+                    level = r_left / n_left
+                rate[k] = level
+
+    def add(self, t: float, fl: Flow) -> None:
+        self._advance(t)
+        lst = self.on_host.setdefault(fl.host, [])
+        k = len(lst) + 1
+        self._grow(k)
+        V = self.V
+        for o in lst:
+            rem = o.vf - V[o.k]
+            self.n[o.k] -= 1
+            self._put(o, k, rem)
+        lst.append(fl)
+        self._put(fl, k, fl.size)
+        self.active += 1
+        self._rates()
+
+    def _top(self, k: int):
+        h = self.heap[k]
+        while h:
+            vf, _, fl = h[0]
+            if fl.done or fl.k != k or fl.vf != vf:
+                heapq.heappop(h)
+                continue
+            return h[0]
+        return None
+
+    def next_time(self) -> float:
+        best = INF
+        for k in range(1, len(self.n)):
+            if not self.n[k]:
+                continue
+            top = self._top(k)
+            if top is None:
+                continue
+            tt = self.tu + max(0.0, top[0] - self.V[k]) / self.rate[k]
+            if tt < best:
+                best = tt
+        return best
+
+    def pop_done(self, t: float) -> List[Flow]:
+        self._advance(t)
+        done = []
+        for k in range(1, len(self.n)):
+            if not self.n[k]:
+                continue
+            while True:
+                top = self._top(k)
+                if top is None or top[0] - self.V[k] > 1.0:  # within a byte: done
+                    break
+                fl = top[2]
+                heapq.heappop(self.heap[k])
+                fl.done = True
+                fl.t_done = t
+                self.n[k] -= 1
+                done.append(fl)
+        touched = set()
+        for fl in done:
+            self.on_host[fl.host].remove(fl)
+            self.active -= 1
+            touched.add(fl.host)
+        V = self.V
+        for h in touched:
+            lst = self.on_host[h]
+            if not lst:
+                del self.on_host[h]
+                continue
+            k = len(lst)
+            for o in lst:
+                if o.k != k:
+                    rem = o.vf - V[o.k]
+                    self.n[o.k] -= 1
+                    self._put(o, k, rem)
+        if done:
+            self._rates()
+        return done
+
+
+class FixedNetwork:
+    """Pulls take a fixed time per image whatever else is pulling.
+
+    For calibration scenarios, where the download time of each image on the
+    real test cluster is measured rather than modelled.
+    """
+
+    def __init__(self, durations: Dict[int, float]):
+        self.durations = durations
+        self.heap: list = []
+        self.active = 0
+
+    def add(self, t: float, fl: Flow) -> None:
+        fl.t_done = t + self.durations[fl.img]
+        heapq.heappush(self.heap, (fl.t_done, fl.fid, fl))
+        self.active += 1
+
+    def next_time(self) -> float:
+        return self.heap[0][0] if self.heap else INF
+
+    def pop_done(self, t: float) -> List[Flow]:
+        done = []
+        while self.heap and self.heap[0][0] <= t + 1e-9:
+            fl = heapq.heappop(self.heap)[2]
+            fl.done = True
+            self.active -= 1
+            done.append(fl)
+        return done
+

@@ -1,0 +1,188 @@
+"""Metrics, the headline table and the plot.
+
+Definitions (all over the measured window; tasks are those submitted in it):
+
+* egress: bytes of every pull started from the window start until the run
+  ends (prolog pulls and pre-pulls).
+* lower bound: each host pulls each image it needs once: the sum of image
+  sizes over distinct (host, image) pairs of tasks dispatched in that time,
+  minus pairs the host already held (or was pulling) at the window start.  It
+  depends on where the policy put the tasks, so compare absolute egress across
+  policies and egress/LB for re-pull waste within one.
+* warm start: the image was complete in the host's cache when the task was
+  dispatched (no wait).  Top-10 = the 10 images with the most tasks.
+* start latency: task start (after any pull) minus submit.
+* idle slot-hours: slot time between dispatch and start, spent waiting on pulls.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+GOAL_EGRESS_RATIO = 1.05
+GOAL_WARM_TOP10 = 0.90
+QUANTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9)
+
+
+def _percentiles(values: Sequence[float], qs: Sequence[float]) -> List[float]:
+    if not len(values):
+        return [math.nan] * len(qs)
+    try:
+        import numpy as np
+        return [float(v) for v in np.percentile(np.asarray(values, dtype=float), qs)]
+    except ImportError:  # pragma: no cover - numpy is optional here
+        s = sorted(values)
+        out = []
+        for q in qs:
+            pos = (len(s) - 1) * q / 100.0
+            lo = int(math.floor(pos))
+            hi = min(lo + 1, len(s) - 1)
+            out.append(s[lo] + (s[hi] - s[lo]) * (pos - lo))
+        return out
+
+
+def summarize(res: dict, top: int = 10) -> dict:
+    """Headline numbers of one run (small, picklable: no per-task lists)."""
+    tasks, warm = res["img_tasks"], res["img_warm"]
+    order = sorted(range(len(tasks)), key=lambda i: (-tasks[i], i))
+    top_ix = [i for i in order[:top] if tasks[i]]
+    n_all = sum(tasks)
+    n_top = sum(tasks[i] for i in top_ix)
+    qs = _percentiles(res["latencies"], QUANTILES)
+    qmap = dict(zip(QUANTILES, qs))
+    lb = res["lb_bytes"]
+    eg = res["egress_bytes"]
+    s = {
+        "policy": res["policy"],
+        "hosts": res["hosts"],
+        "egress_tb": eg / 1e12,
+        "lb_tb": lb / 1e12,
+        "egress_ratio": eg / lb if lb else (math.inf if eg else 1.0),
+        "prewarm_tb": res["prewarm_bytes"] / 1e12,
+        "downloads": res["downloads"],
+        "evictions": res["evictions"],
+        "cap_overflows": res["cap_overflows"],
+        "warm_share": sum(warm) / n_all if n_all else math.nan,
+        "warm_share_top10": sum(warm[i] for i in top_ix) / n_top if n_top else math.nan,
+        "top10_images": top_ix,
+        "p50_s": qmap[50],
+        "p95_s": qmap[95],
+        "p99_s": qmap[99],
+        "latency_quantiles": qmap,
+        "idle_slot_hours": res["wait_slot_seconds"] / 3600.0,
+        "measured_tasks": res["measured_tasks"],
+        "unstarted_tasks": res["measured_tasks"] - res["started_tasks"],
+        "cold_top10": {r: sum(v[i] for i in top_ix) for r, v in res["cold"].items()},
+        "cold_all": {r: sum(v) for r, v in res["cold"].items()},
+        "wall_s": res.get("wall_s", math.nan),
+    }
+    s["goal_met"] = (s["egress_ratio"] <= GOAL_EGRESS_RATIO
+                     and s["warm_share_top10"] >= GOAL_WARM_TOP10)
+    return s
+
+
+COLUMNS = (
+    ("policy", "{:<13}", "policy"),
+    ("egress_tb", "{:>7.1f}", "egr TB"),
+    ("lb_tb", "{:>6.1f}", "LB TB"),
+    ("egress_ratio", "{:>6.3f}", "egr/LB"),
+    ("warm_share", "{:>6.1%}", "warm"),
+    ("warm_share_top10", "{:>6.1%}", "warm10"),
+    ("p50_s", "{:>6.1f}", "p50 s"),
+    ("p95_s", "{:>7.1f}", "p95 s"),
+    ("p99_s", "{:>7.1f}", "p99 s"),
+    ("idle_slot_hours", "{:>8.1f}", "idle sh"),
+    ("wall_s", "{:>6.1f}", "wall s"),
+)
+
+
+def format_table(summaries: List[dict]) -> str:
+    """The headline table: one row per policy."""
+    head, rows = [], []
+    for key, fmt, title in COLUMNS:
+        width = len(fmt.format(0.0)) if key != "policy" else 13
+        head.append(title.rjust(width) if key != "policy" else title.ljust(width))
+    for s in summaries:
+        rows.append("  ".join(fmt.format(s[key]) for key, fmt, _ in COLUMNS))
+    line = "  ".join(head)
+    return "\n".join([line, "-" * len(line)] + rows)
+
+
+def format_details(summaries: List[dict]) -> str:
+    """Second table: where the cold starts of the top-10 images come from."""
+    lines = ["policy         pulls  evict  prewarm TB  unstarted  | top-10 cold starts: "
+             "joined  stale  warm_full  no_warm  (lag_miss)"]
+    for s in summaries:
+        c = s["cold_top10"]
+        lines.append(f"{s['policy']:<13} {s['downloads']:>6} {s['evictions']:>6} "
+                     f"{s['prewarm_tb']:>11.1f} {s['unstarted_tasks']:>10}  |"
+                     f"{c['joined']:>27} {c['stale']:>6} {c['warm_full']:>10} "
+                     f"{c['no_warm']:>8} {c['lag_miss']:>11}")
+    return "\n".join(lines)
+
+
+def plot(summaries: List[dict], path: str, title: Optional[str] = None) -> str:
+    """Write a PNG: start latency percentiles, egress vs lower bound, warm share."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s["policy"] for s in summaries]
+    x = list(range(len(names)))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
+
+    ax = axes[0]
+    w = 0.26
+    for j, (key, label) in enumerate((("p50_s", "p50"), ("p95_s", "p95"), ("p99_s", "p99"))):
+        vals = [max(s[key], 0.1) for s in summaries]
+        bars = ax.bar([i + (j - 1) * w for i in x], vals, w, label=label)
+        for b, v in zip(bars, [s[key] for s in summaries]):
+            ax.annotate(f"{v:.0f}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names)
+    ax.set_ylabel("seconds from submit to task start (log)")
+    ax.set_title("Task start latency")
+    ax.legend()
+
+    ax = axes[1]
+    w = 0.38
+    eg = [s["egress_tb"] for s in summaries]
+    lb = [s["lb_tb"] for s in summaries]
+    b1 = ax.bar([i - w / 2 for i in x], eg, w, label="registry egress")
+    ax.bar([i + w / 2 for i in x], lb, w, label="lower bound (each host pulls\neach image it needs once)",
+           color="0.7")
+    for b, s in zip(b1, summaries):
+        ax.annotate(f"{s['egress_tb']:.1f} TB\n{s['egress_ratio']:.2f}x LB",
+                    (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names)
+    ax.set_ylabel("TB in the measured window")
+    ax.set_title("Registry egress")
+    ax.set_ylim(0, max(eg + lb + [0.1]) * 1.25)
+    ax.legend(fontsize=8, loc="upper right")
+
+    ax = axes[2]
+    a = [100 * s["warm_share"] for s in summaries]
+    t = [100 * s["warm_share_top10"] for s in summaries]
+    ax.bar([i - w / 2 for i in x], a, w, label="all images")
+    bt = ax.bar([i + w / 2 for i in x], t, w, label="10 most used images")
+    for b, v in zip(bt, t):
+        ax.annotate(f"{v:.1f}%", (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.axhline(100 * GOAL_WARM_TOP10, color="red", ls="--", lw=1, label="goal (top 10)")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("% of task starts that were warm")
+    ax.set_title("Warm starts")
+    ax.legend(fontsize=8, loc="lower left")
+
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
