@@ -108,20 +108,35 @@ class Cache:
     # ------------------------------------------------------------ locks
 
     @contextmanager
-    def image_lock(self, name, timeout=None):
-        """Exclusive per-image staging lock: blocking flock (waiters wake as soon as
-        the holder releases), bounded by `timeout` seconds."""
+    def image_lock(self, name, timeout=None, ready=None):
+        """The per-image staging lock. Yields True when the caller must stage.
+
+        The first caller takes it exclusively. The others wait *shared*, blocking in
+        the kernel: when the stager releases, every waiter wakes at once (rather than
+        one after another) and `ready()` tells it the image is there; only if it is
+        not (the stager failed) does a waiter queue for the exclusive lock itself.
+        """
+        import time
+        deadline = time.monotonic() + timeout if timeout else None
         fd = os.open(self._p("locks", f"{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            _flock(fd, fcntl.LOCK_EX, timeout, f"image {name!r}")
-            yield
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _flock(fd, fcntl.LOCK_SH, _left(deadline), f"image {name!r}")
+                if ready is not None and ready():
+                    yield False
+                    return
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                _flock(fd, fcntl.LOCK_EX, _left(deadline), f"image {name!r}")
+            yield True
         finally:
             os.close(fd)  # releases the lock; the file stays (see module docstring)
 
-    @contextmanager
-    def pinned(self, image):
-        """Hold a shared lock on `image`'s blob so eviction leaves it alone. The kernel
-        drops it when the holder dies, so a killed job never leaks a pin."""
+    def pin(self, image):
+        """Take a shared lock on `image`'s blob so eviction leaves it alone; returns
+        (path, fd) and closing fd releases it. The kernel drops it when the holder
+        dies, so a killed job never leaks a pin."""
         from .errors import NotCached
         path = self.lookup(image)
         if path is None:
@@ -133,6 +148,15 @@ class Cache:
             # Eviction may have removed the blob between lookup and lock.
             if self.lookup(image) is None:
                 raise NotCached(f"image {image.name!r} was evicted before it could be pinned")
+        except BaseException:
+            os.close(fd)
+            raise
+        return path, fd
+
+    @contextmanager
+    def pinned(self, image):
+        path, fd = self.pin(image)
+        try:
             yield path
         finally:
             os.close(fd)
@@ -369,6 +393,13 @@ def _open_pin(path):
             return fd
         except OSError as e:
             raise CacheError(f"cannot create pin file {path}: {e.strerror}") from None
+
+
+def _left(deadline):
+    if deadline is None:
+        return None
+    import time
+    return max(deadline - time.monotonic(), 0.001)
 
 
 def _flock(fd, op, timeout, what):

@@ -55,6 +55,7 @@ def _parser():
 
     from .ge import commands as ge_commands
     ge_commands.add_parsers(sub)
+    ge_commands.add_kit_parsers(sub)
     return p
 
 

@@ -107,6 +107,15 @@ class Settings:
         self.images = images
         self.path = path
         self.sources = sources or {}
+        self.stamps = []  # (path, mtime, size, inode) of the files these came from
+
+    def is_stale(self):
+        """True once a file these settings came from has changed (long-lived hooks
+        such as the load sensor and the JSV reload then)."""
+        try:
+            return any(_stamp(s[0]) != list(s) for s in self.stamps)
+        except OSError:
+            return True
 
     def get(self, section, key):
         return self.values[section][key]
@@ -156,6 +165,7 @@ def load(path=None, use_snapshot=True):
         if settings is not None:
             return settings
     settings, sources = _load_yaml(path)
+    settings.stamps = [_stamp(p) for p in sources]
     if use_snapshot:
         _write_snapshot(path, settings, sources)
     return settings
@@ -192,7 +202,9 @@ def _read_snapshot(path):
         for stamp in data["sources"]:
             if _stamp(stamp[0]) != stamp:
                 return None
-        return Settings.from_json(data["settings"], path)
+        settings = Settings.from_json(data["settings"], path)
+        settings.stamps = data["sources"]
+        return settings
     except (OSError, ValueError, KeyError, TypeError):
         return None
     finally:
@@ -204,7 +216,7 @@ def _write_snapshot(path, settings, sources):
     snap = _snapshot_path(path)
     tmp = f"{snap}.{os.getpid()}.tmp"
     try:
-        data = {"version": SNAPSHOT_VERSION, "sources": [_stamp(p) for p in sources],
+        data = {"version": SNAPSHOT_VERSION, "sources": settings.stamps,
                 "settings": settings.to_json()}
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with os.fdopen(fd, "w") as f:
@@ -428,6 +440,11 @@ def parse_catalog(data, path):
         for k, v in options.items():
             if not isinstance(v, dict):
                 raise ConfigError(f"{eline(k)}: image {name!r}: {k!r} must be a mapping of options")
+            problem = _check_source_options(k, v)
+            if problem:
+                lines = getattr(v, "lines", {})
+                where = f"{path}:{lines[problem[0]]}" if problem[0] in lines else eline(k)
+                raise ConfigError(f"{where}: image {name!r}: {k}.{problem[0]}: {problem[1]}")
         image = Image(name, [u.strip() for u in urls], digest, size, description,
                       {k: dict(v) for k, v in options.items()})
         if digest is None and image.pin is None:
@@ -435,3 +452,16 @@ def parse_catalog(data, path):
                               f"one (such as oras://registry/repo@sha256:...); add its sha256")
         images[name] = image
     return images
+
+
+def _check_source_options(kind, options):
+    """(key, problem) for a bad per-source option, or None. Each fetcher module names
+    its keys in OPTION_KEYS and may check values in check_options: a misspelt
+    `enpoint_url:` fails at load with its line, not at the first cold pull."""
+    import importlib
+    mod = importlib.import_module(f".fetch.{kind}", __package__)
+    unknown = sorted(set(options) - set(mod.OPTION_KEYS))
+    if unknown:
+        return unknown[0], f"unknown option (known: {', '.join(sorted(mod.OPTION_KEYS))})"
+    check = getattr(mod, "check_options", None)
+    return check(options) if check else None

@@ -25,7 +25,8 @@ def stage(image, cache, settings, progress=None, log=None):
     from .log import Log
     log = log or Log.from_settings(settings)
     cache.ensure_layout()
-    with cache.image_lock(image.name, settings.values["cache"]["lock_wait"]):
+    with cache.image_lock(image.name, settings.values["cache"]["lock_wait"],
+                          ready=lambda: cache.lookup(image)):
         path = cache.lookup(image)
         if path is not None:
             cache.record_use(path)
@@ -36,7 +37,8 @@ def stage(image, cache, settings, progress=None, log=None):
             return _download(image, cache, settings, progress, log)
         except _RetryAfterEviction as e:
             log(f"image {image.name}: disk full after {e.received} bytes; evicting and retrying once")
-            _evict(cache, image, max(image.size or 0, e.received), log)
+            # Without a catalog size, twice what fit is the best guess of what it needs.
+            _evict(cache, image, image.size or 2 * e.received, log)
             return _download(image, cache, settings, progress, log, final=True)
 
 

@@ -9,6 +9,7 @@ resume is refused with 401/403 because a token or a presigned URL expired in the
 middle of a long download.
 """
 import http.client
+import ssl
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import FetchError, VerifyError
@@ -19,20 +20,23 @@ ERROR_BODY_LIMIT = 64 << 10
 MAX_RENEWALS = 3
 
 
-def get(url, sink, ctx, headers=None, describe=None, renew=None):
+def get(url, sink, ctx, headers=None, describe=None, renew=None, shown=None):
     """Fill `sink` from byte `sink.received` with the body of GET `url`.
 
-    describe(status, reason, headers, body, shown) -> FetchError words a refusal
-    (default: http.py's wording). renew(status, response_headers) -> (url, headers)
-    or None is asked for new credentials after a 401/403.
+    describe(status, reason, response, body, shown) -> FetchError or None words a
+    refusal (None: http.py's wording). renew(status, response_headers) ->
+    (url, headers) or None is asked for new credentials after a 400/401/403 (S3
+    services differ in the status of an expired signature). `shown`
+    names the source in messages: a presigned URL is itself a secret.
     """
     headers = dict(headers or {})
+    shown = shown or redact(url)
     state = {"validator": None}
     resumes = renewals = 0
     while True:
         offset = sink.received
         try:
-            _transfer(url, sink, ctx, offset, state, headers, describe)
+            _transfer(url, sink, ctx, offset, state, headers, describe, shown)
             return
         except _Refused as e:
             renewals += 1
@@ -44,30 +48,29 @@ def get(url, sink, ctx, headers=None, describe=None, renew=None):
             ctx.log(f"image {ctx.image.name}: {e.error}; renewed the credentials")
         except _http._Interrupted as e:
             if state["validator"] is None or sink.received == offset and resumes:
-                raise FetchError(f"{redact(url)}: {e}", transient=True) from None
+                raise FetchError(f"{shown}: {e}", transient=True) from None
             resumes += 1
             if resumes > _http.MAX_RESUMES:
-                raise FetchError(f"{redact(url)}: {e} (gave up after {_http.MAX_RESUMES} resumes)",
+                raise FetchError(f"{shown}: {e} (gave up after {_http.MAX_RESUMES} resumes)",
                                  transient=True) from None
             ctx.log(f"image {ctx.image.name}: {e}; resuming at byte {sink.received}")
 
 
 class _Refused(Exception):
-    """401/403: maybe only an expired token or URL, which `renew` can replace."""
+    """400/401/403: maybe only an expired token or URL, which `renew` can replace."""
 
     def __init__(self, status, headers, error):
         super().__init__(str(error))
         self.status, self.headers, self.error = status, headers, error
 
 
-def _transfer(url, sink, ctx, offset, state, extra, describe):
+def _transfer(url, sink, ctx, offset, state, extra, describe, shown):
     headers = {"User-Agent": _http.USER_AGENT, "Accept-Encoding": "identity", **extra}
     if offset:
         headers["Range"] = f"bytes={offset}-"
         if state["validator"]:
             headers["If-Range"] = state["validator"]
-    resp, conn, final_url = open_url(url, headers, ctx)
-    shown = redact(final_url)
+    resp, conn, _ = open_url(url, headers, ctx, shown=shown)
     try:
         if resp.status == 206 and offset:
             start = _http._range_start(resp.getheader("Content-Range"))
@@ -84,8 +87,8 @@ def _transfer(url, sink, ctx, offset, state, extra, describe):
                                   f"{sink.expected_size} (wrong file?)")
         else:
             error = refusal(resp, shown, describe)
-            if resp.status in (401, 403):
-                raise _Refused(resp.status, dict(resp.getheaders()), error)
+            if resp.status in (400, 401, 403):
+                raise _Refused(resp.status, resp.msg, error)
             raise error
         accept = (resp.getheader("Accept-Ranges") or "").lower()
         validator = resp.getheader("ETag") or resp.getheader("Last-Modified")
@@ -95,7 +98,7 @@ def _transfer(url, sink, ctx, offset, state, extra, describe):
         conn.close()
 
 
-def open_url(url, headers, ctx, method="GET", body=None):
+def open_url(url, headers, ctx, method="GET", body=None, shown=None):
     """http.py's request with redirects followed, except that `Authorization` goes
     to the first host only: a registry that redirects a blob to object storage must
     not leak its token there (and S3 rejects a request with both a token and a
@@ -117,19 +120,26 @@ def open_url(url, headers, ctx, method="GET", body=None):
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            raise FetchError(f"{redact(url)}: {_http._describe(e)}", transient=True) from None
+            if isinstance(e, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(e):
+                # Retrying cannot help: the server speaks plain http.
+                raise FetchError(f"{shown or redact(url)}: the server does not speak TLS "
+                                 f"(a plain-http server behind an https URL?)",
+                                 transient=False) from None
+            raise FetchError(f"{shown or redact(url)}: {_http._describe(e)}",
+                             transient=True) from None
         if resp.status in (301, 302, 303, 307, 308) and method == "GET":
             location = resp.getheader("Location")
-            conn.close()
             if not location:
-                raise FetchError(f"{redact(url)}: redirect without a Location", transient=False)
+                return resp, conn, url  # S3's PermanentRedirect: the body names the region
+            conn.close()
             seen.append(url)
             url = urljoin(url, location)
             if url in seen:
-                raise FetchError(f"{redact(url)}: redirect loop", transient=False)
+                raise FetchError(f"{shown or redact(url)}: redirect loop", transient=False)
             continue
         return resp, conn, url
-    raise FetchError(f"{redact(url)}: more than {_http.MAX_REDIRECTS} redirects", transient=False)
+    raise FetchError(f"{shown or redact(url)}: more than {_http.MAX_REDIRECTS} redirects",
+                     transient=False)
 
 
 def _origin(url):

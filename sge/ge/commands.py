@@ -15,3 +15,65 @@ def add_parsers(sub):
 def _cmd_jsv(args):
     from . import jsv
     return jsv.run(getattr(args, "config", None))
+
+
+def add_kit_parsers(sub):
+    """install/uninstall and the hooks Grid Engine runs (normally through launchers)."""
+    s = sub.add_parser("install", help="wire the kit into the cluster with qconf (idempotent)")
+    s.add_argument("--dry-run", action="store_true", help="print every change, make none")
+    s.add_argument("--sync", action="store_true",
+                   help="also remove per-image complexes of images no longer in the catalog")
+    s.add_argument("--queue", action="append", dest="queues", metavar="Q",
+                   help="queue to give the prolog (repeatable; default all.q)")
+    s.add_argument("--host", action="append", dest="hosts", metavar="HOST",
+                   help="exec host to give the load sensor (repeatable; default every exec host)")
+    s.add_argument("--starter", action="store_true",
+                   help="also set the starter method (runs jobs inside their image)")
+    s.add_argument("--no-jsv", action="store_true", help="leave the global jsv_url alone")
+    s.add_argument("--hooks-dir", metavar="DIR",
+                   help="where the launchers go (default: hooks/ beside the config)")
+    s.set_defaults(func=_cmd_install)
+
+    s = sub.add_parser("uninstall", help="remove exactly what install added")
+    s.add_argument("--dry-run", action="store_true")
+    s.add_argument("--hooks-dir", metavar="DIR")
+    s.set_defaults(func=_cmd_uninstall)
+
+    for name, module, help_ in (
+            ("prolog", "prolog", "the queue prolog: stage $SGE_IMAGE (exit 0/99/100)"),
+            ("loadsensor", "loadsensor", "the load sensor protocol on stdin/stdout"),
+            ("starter", "starter", "the starter method: run the job inside its image")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("args", nargs="*", help=argparse_suppress())
+        s.set_defaults(func=lambda a, m=module: _run_hook(m, a))
+
+
+def argparse_suppress():
+    import argparse
+    return argparse.SUPPRESS
+
+
+def _hooks_dir(args, settings_path):
+    import os
+    return args.hooks_dir or os.path.join(os.path.dirname(os.path.abspath(settings_path)), "hooks")
+
+
+def _cmd_install(args):
+    from .. import config
+    from . import install
+    settings = config.load(args.config, use_snapshot=False)
+    return install.install(settings, _hooks_dir(args, settings.path), queues=args.queues or ["all.q"],
+                           hosts=args.hosts, starter=args.starter, jsv=not args.no_jsv,
+                           sync=args.sync, dry_run=args.dry_run)
+
+
+def _cmd_uninstall(args):
+    from .. import config
+    from . import install
+    return install.uninstall(_hooks_dir(args, config.config_path(args.config)), dry_run=args.dry_run)
+
+
+def _run_hook(module, args):
+    import importlib
+    argv = (["--config", args.config] if args.config else []) + list(args.args)
+    return importlib.import_module(f"{__package__}.{module}").main(argv)

@@ -156,14 +156,21 @@ class ImageJsv:
         self.config_path = config_path
         self.clock = clock
         self.settings = None
-        self.checked_at = None
+        self.checked_at = 0.0
         self.loop = None
         self.log = Log(None, tag="sge-image-jsv")
 
     def current_settings(self):
         now = self.clock()
-        if self.settings is not None and now - self.checked_at < RELOAD_INTERVAL:
-            return self.settings
+        if self.settings is not None:
+            if now - self.checked_at < RELOAD_INTERVAL:
+                return self.settings
+            # Settings.is_stale (where the core provides it) only stats the source
+            # files; otherwise config.load decides, from its snapshot or the YAML.
+            is_stale = getattr(self.settings, "is_stale", None)
+            if is_stale is not None and not is_stale():
+                self.checked_at = now
+                return self.settings
         try:
             from .. import config
             settings = config.load(self.config_path)
@@ -174,16 +181,18 @@ class ImageJsv:
                          f"catalog: {clean_text(e, 300)}")
                 return self.settings
             raise CatalogUnavailable(str(e)) from None
-        self._adopt(settings)
-        self.checked_at = now
+        self._adopt(settings, now)
         return settings
 
-    def _adopt(self, settings):
+    def _adopt(self, settings, now):
+        # The timer may interrupt this at any point: `settings` goes in last, so a
+        # cut-short adoption leaves the previous state whole.
         from ..log import Log
-        self.settings = settings
         self.log = Log.from_settings(settings, tag="sge-image-jsv")
         if self.loop is not None:
             self.loop.timeout = effective_timeout(settings.values["jsv"]["timeout"])
+        self.checked_at = now
+        self.settings = settings
 
     def verify(self, job):
         result = map_image(job.params, job.env, self.current_settings)

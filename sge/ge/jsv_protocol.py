@@ -151,7 +151,6 @@ class JsvLoop:
         self.send_env = send_env
         self.job = Job()
         self.context = None   # last CONTEXT seen: decides whether LOG lines may be sent
-        self.jobs = 0
         self._armed = False
 
     # ------------------------------------------------------------ main loop
@@ -194,6 +193,8 @@ class JsvLoop:
     def _handle(self, line):
         """One input line; True when the loop should end."""
         cmd, _, rest = line.partition(" ")
+        if cmd.endswith("\r"):
+            cmd = cmd[:-1]  # a CRLF transcript: still BEGIN, QUIT, START
         if cmd == "PARAM":
             name, _, value = rest.partition(" ")
             if not name:
@@ -217,7 +218,6 @@ class JsvLoop:
             self._write(["SEND ENV", "STARTED"] if self.send_env else ["STARTED"])
         elif cmd == "BEGIN":
             job, self.job = self.job, Job()
-            self.jobs += 1
             self._write(self._answer(job))
         elif cmd == "QUIT":
             return True
@@ -275,25 +275,36 @@ class JsvLoop:
         if result.state in (ACCEPT, CORRECT):
             # Corrections only matter for jobs that will exist; on REJECT they would
             # only add qmaster parse errors to the user's message.
-            for name, value in result.params:
-                lines.append(_line("PARAM", _word(name), _value(value)))
-            for op, name, value in result.env:
-                if op == "DEL":
-                    lines.append(f"ENV DEL {_word(name)}")
-                elif op in ("ADD", "MOD"):
-                    lines.append(_line(f"ENV {op}", _word(name), _value(value)))
-                else:
-                    raise ValueError(f"bad ENV operation {op!r}")
-            if any(len(ln.encode("utf-8", "surrogateescape")) >= MAX_OUT_LINE for ln in lines):
-                self.log("jsv: a correction is too long for Grid Engine's JSV protocol")
-                result = Result.reject("the job's attributes are too long to be corrected "
-                                       "by the job submission verifier")
+            try:
+                lines = self._corrections(result)
+            except ValueError as e:
+                self.log(f"jsv: cannot send a correction: {clean_text(e, 200)}")
+                result = Result.reject(f"the job cannot be corrected by the job submission "
+                                       f"verifier: {e}")
                 lines = []
         if context == "server":
             lines.extend(f"LOG {level if level in LOG_LEVELS else 'INFO'} {clean_text(text)}"
                          for level, text in result.logs)
         msg = clean_text(result.message, format_safe=True)
         lines.append(f"RESULT STATE {result.state} {msg}" if msg else f"RESULT STATE {result.state}")
+        return lines
+
+    @staticmethod
+    def _corrections(result):
+        lines = []
+        for name, value in result.params:
+            lines.append(_line("PARAM", _word(name), _value(value)))
+        for op, name, value in result.env:
+            if op == "DEL":
+                lines.append(f"ENV DEL {_word(name)}")
+            elif op in ("ADD", "MOD"):
+                lines.append(_line(f"ENV {op}", _word(name), _value(value)))
+            else:
+                raise ValueError(f"bad ENV operation {clean_text(op, 20)!r}")
+        for ln in lines:
+            if len(ln.encode("utf-8", "surrogateescape")) >= MAX_OUT_LINE:
+                raise ValueError("its attributes would be too long for Grid Engine's JSV "
+                                 "protocol")
         return lines
 
     def _malformed(self, what):
@@ -338,14 +349,16 @@ class JsvLoop:
 def _word(name):
     name = str(name)
     if not name or any(c in name for c in " \t\r\n\0"):
-        raise ValueError(f"bad name {name!r} in a JSV correction")
+        raise ValueError(f"bad attribute name {clean_text(repr(name), 40)}")
     return name
 
 
 def _value(value):
+    # A newline would end the line early and turn the rest into a command; a NUL
+    # would cut qmaster's C string. Anything else is passed through as it came.
     value = "" if value is None else str(value)
-    if any(c in value for c in "\r\n\0"):
-        raise ValueError("a JSV correction value contains a line break")
+    if "\n" in value or "\0" in value:
+        raise ValueError("a value contains a line break or NUL")
     return value
 
 

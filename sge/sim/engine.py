@@ -41,6 +41,7 @@ import math
 import random
 import time
 from collections import deque
+from bisect import bisect_left, insort
 from heapq import heapify, heappop, heappush, heapreplace
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -158,6 +159,7 @@ class Engine:
         self.place_img: List[Dict[int, int]] = [dict() for _ in range(H)]
         self.pulls = [0] * H
         self.end_time = 0.0
+        self._censored = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -343,15 +345,26 @@ class Engine:
         key_a = self._keys(t)
         ks = key_a[idx]
         o = np.argsort(ks, kind="stable")  # ties: lower host index (seq_no) first
-        order = list(zip(ks[o].tolist(), idx[o].tolist()))
-        norder = len(order)
+        ok = ks[o].tolist()
+        oh = idx[o].tolist()
+        norder = len(oh)
         key = key_a.tolist()
+        pos = [0] * self.H
+        for p, h in enumerate(oh):
+            pos[h] = p
+        # Hosts not yet dispatched to in this run keep their run-start key and
+        # their place in `oh`; `nxt` skips the others (union-find "next alive").
+        # Hosts dispatched to (and still free) sit in `bl`, sorted by current key.
+        nxt = list(range(norder + 1))
+        bl: list = []
+        touched = set()
+        gp = 0
         sim = self.sim
         adj = sim.job_load_adjustment if sim.load_adjustment_decay > 0 else 0.0
         adjinc = [adj / s for s in self.slots]
         cnt = [0] * self.H
-        gheap = order[:]  # a sorted list is a heap
         wstate: Dict[int, list] = {}
+        dead = set()  # images whose reported-warm hosts are all full in this run
         soft = self.policy.soft
         maxpt = sim.max_pending_tasks_per_job
         caches, heap, NI = self.caches, self.heap, self.NI
@@ -373,26 +386,27 @@ class Engine:
                 quota = maxpt
             st = None
             S = None
+            if job.hard and img in dead:
+                continue
             if soft or job.hard:
                 S = warm_view[img]
                 if S:
                     st = wstate.get(img)
                     if st is None:
-                        if len(S) * 4 < norder:
+                        if len(S) * 8 < norder:
+                            # few warm hosts: a heap of them, repaired lazily
                             wh = [(key[h], h) for h in S if free[h]]
                             heapify(wh)
-                            st = [wh, norder]
+                            st = [wh]
                         else:
-                            st = [[], 0]
+                            st = [None, 0]  # walk the load order
                         wstate[img] = st
             while quota:
                 h = -1
                 if st is not None:
-                    # Warm hosts with a free slot, least loaded first.  The heap
-                    # holds candidates with possibly stale (too low) keys and is
-                    # fed from the global order while that could hold a better one.
+                    # least loaded host with a free slot among those reported warm
                     wh = st[0]
-                    while True:
+                    if wh is not None:
                         while wh:
                             k, h2 = wh[0]
                             if not free[h2]:
@@ -402,41 +416,69 @@ class Engine:
                             if k != kh:
                                 heapreplace(wh, (kh, h2))
                                 continue
+                            h = h2
                             break
+                    else:
                         p = st[1]
-                        if p >= norder:
-                            h = wh[0][1] if wh else -1
-                            break
-                        e = order[p]
-                        if wh and wh[0] < e:
-                            h = wh[0][1]
-                            break
-                        st[1] = p + 1
-                        h2 = e[1]
-                        if free[h2] and h2 in S:
-                            heappush(wh, (key[h2], h2))
+                        while True:
+                            r = p
+                            while nxt[r] != r:
+                                r = nxt[r]
+                            while nxt[p] != r:
+                                nxt[p], p = r, nxt[p]
+                            p = r
+                            if p >= norder or oh[p] in S:
+                                break
+                            p += 1
+                        st[1] = p
+                        ka = kb = None
+                        if p < norder:
+                            h = oh[p]
+                            ka = ok[p]
+                        for e in bl:
+                            if e[1] in S:
+                                kb = e
+                                break
+                        if kb is not None and (ka is None or kb < (ka, h)):
+                            h = kb[1]
+                        elif ka is None:
+                            # none left; free warm hosts only get fewer in a run
+                            st = wstate[img] = [[]]
                 if h < 0:
                     if job.hard:
+                        dead.add(img)
                         break  # pends until a host reported warm has a free slot
-                    while gheap:
-                        k, h2 = gheap[0]
-                        if not free[h2]:
-                            heappop(gheap)
-                            continue
-                        kh = key[h2]
-                        if k != kh:
-                            heapreplace(gheap, (kh, h2))
-                            continue
-                        h = h2
-                        break
-                    if h < 0:
+                    p = gp
+                    r = p
+                    while nxt[r] != r:
+                        r = nxt[r]
+                    while nxt[p] != r:
+                        nxt[p], p = r, nxt[p]
+                    gp = r
+                    if r < norder:
+                        h = oh[r]
+                        if bl and bl[0] < (ok[r], h):
+                            h = bl[0][1]
+                    elif bl:
+                        h = bl[0][1]
+                    else:
                         stop = True  # no free slot anywhere
                         break
+                # ---- bookkeeping of the host order for the dispatch below
+                kh = key[h]
+                if h in touched:
+                    del bl[bisect_left(bl, (kh, h))]
+                else:
+                    touched.add(h)
+                    nxt[pos[h]] = pos[h] + 1
+                free[h] -= 1
+                kh += adjinc[h]
+                key[h] = kh
+                if free[h]:
+                    insort(bl, (kh, h))
                 # ---- dispatch one task of job to host h
                 quota -= 1
                 ndisp += 1
-                free[h] -= 1
-                key[h] += adjinc[h]
                 cnt[h] += 1
                 i = job.next
                 job.next = i + 1
@@ -562,8 +604,28 @@ class Engine:
         self.end_time = t
         return self.result()
 
+    def _censor(self) -> int:
+        """Measured tasks that never started count with latency >= end - submit."""
+        end = self.end_time
+        n = 0
+        waiting = [job for c in self.caches for fl in c.inflight.values()
+                   for (_, job, _, _) in fl.waiters]
+        for job in waiting:
+            if job.measured:
+                self.lat.append(end - job.submit)
+                n += 1
+        for job in self.pending:
+            if job.measured:
+                k = len(job.runtimes) - job.next
+                self.lat.extend([end - job.submit] * k)
+                n += k
+        return n
+
     def result(self) -> dict:
         sizes, NI = self.sizes, self.NI
+        if self._censored is None:
+            self._censored = self._censor()
+        censored = self._censored
         lb = 0.0
         for pair in self.needed:
             lb += sizes[pair % NI]
@@ -579,6 +641,7 @@ class Engine:
             "evictions": self.evictions,
             "cap_overflows": sum(c.overflows for c in self.caches),
             "latencies": self.lat,
+            "censored_latencies": censored,
             "wait_slot_seconds": self.wait_s,
             "measured_tasks": self.m_total,
             "started_tasks": self.m_started,

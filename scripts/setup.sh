@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install everything the tests, benchmarks and demo need on a fresh Debian machine,
+# as root: Debian packages, and a virtualenv (.venv) with the kit and its test tools.
+# Idempotent: a second run only checks. Grid Engine itself is installed and started
+# by scripts/ge-cluster.sh (the tests and the demo call it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+APT_PKGS="python3-venv python3-dev gcc curl nginx-light docker-registry siftool squashfs-tools busybox-static"
+missing=""
+for p in $APT_PKGS; do
+  dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii' || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "setup: installing$missing"
+  apt-get update -qq -o DPkg::Lock::Timeout=900
+  apt-get install -y -qq -o DPkg::Lock::Timeout=900 $missing >/dev/null
+fi
+# Debian's docker-registry and nginx start nothing here (no systemd), and the tests
+# start their own instances on 127.0.0.1 with their own configs.
+
+# The system Python, not a per-user one: Grid Engine runs the kit's hooks as root,
+# sgeadmin and job owners, who may not read another user's home.
+PY=/usr/bin/python3
+if [ ! -x .venv/bin/python ] || [ "$(readlink -f .venv/bin/python)" != "$(readlink -f $PY)" ]; then
+  rm -rf .venv
+  $PY -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -e '.[test,bench]' 2>&1 | grep -v -i 'warning' || true
+.venv/bin/python -c 'import sge, yaml, psutil, filelock, pytest, hypothesis, boto3' \
+  || { echo "setup: the virtualenv is incomplete" >&2; exit 1; }
+echo "setup: ok"

@@ -1,0 +1,299 @@
+"""docker://, library://, shub:// and anything else Apptainer can pull: run a configured
+command that writes the image to a file, then feed that file through the sink, so the
+bytes published are the bytes hashed and verified, through the same atomic path as
+every other source.
+
+The template is a list of words, site-wide under `sources: {command: {template: [...]}}`
+and per image under `command: {template: [...]}` (a plain string is split like a
+shell would split it, but no shell ever runs). Placeholders inside words: {uri} (the
+image's URL), {dest} (the file the command must create), {tmp} (an empty private
+directory for its scratch files). `env: {NAME: value}` adds environment variables.
+
+Where {dest} lives: `<sink temp file>.cmd/image`, a private directory beside the
+temp file, so on the cache's filesystem. A directory because the cache's temp sweep
+unlinks files whose writer's flock is gone, and a command's output file has no such
+lock; the directory cannot be unlinked by that sweep, and this module holds a flock
+on it while the command runs, so its own sweep of `*.cmd` leftovers (a stager killed
+with SIGKILL) can tell a live pull from a dead one. The copy into the sink reads a
+file just written (in the page cache) and costs about a second per GiB, next to a
+pull that builds or downloads the image; the image needs twice its size on the cache
+filesystem until the copy is done.
+
+The command runs in its own process group; a timeout (fetch.command_timeout) or a
+SIGTERM/SIGINT/SIGHUP to the stager kills the whole group, so no orphaned pull keeps
+writing into the cache.
+"""
+import fcntl
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+from ..errors import FetchError
+from . import redact
+
+OPTION_KEYS = {
+    "template": "the command as a list of words, with {dest} and {uri}",
+    "env": "a mapping of extra environment variables",
+}
+DEFAULT_TEMPLATE = ["apptainer", "pull", "--disable-cache", "{dest}", "{uri}"]
+GRACE = 5.0                 # seconds between SIGTERM and SIGKILL
+LOG_LINES = 200             # a chatty pull must not flood the site log
+TAIL_LINES = 5
+# Checked on the last lines of output only; network trouble wins over "not found"
+# because a retry message may quote the reference.
+TRANSIENT_OUTPUT = re.compile(r"timeout|timed out|temporar|connection (refused|reset)|"
+                              r"no route|network|too many requests|\b5\d\d\b|unavailable",
+                              re.I)
+PERMANENT_OUTPUT = re.compile(r"manifest unknown|not found|unauthori[sz]ed|authentication "
+                              r"required|denied|invalid reference|does not exist|no such",
+                              re.I)
+
+
+def check_options(options):
+    for key, value in options.items():
+        if key == "template":
+            try:
+                words = template_words(value)
+            except ValueError as e:
+                return key, str(e)
+            if not any("{dest}" in w for w in words):
+                return key, "must pass {dest}, the file the command writes"
+        elif key == "env":
+            if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)
+                    and isinstance(v, (str, int, float)) and not isinstance(v, bool)
+                    for k, v in value.items()):
+                return key, "must map variable names to text"
+    return None
+
+
+def template_words(value):
+    if isinstance(value, str):
+        value = shlex.split(value)
+    if not isinstance(value, list) or not value or not all(isinstance(w, str) and w
+                                                           for w in value):
+        raise ValueError(f"{value!r} is not a command (a list of words)")
+    return value
+
+
+def options(ctx):
+    site = ctx.sources.get("command") or {}
+    if not isinstance(site, dict):
+        raise FetchError("config sources.command must be a mapping of options", transient=False)
+    unknown = sorted(set(site) - set(OPTION_KEYS))
+    problem = (unknown[0], f"unknown option (known: {', '.join(sorted(OPTION_KEYS))})") \
+        if unknown else check_options(site)
+    if problem:
+        raise FetchError(f"config sources.command.{problem[0]}: {problem[1]}", transient=False)
+    return {**site, **ctx.image.options.get("command", {})}
+
+
+def argv_for(template, uri, dest, tmp):
+    """Substitution word by word: a URI with spaces or `;` stays one argument."""
+    return [w.replace("{uri}", uri).replace("{dest}", dest).replace("{tmp}", tmp)
+            for w in template_words(template)]
+
+
+def fetch(url, sink, ctx):
+    opts = options(ctx)
+    shown = redact(url)
+    sweep_leftovers(os.path.dirname(sink.path))
+    work = sink.path + ".cmd"
+    try:
+        os.mkdir(work, 0o700)
+    except FileExistsError:
+        shutil.rmtree(work, ignore_errors=True)  # ours, from an earlier attempt
+        os.mkdir(work, 0o700)
+    except OSError as e:
+        raise FetchError(f"{shown}: cannot create {work}: {e.strerror}", transient=True) from None
+    lock = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        dest = os.path.join(work, "image")
+        scratch = os.path.join(work, "tmp")
+        os.mkdir(scratch, 0o700)
+        argv = argv_for(opts.get("template", DEFAULT_TEMPLATE), url, dest, scratch)
+        env = dict(os.environ)
+        env.update({k: str(v) for k, v in (opts.get("env") or {}).items()})
+        run(argv, ctx, shown, env, cwd=work)
+        if sink.received:
+            sink.reset()
+        copy_into(dest, sink, shown)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        os.close(lock)
+
+
+def run(argv, ctx, shown, env=None, cwd=None):
+    """Run `argv` in its own process group with output to the log; FetchError on
+    failure, timeout or a termination signal (after the group is dead)."""
+    name = ctx.image.name
+    ctx.log(f"image {name}: running {shlex.join(redact(a) if '://' in a else a for a in argv)}")
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                cwd=cwd)
+    except OSError as e:
+        raise FetchError(f"{shown}: cannot run {argv[0]!r}: {e.strerror} (install it, or set "
+                         f"sources.command.template)", transient=False) from None
+    tail = []
+    reader = threading.Thread(target=_read_output, args=(proc.stdout, ctx, name, tail),
+                              daemon=True)
+    reader.start()
+    caught = []
+    previous = _trap_signals(proc, caught)
+    deadline = time.monotonic() + ctx.command_timeout
+    timed_out = False
+    try:
+        while not _wait_exit(proc, 0.1):
+            if caught or time.monotonic() >= deadline:
+                timed_out = not caught
+                _kill_group(proc)
+                break
+    finally:
+        # Whatever the outcome, nothing of the group outlives the call: a pull's
+        # helper left behind would keep writing into the cache (and the pipe open).
+        _kill_group(proc, grace=0)
+        proc.wait()
+        reader.join(timeout=5)
+        _restore_signals(previous)
+    if caught:
+        signal.raise_signal(caught[0])  # the stager was told to stop: stop it too
+        raise FetchError(f"{shown}: interrupted by signal {caught[0]}", transient=True)
+    last = tail[-1] if tail else "no output"
+    if timed_out:
+        raise FetchError(f"{shown}: {argv[0]} timed out after {ctx.command_timeout:.0f}s "
+                         f"(fetch.command_timeout); last output: {last}", transient=True)
+    if proc.returncode != 0:
+        how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
+               else f"exit status {proc.returncode}")
+        text = "\n".join(tail)
+        transient = bool(TRANSIENT_OUTPUT.search(text)) or not PERMANENT_OUTPUT.search(text)
+        raise FetchError(f"{shown}: {argv[0]} failed ({how}): {last}", transient=transient)
+
+
+def _read_output(stream, ctx, name, tail):
+    logged = 0
+    for raw in iter(lambda: stream.readline(65536), b""):
+        # Progress bars redraw with \r: each redraw is a line of its own.
+        for part in raw.replace(b"\r", b"\n").split(b"\n"):
+            line = part.decode("utf-8", "replace").strip()
+            if not line:
+                continue
+            tail.append(line[:500])
+            del tail[:-TAIL_LINES]
+            if logged < LOG_LINES:
+                ctx.log(f"image {name}: command: {line[:500]}")
+            elif logged == LOG_LINES:
+                ctx.log(f"image {name}: command: (further output not logged)")
+            logged += 1
+    stream.close()
+
+
+def _trap_signals(proc, caught):
+    """While the command runs, a termination signal kills its group first; only the
+    main thread may set handlers (elsewhere the group is still killed in `run`)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):
+        if not caught:
+            caught.append(signum)
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):
+            pass
+    return previous
+
+
+def _restore_signals(previous):
+    for sig, old in previous.items():
+        try:
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass
+
+
+def _wait_exit(proc, timeout):
+    """Whether the leader has exited, waiting up to `timeout`, without reaping it: an
+    unreaped leader keeps its pid, so the group id cannot be reused by a stranger
+    before `_kill_group` has sent its last signal."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                return True
+        except ChildProcessError:
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.02)
+
+
+def _kill_group(proc, grace=GRACE):
+    """SIGTERM to the group (Apptainer removes its scratch files), SIGKILL after `grace`."""
+    sigs = [signal.SIGTERM, signal.SIGKILL] if grace else [signal.SIGKILL]
+    for sig in sigs:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        if sig == signal.SIGTERM:
+            _wait_exit(proc, grace)
+
+
+def copy_into(dest, sink, shown):
+    try:
+        fd = os.open(dest, os.O_RDONLY)
+    except OSError as e:
+        raise FetchError(f"{shown}: the command succeeded but wrote no image at {{dest}} "
+                         f"({e.strerror}); does the template pass {{dest}} as the output "
+                         f"file?", transient=False) from None
+    try:
+        if os.fstat(fd).st_size == 0:
+            raise FetchError(f"{shown}: the command wrote an empty file", transient=False)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            fd = None
+            while True:
+                buf = sink.buffer()
+                n = f.readinto(buf)
+                sink.commit(n or 0)
+                if not n:
+                    return
+    except OSError as e:
+        raise FetchError(f"{shown}: cannot read the command's output: {e.strerror}",
+                         transient=True) from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def sweep_leftovers(tmpdir):
+    """Remove `*.cmd` directories whose stager died (their flock is free)."""
+    try:
+        names = [n for n in os.listdir(tmpdir) if n.endswith(".cmd")]
+    except OSError:
+        return
+    for n in names:
+        path = os.path.join(tmpdir, n)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a live stager holds it
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)

@@ -1,0 +1,325 @@
+"""`sge-image install` / `uninstall`: wire the kit into a cluster through qconf only.
+
+What install changes, each step only when it differs from what is there (so a second
+run changes nothing), and recorded in `<hooks dir>/install-state.json` so uninstall
+restores exactly what was there before:
+- launchers in the hooks dir: small scripts naming this interpreter and this config,
+  because Grid Engine's load_sensor, jsv_url and starter_method take a bare path;
+- complexes: `image` (RESTRING, so qmaster accepts `-l image=...` before the JSV sees
+  it), one BOOL per catalog image, free cache space and the sensor's timestamp,
+  merged into the list (`qconf -Mc` replaces the whole list);
+- `load_sensor` in each exec host's configuration, then the global configuration
+  re-applied so running execds notice (they ignore a host config added while they run);
+- `prolog root@...` (and optionally `starter_method`) in the chosen queues;
+- `jsv_url` in the global configuration.
+"""
+import json
+import os
+import pwd
+import shlex
+import sys
+
+from . import qconf
+from .loadsensor import FREE_COMPLEX, LIST_COMPLEX, TIME_COMPLEX
+
+STATE_FILE = "install-state.json"
+STATE_VERSION = 1
+
+
+def kit_complexes(settings):
+    """name -> complex row the kit wants, fixed ones first."""
+    rows = [
+        ("image", "img", "RESTRING", "==", "YES", "NO", "NONE", "0"),
+        (FREE_COMPLEX, "imgfree", "MEMORY", "<=", "YES", "NO", "0", "0"),
+        (TIME_COMPLEX, "imgtime", "INT", "<=", "NO", "NO", "0", "0"),
+    ]
+    if settings.values["sensor"]["list_complex"]:
+        rows.append((LIST_COMPLEX, "imgs", "RESTRING", "==", "YES", "NO", "NONE", "0"))
+    for name in sorted(settings.images):
+        cx = settings.images[name].complex
+        rows.append((cx, cx, "BOOL", "==", "YES", "NO", "FALSE", "0"))
+    return {r[0]: dict(zip(qconf.COMPLEX_COLUMNS, r)) for r in rows}
+
+
+def launchers(settings, python, hooks_dir):
+    """Launcher file name -> content."""
+    cfg = shlex.quote(os.path.abspath(settings.path))
+    py = shlex.quote(python)
+    kit = _kit_dir()
+    head = "#!/bin/sh\n# Written by `sge-image install`; re-run it rather than editing this file.\n"
+    return {
+        "prolog": head + f"exec {shlex.quote(_wrapper(kit, 'prolog', 'sge-image-prolog'))} "
+                         f"{py} --config {cfg} \"$@\"\n",
+        "loadsensor": head + f"exec {shlex.quote(_wrapper(kit, 'loadsensor', 'sge-image-loadsensor'))} "
+                             f"{py} --config {cfg}\n",
+        "jsv": head + f"exec {py} -I -m sge.cli --config {cfg} jsv\n",
+        "starter": head + f"exec {py} -I -m sge.ge.starter --config {cfg} -- \"$@\"\n",
+    }
+
+
+def _kit_dir():
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _wrapper(kit, folder, name):
+    """The thin executable from the source tree, else the copy pip put beside python."""
+    src = os.path.join(kit, folder, name)
+    if os.path.exists(src):
+        return src
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+class Plan:
+    """Ordered changes; printed by --dry-run, applied otherwise."""
+
+    def __init__(self, dry_run, out):
+        self.dry_run = dry_run
+        self.out = out
+        self.changes = 0
+
+    def do(self, description, action):
+        self.changes += 1
+        self.out.write(("would " if self.dry_run else "") + description + "\n")
+        if not self.dry_run:
+            action()
+
+    def same(self, description):
+        self.out.write(f"unchanged: {description}\n")
+
+
+def _check_manager():
+    qconf.require_qconf()
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    if user not in qconf.managers():
+        raise qconf.QconfError(f"user {user!r} is not a Grid Engine manager "
+                               f"(qconf -am {user}, as a manager, makes it one)")
+
+
+def _load_state(hooks_dir):
+    try:
+        with open(os.path.join(hooks_dir, STATE_FILE)) as f:
+            state = json.load(f)
+        if state.get("version") == STATE_VERSION:
+            return state
+    except (OSError, ValueError):
+        pass
+    return {"version": STATE_VERSION, "complexes": [], "hosts": {}, "queues": {}, "jsv": None}
+
+
+def _save_state(hooks_dir, state):
+    tmp = os.path.join(hooks_dir, STATE_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(state, f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(hooks_dir, STATE_FILE))
+
+
+def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, jsv=True,
+            sync=False, dry_run=False, python=None, out=sys.stdout):
+    _check_manager()
+    hooks_dir = os.path.abspath(hooks_dir)
+    python = python or sys.executable
+    plan = Plan(dry_run, out)
+    state = _load_state(hooks_dir)
+
+    # 1. Launchers.
+    wanted = launchers(settings, python, hooks_dir)
+    if not os.path.isdir(hooks_dir):
+        plan.do(f"create {hooks_dir}", lambda: os.makedirs(hooks_dir, mode=0o755))
+    for fn, text in wanted.items():
+        path = os.path.join(hooks_dir, fn)
+        try:
+            with open(path) as f:
+                current = f.read()
+        except OSError:
+            current = None
+        if current == text:
+            plan.same(f"launcher {path}")
+        else:
+            plan.do(f"write launcher {path}", lambda p=path, t=text: _write_exec(p, t))
+
+    # 2. Complexes.
+    _install_complexes(settings, state, plan, sync)
+
+    # 3. Load sensor in each exec host's configuration.
+    sensor = os.path.join(hooks_dir, "loadsensor")
+    hosts = list(hosts) if hosts else qconf.exec_hosts()
+    touched_hosts = False
+    for host in hosts:
+        conf = qconf.show_conf(host)
+        current = (conf or {}).get("load_sensor")
+        sensors = [s for s in (current or "NONE").split(",") if s and s != "NONE"]
+        if sensor in sensors:
+            plan.same(f"load_sensor of host {host}")
+            continue
+        new = ",".join(sensors + [sensor])
+
+        def set_sensor(host=host, conf=conf, current=current, new=new):
+            rec = state["hosts"].setdefault(host, {"created": conf is None, "previous": current})
+            qconf.write_conf(host, {**(conf or {}), "load_sensor": new}, add=conf is None)
+            state["hosts"][host] = rec
+            _save_state(hooks_dir, state)
+        plan.do(f"set load_sensor of host {host} to {new}", set_sensor)
+        touched_hosts = True
+    if touched_hosts:
+        plan.do("re-apply the global configuration so running execds start the sensor",
+                qconf.reapply_global)
+
+    # 4. Queues: prolog (as root, to write the job's environment file), starter.
+    attrs = {"prolog": f"root@{os.path.join(hooks_dir, 'prolog')}"}
+    if starter:
+        attrs["starter_method"] = os.path.join(hooks_dir, "starter")
+    for queue in queues:
+        conf = qconf.parse_conf(qconf.run("-sq", queue))
+        for attr, value in attrs.items():
+            current = conf.get(attr, "NONE")
+            if current == value:
+                plan.same(f"{attr} of queue {queue}")
+                continue
+            mine = state["queues"].get(queue, {})
+            if current != "NONE" and attr not in mine:
+                raise qconf.QconfError(
+                    f"queue {queue} already has {attr} {current!r}; the kit will not replace "
+                    f"another {attr} (set it to NONE first, or chain it from your own script)")
+
+            def set_attr(queue=queue, attr=attr, value=value, current=current):
+                state["queues"].setdefault(queue, {}).setdefault(attr, current)
+                qconf.set_queue_attr(queue, attr, value)
+                _save_state(hooks_dir, state)
+            plan.do(f"set {attr} of queue {queue} to {value}", set_attr)
+
+    # 5. Server-side JSV.
+    if jsv:
+        url = os.path.join(hooks_dir, "jsv")
+        glob = qconf.show_conf("global") or {}
+        current = glob.get("jsv_url", "NONE")
+        if current == url:
+            plan.same("jsv_url of the global configuration")
+        else:
+            if current not in ("NONE", "none") and state.get("jsv") is None:
+                raise qconf.QconfError(f"the global configuration already has jsv_url {current!r}; "
+                                       f"the kit will not replace another JSV")
+
+            def set_jsv(glob=glob, current=current, url=url):
+                if state.get("jsv") is None:
+                    state["jsv"] = {"previous": current}
+                qconf.write_conf("global", {**glob, "jsv_url": url})
+                _save_state(hooks_dir, state)
+            plan.do(f"set jsv_url of the global configuration to {url}", set_jsv)
+
+    if not dry_run and os.path.isdir(hooks_dir):
+        _save_state(hooks_dir, state)
+    out.write(f"{plan.changes} change{'s' if plan.changes != 1 else ''}"
+              f"{' planned' if dry_run else ''}\n")
+    return 0
+
+
+def _install_complexes(settings, state, plan, sync):
+    current = qconf.parse_complexes(qconf.run("-sc"))
+    by_name = {r["name"]: r for r in current}
+    wanted = kit_complexes(settings)
+    mine = set(state["complexes"])
+    # Refuse to take over a complex someone else defined differently.
+    for name, row in wanted.items():
+        have = by_name.get(name)
+        if have and have != row and name not in mine:
+            raise qconf.QconfError(f"complex {name!r} already exists with another definition "
+                                   f"({' '.join(have.values())}); rename or remove it first")
+    taken = {r["shortcut"]: r["name"] for r in current} | {r["name"]: r["name"] for r in current}
+    for name, row in wanted.items():
+        owner = taken.get(row["shortcut"])
+        if owner and owner != name:
+            raise qconf.QconfError(f"shortcut {row['shortcut']!r} of complex {name!r} is already "
+                                   f"used by complex {owner!r}")
+    new_rows = [r for r in current if r["name"] not in wanted]
+    removed = []
+    if sync:
+        stale = {n for n in mine if n not in wanted}
+        removed = [r["name"] for r in new_rows if r["name"] in stale]
+        new_rows = [r for r in new_rows if r["name"] not in stale]
+    new_rows += list(wanted.values())
+    added = [n for n in wanted if by_name.get(n) != wanted[n]]
+    if not added and not removed:
+        plan.same(f"{len(wanted)} complexes")
+        return
+
+    def apply():
+        qconf.apply_complexes(new_rows)
+        state["complexes"] = sorted((mine | {n for n in wanted if n not in by_name}) - set(removed))
+    desc = []
+    if added:
+        desc.append(f"add/update complexes {', '.join(added)}")
+    if removed:
+        desc.append(f"remove complexes {', '.join(removed)}")
+    plan.do("; ".join(desc), apply)
+
+
+def uninstall(hooks_dir, dry_run=False, out=sys.stdout):
+    _check_manager()
+    hooks_dir = os.path.abspath(hooks_dir)
+    path = os.path.join(hooks_dir, STATE_FILE)
+    if not os.path.exists(path):
+        out.write(f"nothing to uninstall: no {path}\n")
+        return 0
+    state = _load_state(hooks_dir)
+    plan = Plan(dry_run, out)
+
+    if state.get("jsv"):
+        prev = state["jsv"]["previous"]
+
+        def restore_jsv():
+            glob = qconf.show_conf("global") or {}
+            qconf.write_conf("global", {**glob, "jsv_url": prev})
+        plan.do(f"set jsv_url of the global configuration back to {prev}", restore_jsv)
+
+    for queue, attrs in state["queues"].items():
+        for attr, prev in attrs.items():
+            plan.do(f"set {attr} of queue {queue} back to {prev}",
+                    lambda q=queue, a=attr, p=prev: qconf.set_queue_attr(q, a, p))
+
+    for host, rec in state["hosts"].items():
+        if rec["created"]:
+            plan.do(f"delete the host configuration of {host} (install created it)",
+                    lambda h=host: qconf.run("-dconf", h))
+        else:
+            def restore_host(host=host, prev=rec["previous"]):
+                conf = qconf.show_conf(host) or {}
+                if prev is None:
+                    conf.pop("load_sensor", None)
+                else:
+                    conf["load_sensor"] = prev
+                qconf.write_conf(host, conf)
+            plan.do(f"set load_sensor of host {host} back to {rec['previous'] or '(unset)'}",
+                    restore_host)
+    if state["hosts"]:
+        plan.do("re-apply the global configuration so execds stop the sensor", qconf.reapply_global)
+
+    if state["complexes"]:
+        mine = set(state["complexes"])
+
+        def remove_complexes():
+            rows = qconf.parse_complexes(qconf.run("-sc"))
+            qconf.apply_complexes([r for r in rows if r["name"] not in mine])
+        plan.do(f"remove complexes {', '.join(sorted(mine))}", remove_complexes)
+
+    def remove_hooks():
+        for fn in ("prolog", "loadsensor", "jsv", "starter", STATE_FILE):
+            try:
+                os.unlink(os.path.join(hooks_dir, fn))
+            except FileNotFoundError:
+                pass
+        try:
+            os.rmdir(hooks_dir)
+        except OSError:
+            pass
+    plan.do(f"remove the launchers in {hooks_dir}", remove_hooks)
+    out.write(f"{plan.changes} change{'s' if plan.changes != 1 else ''}"
+              f"{' planned' if dry_run else ''}\n")
+    return 0
+
+
+def _write_exec(path, text):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)

@@ -1,0 +1,139 @@
+"""Thin, testable wrappers over `qconf`: run it, and read/write its text formats.
+
+Son of Grid Engine 8.1.9 facts these guard against (measured):
+- `qconf -Mc FILE` replaces the *whole* complex list (there is no `-Ace`), so changes
+  are merged into the list read with `-sc`;
+- `qconf -Mconf FILE` / `-Aconf FILE` name the configuration after the *file name*
+  (`global` or a host name), so files are written under that exact name;
+- long values are shown continued with a trailing backslash.
+"""
+import os
+import shutil
+import subprocess
+import tempfile
+
+from ..errors import SgeImageError
+
+COMPLEX_COLUMNS = ("name", "shortcut", "type", "relop", "requestable", "consumable",
+                   "default", "urgency")
+
+
+class QconfError(SgeImageError):
+    exit_code = 2
+
+
+def require_qconf():
+    if shutil.which("qconf") is None:
+        raise QconfError("qconf not found: run this on a Grid Engine admin host with the "
+                         "Grid Engine environment set (SGE_ROOT, SGE_CELL, PATH)")
+
+
+def run(*args, check=True):
+    r = subprocess.run(["qconf", *args], capture_output=True, text=True, timeout=120)
+    if check and r.returncode != 0:
+        msg = (r.stderr or r.stdout).strip().splitlines()
+        raise QconfError(f"qconf {' '.join(args)} failed: {msg[-1] if msg else r.returncode}")
+    return r.stdout
+
+
+def _logical_lines(text):
+    """Lines with backslash continuations joined."""
+    out, cur = [], ""
+    for line in text.splitlines():
+        if line.endswith("\\"):
+            cur += line[:-1].rstrip() + " "
+            continue
+        out.append((cur + line.strip()) if cur else line)
+        cur = ""
+    if cur:
+        out.append(cur)
+    return out
+
+
+# ---------------------------------------------------------------- complexes
+
+def parse_complexes(text):
+    """`qconf -sc` -> list of dicts with the 8 columns (comments dropped)."""
+    rows = []
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        parts = s.split()
+        if len(parts) < len(COMPLEX_COLUMNS):
+            continue
+        rows.append(dict(zip(COMPLEX_COLUMNS, parts[:len(COMPLEX_COLUMNS)])))
+    return rows
+
+
+def format_complexes(rows):
+    head = "#" + " ".join(f"{c:<12}" for c in COMPLEX_COLUMNS)
+    lines = [head]
+    for r in rows:
+        lines.append(" ".join(f"{r[c]:<12}" for c in COMPLEX_COLUMNS))
+    return "\n".join(lines) + "\n"
+
+
+def apply_complexes(rows):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "complexes")
+        with open(path, "w") as f:
+            f.write(format_complexes(rows))
+        run("-Mc", path)
+
+
+# ---------------------------------------------------------------- configurations
+
+def parse_conf(text):
+    """`qconf -sconf NAME` / `-sq Q` -> ordered {attribute: value}."""
+    conf = {}
+    for line in _logical_lines(text):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        key, _, value = s.partition(" ")
+        conf[key] = " ".join(value.split())
+    return conf
+
+
+def show_conf(name):
+    """A host or the global configuration, or None if the host has none."""
+    r = subprocess.run(["qconf", "-sconf", name], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0 or not r.stdout.strip():
+        return None
+    return parse_conf(r.stdout)
+
+
+def write_conf(name, conf, add=False):
+    """-Aconf/-Mconf with a file called `name` (qconf takes the config name from it)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, name)
+        with open(path, "w") as f:
+            for k, v in conf.items():
+                f.write(f"{k} {v}\n")
+        run("-Aconf" if add else "-Mconf", path)
+
+
+def reapply_global():
+    """Make running execds re-read their host configs: a host config added while an
+    execd runs is ignored until the global config is re-applied (measured)."""
+    conf = show_conf("global")
+    if conf is not None:
+        write_conf("global", conf)
+
+
+def exec_hosts():
+    out = run("-sel", check=False)
+    return [h for h in out.split() if h]
+
+
+def queue_attr(queue, attr):
+    return parse_conf(run("-sq", queue)).get(attr)
+
+
+def set_queue_attr(queue, attr, value):
+    run("-mattr", "queue", attr, value, queue)
+
+
+def managers():
+    return run("-sm", check=False).split()

@@ -1,0 +1,79 @@
+"""The queue's starter method: run the job inside its cached image, pinned.
+
+Grid Engine runs the starter as the job owner with argv = the job script (or binary)
+and its arguments, intact. The pin is a shared flock on the image's pin file, opened
+inheritable and kept across `exec`: the container runtime process holds it for the
+job's whole life and the kernel drops it when the job ends, however it ends. Nothing
+the job controls is ever passed to a shell: the argv is built as a list.
+
+`exec "$@"` would silently ignore `qsub -S` (the script's shebang wins, measured), so
+scripts run through `SGE_STARTER_SHELL_PATH` unless the queue uses unix_behavior.
+"""
+import os
+import sys
+
+EXIT_NO_IMAGE = 75  # EX_TEMPFAIL: the job's own exit status, never the queue's state
+
+
+def job_command(argv, env):
+    """The command Grid Engine would run without a starter method."""
+    if not argv:
+        raise ValueError("no job command given")
+    shell = env.get("SGE_STARTER_SHELL_PATH")
+    mode = env.get("SGE_STARTER_SHELL_START_MODE", "posix_compliant")
+    if shell and mode != "unix_behavior" and _is_job_script(argv[0]):
+        return [shell, *argv]
+    return list(argv)
+
+
+def _is_job_script(path):
+    """Scripts are spooled by execd as .../job_scripts/<job id>; `-b y` binaries are not."""
+    return os.path.basename(os.path.dirname(path)) == "job_scripts"
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    from .hookargs import config_arg
+    cfg = config_arg(argv)
+    if argv[:1] == ["--config"]:
+        argv = argv[2:]
+    elif argv and argv[0].startswith("--config="):
+        argv = argv[1:]
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    env = os.environ
+    try:
+        command = job_command(argv, env)
+    except ValueError as e:
+        print(f"sge-image starter: {e}", file=sys.stderr)
+        return EXIT_NO_IMAGE
+    name = env.get("SGE_IMAGE")
+    if not name:
+        return _exec(command)
+    from .. import config
+    from ..cache import Cache
+    from ..errors import SgeImageError
+    try:
+        settings = config.load(cfg)
+        image = settings.image(name)
+        cache = Cache.from_settings(settings)
+        path, pin_fd = cache.pin(image)
+    except SgeImageError as e:
+        print(f"sge-image starter: cannot run the job in image {name!r}: {e}", file=sys.stderr)
+        return EXIT_NO_IMAGE
+    os.set_inheritable(pin_fd, True)  # the pin lives as long as the exec'd runtime
+    os.environ["SGE_IMAGE_PATH"] = path
+    runtime = settings.values["starter"]["runtime"]
+    return _exec([*runtime, path, *command])
+
+
+def _exec(command):
+    try:
+        os.execvp(command[0], command)
+    except OSError as e:
+        print(f"sge-image starter: cannot run {command[0]!r}: {e.strerror}", file=sys.stderr)
+        return 127
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The kit installed into the running test cluster, the way an admin would.
+
+Grid Engine runs the hooks as root, as sgeadmin (the JSV) and as job owners, so the
+kit goes into a virtualenv every one of them can read (the repository checkout may sit
+under a private home), built from the system Python, and `sge-image install` wires it
+in. Images are served by a real HTTP server on 127.0.0.1 that counts requests.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import yaml
+
+from tests.conftest import ROOT, payload
+from tests.httpserver import Server
+
+KIT_VENV = "/opt/sge-image-kit/venv"
+WORK = "/var/tmp/sge-image-kit-test"
+MB = 1 << 20
+
+
+def build_kit_venv():
+    """A fresh install of this checkout (not editable: hooks must not read the checkout)."""
+    py = os.path.join(KIT_VENV, "bin", "python3")
+    if not os.path.exists(py):
+        subprocess.run(["/usr/bin/python3", "-m", "venv", KIT_VENV], check=True)
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", ROOT],
+                   check=True, capture_output=True)
+    deps = subprocess.run([py, "-c", "import yaml, psutil, filelock"], capture_output=True)
+    if deps.returncode != 0:
+        subprocess.run([py, "-m", "pip", "install", "-q", ROOT], check=True, capture_output=True)
+    return py
+
+
+class Kit:
+    def __init__(self, cluster, work, server, config, python):
+        self.cluster = cluster
+        self.work = work
+        self.server = server
+        self.config = config
+        self.python = python
+        self.images = {}
+
+    def sge_image(self, *args, check=True, host=None):
+        """Run `sge-image` as root, optionally as if on exec host `host` (its UTS name
+        decides which `{host}` cache it sees)."""
+        cmd = [self.python, "-I", "-m", "sge.cli", "--config", self.config, *args]
+        if host:
+            cmd = ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$@"', "sh", *cmd]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if check and r.returncode != 0:
+            raise AssertionError(f"sge-image {' '.join(args)}: {r.returncode}\n{r.stderr}")
+        return r
+
+    def cache_dir(self, host):
+        return os.path.join(self.work, "cache", host)
+
+    def out(self, name):
+        d = os.path.join(self.work, "out", name)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d, mode=0o777)
+        return d
+
+    def script(self, name, text):
+        path = os.path.join(self.work, name)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o755)
+        return path
+
+    def sensor_value(self, host, complex_name):
+        out = self.cluster.run(["qhost", "-F", complex_name, "-h", host]).stdout
+        for line in out.splitlines():
+            line = line.strip()
+            if line.startswith("hl:" + complex_name + "="):
+                return line.split("=", 1)[1]
+        return None
+
+    def wait_sensor(self, host, complex_name, want=True, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = self.sensor_value(host, complex_name)
+            if (v is not None) == want:
+                return v
+            time.sleep(0.5)
+        raise TimeoutError(f"{complex_name} on {host}: still {'absent' if want else 'present'}")
+
+
+def make_kit(cluster, images, extra=None, starter_runtime=None):
+    """Fresh work dir, image server, config and venv; returns an uninstalled Kit."""
+    shutil.rmtree(WORK, ignore_errors=True)
+    os.makedirs(os.path.join(WORK, "srv"))
+    os.chmod(WORK, 0o755)
+    server = Server(os.path.join(WORK, "srv"))
+    catalog = {}
+    for name, spec in images.items():
+        data = payload(spec.get("size", MB), seed=spec.get("seed", hash(name) & 0xFFFF))
+        digest = server.add_file(f"{name}.sif", data)
+        catalog[name] = {"url": server.url(f"{name}.sif"), "sha256": digest, "size": len(data)}
+    cfg = {
+        "cache": {"root": os.path.join(WORK, "cache", "{host}"), "max_size": "1G", "min_free": 0},
+        "fetch": {"retries": 0, "backoff": 0.1, "connect_timeout": 3, "read_timeout": 10,
+                  "progress_interval": 1},
+        "log": {"file": os.path.join(WORK, "sge-image.log")},
+        "prolog": {"max_reschedules": 3},
+        "images": catalog,
+        **(extra or {}),
+    }
+    if starter_runtime:
+        cfg["starter"] = {"runtime": starter_runtime}
+    path = os.path.join(WORK, "config.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    os.chmod(path, 0o644)
+    kit = Kit(cluster, WORK, server, path, build_kit_venv())
+    kit.images = catalog
+    return kit
+
+
+def cluster_snapshot(cluster):
+    """What install may change, as qconf prints it (for the uninstall round trip)."""
+    snap = {"complexes": cluster.qconf("-sc"), "global": cluster.qconf("-sconf", "global"),
+            "queue": cluster.qconf("-sq", "all.q")}
+    for h in cluster.hosts:
+        snap[h] = cluster.run(["qconf", "-sconf", h], check=False).stdout
+    return snap
