@@ -72,7 +72,10 @@ def _transfer(url, sink, ctx, offset, state, extra, describe, shown):
             headers["If-Range"] = state["validator"]
     resp, conn, _ = open_url(url, headers, ctx, shown=shown)
     try:
-        if resp.status == 206 and offset:
+        # rclone's S3 server answers a ranged GET with 200 *and* a Content-Range: that
+        # body is partial, and taking it for a whole file would splice the image.
+        partial = resp.status == 206 or (resp.status == 200 and resp.getheader("Content-Range"))
+        if partial and offset:
             start = _http._range_start(resp.getheader("Content-Range"))
             if start != offset:
                 raise FetchError(f"{shown}: server resumed at byte {start}, not {offset}",
@@ -92,7 +95,7 @@ def _transfer(url, sink, ctx, offset, state, extra, describe, shown):
             raise error
         accept = (resp.getheader("Accept-Ranges") or "").lower()
         validator = resp.getheader("ETag") or resp.getheader("Last-Modified")
-        state["validator"] = validator if ("bytes" in accept or resp.status == 206) else None
+        state["validator"] = validator if ("bytes" in accept or partial) else None
         _http._stream(resp, sink, ctx, shown)
     finally:
         conn.close()

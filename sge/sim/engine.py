@@ -125,7 +125,10 @@ class Engine:
         self.heap: list = []
         self.vis: list = []  # (visible at, seq, host, image, +1/-1)
         self.vis_seq = 0
-        self.pending: List[Job] = []
+        # Pending jobs, one FIFO list per (image, hard request): a hard job whose
+        # warm hosts are all full lets every later one of its list be skipped.
+        self.pending: Dict[int, List[Job]] = {}
+        self.adm_seq = 0
         self.fid = 0
         self.dl_token = 0
         self.dl_next = None
@@ -298,7 +301,9 @@ class Engine:
             if self.pre is not None:
                 self.pre_sub.append((nj.submit, nj.img, len(nj.runtimes)))
                 self.pre_cnt[nj.img] += len(nj.runtimes)
-            self.pending.append(nj)
+            self.adm_seq += 1
+            nj.seq = self.adm_seq
+            self.pending.setdefault(nj.img * 2 + nj.hard, []).append(nj)
             nj = next(self.jobs, None)
         self.next_job = nj
 
@@ -379,7 +384,16 @@ class Engine:
         ndisp = 0
         stop = False
 
-        for job in pending:
+        # jobs in admission order across the lists (k-way merge)
+        merge = [(lst[0].seq, q, 0) for q, lst in pending.items()]
+        heapify(merge)
+        changed = set()
+        while merge:
+            _, q, ji = heappop(merge)
+            lst = pending[q]
+            job = lst[ji]
+            if ji + 1 < len(lst):
+                heappush(merge, (lst[ji + 1].seq, q, ji + 1))
             img = job.img
             quota = len(job.runtimes) - job.next
             if maxpt and quota > maxpt:
@@ -388,6 +402,7 @@ class Engine:
             S = None
             if job.hard and img in dead:
                 continue
+            changed.add(q)
             if soft or job.hard:
                 S = warm_view[img]
                 if S:
@@ -534,7 +549,12 @@ class Engine:
 
         self.running += ndisp
         if ndisp:
-            self.pending = [j for j in pending if j.next < len(j.runtimes)]
+            for q in changed:
+                lst = [j for j in pending[q] if j.next < len(j.runtimes)]
+                if lst:
+                    pending[q] = lst
+                else:
+                    del pending[q]
             r = self.ring_i
             self.ring[r] = cnt
             self.ring_t[r] = t
@@ -614,7 +634,7 @@ class Engine:
             if job.measured:
                 self.lat.append(end - job.submit)
                 n += 1
-        for job in self.pending:
+        for job in (j for lst in self.pending.values() for j in lst):
             if job.measured:
                 k = len(job.runtimes) - job.next
                 self.lat.extend([end - job.submit] * k)

@@ -74,7 +74,7 @@ class WorkloadConfig:
 class Job:
     """One qsub: an image, a submit time and one runtime per array task."""
 
-    __slots__ = ("jid", "submit", "img", "runtimes", "next", "hard", "measured", "recs")
+    __slots__ = ("jid", "submit", "img", "runtimes", "next", "hard", "measured", "recs", "seq")
 
     def __init__(self, jid: int, submit: float, img: int, runtimes: List[float]):
         self.jid = jid
@@ -85,6 +85,7 @@ class Job:
         self.hard = False      # JSV turned the image request into a hard one
         self.measured = False  # submitted inside the measured window
         self.recs = None       # per-task records (calibration scenarios only)
+        self.seq = 0           # admission order (set by the engine)
 
     @property
     def remaining(self) -> int:
