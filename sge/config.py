@@ -171,6 +171,23 @@ def load(path=None, use_snapshot=True):
     return settings
 
 
+def prepare_snapshot(path=None):
+    """Make sure a fresh snapshot exists, parsing the YAML in a child process.
+
+    For long-lived hooks (the load sensor): a YAML parse of a 10,000-image catalog
+    leaves ~50 MB of fragmented heap behind, while loading the snapshot does not.
+    """
+    path = os.path.abspath(config_path(path))
+    if _read_snapshot(path) is not None:
+        return
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, "-I", "-c", "import sys; from sge import config; "
+                    "config.load(sys.argv[1])", path],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=300)
+
+
 # ---------------------------------------------------------------- snapshot
 
 def _snapshot_path(path):

@@ -124,14 +124,29 @@ def fetch(url, sink, ctx):
         if sink.received:
             sink.reset()
         copy_into(dest, sink, shown)
+    except _Signalled as e:
+        caught = e.signum
+    else:
+        caught = None
     finally:
         shutil.rmtree(work, ignore_errors=True)
         os.close(lock)
+    if caught:
+        signal.raise_signal(caught)  # the stager was told to stop: now it stops
+        raise FetchError(f"{shown}: interrupted by signal {caught}", transient=True)
+
+
+class _Signalled(Exception):
+    """A termination signal arrived while the command ran (its group is dead)."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def run(argv, ctx, shown, env=None, cwd=None):
     """Run `argv` in its own process group with output to the log; FetchError on
-    failure, timeout or a termination signal (after the group is dead)."""
+    failure or timeout, _Signalled on a termination signal (the group is dead)."""
     name = ctx.image.name
     ctx.log(f"image {name}: running {shlex.join(redact(a) if '://' in a else a for a in argv)}")
     try:
@@ -163,8 +178,7 @@ def run(argv, ctx, shown, env=None, cwd=None):
         reader.join(timeout=5)
         _restore_signals(previous)
     if caught:
-        signal.raise_signal(caught[0])  # the stager was told to stop: stop it too
-        raise FetchError(f"{shown}: interrupted by signal {caught[0]}", transient=True)
+        raise _Signalled(caught[0])
     last = tail[-1] if tail else "no output"
     if timed_out:
         raise FetchError(f"{shown}: {argv[0]} timed out after {ctx.command_timeout:.0f}s "

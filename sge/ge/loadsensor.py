@@ -24,40 +24,79 @@ TIME_COMPLEX = "img_sensor_time"
 LIST_COMPLEX = "images"
 
 
-def report_lines(host, settings, cache):
-    """The protocol lines of one report (without begin/end)."""
-    now = int(time.time())
-    lines = [f"{host}:{TIME_COMPLEX}:{now}"]
-    try:
-        blobs = _blob_sizes(cache.root)
-    except OSError:
-        return lines  # vanished or unreadable cache: nothing is warm here
-    warm = []
-    for name, image in settings.images.items():
-        if image.sha256:
-            size = blobs.get(image.sha256)
-        else:
+class Reporter:
+    """What one report needs, precomputed from the settings so that a cycle is a
+    directory listing and a join: no per-image objects, no stat of every blob.
+
+    Blobs are content-addressed and only ever appear complete (renamed in after
+    verification), so a name in blobs/sha256/ is proof enough; their sizes never
+    change, so each is stat'ed once, for the free-space figure.
+    """
+
+    def __init__(self, settings, cache, host):
+        self.cache = cache
+        self.stamps = settings.stamps
+        self.list_complex = settings.values["sensor"]["list_complex"]
+        self.by_digest = {}     # sha256 -> [(name, line)]
+        self.by_ref = []        # (ref path, name, line) for source-pinned entries
+        for name, image in settings.images.items():
+            line = f"{host}:{image.complex}:1\n"
+            if image.sha256:
+                self.by_digest.setdefault(image.sha256, []).append((name, line))
+            else:
+                self.by_ref.append((cache.path_for(image), name, line))
+        self.host = host
+        self.sizes = {}
+
+    def is_stale(self):
+        try:
+            from ..config import _stamp
+            return any(_stamp(s[0]) != list(s) for s in self.stamps)
+        except OSError:
+            return True
+
+    def report(self):
+        head = f"{self.host}:{TIME_COMPLEX}:{int(time.time())}\n"
+        try:
+            with os.scandir(os.path.join(self.cache.root, "blobs", "sha256")) as it:
+                present = [de.name for de in it if de.is_file(follow_symlinks=False)]
+        except OSError:
+            return head  # vanished or unreadable cache: nothing is warm here
+        out, warm = [head], []
+        by_digest = self.by_digest
+        for digest in present:
+            hits = by_digest.get(digest)
+            if hits:
+                for name, line in hits:
+                    out.append(line)
+                    warm.append(name)
+        for ref, name, line in self.by_ref:
             try:
-                size = blobs.get(os.path.basename(os.readlink(cache.path_for(image))))
+                if os.path.basename(os.readlink(ref)) in self.sizes or os.path.exists(ref):
+                    out.append(line)
+                    warm.append(name)
             except OSError:
-                size = None
-        if size is not None and (image.size is None or size == image.size):
-            warm.append(name)
-            lines.append(f"{host}:{image.complex}:1")
-    lines.append(f"{host}:{FREE_COMPLEX}:{_free_bytes(cache, sum(blobs.values()))}")
-    if settings.values["sensor"]["list_complex"]:
-        lines.append(_list_line(host, warm))
-    return [line for line in lines if len(line) <= MAX_LINE]
+                pass
+        out.append(f"{self.host}:{FREE_COMPLEX}:{_free_bytes(self.cache, self._used(present))}\n")
+        if self.list_complex:
+            out.append(_list_line(self.host, sorted(warm)) + "\n")
+        return "".join(x for x in out if len(x) <= MAX_LINE + 1)
 
-
-def _blob_sizes(root):
-    sizes = {}
-    with os.scandir(os.path.join(root, "blobs", "sha256")) as it:
-        for de in it:
-            # Only complete images: temp files live in tmp/, locks in locks/.
-            if de.is_file(follow_symlinks=False):
-                sizes[de.name] = de.stat(follow_symlinks=False).st_size
-    return sizes
+    def _used(self, present):
+        sizes = self.sizes
+        if len(sizes) != len(present) or any(d not in sizes for d in present):
+            keep = {}
+            blobs = os.path.join(self.cache.root, "blobs", "sha256")
+            for d in present:
+                size = sizes.get(d)
+                if size is None:
+                    try:
+                        size = os.stat(os.path.join(blobs, d)).st_size
+                    except OSError:
+                        continue
+                keep[d] = size
+            self.sizes = sizes = keep
+        return sum(sizes.values())
 
 
 def _free_bytes(cache, used):
@@ -94,22 +133,25 @@ def main(argv=None):
     host = os.environ.get("HOST") or __import__("socket").gethostname()
     path = config_arg(argv)
     log = Log(tag="sge-image loadsensor")
-    settings = cache = None
+    reporter = None
     while True:
         line = sys.stdin.readline()
         if not line or line.strip() == "quit":
             return 0
         try:
-            if settings is None or settings.is_stale():
+            if reporter is None or reporter.is_stale():
+                reporter = None
+                config.prepare_snapshot(path)
                 settings = config.load(path)
-                cache = Cache.from_settings(settings)
                 log = Log.from_settings(settings, tag="sge-image loadsensor")
-            lines = report_lines(host, settings, cache)
+                reporter = Reporter(settings, Cache.from_settings(settings), host)
+                del settings
+            text = reporter.report()
         except Exception as e:  # report nothing warm rather than die or lie
             log(f"report failed: {type(e).__name__}: {e}")
-            settings = None
-            lines = [f"{host}:{TIME_COMPLEX}:{int(time.time())}"]
-        proto.write("begin\n" + "".join(f"{x}\n" for x in lines) + "end\n")
+            reporter = None
+            text = f"{host}:{TIME_COMPLEX}:{int(time.time())}\n"
+        proto.write("begin\n" + text + "end\n")
         proto.flush()
 
 

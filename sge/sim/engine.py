@@ -402,7 +402,7 @@ class Engine:
             S = None
             if job.hard and img in dead:
                 continue
-            changed.add(q)
+            n0 = job.next
             if soft or job.hard:
                 S = warm_view[img]
                 if S:
@@ -544,6 +544,8 @@ class Engine:
                     if fl is None:
                         fl = self._start_pull(h, img, t, False)
                     fl.waiters.append((rt, job, t, i))
+            if job.next != n0:
+                changed.add(q)
             if stop:
                 break
 

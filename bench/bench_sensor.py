@@ -1,0 +1,69 @@
+"""Load-sensor cycle time and memory with many cached images (goal: <= 30 ms, <= 40 MB).
+
+    python bench/bench_sensor.py [--images 10000] [--cycles 50]
+
+Builds a catalog of N images, all cached (small blobs: the sensor never reads
+content, so size does not matter), runs the real sensor process and times the
+request -> `end` round trip of each protocol cycle, as execd sees it.
+"""
+import argparse
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=10000)
+    ap.add_argument("--cycles", type=int, default=50)
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="sge-image-sensor-")
+    root = os.path.join(work, "cache")
+    blobs = os.path.join(root, "blobs", "sha256")
+    os.makedirs(blobs)
+    lines = ["cache:", f"  root: {root}", "  max_size: 100T", "images:"]
+    for i in range(args.images):
+        data = f"image {i}".encode()
+        d = hashlib.sha256(data).hexdigest()
+        with open(os.path.join(blobs, d), "wb") as f:
+            f.write(data)
+        lines += [f"  image-{i:05d}:", f"    url: http://mirror.invalid/{i}.sif", f"    sha256: {d}",
+                  f"    size: {len(data)}"]
+    cfg = os.path.join(work, "config.yaml")
+    with open(cfg, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    p = subprocess.Popen([sys.executable, "-I", "-m", "sge.ge.loadsensor", "--config", cfg],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         env=dict(os.environ, HOST="bench"), cwd=os.path.dirname(HERE))
+    times, count = [], 0
+    for c in range(args.cycles + 1):
+        t = time.perf_counter()
+        p.stdin.write("\n")
+        p.stdin.flush()
+        n = 0
+        while p.stdout.readline() != "end\n":
+            n += 1
+        if c:  # the first cycle also loads the catalog
+            times.append(time.perf_counter() - t)
+        count = n
+    rss = psutil.Process(p.pid).memory_info().rss
+    p.stdin.write("quit\n")
+    p.stdin.flush()
+    p.wait(10)
+    shutil.rmtree(work)
+    print(f"{args.images} cached images, {count - 1} report lines: cycle median "
+          f"{statistics.median(times) * 1e3:.1f} ms, p95 {sorted(times)[int(len(times) * .95)] * 1e3:.1f} ms "
+          f"(goal <= 30 ms); RSS {rss / 2**20:.1f} MiB (goal <= 40 MB)")
+
+
+if __name__ == "__main__":
+    main()

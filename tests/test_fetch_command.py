@@ -1,0 +1,269 @@
+"""The command source with a stand-in for `apptainer pull` (Apptainer is not
+installable here): a small script that writes an image file, fails, hangs or leaves
+children behind, as the URI asks."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from sge.errors import FetchError
+from sge.fetch import command
+from tests.conftest import ROOT, cache_files, cli, sha256
+from tests.servers_oci_s3 import run_fetch
+
+MB = 1 << 20
+
+FAKE_PULL = textwrap.dedent('''\
+    """Stand-in for `apptainer pull DEST URI`: behaves as the URI's host says."""
+    import hashlib, os, random, sys, time
+    dest, uri = sys.argv[1], sys.argv[2]
+    kind = uri.split("://", 1)[1].split("/", 1)[0]
+    with open(os.environ["FAKE_PULL_ARGS"], "a") as f:
+        f.write(repr(sys.argv[1:]) + "\\n")
+    print(f"INFO:    Converting OCI blobs to SIF format for {uri}", flush=True)
+    if kind == "ok":
+        size = int(os.environ.get("FAKE_PULL_SIZE", 2 << 20))
+        with open(dest, "wb") as f:
+            f.write(random.Random(uri).randbytes(size))
+        print("INFO:    Creating SIF file...\\rdone", flush=True)
+    elif kind == "notfound":
+        print("FATAL:   While making image from oci registry: manifest unknown", flush=True)
+        sys.exit(255)
+    elif kind == "network":
+        print("FATAL:   Get https://registry/v2/: dial tcp: i/o timeout", flush=True)
+        sys.exit(255)
+    elif kind == "vague":
+        print("FATAL:   something odd happened", flush=True)
+        sys.exit(1)
+    elif kind == "nowrite":
+        pass
+    elif kind == "hang":
+        child = os.fork()
+        if child == 0:
+            time.sleep(3600)
+            os._exit(0)
+        with open(os.environ["FAKE_PULL_PIDS"], "w") as f:
+            f.write(f"{os.getpid()} {child}\\n")
+        time.sleep(3600)
+    elif kind == "env":
+        with open(dest, "w") as f:
+            f.write(os.environ.get("PULL_TOKEN", "unset"))
+''')
+
+
+def image_bytes(uri, size=2 * MB):
+    import random
+    return random.Random(uri).randbytes(size)
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    script = tmp_path / "fake_pull.py"
+    script.write_text(FAKE_PULL)
+    args = tmp_path / "args.log"
+    monkeypatch.setenv("FAKE_PULL_ARGS", str(args))
+    monkeypatch.setenv("FAKE_PULL_PIDS", str(tmp_path / "pids"))
+
+    class Fake:
+        template = [sys.executable, str(script), "{dest}", "{uri}"]
+        sources = {"command": {"template": template}}
+
+        def calls(self):
+            return args.read_text().splitlines() if args.exists() else []
+    return Fake()
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_dead(pids, timeout=10):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    return not any(alive(p) for p in pids)
+
+
+def test_pull_through_the_command(tmp_path, fake):
+    uri = "docker://ok/library/alpine:3.19"
+    data = image_bytes(uri)
+    digest, got, log = run_fetch(tmp_path, uri, sha256=sha256(data), size=len(data),
+                                 sources=fake.sources)
+    assert got == data and digest == sha256(data)
+    assert any("command: INFO:    Converting OCI blobs" in line for line in log)
+    # \r-redrawn progress lines are logged one per redraw.
+    assert any(line.endswith("command: done") for line in log)
+    # The work directory is gone: only the sink's own temp file was there.
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_no_sha256_in_catalog_still_publishes(tmp_path, fake):
+    uri = "library://ok/lab/tool:1.0"
+    digest, got, _ = run_fetch(tmp_path, uri, sources=fake.sources)
+    assert digest == sha256(image_bytes(uri))
+
+
+def test_catalog_template_overrides_the_site(tmp_path, fake):
+    uri = "docker://ok/x:1"
+    sources = {"command": {"template": ["false", "{dest}"]}}
+    _, got, _ = run_fetch(tmp_path, uri, sources=sources,
+                          options={"command": {"template": fake.template}})
+    assert got == image_bytes(uri)
+
+
+def test_arguments_are_never_given_to_a_shell(tmp_path, fake):
+    marker = tmp_path / "pwned"
+    uri = f"docker://ok/x:1; touch {marker} $(touch {marker})"
+    _, got, _ = run_fetch(tmp_path, uri, sources=fake.sources)
+    assert not marker.exists()
+    (call,) = fake.calls()
+    assert eval(call)[1] == uri  # one argument, exactly as in the catalog
+
+
+def test_env_option_reaches_the_command(tmp_path, fake):
+    _, got, _ = run_fetch(tmp_path, "docker://env/x:1",
+                          options={"command": {"env": {"PULL_TOKEN": "abc"}}},
+                          sources=fake.sources)
+    assert got == b"abc"
+
+
+def test_output_is_verified_like_any_source(tmp_path, fake):
+    uri = "docker://ok/x:1"
+    with pytest.raises(FetchError) as e:
+        run_fetch(tmp_path, uri, sha256="3" * 64, sources=fake.sources)
+    assert not e.value.transient and "does not match the catalog" in str(e.value)
+    with pytest.raises(FetchError) as e:
+        run_fetch(tmp_path, uri, size=MB, sources=fake.sources)
+    assert not e.value.transient and "more than the expected" in str(e.value)
+
+
+@pytest.mark.parametrize("host,transient,words", [
+    ("notfound", False, "manifest unknown"),
+    ("network", True, "i/o timeout"),
+    ("vague", True, "something odd happened"),
+    ("nowrite", False, "wrote no image")])
+def test_failures_are_classified(tmp_path, fake, host, transient, words):
+    with pytest.raises(FetchError) as e:
+        run_fetch(tmp_path, f"docker://{host}/x:1", sha256="1" * 64, sources=fake.sources,
+                  name="tool")
+    msg = str(e.value)
+    assert e.value.transient is transient
+    assert msg.startswith("image 'tool': every source failed") and "docker://" in msg
+    assert words in msg
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_missing_program_is_permanent(tmp_path):
+    with pytest.raises(FetchError) as e:
+        run_fetch(tmp_path, "docker://ok/x:1", sha256="1" * 64,
+                  sources={"command": {"template": ["no-such-apptainer", "pull", "{dest}", "{uri}"]}})
+    assert not e.value.transient and "cannot run 'no-such-apptainer'" in str(e.value)
+
+
+def test_default_template_is_apptainer_pull():
+    assert command.DEFAULT_TEMPLATE == ["apptainer", "pull", "--disable-cache", "{dest}", "{uri}"]
+    assert command.argv_for(command.DEFAULT_TEMPLATE, "docker://a b", "/c/d", "/t") == [
+        "apptainer", "pull", "--disable-cache", "/c/d", "docker://a b"]
+
+
+def test_timeout_kills_the_whole_group(tmp_path, fake):
+    with pytest.raises(FetchError) as e:
+        run_fetch(tmp_path, "docker://hang/x:1", sha256="1" * 64, sources=fake.sources,
+                  command_timeout=1)
+    assert e.value.transient and "timed out after 1s" in str(e.value)
+    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    assert wait_dead(pids), "the pull or its child outlived the timeout"
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_termination_signal_kills_the_group_first(tmp_path, fake):
+    """SIGTERM to the stager (qdel, a killed prolog) takes the pull down with it."""
+    pids_file = tmp_path / "pids"
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent(f'''\
+        import sys
+        sys.path.insert(0, {ROOT!r})
+        from tests.servers_oci_s3 import run_fetch
+        run_fetch({str(tmp_path)!r}, "docker://hang/x:1", sha256="1" * 64,
+                  sources={{"command": {{"template": {fake.template!r}}}}})
+        '''))
+    proc = subprocess.Popen([sys.executable, str(driver)], stderr=subprocess.PIPE)
+    end = time.monotonic() + 20
+    while not pids_file.exists() and time.monotonic() < end:
+        time.sleep(0.05)
+    pids = [int(p) for p in pids_file.read_text().split()]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+    assert proc.returncode == -signal.SIGTERM
+    assert wait_dead(pids), "the pull outlived the stager"
+    # Its work directory went before it did (only the core's temp file remains,
+    # which the cache sweeps).
+    assert [n for n in os.listdir(tmp_path / "tmp") if n.endswith(".cmd")] == []
+
+
+def test_live_work_directory_is_not_swept(tmp_path):
+    import fcntl
+    live = tmp_path / "a.part.cmd"
+    dead = tmp_path / "b.part.cmd"
+    for d in (live, dead):
+        d.mkdir()
+        (d / "image").write_bytes(b"x")
+    fd = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        # flock is per open file: another open of the same directory must see it held.
+        pid = os.fork()
+        if pid == 0:
+            command.sweep_leftovers(str(tmp_path))
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert live.exists() and not dead.exists()
+    finally:
+        os.close(fd)
+
+
+def test_pull_end_to_end_with_the_cli(fake, make_config, tmp_path):
+    uri = "docker://ok/library/alpine@sha256:" + "ab" * 32
+    data = image_bytes(uri)
+    cfg = make_config({"alpine": {"url": uri}}, sources=fake.sources)
+    r = cli(cfg, "pull", "alpine", "--quiet")
+    assert r.returncode == 0, r.stderr
+    with open(r.stdout.strip(), "rb") as f:
+        assert f.read() == data
+    assert not [f for f in cache_files(tmp_path / "cache") if f.startswith("tmp/")]
+    assert "command: INFO:    Converting" in (tmp_path / "sge-image.log").read_text()
+
+
+def test_catalog_command_options_are_checked_at_load(make_config):
+    from sge import config
+    from sge.errors import ConfigError
+    cfg = make_config({"tool": {"url": "docker://x/y:1", "sha256": "1" * 64,
+                                "command": {"template": ["apptainer", "pull", "{uri}"]}}})
+    with pytest.raises(ConfigError) as e:
+        config.load(cfg, use_snapshot=False)
+    assert "command.template: must pass {dest}" in str(e.value)
+    cfg = make_config({"tool": {"url": "docker://x/y:1", "sha256": "1" * 64,
+                                "command": {"templat": ["x", "{dest}"]}}})
+    with pytest.raises(ConfigError) as e:
+        config.load(cfg, use_snapshot=False)
+    assert "command.templat: unknown option (known: env, template)" in str(e.value)
+
+
+def test_bad_site_template_is_named(tmp_path):
+    with pytest.raises(FetchError) as e:
+        run_fetch(tmp_path, "docker://ok/x:1", sha256="1" * 64,
+                  sources={"command": {"template": "apptainer pull {uri}"}})
+    assert not e.value.transient and "config sources.command.template" in str(e.value)
