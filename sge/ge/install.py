@@ -253,7 +253,9 @@ def _install_complexes(settings, state, plan, sync):
     plan.do("; ".join(desc), apply)
 
 
-def uninstall(hooks_dir, dry_run=False, out=sys.stdout):
+def uninstall(hooks_dir, dry_run=False, out=sys.stdout, wait=180):
+    """Undo install step by step; the state file shrinks as each step succeeds, so an
+    interrupted uninstall can simply be run again."""
     _check_manager()
     hooks_dir = os.path.abspath(hooks_dir)
     path = os.path.join(hooks_dir, STATE_FILE)
@@ -263,42 +265,68 @@ def uninstall(hooks_dir, dry_run=False, out=sys.stdout):
     state = _load_state(hooks_dir)
     plan = Plan(dry_run, out)
 
+    def done(mutate):
+        mutate(state)
+        _save_state(hooks_dir, state)
+
     if state.get("jsv"):
         prev = state["jsv"]["previous"]
 
         def restore_jsv():
             glob = qconf.show_conf("global") or {}
             qconf.write_conf("global", {**glob, "jsv_url": prev})
+            done(lambda s: s.update(jsv=None))
         plan.do(f"set jsv_url of the global configuration back to {prev}", restore_jsv)
 
-    for queue, attrs in state["queues"].items():
-        for attr, prev in attrs.items():
-            plan.do(f"set {attr} of queue {queue} back to {prev}",
-                    lambda q=queue, a=attr, p=prev: qconf.set_queue_attr(q, a, p))
+    for queue, attrs in list(state["queues"].items()):
+        for attr, prev in list(attrs.items()):
+            def restore_queue(q=queue, a=attr, p=prev):
+                qconf.set_queue_attr(q, a, p)
+                done(lambda s: s["queues"][q].pop(a))
+            plan.do(f"set {attr} of queue {queue} back to {prev}", restore_queue)
 
-    for host, rec in state["hosts"].items():
-        if rec["created"]:
-            plan.do(f"delete the host configuration of {host} (install created it)",
-                    lambda h=host: qconf.run("-dconf", h))
-        else:
-            def restore_host(host=host, prev=rec["previous"]):
-                conf = qconf.show_conf(host) or {}
-                if prev is None:
+    for host, rec in list(state["hosts"].items()):
+        def restore_host(host=host, rec=rec):
+            conf = qconf.show_conf(host)
+            if rec["created"]:
+                if conf is not None:
+                    qconf.run("-dconf", host)
+            elif conf is not None:
+                if rec["previous"] is None:
                     conf.pop("load_sensor", None)
                 else:
-                    conf["load_sensor"] = prev
+                    conf["load_sensor"] = rec["previous"]
                 qconf.write_conf(host, conf)
-            plan.do(f"set load_sensor of host {host} back to {rec['previous'] or '(unset)'}",
-                    restore_host)
-    if state["hosts"]:
-        plan.do("re-apply the global configuration so execds stop the sensor", qconf.reapply_global)
+            done(lambda s: s["hosts"].pop(host))
+        what = ("delete the host configuration of {h} (install created it)" if rec["created"]
+                else "set load_sensor of host {h} back to " + (rec["previous"] or "(unset)"))
+        plan.do(what.format(h=host), restore_host)
+        state.setdefault("reapply", True)
+    if state.get("reapply") or state["hosts"]:
+        def reapply():
+            qconf.reapply_global()
+            done(lambda s: s.pop("reapply", None))
+        plan.do("re-apply the global configuration so execds stop the sensor", reapply)
 
     if state["complexes"]:
         mine = set(state["complexes"])
 
         def remove_complexes():
-            rows = qconf.parse_complexes(qconf.run("-sc"))
-            qconf.apply_complexes([r for r in rows if r["name"] not in mine])
+            # qmaster refuses to delete a complex a host still has a load value of; the
+            # values go when each execd has restarted its sensor list and reported.
+            import time
+            deadline = time.monotonic() + wait
+            while True:
+                rows = qconf.parse_complexes(qconf.run("-sc"))
+                try:
+                    qconf.apply_complexes([r for r in rows if r["name"] not in mine])
+                    break
+                except qconf.QconfError as e:
+                    if "still referenced" not in str(e) or time.monotonic() > deadline:
+                        raise qconf.QconfError(f"{e}; run `sge-image uninstall` again once the "
+                                               f"exec hosts have reported without the sensor")
+                    time.sleep(2)
+            done(lambda s: s.update(complexes=[]))
         plan.do(f"remove complexes {', '.join(sorted(mine))}", remove_complexes)
 
     def remove_hooks():

@@ -129,6 +129,7 @@ class Engine:
         # warm hosts are all full lets every later one of its list be skipped.
         self.pending: Dict[int, List[Job]] = {}
         self.adm_seq = 0
+        self.ndone: Dict[int, int] = {}
         self.fid = 0
         self.dl_token = 0
         self.dl_next = None
@@ -387,22 +388,23 @@ class Engine:
         # jobs in admission order across the lists (k-way merge)
         merge = [(lst[0].seq, q, 0) for q, lst in pending.items()]
         heapify(merge)
-        changed = set()
+        ndone = self.ndone  # finished jobs still sitting in each list
         while merge:
             _, q, ji = heappop(merge)
             lst = pending[q]
             job = lst[ji]
+            img = job.img
+            if job.hard and img in dead:
+                continue  # and so is the rest of this list
             if ji + 1 < len(lst):
                 heappush(merge, (lst[ji + 1].seq, q, ji + 1))
-            img = job.img
             quota = len(job.runtimes) - job.next
+            if not quota:
+                continue  # done in an earlier run, not yet compacted away
             if maxpt and quota > maxpt:
                 quota = maxpt
             st = None
             S = None
-            if job.hard and img in dead:
-                continue
-            n0 = job.next
             if soft or job.hard:
                 S = warm_view[img]
                 if S:
@@ -544,19 +546,21 @@ class Engine:
                     if fl is None:
                         fl = self._start_pull(h, img, t, False)
                     fl.waiters.append((rt, job, t, i))
-            if job.next != n0:
-                changed.add(q)
+            if job.next == len(job.runtimes):
+                ndone[q] = ndone.get(q, 0) + 1
             if stop:
                 break
 
         self.running += ndisp
         if ndisp:
-            for q in changed:
+            for q in [q for q, n in ndone.items() if n * 2 >= len(pending[q])]:
+                # compact lazily: amortised O(1) per finished job
                 lst = [j for j in pending[q] if j.next < len(j.runtimes)]
                 if lst:
                     pending[q] = lst
                 else:
                     del pending[q]
+                del ndone[q]
             r = self.ring_i
             self.ring[r] = cnt
             self.ring_t[r] = t

@@ -72,10 +72,10 @@ class Kit:
 
     def sensor_value(self, host, complex_name):
         out = self.cluster.run(["qhost", "-F", complex_name, "-h", host]).stdout
-        for line in out.splitlines():
-            line = line.strip()
-            if line.startswith("hl:" + complex_name + "="):
-                return line.split("=", 1)[1]
+        # The first value shares its line with "Host Resource(s):".
+        for word in out.split():
+            if word.startswith("hl:" + complex_name + "="):
+                return word.split("=", 1)[1]
         return None
 
     def wait_sensor(self, host, complex_name, want=True, timeout=60):
@@ -90,6 +90,11 @@ class Kit:
 
 def make_kit(cluster, images, extra=None, starter_runtime=None):
     """Fresh work dir, image server, config and venv; returns an uninstalled Kit."""
+    python = build_kit_venv()
+    if os.path.exists(os.path.join(WORK, "hooks", "install-state.json")):
+        # A run that died before its teardown: undo its install first.
+        subprocess.run([python, "-I", "-m", "sge.cli", "--config", os.path.join(WORK, "config.yaml"),
+                        "uninstall"], capture_output=True, timeout=300)
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(os.path.join(WORK, "srv"))
     os.chmod(WORK, 0o755)
@@ -114,7 +119,7 @@ def make_kit(cluster, images, extra=None, starter_runtime=None):
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)
     os.chmod(path, 0o644)
-    kit = Kit(cluster, WORK, server, path, build_kit_venv())
+    kit = Kit(cluster, WORK, server, path, python)
     kit.images = catalog
     return kit
 
