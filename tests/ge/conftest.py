@@ -120,6 +120,16 @@ class GECluster:
             self.run(["qmod", "-c", q])
 
 
+@pytest.fixture(scope="session")
+def _cluster_lock():
+    """One test session at a time drives the cluster (it has one global config)."""
+    import fcntl
+    fd = os.open("/var/tmp/sge-image-kit-ge.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+    os.close(fd)
+
+
 def parse_qacct(text: str) -> List[Dict[str, str]]:
     """Split ``qacct -j`` output into records of ``key -> value`` (value = rest of line)."""
     recs: List[Dict[str, str]] = []
@@ -137,7 +147,7 @@ def parse_qacct(text: str) -> List[Dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def ge_cluster():
+def ge_cluster(_cluster_lock):
     if os.geteuid() != 0:
         pytest.skip("ge_cluster needs root: scripts/ge-cluster.sh installs packages, "
                     "edits /etc/hosts and starts Grid Engine daemons")
