@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The demo: a real three-host Grid Engine on this machine, a real SIF image served by
+# nginx, the kit installed with `sge-image install`, and arrays of tasks submitted with
+# `qsub -l image=demo` exactly as a researcher would. Run as root on Debian.
+#
+#   bash scripts/demo.sh          run it (about a minute on a fresh machine, plus apt)
+#   bash scripts/demo.sh --keep   ... and leave the kit installed, to try qsub yourself
+#   bash scripts/demo.sh --undo   remove everything it changed on this machine
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KIT=$(pwd)
+DEMO=/var/tmp/sge-image-kit-demo
+VENV=/opt/sge-image-kit/venv
+TASKS=${TASKS:-50}
+
+say() { printf '\n== %s\n' "$*"; }
+
+if [ "${1:-}" = "--undo" ]; then
+  if [ -x "$VENV/bin/sge-image" ] && [ -f "$DEMO/config.yaml" ]; then
+    eval "$(bash scripts/ge-cluster.sh env)" || true
+    "$VENV/bin/sge-image" --config "$DEMO/config.yaml" uninstall || true
+  fi
+  [ -f "$DEMO/nginx/nginx.pid" ] && kill "$(cat "$DEMO/nginx/nginx.pid")" 2>/dev/null || true
+  bash scripts/ge-cluster.sh down --purge
+  rm -rf "$DEMO" /opt/sge-image-kit
+  echo "demo: undone (Grid Engine purged, /etc/hosts restored, $DEMO and /opt/sge-image-kit removed)."
+  echo "      Debian packages installed by scripts/setup.sh stay; remove them with apt-get if wanted."
+  exit 0
+fi
+
+[ "$(id -u)" = 0 ] || { echo "demo: run as root (it installs Grid Engine)"; exit 1; }
+T0=$(date +%s.%N)
+# The cluster has one global configuration: one demo or test session at a time.
+exec 9>/var/tmp/sge-image-kit-ge.lock
+flock 9
+
+say "1/6 packages and the kit's virtualenv"
+[ -n "${DEMO_SKIP_SETUP:-}" ] || bash scripts/setup.sh
+
+say "2/6 a three-host Grid Engine cluster on this machine"
+bash scripts/ge-cluster.sh up
+eval "$(bash scripts/ge-cluster.sh env)"
+export PATH=/usr/bin:/usr/sbin:$PATH
+HOSTS=$(bash scripts/ge-cluster.sh hosts)
+
+say "3/6 a real SIF image (busybox in squashfs), served by nginx on 127.0.0.1"
+if [ -f "$DEMO/config.yaml" ] && [ -x "$VENV/bin/sge-image" ]; then
+  "$VENV/bin/sge-image" --config "$DEMO/config.yaml" uninstall >/dev/null || true
+fi
+[ -f "$DEMO/nginx/nginx.pid" ] && kill "$(cat "$DEMO/nginx/nginx.pid")" 2>/dev/null || true
+rm -rf "$DEMO"
+mkdir -p "$DEMO/srv" "$DEMO/root/bin" "$DEMO/nginx/logs" "$DEMO/out"
+chmod 755 "$DEMO"; chmod 777 "$DEMO/out"
+cp /bin/busybox "$DEMO/root/bin/"
+ln -s busybox "$DEMO/root/bin/sh"
+mksquashfs "$DEMO/root" "$DEMO/root.sqfs" -noappend -quiet >/dev/null
+siftool new "$DEMO/srv/demo.sif" >/dev/null
+siftool add --datatype 4 --parttype 1 --partfs 1 --partarch 2 "$DEMO/srv/demo.sif" "$DEMO/root.sqfs" >/dev/null
+SHA=$(sha256sum "$DEMO/srv/demo.sif" | cut -d' ' -f1)
+SIZE=$(stat -c %s "$DEMO/srv/demo.sif")
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$DEMO/nginx/nginx.conf" <<EOF
+daemon on;
+pid $DEMO/nginx/nginx.pid;
+error_log $DEMO/nginx/logs/error.log;
+events { worker_connections 256; }
+http {
+    access_log $DEMO/nginx/logs/access.log;
+    sendfile on;
+    server { listen 127.0.0.1:$PORT; root $DEMO/srv; }
+}
+EOF
+nginx -c "$DEMO/nginx/nginx.conf" -p "$DEMO/nginx"
+echo "demo.sif: $SIZE bytes, sha256 $SHA, http://127.0.0.1:$PORT/demo.sif"
+
+say "4/6 the kit, installed for every user Grid Engine runs it as, and wired in"
+[ -x "$VENV/bin/python3" ] || /usr/bin/python3 -m venv "$VENV"
+"$VENV/bin/python3" -m pip install -q "$KIT" 2>&1 | grep -vi warning || true
+cat > "$DEMO/config.yaml" <<EOF
+cache:
+  root: $DEMO/cache/{host}     # one cache per exec host (they share this machine)
+  max_size: 10G
+log:
+  file: $DEMO/sge-image.log
+images:
+  demo:
+    url: http://127.0.0.1:$PORT/demo.sif
+    sha256: $SHA
+    size: $SIZE
+EOF
+chmod 644 "$DEMO/config.yaml"
+"$VENV/bin/sge-image" --config "$DEMO/config.yaml" install
+
+cat > "$DEMO/job.sh" <<'EOF'
+#!/bin/sh
+# A user's job: it only knows that $SGE_IMAGE_PATH is its image.
+magic=$(dd if="$SGE_IMAGE_PATH" bs=1 skip=32 count=9 2>/dev/null)
+[ "$magic" = SIF_MAGIC ] || { echo "no image at '$SGE_IMAGE_PATH'"; exit 3; }
+echo "task $SGE_TASK_ID on $(hostname): $SGE_IMAGE_PATH"
+sleep 2
+EOF
+chmod 755 "$DEMO/job.sh"
+
+run_array() { # run_array LABEL -> prints the summary of one array job
+  local label=$1 t0 jid t1 before after
+  before=$(grep -c 'GET /demo.sif ' "$DEMO/nginx/logs/access.log" 2>/dev/null || true)
+  t0=$(date +%s.%N)
+  jid=$(qsub -terse -t "1-$TASKS" -l image=demo -o "$DEMO/out/\$TASK_ID.out" -j y "$DEMO/job.sh" | tail -1)
+  jid=${jid%%.*}
+  echo "submitted: qsub -t 1-$TASKS -l image=demo job.sh  (job $jid)"
+  while qstat -j "$jid" >/dev/null 2>&1; do sleep 1; done
+  t1=$(date +%s.%N)
+  after=$(grep -c 'GET /demo.sif ' "$DEMO/nginx/logs/access.log" 2>/dev/null || true)
+  for _ in $(seq 1 30); do
+    [ "$(qacct -j "$jid" 2>/dev/null | grep -c '^exit_status')" -ge "$TASKS" ] && break; sleep 1
+  done
+  echo "$label:"
+  echo "  downloads from the server: $((after - before))"
+  echo "  tasks succeeded: $(qacct -j "$jid" | awk '$1=="exit_status" && $2==0' | wc -l) of $TASKS"
+  echo "  placement per host: $(qacct -j "$jid" | awk '$1=="hostname"{n[$2]++} END{for(h in n) printf "%s=%d ", h, n[h]}')"
+  echo "  wall time: $(awk -v a="$t1" -v b="$t0" 'BEGIN{printf "%.1f", a-b}') s"
+}
+
+say "5/6 a $TASKS-task array on a cold cluster: one download per host that runs tasks"
+run_array "cold cluster"
+for h in $HOSTS; do
+  printf '  %s reports: %s\n' "$h" "$(qhost -F img_demo -h "$h" | grep -o 'hl:img_demo=[^ ]*' || echo 'not cached')"
+done
+
+say "6/6 the same array again: every host is warm, nothing is downloaded"
+sleep 6   # one load report interval, so the scheduler sees the warm hosts
+run_array "warm cluster"
+qstat -f | grep -q ' E' && echo "WARNING: a queue is in error state" || echo "  no queue in error state"
+
+echo
+echo "demo: done in $(awk -v a="$(date +%s.%N)" -v b="$T0" 'BEGIN{printf "%.0f", a-b}') s."
+if [ "${1:-}" = "--keep" ]; then
+  cat <<EOF
+The kit stays installed. Try it yourself:
+  eval "\$(bash scripts/ge-cluster.sh env)"; qsub -l image=demo $DEMO/job.sh; qsub -l image=nope $DEMO/job.sh
+  $VENV/bin/sge-image --config $DEMO/config.yaml status --catalog
+(The test suite needs the cluster without it: $VENV/bin/sge-image --config $DEMO/config.yaml uninstall)
+EOF
+else
+  "$VENV/bin/sge-image" --config "$DEMO/config.yaml" uninstall >/dev/null
+  kill "$(cat "$DEMO/nginx/nginx.pid")" 2>/dev/null || true
+  echo "The kit was uninstalled again (qconf shows the cluster as before); --keep keeps it."
+fi
+cat <<EOF
+
+What this changed on the machine: Debian packages (scripts/setup.sh, Grid Engine), marked lines in
+/etc/hosts for node1..node3, a running three-host Grid Engine, /opt/sge-image-kit and $DEMO.
+Undo all of it with:  bash scripts/demo.sh --undo
+EOF
