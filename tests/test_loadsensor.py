@@ -60,7 +60,8 @@ def two_images(tmp_path, make_config):
 def test_reports_full_state_each_cycle(two_images, tmp_path):
     s = Sensor(two_images)
     v = s.values()
-    assert set(v) == {"img_sensor_time"}  # no cache on this host yet
+    assert set(v) == {"img_sensor_time", "img_cache_free"}  # no cache on this host yet
+    assert int(v["img_cache_free"]) == 1 << 30  # the room a first download has
     assert abs(int(v["img_sensor_time"]) - time.time()) < 5
     assert cli(two_images, "pull", "alpha", "-q").returncode == 0
     v = s.values()
@@ -103,7 +104,7 @@ def test_vanished_cache_gives_a_report_without_images(two_images):
     assert "img_alpha" in s.values()
     shutil.rmtree(root)
     v = s.values()
-    assert set(v) == {"img_sensor_time"}  # alive, nothing warm
+    assert set(v) == {"img_sensor_time", "img_cache_free"}  # alive, nothing warm
     os.makedirs(root)
     os.chmod(root, 0)
     v = s.values()

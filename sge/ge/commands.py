@@ -18,7 +18,8 @@ def _cmd_jsv(args):
 
 
 def add_kit_parsers(sub):
-    """install/uninstall and the hooks Grid Engine runs (normally through launchers)."""
+    """install/uninstall, prewarm and the hooks Grid Engine runs (through launchers)."""
+    import argparse
     s = sub.add_parser("install", help="wire the kit into the cluster with qconf (idempotent)")
     s.add_argument("--dry-run", action="store_true", help="print every change, make none")
     s.add_argument("--sync", action="store_true",
@@ -39,18 +40,22 @@ def add_kit_parsers(sub):
     s.add_argument("--hooks-dir", metavar="DIR")
     s.set_defaults(func=_cmd_uninstall)
 
+    s = sub.add_parser("prewarm", help="stage an image on exec hosts through Grid Engine jobs")
+    s.add_argument("name")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--hosts", type=int, metavar="N", help="until N hosts have it (most free cache first)")
+    g.add_argument("--hostgroup", metavar="@GROUP", help="every host of a host group")
+    g.add_argument("--all", action="store_true", help="every exec host (the default)")
+    s.add_argument("--no-wait", action="store_true", help="submit and return")
+    s.set_defaults(func=_cmd_prewarm)
+
     for name, module, help_ in (
             ("prolog", "prolog", "the queue prolog: stage $SGE_IMAGE (exit 0/99/100)"),
             ("loadsensor", "loadsensor", "the load sensor protocol on stdin/stdout"),
             ("starter", "starter", "the starter method: run the job inside its image")):
         s = sub.add_parser(name, help=help_)
-        s.add_argument("args", nargs="*", help=argparse_suppress())
+        s.add_argument("args", nargs="*", help=argparse.SUPPRESS)
         s.set_defaults(func=lambda a, m=module: _run_hook(m, a))
-
-
-def argparse_suppress():
-    import argparse
-    return argparse.SUPPRESS
 
 
 def _hooks_dir(args, settings_path):
@@ -71,6 +76,11 @@ def _cmd_uninstall(args):
     from .. import config
     from . import install
     return install.uninstall(_hooks_dir(args, config.config_path(args.config)), dry_run=args.dry_run)
+
+
+def _cmd_prewarm(args):
+    from . import prewarm
+    return prewarm.main(args)
 
 
 def _run_hook(module, args):

@@ -60,8 +60,12 @@ class Reporter:
         try:
             with os.scandir(os.path.join(self.cache.root, "blobs", "sha256")) as it:
                 present = [de.name for de in it if de.is_file(follow_symlinks=False)]
+        except FileNotFoundError:
+            # No cache yet (or it vanished): nothing is warm, but the room a first
+            # download would have is known, and worth telling the scheduler.
+            return head + f"{self.host}:{FREE_COMPLEX}:{self._free_before_first_use()}\n"
         except OSError:
-            return head  # vanished or unreadable cache: nothing is warm here
+            return head  # unreadable cache: nothing is warm here
         out, warm = [head], []
         by_digest = self.by_digest
         for digest in present:
@@ -81,6 +85,17 @@ class Reporter:
         if self.list_complex:
             out.append(_list_line(self.host, sorted(warm)) + "\n")
         return "".join(x for x in out if len(x) <= MAX_LINE + 1)
+
+    def _free_before_first_use(self):
+        path = self.cache.root
+        while not os.path.isdir(path) and os.path.dirname(path) != path:
+            path = os.path.dirname(path)
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return 0
+        disk = st.f_bavail * st.f_frsize
+        return disk if self.cache.max_size is None else min(self.cache.max_size, disk)
 
     def _used(self, present):
         sizes = self.sizes

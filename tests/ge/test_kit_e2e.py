@@ -76,6 +76,24 @@ def test_jobs_prefer_the_warm_host(kit):
     assert kit.server.gets("warm.sif") == 1  # only the pull above
 
 
+def test_cluster_status_and_prewarm(kit):
+    import json
+    status = json.loads(kit.sge_image("status", "--cluster", "--json").stdout)
+    warm = {r["image"]: r["warm_hosts"] for r in status["images"]}
+    assert warm["warm"] == ["node2"] and warm["demo"] == ["node1"]
+    assert all(not h["stale"] and h["free_bytes"] > 0 for h in status["hosts"])
+    before = kit.server.gets("warm.sif")
+    r = kit.sge_image("prewarm", "warm", "--all")
+    assert "node2: already warm" in r.stdout
+    assert "prewarm warm: 2 of 2 hosts staged" in r.stdout, r.stdout
+    assert kit.server.gets("warm.sif") == before + 2
+    for h in ("node1", "node3"):
+        kit.wait_sensor(h, "img_warm")
+    r = kit.sge_image("prewarm", "warm", "--all")
+    assert "nothing to do" in r.stdout
+    assert kit.cluster.queue_errors() == []
+
+
 def test_unknown_image_is_rejected_at_submit(kit):
     r = kit.cluster.run(["qsub", "-l", "image=nope", "-b", "y", "/bin/true"], check=False)
     assert r.returncode != 0
