@@ -209,7 +209,9 @@ class Cache:
         return self.path_for(image)
 
     def sweep_temps(self):
-        """Remove temp files whose writer is gone (its flock died with it)."""
+        """Remove temp files whose writer is gone: its flock died with it, and so did
+        the process named in the file name (the second test keeps live downloads safe
+        where flock is a no-op)."""
         removed = []
         try:
             names = os.listdir(self._p("tmp"))
@@ -226,6 +228,9 @@ class Cache:
             except OSError:
                 os.close(fd)
                 continue  # a live writer holds it
+            if _writer_alive(fn):
+                os.close(fd)
+                continue
             try:
                 os.unlink(path)
                 removed.append(fn)
@@ -381,6 +386,23 @@ class Cache:
         dest = self._p("quarantine", f"{digest}.{int(time.time())}")
         self._unlink_blob(digest, to=dest)
         return dest
+
+
+def _writer_alive(temp_name):
+    """Temp files are named NAME.PID.SIZE.RANDOM.part; is that PID running?"""
+    try:
+        pid = int(temp_name.split(".")[-4])
+    except (ValueError, IndexError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _open_pin(path):

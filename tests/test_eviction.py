@@ -98,10 +98,12 @@ def test_gc_sweeps_dead_temp_files_but_not_live_ones(tmp_path, make_config):
     cache = Cache.from_settings(config.load(cfg))
     cache.ensure_layout()
     live_fd, live = cache.new_temp("live", 10)
-    dead = os.path.join(cache.root, "tmp", "dead.12345.10.abcd.part")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a writer that has exited: its pid is free
+    dead = os.path.join(cache.root, "tmp", f"dead.{gone.pid}.10.abcd.part")
     open(dead, "wb").close()
     r = cli(cfg, "gc")
-    assert r.returncode == 0 and "dead.12345" in r.stdout
+    assert r.returncode == 0 and f"dead.{gone.pid}" in r.stdout
     assert os.path.exists(live) and not os.path.exists(dead)
     os.close(live_fd)
 
