@@ -29,6 +29,7 @@ from .errors import CacheError, CacheFull, LockTimeout
 
 DIR_MODE = 0o755
 BLOB_MODE = 0o444
+FILE_MODE = 0o644  # lock, pin and last-use files: job owners open pins read-only
 SUBDIRS = ("blobs/sha256", "images", "refs", "locks", "pins", "used", "tmp", "quarantine")
 
 
@@ -81,16 +82,27 @@ class Cache:
         return path
 
     def record_use(self, path):
-        """Best effort: a job owner cannot touch root's cache, and need not."""
+        """Best effort: a job owner cannot touch root's cache, and need not.
+
+        Also makes sure the blob's pin file exists: the starter runs as the job owner,
+        who can open it but not create it in root's pins/ (found by the cache security
+        tests: without it every starter job of a non-root user failed)."""
         digest = os.path.basename(os.path.realpath(path))
         try:
             os.utime(self._p("used", digest))
         except FileNotFoundError:
             try:
-                os.close(os.open(self._p("used", digest), os.O_WRONLY | os.O_CREAT, 0o644))
+                os.close(_open_created(self._p("used", digest), os.O_WRONLY))
             except OSError:
                 pass
         except OSError:
+            pass
+        self._ensure_pin_file(digest)
+
+    def _ensure_pin_file(self, digest):
+        try:
+            os.close(_open_pin(self._p("pins", f"{digest}.pin")))
+        except CacheError:
             pass
 
     # ------------------------------------------------------------ layout
@@ -98,7 +110,7 @@ class Cache:
     def ensure_layout(self):
         try:
             for sub in SUBDIRS:
-                os.makedirs(self._p(sub), mode=DIR_MODE, exist_ok=True)
+                _makedirs(self._p(sub))
         except OSError as e:
             raise CacheError(f"cache root {self.root} is not usable: {e.strerror} "
                              f"(create it, writable by the user that stages images)") from None
@@ -118,7 +130,7 @@ class Cache:
         """
         import time
         deadline = time.monotonic() + timeout if timeout else None
-        fd = os.open(self._p("locks", f"{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_created(self._p("locks", f"{name}.lock"), os.O_RDWR)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -194,17 +206,23 @@ class Cache:
 
     def publish(self, fd, tmp_path, digest, image):
         """Make a verified temp file the blob `digest`: read-only, fsynced, renamed,
-        directory fsynced; then point the name index at it. Returns the image path."""
+        directory fsynced. Returns the image path.
+
+        The name index is pointed at the blob *before* the blob appears: a kill between
+        the two leaves a name that leads nowhere yet (readers go by digest, and the next
+        stage repoints it), never a blob that lost its name for good (the next run would
+        find the blob, take the warm path and never write the name)."""
         os.fchmod(fd, BLOB_MODE)
         os.fsync(fd)
+        target = os.path.join("..", "blobs", "sha256", digest)
+        _replace_symlink(target, self._p("images", image.name), self._p("tmp"))
+        if not image.sha256:
+            _replace_symlink(target, self._p("refs", image.pin), self._p("tmp"))
+        _fsync_dir(self._p("images"))
+        self._ensure_pin_file(digest)  # before the blob appears: a job may pin it at once
         final = self.blob_path(digest)
         os.replace(tmp_path, final)  # an existing identical blob is simply replaced
         _fsync_dir(os.path.dirname(final))
-        target = os.path.join("..", "blobs", "sha256", digest)
-        _replace_symlink(target, self._p("images", image.name))
-        if not image.sha256:
-            _replace_symlink(target, self._p("refs", image.pin))
-        _fsync_dir(self._p("images"))
         self.record_use(final)
         return self.path_for(image)
 
@@ -219,9 +237,24 @@ class Cache:
             return removed
         for fn in names:
             path = self._p("tmp", fn)
+            if fn.endswith(".cmd") and os.path.isdir(path):
+                # A command source's private directory (fetch/command.py).
+                if not os.path.exists(path[:-4]) and not _writer_alive(fn[:-4]):
+                    import shutil
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(fn)
+                continue
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError:
+            except OSError as e:
+                # A name-index link on its way into place (_replace_symlink): no
+                # flock to test, the writer's pid in its name tells.
+                if e.errno == errno.ELOOP and not _writer_alive(fn):
+                    try:
+                        os.unlink(path)
+                        removed.append(fn)
+                    except OSError:
+                        pass
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -305,7 +338,7 @@ class Cache:
         filesystem with less than min_free), evict least-recently-used unpinned blobs
         down to the low-water mark. Returns the evicted entries."""
         self.ensure_layout()
-        fd = os.open(self._p("locks", ".evict.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_created(self._p("locks", ".evict.lock"), os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             return self._evict(need, keep)
@@ -355,6 +388,15 @@ class Cache:
             os.close(fd)
 
     def _unlink_blob(self, digest, to=None):
+        # The blob goes before its names, for the reason publish() puts them first.
+        if to:
+            os.replace(self.blob_path(digest), to)
+        else:
+            try:
+                os.unlink(self.blob_path(digest))
+            except FileNotFoundError:
+                pass
+        _fsync_dir(self._p("blobs", "sha256"))
         target = os.path.join("..", "blobs", "sha256", digest)
         for sub in ("images", "refs"):
             try:
@@ -366,19 +408,11 @@ class Cache:
                         pass
             except OSError:
                 pass
-        if to:
-            os.replace(self.blob_path(digest), to)
-        else:
-            try:
-                os.unlink(self.blob_path(digest))
-            except FileNotFoundError:
-                pass
         for extra in (self._p("used", digest),):
             try:
                 os.unlink(extra)
             except OSError:
                 pass
-        _fsync_dir(self._p("blobs", "sha256"))
 
     def quarantine(self, digest):
         """Move a bad blob out of the way (kept for inspection, no longer served)."""
@@ -408,13 +442,43 @@ def _writer_alive(temp_name):
 def _open_pin(path):
     # Pin files are opened read-only by job owners: create them world-readable.
     try:
-        return os.open(path, os.O_RDONLY)
+        return _open_created(path, os.O_RDONLY)
+    except OSError as e:
+        raise CacheError(f"cannot create pin file {path}: {e.strerror}") from None
+
+
+def _open_created(path, flags):
+    """Open `path`, creating it with FILE_MODE whatever the process umask (a root
+    prolog started with umask 077 made pin files job owners could not open)."""
+    try:
+        return os.open(path, flags)
     except FileNotFoundError:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
-            return fd
-        except OSError as e:
-            raise CacheError(f"cannot create pin file {path}: {e.strerror}") from None
+        pass
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        return os.open(path, flags)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    except OSError:
+        pass
+    return fd
+
+
+def _makedirs(path):
+    """os.makedirs with DIR_MODE for every directory it creates, whatever the umask
+    (makedirs applies the umask, and gives the parents it creates not even `mode`: under
+    umask 0 a fresh cache root was world-writable, under 077 unreadable to jobs)."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        _makedirs(parent)
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        return
+    os.chmod(path, DIR_MODE)
 
 
 def _left(deadline):
@@ -467,7 +531,18 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def _replace_symlink(target, link):
-    tmp = f"{link}.{os.getpid()}.{os.urandom(3).hex()}.new"
+def _replace_symlink(target, link, tmp_dir):
+    """Atomically (re)point `link`. The new link is made in tmp/ (same filesystem),
+    named like a temp file (NAME.PID.0.RANDOM.new) so that, if its writer dies before
+    the rename, sweep_temps removes it: made beside `link`, it was a stray name in the
+    index for good (found by the kill matrix)."""
+    tmp = os.path.join(tmp_dir, f"{os.path.basename(link)}.{os.getpid()}.0.{os.urandom(3).hex()}.new")
     os.symlink(target, tmp)
-    os.replace(tmp, link)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

@@ -467,6 +467,10 @@ def parse_catalog(data, path):
         if digest is None and image.pin is None:
             raise ConfigError(f"{at}: image {name!r} has neither a sha256 nor a source that pins "
                               f"one (such as oras://registry/repo@sha256:...); add its sha256")
+        if digest is None and any("@sha256:" not in u for u in image.urls):
+            raise ConfigError(f"{eline('url')}: image {name!r}: without a sha256, every mirror "
+                              f"must pin its digest (@sha256:...), or one could serve anything; "
+                              f"add the image's sha256")
         images[name] = image
     return images
 

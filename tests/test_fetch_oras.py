@@ -86,6 +86,17 @@ def test_pinned_manifest_needs_no_sha256(tmp_path, oci, artifact):
     assert got == data and digest == ldigest
 
 
+def test_unpinned_mirror_of_a_pin_only_entry_is_refused(tmp_path, oci, artifact):
+    """With no sha256 in the catalog the pin is the identity: a mirror by tag could
+    serve another image, so it is refused, and the pinned mirror after it is used."""
+    data, mdigest, ldigest = artifact
+    host = oci["open"].host
+    urls = [f"oras://{host}/lab/tool:v1", f"oras://{host}/lab/tool@sha256:{mdigest}"]
+    digest, got, log = run_fetch(tmp_path, urls, options=INSECURE)
+    assert got == data
+    assert any("must pin its manifest" in line for line in log)
+
+
 def test_pinned_pull_end_to_end(oci, artifact, make_config):
     """Through the CLI: a catalog entry with only a pin is staged under its layer digest."""
     data, mdigest, ldigest = artifact
@@ -539,3 +550,33 @@ def test_every_source_failing_names_the_image(tmp_path, oci):
     assert str(e.value).startswith("image 'my-tool': every source failed")
     assert "unknown source scheme 'bogus'" in str(e.value)
     assert not e.value.transient
+
+
+# ---------------------------------------------------------------- parsing
+
+@pytest.mark.parametrize("body,words", [
+    (b"<html>proxy login</html>", "not JSON"),
+    (b'{"schemaVersion": 1, "mediaType": "application/vnd.docker.distribution.manifest.v1+json"}',
+     "unexpected manifest media type"),
+    (json.dumps({"mediaType": OCI_MANIFEST, "layers": [
+        {"mediaType": SIF_MEDIA_TYPE, "digest": "sha512:" + "a" * 128, "size": 1}]}).encode(),
+     "is not sha256"),
+    (json.dumps({"mediaType": OCI_MANIFEST, "layers": [
+        {"mediaType": SIF_MEDIA_TYPE, "digest": "sha256:" + "a" * 64, "size": "12"}]}).encode(),
+     "not a byte count")])
+def test_bad_manifests(body, words):
+    from sge.fetch import oras
+    with pytest.raises(FetchError) as e:
+        oras.pick_layer("oras://r/x:1", body, "", SIF_MEDIA_TYPE)
+    assert not e.value.transient and words in str(e.value)
+
+
+def test_challenge_parsing():
+    from sge.fetch.registry_auth import parse_challenge
+    scheme, params = parse_challenge(
+        'Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push"')
+    assert scheme == "bearer"
+    assert params == {"realm": "https://auth.example/token", "service": "reg",
+                      "scope": "repository:a/b:pull,push"}
+    assert parse_challenge('Basic realm="x \\"quoted\\""') == ("basic", {"realm": 'x "quoted"'})
+    assert parse_challenge(None) == (None, {})

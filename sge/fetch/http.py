@@ -52,7 +52,10 @@ def _transfer(url, sink, ctx, offset, state):
     resp, conn, final_url = _open(url, headers, ctx)
     shown = redact(final_url)
     try:
-        if resp.status == 206 and offset:
+        # Some S3 servers answer a ranged GET with 200 *and* a Content-Range: that is
+        # a partial body, not a restart.
+        partial = resp.status == 206 or (resp.status == 200 and resp.getheader("Content-Range"))
+        if partial and offset:
             start = _range_start(resp.getheader("Content-Range"))
             if start != offset:
                 raise FetchError(f"{shown}: server resumed at byte {start}, not {offset}",

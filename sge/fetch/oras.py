@@ -189,7 +189,7 @@ class Registry:
                     if length and length.isdigit() and len(body) != int(length):
                         raise FetchError(f"{self.ref.url}: manifest truncated ({len(body)} of "
                                          f"{length} bytes)", transient=True)
-                    return body, ctype, resp.getheader("Docker-Content-Digest")
+                    return body, ctype
                 if resp.status == 401 and self.authenticate(resp.status, resp.msg):
                     continue
                 raise resumable.refusal(resp, self.ref.url, self.describe)
@@ -201,8 +201,14 @@ class Registry:
 
 def fetch(url, sink, ctx):
     ref = parse(url)
+    if ctx.image.sha256 is None and ref.digest != ctx.image.pin:
+        # Without a catalog sha256 the entry's identity is its pin: a mirror by tag,
+        # or pinning another manifest, could deliver a different image unnoticed.
+        raise FetchError(f"{url}: the catalog has no sha256 for this image, so each oras "
+                         f"source must pin its manifest @sha256:{ctx.image.pin or '...'}",
+                         transient=False)
     reg = Registry(ref, options(ctx), ctx)
-    body, ctype, header_digest = reg.get_manifest()
+    body, ctype = reg.get_manifest()
     manifest_digest = hashlib.sha256(body).hexdigest()
     if ref.digest and manifest_digest != ref.digest:
         # Before trusting its layer digest as the image's identity.
