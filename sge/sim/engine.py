@@ -31,17 +31,22 @@ What is modelled, and which Grid Engine behaviour it stands for:
 
 Hot paths (dispatch, task end) are written inline with local variables: 1,000
 hosts x one day is ~1.3 M tasks and has to run in well under a minute.  Each
-scheduling run sorts the free hosts once (numpy), then picks per task with
-lazily repaired heaps: a global one, and per image one fed from the warm set
-(small sets) or by walking the global order (large sets).
+scheduling run sorts the free hosts by load once (numpy).  Hosts not yet
+dispatched to in the run keep that order (a union-find "next" array skips the
+others); hosts dispatched to move to a small sorted list with their raised
+load.  The least loaded host is the better of the two heads; for an image's
+warm set it is the first member met in each (large sets), or the top of a
+lazily repaired heap over the set (small sets).  Pending jobs sit in one FIFO
+list per (image, hard request), merged in submit order, so a hard request that
+cannot be met skips its whole list in O(1).
 """
 from __future__ import annotations
 
 import math
 import random
 import time
-from collections import deque
 from bisect import bisect_left, insort
+from collections import deque
 from heapq import heapify, heappop, heappush, heapreplace
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -56,6 +61,8 @@ from .workload import Job, WorkloadConfig, generate_jobs, image_sizes, zipf_weig
 FINISH, DL, WINDOW, SCHED, PREWARM = 0, 1, 2, 3, 4
 
 COLD_REASONS = ("joined", "stale", "warm_full", "no_warm", "lag_miss")
+PAIR_BITS = 24  # (host, image) pairs packed in one int
+PAIR_MASK = (1 << PAIR_BITS) - 1
 
 
 class Engine:
@@ -79,7 +86,9 @@ class Engine:
                  max_time: float = INF):
         self.sim = sim
         self.policy: Policy = get_policy(policy)
-        self.sizes = [float(s) for s in sizes]
+        # The list is shared with the job stream, which appends the sizes of new
+        # image versions as they are released (see WorkloadConfig.new_images_per_day).
+        self.sizes = sizes
         NI = self.NI = len(self.sizes)
         slots = list(slots) if slots is not None else [sim.slots] * sim.hosts
         H = self.H = len(slots)
@@ -129,19 +138,20 @@ class Engine:
         # warm hosts are all full lets every later one of its list be skipped.
         self.pending: Dict[int, List[Job]] = {}
         self.adm_seq = 0
-        self.ndone: Dict[int, int] = {}
+        self.qhead: Dict[int, int] = {}
         self.fid = 0
         self.dl_token = 0
         self.dl_next = None
         self.running = 0  # dispatched, not yet ended
 
-        # pre-warm agent
+        # pre-warm daemon
         self.pre = self.policy.prewarm
         self.pre_sub: deque = deque()
         self.pre_cnt = [0] * NI
         self.pre_queue: deque = deque()
         self.pre_queued: set = set()
         self.pre_inflight = 0
+        self.pre_set: set = set()
 
         # measurements
         self.in_window = self.W0 <= 0.0
@@ -157,6 +167,9 @@ class Engine:
         self.m_total = 0
         self.m_started = 0
         self.img_tot = [0] * NI
+        self.busy_img = [0] * NI  # slots held by tasks of the image
+        self.peak_img = [0] * NI  # ... at most, since the window start
+        self.held_img = [0] * NI  # hosts holding the image at the window start
         self.img_warm = [0] * NI
         self.cold = {r: [0] * NI for r in COLD_REASONS}
         self.placements = [0] * H
@@ -265,8 +278,12 @@ class Engine:
             _, img, n = sub.popleft()
             cnt[img] -= n
         ranked = sorted((i for i in range(self.NI) if cnt[i] > 0), key=lambda i: (-cnt[i], i))
+        # hysteresis: an image stays pre-warmed while it ranks in the top 2K, so
+        # ranks near K flapping in and out do not pull onto every host each time
+        keep = set(ranked[:2 * pre.top]) & self.pre_set
+        self.pre_set = set(ranked[:pre.top]) | keep
         nh = int(math.ceil(pre.host_fraction * self.H))
-        for img in ranked[:pre.top]:
+        for img in sorted(self.pre_set, key=lambda i: (-cnt[i], i)):
             for h in range(nh):
                 c = self.caches[h]
                 if img in c.present or img in c.inflight or (h, img) in self.pre_queued:
@@ -288,11 +305,23 @@ class Engine:
 
     # ------------------------------------------------------------------ scheduling
 
+    def _grow_images(self, n: int) -> None:
+        """A new image version appeared in the job stream."""
+        k = n - self.NI
+        self.NI = n
+        for lst in (self.img_tot, self.img_warm, self.pre_cnt, self.busy_img, self.peak_img,
+                    self.held_img, *self.cold.values()):
+            lst.extend([0] * k)
+        self.warm_view.extend(set() for _ in range(k))
+        self.hidden.extend(set() for _ in range(k))
+
     def _admit(self, t: float) -> None:
         nj = self.next_job
         pol = self.policy
         W0, W1 = self.W0, self.W1
         while nj is not None and nj.submit <= t:
+            if nj.img >= self.NI:
+                self._grow_images(nj.img + 1)
             # JSV decision; made with the scheduler's view at admission, which
             # is at most one scheduling interval after the submit.
             nj.hard = pol.jsv_hard(len(self.warm_view[nj.img]))
@@ -373,7 +402,7 @@ class Engine:
         dead = set()  # images whose reported-warm hosts are all full in this run
         soft = self.policy.soft
         maxpt = sim.max_pending_tasks_per_job
-        caches, heap, NI = self.caches, self.heap, self.NI
+        caches, heap = self.caches, self.heap
         in_window = self.in_window
         init_present, needed = self.init_present, self.needed
         lfr = sim.load_from_running
@@ -381,14 +410,16 @@ class Engine:
         cold = self.cold
         c_joined, c_stale, c_full, c_none, c_lag = (cold[r] for r in COLD_REASONS)
         img_tot, img_warm, lat = self.img_tot, self.img_warm, self.lat
+        busy_img, peak_img = self.busy_img, self.peak_img
         load_step = self._load_step
         ndisp = 0
         stop = False
 
         # jobs in admission order across the lists (k-way merge)
-        merge = [(lst[0].seq, q, 0) for q, lst in pending.items()]
+        qhead = self.qhead  # finished jobs at the front of each list are skipped
+        merge = [(lst[qhead.get(q, 0)].seq, q, qhead.get(q, 0)) for q, lst in pending.items()]
         heapify(merge)
-        ndone = self.ndone  # finished jobs still sitting in each list
+        finished = set()
         while merge:
             _, q, ji = heappop(merge)
             lst = pending[q]
@@ -501,13 +532,17 @@ class Engine:
                 job.next = i + 1
                 rt = job.runtimes[i]
                 placements[h] += 1
+                bi = busy_img[img] + 1
+                busy_img[img] = bi
+                if bi > peak_img[img]:
+                    peak_img[img] = bi
                 pi = place_img[h]
                 pi[img] = pi.get(img, 0) + 1
                 c = caches[h]
                 pins = c.pins
                 pins[img] = pins.get(img, 0) + 1
                 if in_window and img not in init_present[h]:
-                    needed.add(h * NI + img)
+                    needed.add((h << PAIR_BITS) | img)
                 if job.recs is not None:
                     job.recs[i]["host"] = h
                     job.recs[i]["dispatch"] = t
@@ -547,20 +582,26 @@ class Engine:
                         fl = self._start_pull(h, img, t, False)
                     fl.waiters.append((rt, job, t, i))
             if job.next == len(job.runtimes):
-                ndone[q] = ndone.get(q, 0) + 1
+                finished.add(q)
             if stop:
                 break
 
         self.running += ndisp
         if ndisp:
-            for q in [q for q, n in ndone.items() if n * 2 >= len(pending[q])]:
-                # compact lazily: amortised O(1) per finished job
-                lst = [j for j in pending[q] if j.next < len(j.runtimes)]
-                if lst:
-                    pending[q] = lst
-                else:
-                    del pending[q]
-                del ndone[q]
+            for q in finished:
+                lst = pending[q]
+                hd = qhead.get(q, 0)
+                n = len(lst)
+                while hd < n and lst[hd].next == len(lst[hd].runtimes):
+                    hd += 1
+                if hd * 2 >= n:  # compact lazily: amortised O(1) per finished job
+                    lst = [j for j in lst[hd:] if j.next < len(j.runtimes)]
+                    hd = 0
+                    if lst:
+                        pending[q] = lst
+                    else:
+                        del pending[q]
+                qhead[q] = hd
             r = self.ring_i
             self.ring[r] = cnt
             self.ring_t[r] = t
@@ -585,6 +626,10 @@ class Engine:
     def _snapshot(self) -> None:
         self.in_window = True
         self.init_present = [frozenset(c.present) | frozenset(c.inflight) for c in self.caches]
+        for held in self.init_present:
+            for img in held:
+                self.held_img[img] += 1
+        self.peak_img[:] = self.busy_img
 
     def run(self) -> dict:
         sim = self.sim
@@ -597,7 +642,7 @@ class Engine:
         heappush(heap, (self.first_schedule, SCHED, 0, 0))
         if self.pre is not None:
             heappush(heap, (self.first_schedule, PREWARM, 0, 0))
-        free, caches = self.free, self.caches
+        free, caches, busy_img = self.free, self.caches, self.busy_img
         lfr = sim.load_from_running
         load_step = self._load_step
         t = 0.0
@@ -607,6 +652,7 @@ class Engine:
                 # task end: slot freed, pin dropped, image touched for LRU
                 free[a] += 1
                 self.running -= 1
+                busy_img[b] -= 1
                 c = caches[a]
                 c.pins[b] -= 1
                 pr = c.present
@@ -648,13 +694,18 @@ class Engine:
         return n
 
     def result(self) -> dict:
-        sizes, NI = self.sizes, self.NI
+        sizes = self.sizes
         if self._censored is None:
             self._censored = self._censor()
         censored = self._censored
         lb = 0.0
         for pair in self.needed:
-            lb += sizes[pair % NI]
+            lb += sizes[pair & PAIR_MASK]
+        # Packing bound: hosts needed if each image's peak slot demand were packed
+        # onto as few hosts as possible, less those holding it at the start.
+        per_host = max(self.slots)
+        pack = sum(max(0, -(-self.peak_img[i] // per_host) - self.held_img[i]) * sizes[i]
+                   for i in range(self.NI))
         return {
             "policy": self.policy.name,
             "hosts": self.H,
@@ -664,6 +715,7 @@ class Engine:
             "prewarm_downloads": self.pre_downloads,
             "lb_bytes": lb,
             "lb_pairs": len(self.needed),
+            "pack_bytes": pack,
             "evictions": self.evictions,
             "cap_overflows": sum(c.overflows for c in self.caches),
             "latencies": self.lat,
@@ -691,8 +743,10 @@ def initial_caches(sim: SimConfig, wl: WorkloadConfig, sizes: Sequence[float]) -
     target = sim.initial_fill * sim.cache_cap_gb * GB
     out = []
     for _ in range(sim.hosts):
-        # Efraimidis-Spirakis: sort by u^(1/w) = weighted sampling w/o replacement
-        order = sorted(range(len(sizes)), key=lambda i: -rng.random() ** (1.0 / w[i]))
+        # Efraimidis-Spirakis: descending u^(1/w) (as log u / w, which cannot
+        # underflow) is weighted sampling without replacement
+        keys = [math.log(1.0 - rng.random()) / w[i] for i in range(len(sizes))]
+        order = sorted(range(len(sizes)), key=lambda i: -keys[i])
         used, picked = 0.0, []
         for i in order:
             if used + sizes[i] <= target:
@@ -709,11 +763,12 @@ def simulate(policy="soft", sim: Optional[SimConfig] = None,
     sim = sim or SimConfig()
     wl = workload or WorkloadConfig()
     sizes = image_sizes(wl, sim.seed)
-    start = time.perf_counter()
-    eng = Engine(sim, policy, sizes, generate_jobs(wl, sim.seed),
+    start, cpu = time.perf_counter(), time.process_time()
+    eng = Engine(sim, policy, sizes, generate_jobs(wl, sim.seed, sizes),
                  initial=initial_caches(sim, wl, sizes))
     res = eng.run()
     res["wall_s"] = time.perf_counter() - start
+    res["cpu_s"] = time.process_time() - cpu
     res["image_sizes"] = sizes
     res["sim"] = sim.as_dict()
     res["workload"] = wl.as_dict()
@@ -784,8 +839,13 @@ def run_scenario(scenario: dict) -> dict:
          "placements_by_image": {"n1": {"blast": 4}, "n2": {"blast": 2}},
          "tasks": [{"job": 0, "task": 1, "image": "blast", "host": "n1",
                     "submit": 0.0, "dispatch": 0.0, "start": 0.0, "end": 300.0,
-                    "warm": true}, ...],              # host None: never started
-         "unstarted": 0, "end_time": 330.0}
+                    "warm": true}, ...],              # start None: never started
+         "unstarted": 0,
+         "egress_gb": 2.0,          # pulled from the registry
+         "lower_bound_gb": 2.0,     # each host pulling each image it ran once
+         "packing_bound_gb": 2.0,   # peak demand packed on whole hosts, less
+                                    # the hosts holding the image at t=0
+         "end_time": 330.0}
     """
     st = dict(SCENARIO_SETTINGS)
     st.update(scenario.get("settings") or {})
@@ -842,7 +902,7 @@ def run_scenario(scenario: dict) -> dict:
                  report_phase=phase, first_schedule=float(st["first_schedule"]),
                  window=(0.0, INF), end_when_done=True,
                  max_time=float(st["max_time"]))
-    eng.run()
+    res = eng.run()
     tasks = [r for recs in sorted(records, key=lambda rs: rs[0]["job"]) for r in recs]
     for r in tasks:
         if r["host"] is not None:
@@ -854,5 +914,8 @@ def run_scenario(scenario: dict) -> dict:
                                 for h in range(eng.H)},
         "tasks": tasks,
         "unstarted": sum(1 for r in tasks if r["start"] is None),
+        "egress_gb": res["egress_bytes"] / GB,
+        "lower_bound_gb": res["lb_bytes"] / GB,
+        "packing_bound_gb": res["pack_bytes"] / GB,
         "end_time": eng.end_time,
     }

@@ -23,22 +23,28 @@ load_from_running          True        executing tasks are CPU bound (1 load/slo
 job_load_adjustment        0.5         SGE default ``job_load_adjustments np_load_avg=0.50``
 load_adjustment_decay      450 s       SGE default ``load_adjustment_decay_time 0:7:30``
 max_pending_tasks_per_job  50          SGE default: array tasks considered per run
+report_inflight_as_warm    False       what-if: the sensor reports pulls in flight
 initial_fill               0.8         caches start filled to the low-water mark
 warmup_hours               2           simulated before the measured window
 hours                      24          measured window (tasks submitted in it)
+max_drain_hours            12          then run on until measured tasks started
 =========================  ==========  =============================================
 
 The initial cache content is a policy-neutral stand-in for "the cluster has
 been running for a while": each host holds images drawn by popularity (without
 replacement) up to ``initial_fill`` of its cap.  ``initial_fill=0`` gives a cold
 start instead.  The warm-up then lets each policy reshape the caches its own way
-before anything is measured.
+before anything is measured.  Note what follows from a filled start and a
+stationary catalogue: every image is cached on some hosts, so an image-aware
+policy needs few pulls.  Cold caches (``initial_fill=0``), new image versions
+(``WorkloadConfig.new_images_per_day``) and unthrottled array dispatch
+(``max_pending_tasks_per_job=0``) are the regimes where placement is stressed.
 """
 from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Dict, List, Optional
 
 GB = 1e9
@@ -75,8 +81,6 @@ class SimConfig:
     max_drain_hours: float = 12.0
     seed: int = 1
 
-    def with_(self, **kw) -> "SimConfig":
-        return replace(self, **kw)
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

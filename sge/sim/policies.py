@@ -16,10 +16,11 @@
     host can meet would pend forever.  Tasks with the hard request pend until a
     host the scheduler sees as warm has a free slot.
 ``soft+prewarm``
-    ``soft`` plus a pre-warm agent: every ``interval_s`` it ranks images by the
+    ``soft`` plus a pre-warm daemon: every ``interval_s`` it ranks images by the
     tasks submitted in the last ``window_s`` and pulls each of the ``top``
     images onto every host (``host_fraction`` of them) that lacks it, at most
     ``max_inflight`` pulls at a time so on-demand pulls keep registry bandwidth.
+    An image stays in the pre-warmed set while it ranks in the top 2 x ``top``.
     Pre-pulls go through the same cache (LRU, pins) and registry as prolog pulls.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Dict, Optional
 @dataclass(frozen=True)
 class PrewarmConfig:
     interval_s: float = 600.0
-    window_s: float = 3600.0
+    window_s: float = 6 * 3600.0
     top: int = 10
     host_fraction: float = 1.0
     max_inflight: int = 32

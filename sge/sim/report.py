@@ -9,6 +9,11 @@ Definitions (all over the measured window; tasks are those submitted in it):
   minus pairs the host already held (or was pulling) at the window start.  It
   depends on where the policy put the tasks, so compare absolute egress across
   policies and egress/LB for re-pull waste within one.
+* packing bound: a placement-independent reference: for each image, the hosts
+  its peak slot demand needs if packed onto whole hosts, less the hosts that
+  held it at the window start, times its size.  Pulls to hosts beyond that
+  (spreading a burst over many cold hosts) are inside the lower bound but not
+  inside this one.
 * warm start: the image was complete in the host's cache when the task was
   dispatched (no wait).  Top-10 = the 10 images with the most tasks.
 * start latency: task start (after any pull) minus submit.
@@ -57,6 +62,7 @@ def summarize(res: dict, top: int = 10) -> dict:
         "hosts": res["hosts"],
         "egress_tb": eg / 1e12,
         "lb_tb": lb / 1e12,
+        "pack_tb": res.get("pack_bytes", 0.0) / 1e12,
         "egress_ratio": eg / lb if lb else (math.inf if eg else 1.0),
         "prewarm_tb": res["prewarm_bytes"] / 1e12,
         "downloads": res["downloads"],
@@ -75,6 +81,8 @@ def summarize(res: dict, top: int = 10) -> dict:
         "cold_top10": {r: sum(v[i] for i in top_ix) for r, v in res["cold"].items()},
         "cold_all": {r: sum(v) for r, v in res["cold"].items()},
         "wall_s": res.get("wall_s", math.nan),
+        "cpu_s": res.get("cpu_s", math.nan),
+        "censored_latencies": res.get("censored_latencies", 0),
     }
     s["goal_met"] = (s["egress_ratio"] <= GOAL_EGRESS_RATIO
                      and s["warm_share_top10"] >= GOAL_WARM_TOP10)
@@ -110,12 +118,12 @@ def format_table(summaries: List[dict]) -> str:
 
 def format_details(summaries: List[dict]) -> str:
     """Second table: where the cold starts of the top-10 images come from."""
-    lines = ["policy         pulls  evict  prewarm TB  unstarted  | top-10 cold starts: "
+    lines = ["policy         pulls  evict  prewarm TB  pack TB  unstarted  | top-10 cold starts: "
              "joined  stale  warm_full  no_warm  (lag_miss)"]
     for s in summaries:
         c = s["cold_top10"]
         lines.append(f"{s['policy']:<13} {s['downloads']:>6} {s['evictions']:>6} "
-                     f"{s['prewarm_tb']:>11.1f} {s['unstarted_tasks']:>10}  |"
+                     f"{s['prewarm_tb']:>11.1f} {s['pack_tb']:>8.1f} {s['unstarted_tasks']:>10}  |"
                      f"{c['joined']:>27} {c['stale']:>6} {c['warm_full']:>10} "
                      f"{c['no_warm']:>8} {c['lag_miss']:>11}")
     return "\n".join(lines)
@@ -178,7 +186,7 @@ def plot(summaries: List[dict], path: str, title: Optional[str] = None) -> str:
     ax.set_ylim(0, 105)
     ax.set_ylabel("% of task starts that were warm")
     ax.set_title("Warm starts")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=3)
 
     if title:
         fig.suptitle(title)

@@ -15,20 +15,28 @@ burst_min/max           100 / 1000   array burst size, log-uniform
 runtime_median_s        1200         task runtime lognormal: median 20 min,
 runtime_sigma           1.0          sigma 1 (mean ~33 min) ...
 runtime_min/max_s       60 / 43200   ... clipped to 1 min .. 12 h
+new_images_per_day      0            releases of new image versions (Poisson); each
+                                     replaces the image of a uniformly drawn
+                                     popularity rank from then on
 ======================  ===========  ===========================================
 
 With 1,000 x 48 slots this offers ~64 % slot utilisation.  The other half of the
 tasks arrive as single-task jobs.  Image 0 is the most popular.  The same seed
 gives the same jobs (times, images, runtimes) whatever policy consumes them,
-so policies are compared on identical work.
+so policies are compared on identical work; releases draw from their own random
+stream, so turning them on changes which image a job uses and nothing else.
+
+The catalogue is stationary by default, as the issue specifies.  Real registries
+get new tags every day; ``new_images_per_day`` models that: a released version
+is cold on every host, which is when the load sensor's lag meets array bursts.
 """
 from __future__ import annotations
 
 import bisect
 import math
 import random
-from dataclasses import dataclass, fields, replace
-from typing import Iterator, List
+from dataclasses import dataclass, fields
+from typing import Iterator, List, Optional
 
 from .model import GB
 
@@ -51,6 +59,7 @@ class WorkloadConfig:
     runtime_sigma: float = 1.0
     runtime_min_s: float = 60.0
     runtime_max_s: float = 12 * 3600.0
+    new_images_per_day: float = 0.0
 
     @property
     def task_rate(self) -> float:
@@ -64,8 +73,6 @@ class WorkloadConfig:
             return float(a)
         return (b - a) / math.log(b / a)
 
-    def with_(self, **kw) -> "WorkloadConfig":
-        return replace(self, **kw)
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -98,16 +105,31 @@ def zipf_weights(n: int, s: float) -> List[float]:
     return [x / tot for x in w]
 
 
+def _size_draw(cfg: WorkloadConfig, rng: random.Random) -> float:
+    lo, hi = math.log(cfg.image_gb_min), math.log(cfg.image_gb_max)
+    return math.exp(rng.uniform(lo, hi)) * GB
+
+
 def image_sizes(cfg: WorkloadConfig, seed: int) -> List[float]:
     """Image sizes in bytes, log-uniform in [min, max] GB, seeded."""
     rng = random.Random(seed * 7919 + 17)
-    lo, hi = math.log(cfg.image_gb_min), math.log(cfg.image_gb_max)
-    return [math.exp(rng.uniform(lo, hi)) * GB for _ in range(cfg.n_images)]
+    return [_size_draw(cfg, rng) for _ in range(cfg.n_images)]
 
 
-def generate_jobs(cfg: WorkloadConfig, seed: int) -> Iterator[Job]:
-    """Endless stream of jobs in submit order (the engine stops pulling)."""
+def generate_jobs(cfg: WorkloadConfig, seed: int,
+                  sizes: Optional[List[float]] = None) -> Iterator[Job]:
+    """Endless stream of jobs in submit order (the engine stops pulling).
+
+    With ``new_images_per_day`` the sizes of released versions are appended to
+    ``sizes`` (the list the engine reads) before the first job that uses them.
+    """
     rng = random.Random(seed)
+    rel_rng = random.Random(seed * 65537 + 11)
+    current = list(range(cfg.n_images))  # popularity rank -> image id
+    rel_rate = cfg.new_images_per_day / 86400.0
+    if rel_rate > 0 and sizes is None:
+        raise ValueError("new_images_per_day needs the sizes list to extend")
+    next_rel = rel_rng.expovariate(rel_rate) if rel_rate > 0 else math.inf
     rate = cfg.task_rate
     single_rate = rate * (1.0 - cfg.burst_share)
     burst_rate = rate * cfg.burst_share / cfg.mean_burst() if cfg.burst_share > 0 else 0.0
@@ -127,7 +149,11 @@ def generate_jobs(cfg: WorkloadConfig, seed: int) -> Iterator[Job]:
     jid = 0
     while True:
         t += expo(job_rate)
-        img = bisect.bisect_left(cum, rand())
+        while t >= next_rel:
+            current[rel_rng.randrange(cfg.n_images)] = len(sizes)
+            sizes.append(_size_draw(cfg, rel_rng))
+            next_rel += rel_rng.expovariate(rel_rate)
+        img = current[bisect.bisect_left(cum, rand())]
         if rand() < p_burst:
             n = int(round(math.exp(rng.uniform(lo_b, hi_b))))
         else:

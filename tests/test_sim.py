@@ -1,0 +1,347 @@
+"""Placement simulator: small scenarios whose outcome can be worked out by hand.
+
+Scenario defaults (SCENARIO_SETTINGS): scheduling runs at 0, 15, 30, ... s,
+load reports every 40 s at phase 0, load = job_load_adjustment 0.5 per task
+decaying over 450 s divided by slots (sleep jobs: no CPU load), at most 50 array
+tasks of a job per run.
+"""
+import math
+
+import pytest
+
+from sge.sim import (HostCache, SharedNetwork, SimConfig, WorkloadConfig, generate_jobs,
+                     image_sizes, run_scenario, simulate, summarize)
+from sge.sim.model import GB, Flow
+from sge.sim.workload import zipf_weights
+
+
+def scenario(policy, hosts, jobs, images=None, **settings):
+    return run_scenario({
+        "policy": policy,
+        "hosts": hosts,
+        "images": images or {"a": {"download_s": 30.0, "size_gb": 2.0}},
+        "jobs": jobs,
+        "settings": settings,
+    })
+
+
+def by_host(res, name):
+    return [t for t in res["tasks"] if t["host"] == name]
+
+
+# ---------------------------------------------------------------- policies
+
+TWO_HOSTS = [{"name": "cold", "slots": 4}, {"name": "warm", "slots": 4, "warm": ["a"]}]
+
+
+def test_soft_fills_the_warm_host_before_any_cold_one():
+    # "cold" comes first in seq_no and stays less loaded, but the unmet soft
+    # request decides first: the warm host takes tasks until it is full.
+    res = scenario("soft", TWO_HOSTS, [{"image": "a", "submit": 0, "runtime": 1000, "tasks": 4}])
+    assert res["placements"] == {"cold": 0, "warm": 4}
+    assert res["downloads"] == {"cold": 0, "warm": 0}
+    assert all(t["warm"] and t["start"] == 0 for t in res["tasks"])
+
+
+def test_soft_spills_to_a_cold_host_when_warm_is_full_and_never_pends():
+    res = scenario("soft", TWO_HOSTS, [{"image": "a", "submit": 0, "runtime": 1000, "tasks": 6}])
+    assert res["placements"] == {"cold": 2, "warm": 4}
+    # the prolog's lock: two tasks on the cold host, one pull
+    assert res["downloads"] == {"cold": 1, "warm": 0}
+    cold = by_host(res, "cold")
+    assert [t["dispatch"] for t in cold] == [0, 0]
+    assert [t["start"] for t in cold] == [30, 30]  # both wait for the one pull
+    assert not any(t["warm"] for t in cold)
+    assert res["egress_gb"] == pytest.approx(2.0)
+    assert res["lower_bound_gb"] == pytest.approx(2.0)
+
+
+def test_hard_pends_until_a_warm_slot_frees():
+    res = scenario("hard", TWO_HOSTS, [{"image": "a", "submit": 0, "runtime": 1000, "tasks": 6}])
+    assert res["placements"] == {"cold": 0, "warm": 6}
+    assert res["downloads"] == {"cold": 0, "warm": 0}
+    late = [t for t in res["tasks"] if t["task"] > 4]
+    # slots free at 1000; the next scheduling run is at 1005 (a multiple of 15)
+    assert [t["start"] for t in late] == [1005, 1005]
+    assert all(t["warm"] for t in res["tasks"])
+
+
+def test_hard_without_any_warm_host_adds_no_request():
+    # the image is warm nowhere: a hard request would pend forever, so the JSV
+    # leaves the job alone and it runs wherever load puts it
+    hosts = [{"name": "h1", "slots": 2}, {"name": "h2", "slots": 2}]
+    res = scenario("hard", hosts, [{"image": "a", "submit": 0, "runtime": 100, "tasks": 2}])
+    assert res["unstarted"] == 0
+    assert sum(res["placements"].values()) == 2
+
+
+def test_no_awareness_spreads_by_load_adjustment():
+    # equal load: seq_no picks "cold" first; each dispatch adds 0.5/4 to the
+    # host's load, so the tasks alternate and the cold host pulls once
+    res = scenario("none", TWO_HOSTS, [{"image": "a", "submit": 0, "runtime": 1000, "tasks": 4}])
+    assert res["placements"] == {"cold": 2, "warm": 2}
+    assert res["downloads"] == {"cold": 1, "warm": 0}
+    assert [t["host"] for t in res["tasks"]] == ["cold", "warm", "cold", "warm"]
+
+
+def test_without_load_adjustment_a_burst_piles_onto_one_host():
+    hosts = [{"name": "h1", "slots": 8}, {"name": "h2", "slots": 8}]
+    res = scenario("soft", hosts, [{"image": "a", "submit": 0, "runtime": 1000, "tasks": 6}],
+                   job_load_adjustment=0.0)
+    assert res["placements"] == {"h1": 6, "h2": 0}
+    assert res["downloads"] == {"h1": 1, "h2": 0}
+
+
+def test_max_pending_tasks_per_job_limits_dispatch_per_run():
+    hosts = [{"name": "big", "slots": 200, "warm": ["a"]}]
+    res = scenario("soft", hosts, [{"image": "a", "submit": 0, "runtime": 1000, "tasks": 120}])
+    dispatch = sorted(t["dispatch"] for t in res["tasks"])
+    assert dispatch.count(0) == 50 and dispatch.count(15) == 50 and dispatch.count(30) == 20
+
+
+def test_sensor_lag_sends_tasks_to_another_cold_host():
+    # Job 1 lands on A at t=0 and its pull ends at 5; A reports it at 40.
+    # Job 2 (submitted 20) is scheduled at 30: A does not look warm yet and
+    # carries job 1's load adjustment, so B gets it and pulls as well.
+    # Job 3 (scheduled at 60) sees both warm and takes the less loaded, A.
+    hosts = [{"name": "A", "slots": 10}, {"name": "B", "slots": 10}]
+    jobs = [{"image": "a", "submit": s, "runtime": 1000} for s in (0, 20, 50)]
+    images = {"a": {"download_s": 5.0}}
+    lag = scenario("soft", hosts, jobs, images)
+    assert [t["host"] for t in lag["tasks"]] == ["A", "B", "A"]
+    assert lag["downloads"] == {"A": 1, "B": 1}
+    assert [t["warm"] for t in lag["tasks"]] == [False, False, True]
+    # B did run the image, so its pull is inside the lower bound: the lag costs
+    # an extra host holding the image and a cold start, not egress over the bound
+    assert lag["egress_gb"] == pytest.approx(2.0) == pytest.approx(lag["lower_bound_gb"])
+    # ... while three tasks would have fit on one 10-slot host: one pull
+    assert lag["packing_bound_gb"] == pytest.approx(1.0)
+    # with a report every second, job 2 sees A warm and no second pull happens
+    quick = scenario("soft", hosts, jobs, images, load_report_time=1.0)
+    assert [t["host"] for t in quick["tasks"]] == ["A", "A", "A"]
+    assert quick["downloads"] == {"A": 1, "B": 0}
+    assert [t["warm"] for t in quick["tasks"]] == [False, True, True]
+
+
+def test_prewarm_pulls_submitted_images_onto_every_host():
+    hosts = [{"name": "h0", "slots": 4, "warm": ["a"]}, {"name": "h1", "slots": 4},
+             {"name": "h2", "slots": 4}]
+    res = scenario("soft+prewarm", hosts, [{"image": "a", "submit": 0, "runtime": 100}])
+    assert res["placements"] == {"h0": 1, "h1": 0, "h2": 0}
+    assert res["downloads"] == {"h0": 0, "h1": 1, "h2": 1}
+
+
+def test_scenario_output_shape_and_docstring_example():
+    res = run_scenario({
+        "policy": "soft",
+        "hosts": [{"name": "n1", "slots": 4, "warm": ["blast"]}, {"name": "n2", "slots": 4}],
+        "images": {"blast": {"download_s": 30.0, "size_gb": 2.0}},
+        "jobs": [{"image": "blast", "submit": 0.0, "runtime": 300.0, "tasks": 6}],
+    })
+    assert res["placements"] == {"n1": 4, "n2": 2}
+    assert res["downloads"] == {"n1": 0, "n2": 1}
+    assert res["placements_by_image"] == {"n1": {"blast": 4}, "n2": {"blast": 2}}
+    assert res["unstarted"] == 0 and res["end_time"] == 330.0
+    assert (res["egress_gb"], res["lower_bound_gb"], res["packing_bound_gb"]) == (2.0, 2.0, 2.0)
+    assert [(t["job"], t["task"]) for t in res["tasks"]] == [(0, k) for k in range(1, 7)]
+
+
+# ---------------------------------------------------------------- cache
+
+def test_lower_bound_counts_each_host_image_once_and_eviction_repulls():
+    # One host, cap 5 GB: a (3 GB), then b (3 GB) evicts a, then a is pulled again.
+    hosts = [{"name": "h", "slots": 1}]
+    images = {"a": {"download_s": 5.0, "size_gb": 3.0}, "b": {"download_s": 5.0, "size_gb": 3.0}}
+    jobs = [{"image": "a", "submit": 0, "runtime": 10},
+            {"image": "b", "submit": 100, "runtime": 10},
+            {"image": "a", "submit": 200, "runtime": 10}]
+    res = scenario("soft", hosts, jobs, images, cache_cap_gb=5.0)
+    assert res["downloads"] == {"h": 3}
+    assert res["egress_gb"] == pytest.approx(9.0)
+    assert res["lower_bound_gb"] == pytest.approx(6.0)
+    # no cap: each image once, egress equals the bound
+    res = scenario("soft", hosts, jobs, images)
+    assert res["downloads"] == {"h": 2}
+    assert res["egress_gb"] == pytest.approx(res["lower_bound_gb"]) == pytest.approx(6.0)
+
+
+def test_lower_bound_excludes_images_held_at_the_start():
+    hosts = [{"name": "h1", "slots": 1, "warm": ["a"]}, {"name": "h2", "slots": 1}]
+    images = {"a": {"download_s": 5.0, "size_gb": 2.0}}
+    jobs = [{"image": "a", "submit": 0, "runtime": 100, "tasks": 2}]
+    res = scenario("none", hosts, jobs, images)
+    assert res["placements"] == {"h1": 1, "h2": 1}
+    assert res["lower_bound_gb"] == pytest.approx(2.0)  # only h2 needed a pull
+
+
+def test_running_task_pins_its_image():
+    # a (3 GB) is in use when b (3 GB) needs room under a 5 GB cap: the pull goes
+    # over the cap rather than evicting a, and a later task of a is warm.
+    hosts = [{"name": "h", "slots": 2, "warm": ["a"]}]
+    images = {"a": {"download_s": 5.0, "size_gb": 3.0}, "b": {"download_s": 5.0, "size_gb": 3.0}}
+    jobs = [{"image": "a", "submit": 0, "runtime": 1000},
+            {"image": "b", "submit": 10, "runtime": 10},
+            {"image": "a", "submit": 100, "runtime": 10}]
+    res = scenario("soft", hosts, jobs, images, cache_cap_gb=5.0)
+    assert res["downloads"] == {"h": 1}
+    assert [t["warm"] for t in res["tasks"]] == [True, False, True]
+
+
+def test_lru_evicts_least_recently_used_down_to_low_water():
+    c = HostCache(10 * GB, low_water=0.8)
+    for img in (1, 2, 3):
+        c.add_present(img, 3 * GB)
+    c.present.move_to_end(1)  # 1 was used last: LRU order is now 2, 3, 1
+    assert c.make_room(1 * GB) == []  # 9 + 1 fits under the cap
+    # 9 + 3 > 10: evict until usage + pull <= 8: 2 (-> 6 + 3 = 9), then 3 (-> 3 + 3)
+    assert c.make_room(3 * GB) == [2, 3]
+    assert list(c.present) == [1]
+    assert c.used == pytest.approx(3 * GB)
+
+
+def test_lru_skips_pinned_images_and_overflows_when_it_must():
+    c = HostCache(10 * GB, low_water=0.8)
+    for img in (1, 2, 3):
+        c.add_present(img, 3 * GB)
+    c.pins[1] = 1
+    assert c.make_room(3 * GB) == [2, 3]  # 1 is least recently used but pinned
+    c = HostCache(10 * GB, low_water=0.8)
+    for img in (1, 2, 3):
+        c.add_present(img, 3 * GB)
+        c.pins[img] = 1
+    assert c.make_room(3 * GB) == []
+    assert c.overflows == 1
+
+
+# ---------------------------------------------------------------- bandwidth
+
+def run_flows(net, starts):
+    """starts: [(t, host, size)] -> completion time per flow, in order."""
+    flows = [Flow(i, h, i, s, t) for i, (t, h, s) in enumerate(starts)]
+    pending = sorted(flows, key=lambda f: f.t0)
+    done = {}
+    while pending or net.active:
+        nt = net.next_time()
+        if pending and pending[0].t0 <= nt:
+            f = pending.pop(0)
+            net.add(f.t0, f)
+            continue
+        for f in net.pop_done(nt):
+            done[f.fid] = nt
+    return [done[f.fid] for f in flows]
+
+
+def test_registry_egress_is_shared_between_hosts():
+    # link 1 GB/s, registry 1 GB/s: one pull alone takes 1 s, two at once 2 s
+    assert run_flows(SharedNetwork(1 * GB, 1 * GB), [(0, 0, GB)]) == pytest.approx([1.0])
+    assert run_flows(SharedNetwork(1 * GB, 1 * GB), [(0, 0, GB), (0, 1, GB)]) == \
+        pytest.approx([2.0, 2.0])
+    # staggered: A alone for 0.5 s (0.5 GB), then both at 0.5 GB/s: A ends at 1.5,
+    # B has 0.5 GB by then and finishes alone at 2.0
+    assert run_flows(SharedNetwork(1 * GB, 1 * GB), [(0, 0, GB), (0.5, 1, GB)]) == \
+        pytest.approx([1.5, 2.0])
+
+
+def test_host_link_is_shared_between_its_own_pulls():
+    # registry not limiting: two pulls on one host split its 1 GB/s link
+    assert run_flows(SharedNetwork(1 * GB, 100 * GB), [(0, 0, GB), (0, 0, GB)]) == \
+        pytest.approx([2.0, 2.0])
+    # and pulls on two hosts do not slow each other
+    assert run_flows(SharedNetwork(1 * GB, 100 * GB), [(0, 0, GB), (0, 1, GB)]) == \
+        pytest.approx([1.0, 1.0])
+
+
+def test_max_min_fair_share_with_link_and_registry_limits():
+    # host 0 has two pulls (capped at 0.5 GB/s each by its link), host 1 one pull;
+    # registry 1.6 GB/s: host 0's pulls get 0.5 each, host 1's gets the rest, 0.6.
+    # Host 1 ends at 1/0.6 s; host 0's pulls stay link-bound and end at 2 s.
+    t = run_flows(SharedNetwork(1 * GB, 1.6 * GB), [(0, 0, GB), (0, 0, GB), (0, 1, GB)])
+    assert t == pytest.approx([2.0, 2.0, 1 / 0.6])
+    # registry 1.2 GB/s: all three are registry-bound at 0.4 GB/s; host 1's 0.6 GB
+    # ends at 1.5 s; host 0's pulls then have 0.4 GB left at 0.5 GB/s -> 2.3 s
+    t = run_flows(SharedNetwork(1 * GB, 1.2 * GB), [(0, 0, GB), (0, 0, GB), (0, 1, 0.6 * GB)])
+    assert t == pytest.approx([2.3, 2.3, 1.5])
+
+
+def test_concurrent_pulls_in_the_engine_slow_each_other():
+    # 1.25 GB = 10 Gbit: 1 s on a 10 Gbit/s link; with a 10 Gbit/s registry two
+    # hosts pulling at once take 2 s each
+    hosts = [{"name": "h1", "slots": 1}, {"name": "h2", "slots": 1}]
+    images = {"a": {"size_gb": 1.25}, "b": {"size_gb": 1.25}}
+    jobs = [{"image": "a", "submit": 0, "runtime": 10}, {"image": "b", "submit": 0, "runtime": 10}]
+    shared = scenario("none", hosts, jobs, images, host_link_gbit=10.0, registry_gbit=10.0)
+    assert [t["start"] for t in shared["tasks"]] == pytest.approx([2.0, 2.0])
+    alone = scenario("none", hosts, jobs, images, host_link_gbit=10.0, registry_gbit=100.0)
+    assert [t["start"] for t in alone["tasks"]] == pytest.approx([1.0, 1.0])
+
+
+# ---------------------------------------------------------------- workload and runs
+
+def test_workload_is_seeded_zipf_with_bursts():
+    wl = WorkloadConfig()
+    a = generate_jobs(wl, seed=3)
+    b = generate_jobs(wl, seed=3)
+    ja = [next(a) for _ in range(3000)]
+    jb = [next(b) for _ in range(3000)]
+    assert [(j.submit, j.img, j.runtimes) for j in ja] == [(j.submit, j.img, j.runtimes) for j in jb]
+    counts = [0] * wl.n_images
+    for j in ja:
+        counts[j.img] += 1
+    assert counts[0] == max(counts)
+    w = zipf_weights(wl.n_images, wl.zipf_s)
+    assert counts[0] / len(ja) == pytest.approx(w[0], abs=0.03)
+    sizes = [len(j.runtimes) for j in ja]
+    assert all(n == 1 or wl.burst_min <= n <= wl.burst_max for n in sizes)
+    assert any(n > 1 for n in sizes)
+    tasks = sum(sizes)
+    assert tasks / ja[-1].submit == pytest.approx(wl.task_rate, rel=0.25)
+    assert all(wl.runtime_min_s <= r <= wl.runtime_max_s for j in ja for r in j.runtimes)
+    gb = [s / GB for s in image_sizes(wl, 3)]
+    assert all(wl.image_gb_min <= s <= wl.image_gb_max for s in gb)
+
+
+def test_new_image_versions_extend_the_catalogue():
+    wl = WorkloadConfig(new_images_per_day=2000)
+    sizes = image_sizes(wl, 1)
+    jobs = generate_jobs(wl, 1, sizes)
+    seen = {next(jobs).img for _ in range(2000)}
+    assert len(sizes) > wl.n_images
+    assert max(seen) >= wl.n_images and max(seen) < len(sizes)
+
+
+SMALL = dict(hosts=20, hours=0.5, warmup_hours=0.25, max_drain_hours=2.0)
+SMALL_WL = dict(jobs_per_month=40e6 * 20 / 1000, burst_min=20, burst_max=100)
+
+
+def test_simulation_is_deterministic_for_a_seed():
+    def run(seed):
+        s = summarize(simulate("soft", SimConfig(seed=seed, **SMALL), WorkloadConfig(**SMALL_WL)))
+        return {k: v for k, v in s.items() if k not in ("wall_s", "cpu_s")}
+    first = run(1)
+    assert first["measured_tasks"] > 100
+    assert run(1) == first
+    assert run(2) != first
+
+
+@pytest.mark.parametrize("policy", ["none", "soft", "hard", "soft+prewarm"])
+def test_every_policy_runs_and_accounts_consistently(policy):
+    sim = SimConfig(initial_fill=0.0, **SMALL)
+    res = simulate(policy, sim, WorkloadConfig(**SMALL_WL))
+    s = summarize(res)
+    assert s["measured_tasks"] > 100
+    assert len(res["latencies"]) == s["measured_tasks"]  # unstarted ones are censored in
+    assert sum(res["img_tasks"]) == res["started_tasks"]
+    assert 0.0 <= s["warm_share"] <= 1.0
+    assert s["p50_s"] <= s["p95_s"] <= s["p99_s"]
+    # cold caches at the start: every task that was not warm came from a pull
+    assert res["egress_bytes"] >= res["lb_bytes"] * (1 - 1e-12)
+    assert math.isfinite(s["egress_ratio"])
+
+
+def test_soft_beats_no_awareness_on_egress():
+    wl = WorkloadConfig(**SMALL_WL)
+    sim = SimConfig(**SMALL)
+    none = summarize(simulate("none", sim, wl))
+    soft = summarize(simulate("soft", sim, wl))
+    assert soft["egress_tb"] < none["egress_tb"]
+    assert soft["warm_share"] >= none["warm_share"]
