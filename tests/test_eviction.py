@@ -9,7 +9,6 @@ import pytest
 
 from sge import config
 from sge.cache import Cache
-from sge.errors import CacheFull
 from tests.conftest import ROOT, cli, payload, sha256
 
 MB = 1 << 20

@@ -2,8 +2,6 @@
 verified, atomic, and nothing partial left by failures or kills."""
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest

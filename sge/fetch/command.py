@@ -273,15 +273,9 @@ def copy_into(dest, sink, shown):
     try:
         if os.fstat(fd).st_size == 0:
             raise FetchError(f"{shown}: the command wrote an empty file", transient=False)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            fd = None
-            while True:
-                buf = sink.buffer()
-                n = f.readinto(buf)
-                sink.commit(n or 0)
-                if not n:
-                    return
+        from . import file
+        fd, owned = None, fd
+        file.copy_into(owned, sink)  # closes it
     except OSError as e:
         raise FetchError(f"{shown}: cannot read the command's output: {e.strerror}",
                          transient=True) from None

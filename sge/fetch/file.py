@@ -25,17 +25,20 @@ def fetch(url, sink, ctx):
         transient = e.errno not in (errno.ENOENT, errno.EACCES, errno.EISDIR, errno.ENOTDIR)
         raise FetchError(f"{path}: {e.strerror}", transient=transient) from None
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            fd = None
-            while True:
-                buf = sink.buffer()
-                n = f.readinto(buf)
-                sink.commit(n or 0)
-                if not n:
-                    return
+        copy_into(fd, sink)
     except OSError as e:
         raise FetchError(f"{path}: read failed: {e.strerror}", transient=True) from None
+
+
+def copy_into(fd, sink):
+    """Stream an open file into the sink's buffers; closes `fd`."""
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        while True:
+            buf = sink.buffer()
+            n = os.readv(fd, [buf])
+            sink.commit(n)
+            if not n:
+                return
     finally:
-        if fd is not None:
-            os.close(fd)
+        os.close(fd)

@@ -11,9 +11,9 @@ import http.client
 import socket
 import ssl
 import time
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
-from ..errors import FetchError, VerifyError
+from ..errors import FetchError
 from . import redact
 
 MAX_REDIRECTS = 5
@@ -27,58 +27,11 @@ class _Interrupted(Exception):
 
 
 def fetch(url, sink, ctx):
-    state = {"validator": None}     # ETag or Last-Modified, if the server can resume
-    resumes = 0
-    while True:
-        offset = sink.received
-        try:
-            _transfer(url, sink, ctx, offset, state)
-            return
-        except _Interrupted as e:
-            if state["validator"] is None or sink.received == offset and resumes:
-                raise FetchError(f"{redact(url)}: {e}", transient=True) from None
-            resumes += 1
-            if resumes > MAX_RESUMES:
-                raise FetchError(f"{redact(url)}: {e} (gave up after {MAX_RESUMES} resumes)",
-                                 transient=True) from None
-            ctx.log(f"image {ctx.image.name}: {e}; resuming at byte {sink.received}")
-
-
-def _transfer(url, sink, ctx, offset, state):
-    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-        headers["If-Range"] = state["validator"]
-    resp, conn, final_url = _open(url, headers, ctx)
-    shown = redact(final_url)
-    try:
-        # Some S3 servers answer a ranged GET with 200 *and* a Content-Range: that is
-        # a partial body, not a restart.
-        partial = resp.status == 206 or (resp.status == 200 and resp.getheader("Content-Range"))
-        if partial and offset:
-            start = _range_start(resp.getheader("Content-Range"))
-            if start != offset:
-                raise FetchError(f"{shown}: server resumed at byte {start}, not {offset}",
-                                 transient=True)
-        elif resp.status == 200:
-            if offset:
-                ctx.log(f"image {ctx.image.name}: server ignored the range; restarting")
-                sink.reset()
-            length = resp.getheader("Content-Length")
-            if length is not None and sink.expected_size is not None and int(length) != sink.expected_size:
-                raise VerifyError(f"{shown}: server offers {length} bytes, the catalog says "
-                                  f"{sink.expected_size} (wrong file?)")
-        else:
-            raise _status_error(resp, shown)
-        accept = (resp.getheader("Accept-Ranges") or "").lower()
-        validator = resp.getheader("ETag") or resp.getheader("Last-Modified")
-        if "bytes" in accept or resp.status == 206:
-            state["validator"] = validator
-        else:
-            state["validator"] = None
-        _stream(resp, sink, ctx, shown)
-    finally:
-        conn.close()
+    # The transfer loop (resume, redirects, refusals) lives in resumable.py, shared
+    # with the sources that speak HTTP underneath (s3, oras); this module keeps the
+    # pieces it is made of.
+    from .resumable import get
+    get(url, sink, ctx)
 
 
 def _stream(resp, sink, ctx, shown):
@@ -133,38 +86,6 @@ def _stream(resp, sink, ctx, shown):
         sink.commit(filled)
     # Tell http.client the body is consumed (we read past its bookkeeping).
     resp.length = 0
-
-
-def _open(url, headers, ctx):
-    """GET with redirects followed (bounded: a redirect loop fails, not hangs)."""
-    seen = []
-    for _ in range(MAX_REDIRECTS + 1):
-        conn = _connection(url, ctx)
-        parts = urlsplit(url)
-        target = url if getattr(conn, "_absolute", False) else (parts.path or "/") + (
-            f"?{parts.query}" if parts.query else "")
-        hdrs = dict(headers)
-        if getattr(conn, "_auth", None):
-            hdrs["Authorization"] = conn._auth
-        try:
-            conn.request("GET", target, headers=hdrs)
-            _tune(conn, ctx)
-            resp = conn.getresponse()
-        except (OSError, http.client.HTTPException, ssl.SSLError) as e:
-            conn.close()
-            raise FetchError(f"{redact(url)}: {_describe(e)}", transient=True) from None
-        if resp.status in (301, 302, 303, 307, 308):
-            location = resp.getheader("Location")
-            conn.close()
-            if not location:
-                raise FetchError(f"{redact(url)}: redirect without a Location", transient=False)
-            seen.append(url)
-            url = urljoin(url, location)
-            if url in seen:
-                raise FetchError(f"{redact(url)}: redirect loop", transient=False)
-            continue
-        return resp, conn, url
-    raise FetchError(f"{redact(url)}: more than {MAX_REDIRECTS} redirects", transient=False)
 
 
 def _connection(url, ctx):

@@ -22,7 +22,7 @@ Definitions (all over the measured window; tasks are those submitted in it):
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 GOAL_EGRESS_RATIO = 1.05
 GOAL_WARM_TOP10 = 0.90

@@ -8,7 +8,6 @@ in. Images are served by a real HTTP server on 127.0.0.1 that counts requests.
 import os
 import shutil
 import subprocess
-import sys
 import time
 
 import yaml
