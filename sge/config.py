@@ -13,7 +13,7 @@ import os
 import socket
 
 from .errors import ConfigError
-from .names import explain_invalid, is_valid_name, warm_complex
+from .names import RESERVED_COMPLEXES, explain_invalid, is_valid_name, warm_complex
 
 DEFAULT_PATH = "/etc/sge-image/config.yaml"
 SNAPSHOT_VERSION = 2
@@ -26,6 +26,7 @@ SCHEMA = {
         "low_water": ("share", "80%"),
         "lock_wait": ("seconds", 7200),
         "min_free": ("size", "1G"),
+        "evict_grace": ("seconds", 60),
     },
     "fetch": {
         "connect_timeout": ("seconds", 10),
@@ -417,6 +418,9 @@ def parse_catalog(data, path):
         if not is_valid_name(name):
             raise ConfigError(f"{at}: {explain_invalid(name)}")
         cx = warm_complex(name)
+        if cx in RESERVED_COMPLEXES:
+            raise ConfigError(f"{at}: image name {name!r} is reserved: its complex {cx} is "
+                              f"one the kit defines itself; rename the image")
         if cx in seen_complex:
             raise ConfigError(f"{at}: image {name!r} differs from {seen_complex[cx]!r} only in "
                               f"case; both would set the complex {cx}")

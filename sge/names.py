@@ -10,6 +10,10 @@ import re
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 # Prefix of the per-image BOOL complex the load sensor sets.
 COMPLEX_PREFIX = "img_"
+# Complexes the kit defines itself (sge/ge/loadsensor.py): an image named `cache_free`
+# would get the warm complex img_cache_free, clashing with the free-space one in
+# `qconf -sc` and in every sensor report (found by the hostile-name corpus).
+RESERVED_COMPLEXES = ("img_cache_free", "img_sensor_time")
 
 
 def is_valid_name(name):

@@ -24,6 +24,21 @@ def ensure(name, settings, progress=None, log=None):
 def stage(image, cache, settings, progress=None, log=None):
     from .log import Log
     log = log or Log.from_settings(settings)
+    try:
+        return _stage(image, cache, settings, progress, log)
+    except OSError as e:
+        # Out of space or inodes outside the sink's writes (a lock, pin or temp file,
+        # a name-index link): the same transient "disk full", not an internal error
+        # (found by the disk-full tests: a tmpfs without free inodes).
+        import errno
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        from .errors import CacheFull
+        raise CacheFull(f"cache {cache.root}: no space left on device for image "
+                        f"{image.name!r} ({e.strerror}: {e.filename})") from None
+
+
+def _stage(image, cache, settings, progress, log):
     cache.ensure_layout()
     with cache.image_lock(image.name, settings.values["cache"]["lock_wait"],
                           ready=lambda: cache.lookup(image)):

@@ -35,6 +35,7 @@ class Server:
         self.root = root
         self.faults = {}
         self.requests = []              # (method, path, range header)
+        self.stalls = []                # (path, body offset) of each stall begun
         self.lock = threading.Lock()
         handler = _make_handler(self)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -136,6 +137,8 @@ def _make_handler(server):
                         n = max(fault.stall_at - pos, 0)
                         self.wfile.write(body[:n])
                         self.wfile.flush()
+                        with server.lock:
+                            server.stalls.append((self.path, pos + n))
                         time.sleep(fault.stall_for)
                         self.close_connection = True
                         return

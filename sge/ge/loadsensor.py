@@ -19,6 +19,7 @@ import sys
 import time
 
 MAX_LINE = 999
+MAX_IN_LINE = 1 << 16  # execd sends empty lines and `quit`; longer input is one request
 FREE_COMPLEX = "img_cache_free"
 TIME_COMPLEX = "img_sensor_time"
 LIST_COMPLEX = "images"
@@ -33,8 +34,14 @@ class Reporter:
     change, so each is stat'ed once, for the free-space figure.
     """
 
-    def __init__(self, settings, cache, host):
+    def __init__(self, settings, cache, host, log=None):
         self.cache = cache
+        self.log = log or (lambda msg: None)
+        # As root, a cache job owners could change is not reported (sge/security.py):
+        # jobs sent here would run what another user planted.
+        self.check_safety = os.geteuid() == 0
+        self.safe_blobs = set()   # checked once: only root can change a safe blob
+        self.refused = None       # the problems last logged
         self.stamps = settings.stamps
         self.list_complex = settings.values["sensor"]["list_complex"]
         self.by_digest = {}     # sha256 -> [(name, line)]
@@ -57,6 +64,11 @@ class Reporter:
 
     def report(self):
         head = f"{self.host}:{TIME_COMPLEX}:{int(time.time())}\n"
+        if self.check_safety:
+            from .. import security
+            unsafe = security.problems(self.cache.root)
+            if unsafe:
+                return self._refuse(head, unsafe)
         try:
             with os.scandir(os.path.join(self.cache.root, "blobs", "sha256")) as it:
                 present = [de.name for de in it if de.is_file(follow_symlinks=False)]
@@ -68,19 +80,29 @@ class Reporter:
             return head  # unreadable cache: nothing is warm here
         out, warm = [head], []
         by_digest = self.by_digest
+        unsafe = []
         for digest in present:
             hits = by_digest.get(digest)
             if hits:
+                if self.check_safety and digest not in self.safe_blobs:
+                    unsafe += self._blob_problems(self.cache.blob_path(digest), digest)
                 for name, line in hits:
                     out.append(line)
                     warm.append(name)
         for ref, name, line in self.by_ref:
             try:
                 if os.path.basename(os.readlink(ref)) in self.sizes or os.path.exists(ref):
+                    if self.check_safety:
+                        unsafe += self._blob_problems(ref, None)
                     out.append(line)
                     warm.append(name)
             except OSError:
                 pass
+        if unsafe:
+            return self._refuse(head, unsafe)
+        if self.refused is not None:
+            self.log(f"cache {self.cache.root} is safe again: reporting its images")
+            self.refused = None
         out.append(f"{self.host}:{FREE_COMPLEX}:{_free_bytes(self.cache, self._used(present))}\n")
         if self.list_complex:
             out.append(_list_line(self.host, sorted(warm)) + "\n")
@@ -96,6 +118,22 @@ class Reporter:
             return 0
         disk = st.f_bavail * st.f_frsize
         return disk if self.cache.max_size is None else min(self.cache.max_size, disk)
+
+    def _blob_problems(self, path, digest):
+        from .. import security
+        found = security.blob_problems(self.cache.root, path)
+        if not found and digest:
+            self.safe_blobs.add(digest)
+        return found
+
+    def _refuse(self, head, unsafe):
+        """A report without image values (and without free space: no job should come
+        here for this cache), logged once per change."""
+        if unsafe != self.refused:
+            from .. import security
+            self.log(f"not reporting any image: {security.explain(self.cache.root, unsafe)}")
+            self.refused = unsafe
+        return head
 
     def _used(self, present):
         sizes = self.sizes
@@ -149,17 +187,21 @@ def main(argv=None):
     path = config_arg(argv)
     log = Log(tag="sge-image loadsensor")
     reporter = None
+    stdin = sys.stdin.buffer  # bytes: a text stream died on one invalid UTF-8 byte
     while True:
-        line = sys.stdin.readline()
-        if not line or line.strip() == "quit":
+        line = stdin.readline(MAX_IN_LINE)
+        if not line or line.strip() == b"quit":
             return 0
+        if not line.endswith(b"\n") and len(line) == MAX_IN_LINE:
+            while line and not line.endswith(b"\n"):  # one request, however long
+                line = stdin.readline(MAX_IN_LINE)
         try:
             if reporter is None or reporter.is_stale():
                 reporter = None
                 config.prepare_snapshot(path)
                 settings = config.load(path)
                 log = Log.from_settings(settings, tag="sge-image loadsensor")
-                reporter = Reporter(settings, Cache.from_settings(settings), host)
+                reporter = Reporter(settings, Cache.from_settings(settings), host, log)
                 del settings
             text = reporter.report()
         except Exception as e:  # report nothing warm rather than die or lie

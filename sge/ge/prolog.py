@@ -11,11 +11,14 @@ The image comes from `SGE_IMAGE`, which the JSV adds to the job environment. The
 cached file's path is appended to `$SGE_JOB_SPOOL_DIR/environment` as `SGE_IMAGE_PATH`
 so the job and the starter method see it (that file is sgeadmin's 0644: root@ only).
 """
+import errno
 import os
 import signal
 import sys
 
 GO, RESCHEDULE, JOB_ERROR = 0, 99, 100
+TRAPPED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+           signal.SIGQUIT, signal.SIGALRM, signal.SIGPIPE)
 
 
 class _Signalled(Exception):
@@ -23,7 +26,16 @@ class _Signalled(Exception):
         self.signum = signum
 
 
+_signalled = False
+
+
 def _on_signal(signum, frame):
+    # The first signal ends the staging; later ones (Grid Engine or an admin may signal
+    # again) must not interrupt the code that reports 99 (found by the kill matrix).
+    global _signalled
+    if _signalled:
+        return
+    _signalled = True
     raise _Signalled(signum)
 
 
@@ -32,8 +44,7 @@ def main(argv=None):
     name = os.environ.get("SGE_IMAGE")
     if not name:
         return GO  # not an image job
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
-                signal.SIGUSR2, signal.SIGQUIT, signal.SIGALRM, signal.SIGPIPE):
+    for sig in TRAPPED:
         signal.signal(sig, _on_signal)
     out = sys.stdout  # the job's -o file
     try:
@@ -67,6 +78,12 @@ def _run(name, argv, out):
     cache = Cache.from_settings(settings)
     path = cache.lookup(image)
     try:
+        if os.geteuid() == 0:
+            # Root hands this cache's files to every job on the host: refuse one that
+            # job owners could have changed (sge/security.py). Transient: a chmod or
+            # chown fixes it, so 99, bounded by the reschedule cap below.
+            from ..security import check
+            check(cache.root, path)
         if path is None:
             from ..log import Log
             from ..sink import Progress
@@ -87,22 +104,31 @@ def _run(name, argv, out):
 
 
 def _job_id():
+    # Grid Engine sets both, but only digits may reach a file name root writes.
     task = os.environ.get("SGE_TASK_ID", "undefined")
     job = os.environ.get("JOB_ID", "0")
-    return f"{job}.{task}" if task not in ("undefined", "") else job
+    job = job if _number(job) else "0"
+    return f"{job}.{task}" if _number(task) else job
+
+
+def _number(s):
+    return s.isascii() and s.isdigit() and len(s) <= 20
+
+
+class _UnsafeCounter(Exception):
+    pass
 
 
 def _reschedule_or_fail(cache, job, out, limit=3):
     """99 while this job has been rescheduled fewer than `limit` times on this host."""
     if cache is None:
         return RESCHEDULE
-    path = os.path.join(cache.root, "jobs", f"{job}.attempts")
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "a+") as f:
-            f.seek(0)
-            count = len(f.read().splitlines()) + 1
-            f.write("x\n")
+        count = _count_attempt(cache.root, job)
+    except _UnsafeCounter as e:
+        _say(out, f"{e}, so reschedules cannot be counted safely: the job is held in error "
+                  f"instead (qmod -cj {job.split('.')[0]} retries it once that is fixed)")
+        return JOB_ERROR
     except OSError:
         return RESCHEDULE
     if count > limit:
@@ -113,11 +139,76 @@ def _reschedule_or_fail(cache, job, out, limit=3):
     return RESCHEDULE
 
 
+def _count_attempt(root, job):
+    """Add one to ROOT/jobs/JOB.attempts; -> the count. Root writes there on behalf of
+    jobs: no link is followed below the root and the directory and file must be root's
+    alone, else a job owner could aim the write at any file (or reset the count)."""
+    import stat
+    from ..cache import FILE_MODE
+    jfd = _jobs_dir(root, create=True)
+    try:
+        try:
+            fd = os.open(f"{job}.attempts", os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                         FILE_MODE, dir_fd=jfd)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise _UnsafeCounter(f"{root}/jobs/{job}.attempts is a symlink") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+                raise _UnsafeCounter(f"{root}/jobs/{job}.attempts is not a file of its own")
+            os.fchmod(fd, FILE_MODE)  # O_CREAT applied the umask
+            count = os.pread(fd, 4096, 0).count(b"\n") + 1
+            os.write(fd, b"x\n")
+            return count
+        finally:
+            os.close(fd)
+    finally:
+        os.close(jfd)
+
+
+def _jobs_dir(root, create=False):
+    import stat
+    from ..cache import DIR_MODE
+    rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        made = False
+        if create:
+            try:
+                os.mkdir("jobs", DIR_MODE, dir_fd=rfd)
+                made = True
+            except FileExistsError:
+                pass
+        try:
+            jfd = os.open("jobs", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=rfd)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise _UnsafeCounter(f"{root}/jobs is not a directory") from None
+            raise
+    finally:
+        os.close(rfd)
+    st = os.fstat(jfd)
+    if made and st.st_uid == os.geteuid():
+        os.fchmod(jfd, DIR_MODE)  # mkdir applied the umask
+    elif st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        os.close(jfd)
+        raise _UnsafeCounter(f"{root}/jobs could be changed by other users (owner uid "
+                             f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})")
+    return jfd
+
+
 def _forget_attempts(cache, job):
     try:
-        os.unlink(os.path.join(cache.root, "jobs", f"{job}.attempts"))
+        jfd = _jobs_dir(cache.root)
+    except (OSError, _UnsafeCounter):
+        return
+    try:
+        os.unlink(f"{job}.attempts", dir_fd=jfd)
     except OSError:
         pass
+    finally:
+        os.close(jfd)
 
 
 def _export_path(path):
@@ -140,5 +231,21 @@ def _say(out, msg):
         pass
 
 
+def _exit(code):
+    """Leave without interpreter shutdown: it restores the default signal actions, and a
+    signal arriving then was a death by signal, which puts the queue in error (found by
+    the kill matrix: a burst of SIGHUP/SIGINT during a download)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except _Signalled:  # the first signal came just as main() returned
+        code = RESCHEDULE
+    _exit(code)

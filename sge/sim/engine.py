@@ -10,11 +10,14 @@ What is modelled, and which Grid Engine behaviour it stands for:
   every dispatch because each dispatch adds a load adjustment.
 * np_load_avg = (5-minute load average of executing tasks
   + job_load_adjustment x sum over tasks dispatched in the last
-  load_adjustment_decay seconds of (1 - age / decay)) / slots.  That is SGE's
-  load correction (linear decay, divided by the processor count for ``np_``
-  values).  The load average is evaluated at scheduling time: its own ~40 s
-  sampling lag is small next to the 5-minute average.  Tasks waiting for a
-  pull do not add CPU load.
+  load_adjustment_decay seconds and still running of (1 - age / decay)) /
+  slots.  That is SGE's load correction (linear decay, divided by the processor
+  count for ``np_`` values), summed over the *running* jobs only (its
+  ``correct_load``): a task that ended no longer weighs on its host.  The load
+  average is evaluated at scheduling time: its own ~40 s sampling lag is small
+  next to the 5-minute average.  Tasks waiting for a pull do not add CPU load.
+  Scenarios can add the load the hosts reported (``host_load``): the real
+  scheduler sorts by it before seq_no, so it breaks ties between equal hosts.
 * Free slots are exact (slots are a consumable qmaster books at dispatch).
 * Image complexes lag: a host reports what its cache holds at its load reports
   (every ``load_report_time``, each host at its own phase).  A pull that
@@ -45,7 +48,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from heapq import heapify, heappop, heappush, heapreplace
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -83,7 +86,8 @@ class Engine:
                  first_schedule: float = 0.0,
                  window: Optional[tuple] = None,
                  end_when_done: bool = False,
-                 max_time: float = INF):
+                 max_time: float = INF,
+                 host_load: Optional[tuple] = None):
         self.sim = sim
         self.policy: Policy = get_policy(policy)
         # The list is shared with the job stream, which appends the sizes of new
@@ -119,6 +123,9 @@ class Engine:
         self.W0, self.W1 = float(window[0]), float(window[1])
         self.end_when_done = end_when_done
         self.max_time = max_time
+        # Load from outside the simulated tasks, as the hosts reported it:
+        # (sorted times, one row of per-host values per time), a step function.
+        self.ext_t, self.ext_v = (None, None) if host_load is None else host_load
 
         # load average state per host: executing tasks x, average e0 at time tc
         self.x = [0] * H
@@ -129,6 +136,7 @@ class Engine:
         self.ring = np.zeros((max(nrows, 1), H))
         self.ring_t = np.full(max(nrows, 1), -INF)
         self.ring_i = 0
+        self.ring_n = 0  # rows written so far; a task's FINISH carries its run's number
         self.inv_slots = np.array([1.0 / s for s in slots])
 
         self.heap: list = []
@@ -234,10 +242,10 @@ class Engine:
         return fl
 
     def _exec_start(self, t: float, h: int, img: int, rt: float, job: Job, tdisp: float,
-                    i: int, warm: bool) -> None:
+                    i: int, warm: bool, run: int) -> None:
         if self.sim.load_from_running:
             self._load_step(h, t, +1)
-        heappush(self.heap, (t + rt, FINISH, h, img))
+        heappush(self.heap, (t + rt, FINISH, h, img | (run << PAIR_BITS)))
         if job.measured:
             self.lat.append(t - job.submit)
             self.m_started += 1
@@ -261,8 +269,8 @@ class Engine:
             if not self.sim.report_inflight_as_warm:
                 self._vis(h, img, +1, t)
                 self.hidden[img].add(h)
-            for rt, job, tdisp, i in fl.waiters:
-                self._exec_start(t, h, img, rt, job, tdisp, i, False)
+            for rt, job, tdisp, i, run in fl.waiters:
+                self._exec_start(t, h, img, rt, job, tdisp, i, False, run)
             if fl.prewarm:
                 self.pre_inflight -= 1
         if self.pre is not None:
@@ -350,6 +358,9 @@ class Engine:
                 load = x
         else:
             load = np.zeros(H)
+        if self.ext_t is not None:
+            i = bisect_right(self.ext_t, t) - 1
+            load = load + self.ext_v[max(i, 0)]
         D = sim.load_adjustment_decay
         if sim.job_load_adjustment > 0 and D > 0:
             w = 1.0 - (t - self.ring_t) / D
@@ -413,6 +424,7 @@ class Engine:
         busy_img, peak_img = self.busy_img, self.peak_img
         load_step = self._load_step
         ndisp = 0
+        run = self.ring_n << PAIR_BITS  # this run's row number, carried by FINISH events
         stop = False
 
         # jobs in admission order across the lists (k-way merge)
@@ -552,7 +564,7 @@ class Engine:
                     # warm start: the prolog finds the image, the task runs now
                     if lfr:
                         load_step(h, t, +1)
-                    heappush(heap, (t + rt, FINISH, h, img))
+                    heappush(heap, (t + rt, FINISH, h, img | run))
                     if job.measured:
                         lat.append(t - job.submit)
                         self.m_started += 1
@@ -580,7 +592,7 @@ class Engine:
                                 break
                     if fl is None:
                         fl = self._start_pull(h, img, t, False)
-                    fl.waiters.append((rt, job, t, i))
+                    fl.waiters.append((rt, job, t, i, self.ring_n))
             if job.next == len(job.runtimes):
                 finished.add(q)
             if stop:
@@ -606,6 +618,7 @@ class Engine:
             self.ring[r] = cnt
             self.ring_t[r] = t
             self.ring_i = (r + 1) % len(self.ring_t)
+            self.ring_n += 1
 
     # ------------------------------------------------------------------ main loop
 
@@ -645,11 +658,19 @@ class Engine:
         free, caches, busy_img = self.free, self.caches, self.busy_img
         lfr = sim.load_from_running
         load_step = self._load_step
+        ring = self.ring
+        nrow = len(self.ring_t)
         t = 0.0
         while heap:
             t, kind, a, b = heappop(heap)
             if kind == FINISH:
-                # task end: slot freed, pin dropped, image touched for LRU
+                # task end: slot freed, pin dropped, image touched for LRU, and the
+                # load adjustment of its dispatch dropped (SGE sums it over running
+                # jobs only) unless its run's row has left the ring (weight 0 by then)
+                run = b >> PAIR_BITS
+                b &= PAIR_MASK
+                if self.ring_n - run <= nrow:
+                    ring[run % nrow, a] -= 1
                 free[a] += 1
                 self.running -= 1
                 busy_img[b] -= 1
@@ -681,7 +702,7 @@ class Engine:
         end = self.end_time
         n = 0
         waiting = [job for c in self.caches for fl in c.inflight.values()
-                   for (_, job, _, _) in fl.waiters]
+                   for (_, job, _, _, _) in fl.waiters]
         for job in waiting:
             if job.measured:
                 self.lat.append(end - job.submit)
@@ -789,6 +810,9 @@ SCENARIO_SETTINGS = {
     # sleep jobs on a test cluster put no CPU load on the host
     "load_from_running": False,
     "load_avg_tau": 300.0,
+    # load from outside the tasks as the scheduler saw it (reported load_avg,
+    # same units as job_load_adjustment): {"n1": 0.6 or [[t, load], ...]} steps
+    "host_load": None,
     "report_inflight_as_warm": False,
     # cache (no cap unless given)
     "cache_cap_gb": None,
@@ -829,7 +853,10 @@ def run_scenario(scenario: dict) -> dict:
                                             # runtime: seconds, or a list, one per task
           "settings": {...}                 # optional, see SCENARIO_SETTINGS;
                                             # report_phase: one number for all hosts
-                                            # or {"n1": 12.0, ...}
+                                            # or {"n1": 12.0, ...}; host_load:
+                                            # {"n1": [[t, load_avg], ...]} as reported
+                                            # (breaks ties the real scheduler breaks
+                                            # by load before seq_no)
         }
 
     Output::
@@ -880,6 +907,23 @@ def run_scenario(scenario: dict) -> dict:
     else:
         phase = [float(rp)] * len(hosts)
     initial = [[img_ix[i] for i in h.get("warm", ())] for h in hosts]
+    host_load = None
+    if st["host_load"]:
+        steps = {n: (v if isinstance(v, (list, tuple)) else [[0.0, v]])
+                 for n, v in st["host_load"].items()}
+        times = sorted({float(t) for v in steps.values() for t, _ in v})
+        rows = []
+        for t in times:
+            row = []
+            for n in names:
+                v = sorted(steps.get(n, []), key=lambda e: float(e[0]))
+                cur = float(v[0][1]) if v else 0.0  # before its first report: the first value
+                for tt, val in v:
+                    if float(tt) <= t:
+                        cur = float(val)
+                row.append(cur)
+            rows.append(row)
+        host_load = (times, np.array(rows))
 
     jobs, records = [], []
     entries = sorted(enumerate(scenario["jobs"]), key=lambda e: float(e[1].get("submit", 0.0)))
@@ -901,7 +945,7 @@ def run_scenario(scenario: dict) -> dict:
                  slots=[int(h["slots"]) for h in hosts], initial=initial, network=net,
                  report_phase=phase, first_schedule=float(st["first_schedule"]),
                  window=(0.0, INF), end_when_done=True,
-                 max_time=float(st["max_time"]))
+                 max_time=float(st["max_time"]), host_load=host_load)
     res = eng.run()
     tasks = [r for recs in sorted(records, key=lambda rs: rs[0]["job"]) for r in recs]
     for r in tasks:
