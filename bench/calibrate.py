@@ -76,14 +76,22 @@ echo "CAL host=$(hostname) job=$JOB_ID task=$SGE_TASK_ID image=$SGE_IMAGE recv=$
 
 # ---------------------------------------------------------------------- scenario
 
-def make_scenario(tasks, seed, span, max_array=max(ARRAY_SIZES)):
-    """Seeded jobs: arrays and single jobs, images by popularity, offsets in [0, span]."""
+def make_scenario(tasks, seed, span, max_array=max(ARRAY_SIZES), lead_in=0.0):
+    """Seeded jobs: arrays and single jobs, images by popularity, offsets in [0, span].
+
+    With ``lead_in`` each image not warm anywhere is first run by one single-task
+    job (at 0, 1, 2 ... s) and the random jobs start at ``lead_in``: with a
+    lead-in longer than a pull plus one load report, the images are reported warm
+    on one host each before any array asks for them."""
     rng = random.Random(seed)
     sizes = [n for n in ARRAY_SIZES if n <= max_array] or [max_array]
     names = list(IMAGES)
     weights = [IMAGES[n][1] for n in names]
+    lead = []
+    if lead_in > 0:
+        lead = [{"image": n, "tasks": 1, "sleep": 1, "submit": float(i)} for i, n in enumerate(names[1:])]
     jobs = []
-    left = tasks
+    left = tasks - len(lead)
     while left > 0:
         if left < 3 or rng.random() < 0.4:
             n = 1
@@ -92,10 +100,11 @@ def make_scenario(tasks, seed, span, max_array=max(ARRAY_SIZES)):
         jobs.append({"image": rng.choices(names, weights)[0], "tasks": n,
                      "sleep": rng.choice(SLEEPS)})
         left -= n
-    offsets = sorted([0.0] + [round(rng.uniform(0, span), 1) for _ in jobs[1:]])
+    start = lead_in if lead else 0.0
+    offsets = sorted([start] + [round(rng.uniform(start, span), 1) for _ in jobs[1:]])
     for j, off in zip(jobs, offsets):
         j["submit"] = off
-    return jobs
+    return lead + jobs
 
 
 # ---------------------------------------------------------------------- helpers
@@ -431,13 +440,14 @@ def run_real(args, jobs, t_start):
 def measure(real, args):
     """Per-task overhead and per-image pull time as the simulator needs them.
 
-    The simulator holds a slot from dispatch for (pull, if any) + runtime.  The
-    real slot is held, as the scheduler sees it, from the dispatch until the
-    qmaster has the job's end (both polled with qstat): that span minus the sleep
-    is the overhead added to every task's runtime (warm tasks), and a pulling
-    task's extra span over that is the pull time of its image.  The task's own
-    timestamps split the overhead into dispatch -> execd, prolog + shepherd, and
-    job end -> qmaster."""
+    The simulator holds a slot from dispatch for (pull, if any) + runtime, and
+    fills it again at its next scheduling run.  On the real cluster a task is
+    listed by qstat from its dispatch until the scheduling run that removes the
+    finished job, which is also the run that fills the slot again (the next task
+    appears in the same poll): that cycle minus the sleep is the overhead of a
+    warm task, and a pulling task's extra cycle over that is the pull time of its
+    image.  The task's own timestamps split the overhead into dispatch -> execd,
+    prolog + shepherd, and job end -> removal."""
     tasks = real["tasks"]
     ok = [t for t in tasks if not math.isnan(t.get("recv", math.nan))]
     # When did each (host, image) pull complete? The start of the task that pulled.
@@ -459,6 +469,15 @@ def measure(real, args):
         q = ok
         source = "task timestamps"
     ovh = median([occ(t) for t in q if t["warm"]])
+    # Is a freed slot filled in the run that removes the finished task?
+    same, seen = 0, 0
+    for t in q:
+        if source != "qstat":
+            break
+        later = [u["q_dispatch"] for u in q if u["host"] == t["host"] and u["q_dispatch"] > t["q_end"] - 0.3]
+        if any(u["submit"] < t["q_end"] - 0.5 and u["q_dispatch"] > t["q_end"] + 0.05 for u in q) and later:
+            seen += 1
+            same += min(later) - t["q_end"] < 0.15
     pull = {}
     for n in IMAGES:
         xs = [occ(t) - ovh for t in q if t["pulled"] and t["image"] == n]
@@ -489,11 +508,12 @@ def measure(real, args):
     lat = list(firsts.values())
     return {
         "source": source,
-        "runtime_extra_s": round(ovh, 3),
+        "cycle_overhead_s": round(ovh, 3),
+        "slot_refilled_in_the_removing_run": f"{same} of {seen}" if seen else None,
         "overhead_parts_s": {k: (round(v, 3) if v is not None else None) for k, v in parts.items()},
         "pull_s": pull,
         "get_s": {n: round(median(v), 2) for n, v in gets.items()},
-        "schedule_phase": sched_phase,
+        "dispatch_phase_mod_interval": sched_phase,
         "submit_to_first_dispatch_s": {"median": round(median(lat), 2), "max": round(max(lat), 2)} if lat else None,
         "tasks_with_timing": len(q),
     }
@@ -508,13 +528,21 @@ def sim_scenario(real, jobs, meas, args, **over):
     for n in IMAGES:
         p = meas["pull_s"][n]["median_s"]
         images[n] = {"download_s": round(p if not math.isnan(p) else nominal[n], 2)}
-    extra = over.pop("runtime_extra", meas["runtime_extra_s"])
+    interval = over.pop("schedule_interval", args.sim_interval)
+    # the simulator waits interval/2 on average for the run that refills a slot
+    extra = over.pop("runtime_extra", max(0.0, meas["cycle_overhead_s"] - interval / 2))
     sjobs = [{"image": j["image"], "submit": j.get("submitted", j["submit"]),
               "runtime": j["sleep"] + extra, "tasks": j["tasks"]} for j in jobs]
+    if over.pop("measured_runtimes", False):
+        # each warm task's own real cycle instead of the median (the real tasks'
+        # jitter decides which slots free together); in task order, as dispatched
+        own = {(t["job"], t["task"]): t["q_end"] - t["q_dispatch"] - interval / 2
+               for t in real["tasks"] if t.get("warm") and t.get("q_end") is not None}
+        for ji, sj in enumerate(sjobs):
+            sj["runtime"] = [max(0.0, own.get((ji, k + 1), sj["runtime"])) for k in range(sj["tasks"])]
     phase = {h: v["phase"] for h, v in real["report_phase"].items()}
     settings = {
-        "schedule_interval": args.schedule_interval,
-        "first_schedule": (meas["schedule_phase"] or {}).get("phase", 0.0),
+        "schedule_interval": interval, "first_schedule": 0.0,
         "load_report_time": args.load_report_time, "report_phase": phase or 0.0,
         "job_load_adjustment": 0.5, "load_adjustment_decay": 450.0,
         "max_pending_tasks_per_job": 50, "load_from_running": False,
@@ -524,8 +552,9 @@ def sim_scenario(real, jobs, meas, args, **over):
         # before seq_no, so it breaks ties between hosts with equal adjustments
         settings["host_load"] = {h: [[t, float(v)] for t, v in steps]
                                  for h, steps in real["load_avg"].items() if steps}
+    policy = over.pop("policy", "soft")
     settings.update(over)
-    return {"policy": "soft", "hosts": hosts, "images": images, "jobs": sjobs, "settings": settings}
+    return {"policy": policy, "hosts": hosts, "images": images, "jobs": sjobs, "settings": settings}
 
 
 def tally(tasks, hosts, warm):
@@ -622,6 +651,9 @@ def parse_args(argv=None):
     ap.add_argument("--span", type=float, default=120.0, help="submit offsets fall in [0, SPAN] s")
     ap.add_argument("--max-array", type=int, default=max(ARRAY_SIZES),
                     help=f"largest array job (sizes from {ARRAY_SIZES}); smaller = lighter load")
+    ap.add_argument("--lead-in", type=float, default=0.0,
+                    help="seconds in which only one single-task job per cold image runs "
+                         "(0: none); the random jobs follow")
     ap.add_argument("--out", default=os.path.join("bench", "out"))
     ap.add_argument("--slots", type=int, default=4, help="slots per exec host (GE_SLOTS)")
     ap.add_argument("--rate-mib", type=float, default=1.0,
@@ -637,6 +669,10 @@ def parse_args(argv=None):
     # the cluster's settings (scripts/ge-cluster.sh); the simulator is given the same
     ap.add_argument("--schedule-interval", type=float, default=1.0)
     ap.add_argument("--load-report-time", type=float, default=5.0)
+    ap.add_argument("--sim-interval", type=float, default=0.1,
+                    help="the simulator's schedule_interval: the real scheduler runs within "
+                         "~0.2 s of a submit or job end (flush_submit_sec/flush_finish_sec), "
+                         "not only every schedule_interval; 1.0 is the strict setting")
     return ap.parse_args(argv)
 
 
@@ -650,11 +686,11 @@ def main(argv=None):
         with open(args.replay) as f:
             old = json.load(f)
         real, jobs = old["real"], old["jobs"]
-        for k in ("seed", "tasks", "span", "max_array", "slots"):
-            setattr(args, k, old[k + "_s" if k == "span" else k])
+        for k in ("seed", "tasks", "span", "max_array", "slots", "lead_in"):
+            setattr(args, k, old.get(k + "_s" if k in ("span", "lead_in") else k, 0.0))
         args.rate_mib = old["rate_mib_s"]
     else:
-        jobs = make_scenario(args.tasks, args.seed, args.span, args.max_array)
+        jobs = make_scenario(args.tasks, args.seed, args.span, args.max_array, args.lead_in)
     print(f"scenario: seed {args.seed}, {len(jobs)} jobs, {sum(j['tasks'] for j in jobs)} tasks, "
           f"images {', '.join(f'{n} ({IMAGES[n][0]} MiB)' for n in IMAGES)}", flush=True)
     if not args.replay:
@@ -681,10 +717,13 @@ def main(argv=None):
 
     # what the calibration knobs are worth: the same scenario with one assumption changed
     variants = {}
-    for name, over in (("no_overhead", {"runtime_extra": 0.0}),
+    for name, over in (("measured_runtimes", {"measured_runtimes": True}),
+                       ("interval_1s", {"schedule_interval": 1.0}),
+                       ("no_overhead", {"runtime_extra": 0.0}),
                        ("report_phase_0", {"report_phase": 0.0}),
                        ("no_host_load", {"host_load": None}),
-                       ("no_load_adjustment", {"job_load_adjustment": 0.0})):
+                       ("no_load_adjustment", {"job_load_adjustment": 0.0}),
+                       ("policy_none", {"policy": "none"})):
         s = run_scenario(sim_scenario(real, jobs, meas, args, **dict(over)))
         pd = tally(s["tasks"], hosts, real["warm"])
         variants[name] = {"agreement": agreement(real_pd, pd, hosts),
@@ -713,7 +752,7 @@ def main(argv=None):
           f"{agree['pull_pairs_differing']} host/image pairs differ")
     print(f"warm starts: real {summary['warm_start_share_real']}, sim {summary['warm_start_share_sim']}; "
           f"makespan: real {summary['makespan_real_s']} s, sim {summary['makespan_sim_s']} s")
-    print(f"measured ({meas['source']}): runtime = sleep + {meas['runtime_extra_s']} s "
+    print(f"measured ({meas['source']}): cycle = sleep + {meas['cycle_overhead_s']} s "
           f"({', '.join(f'{k} {v}' for k, v in meas['overhead_parts_s'].items())}); pulls "
           + ", ".join(f"{n} {v['median_s']} s" for n, v in meas["pull_s"].items())
           + f"; report phases " + ", ".join(f"{h} {v['phase']}" for h, v in real["report_phase"].items()))
@@ -730,6 +769,7 @@ def main(argv=None):
     doc = {
         "command": "python bench/calibrate.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "seed": args.seed, "tasks": args.tasks, "span_s": args.span, "max_array": args.max_array,
+        "lead_in_s": args.lead_in,
         "slots": args.slots,
         "rate_mib_s": args.rate_mib, "images_mib": {n: IMAGES[n][0] for n in IMAGES},
         "jobs": jobs, "summary": summary, "measured": meas,
@@ -755,7 +795,7 @@ def main(argv=None):
           f"{agree['pull_pairs_differing']} host/image pairs differ",
           f"- warm starts: real {summary['warm_start_share_real']}, simulated {summary['warm_start_share_sim']}; "
           f"makespan real {summary['makespan_real_s']} s, simulated {summary['makespan_sim_s']} s",
-          f"- measured inputs: slot held for sleep + {meas['runtime_extra_s']} s "
+          f"- measured inputs: slot cycle = sleep + {meas['cycle_overhead_s']} s "
           f"({', '.join(f'{k} {v}' for k, v in meas['overhead_parts_s'].items())}); pull times "
           + ", ".join(f"{n} {v['median_s']} s" for n, v in meas["pull_s"].items())
           + "; report phases " + ", ".join(f"{h} {v['phase']} s" for h, v in real["report_phase"].items()),

@@ -546,7 +546,8 @@ def _replace_symlink(target, link, tmp_dir):
     named like a temp file (NAME.PID.0.RANDOM.new) so that, if its writer dies before
     the rename, sweep_temps removes it: made beside `link`, it was a stray name in the
     index for good (found by the kill matrix)."""
-    tmp = os.path.join(tmp_dir, f"{os.path.basename(link)}.{os.getpid()}.0.{os.urandom(3).hex()}.new")
+    name = f"{os.path.basename(link)}.{os.getpid()}.0.{os.urandom(3).hex()}.new"
+    tmp = os.path.join(tmp_dir, name)
     os.symlink(target, tmp)
     try:
         os.replace(tmp, link)

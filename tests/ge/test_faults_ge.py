@@ -17,17 +17,19 @@ from tests.ge.kit import MB, cluster_snapshot, make_kit
 from tests.httpserver import Fault
 from tests.reliability.conftest import cache_problems, settled_problems
 
-IMAGES = {"slow": {"size": 6 * MB}, "slowf": {"size": 6 * MB}, "slow2": {"size": 6 * MB}, "warm3": {}, "capped": {},
-          "quick": {}}
+IMAGES = {"slow": {"size": 6 * MB}, "slowf": {"size": 6 * MB}, "slow2": {"size": 6 * MB},
+          "warm3": {}, "capped": {}, "quick": {}}
 ESPOOL = "/var/spool/gridengine/execd"
 MARK = "sge-image-faults-mark"
 
 
 @pytest.fixture(scope="module")
 def kit(ge_cluster):
-    before = cluster_snapshot(ge_cluster)
     runtime = os.path.join("/var/tmp/sge-image-kit-test", "fake-apptainer")
     k = make_kit(ge_cluster, IMAGES, starter_runtime=[runtime, "exec"])
+    # After make_kit, which first undoes the install of a run that died: the cluster
+    # as this module found it is what it must leave.
+    before = cluster_snapshot(ge_cluster)
     k.script("fake-apptainer", '#!/bin/sh\n[ "$1" = exec ] || exit 64\nimg=$2; shift 2\n'
              'head -c 1 "$img" > /dev/null || exit 65\nexec "$@"\n')
     k.sge_image("install", "--starter")
@@ -135,6 +137,8 @@ def test_qdel_while_the_prolog_downloads(kit, how):
     assert not _prologs(jid), "the prolog outlived its deleted job"
     assert not os.path.exists(f"{out}/job-ran")
     assert cache_problems(kit.cache_dir("node1"), kit.images) == []
+    blob = os.path.join(kit.cache_dir("node1"), "blobs", "sha256", kit.images[image]["sha256"])
+    assert os.path.exists(blob)  # the prolog was let finish: published whole, verified
     # The next job for the image runs; a temp file a killed download left is swept.
     kit.server.faults.pop(f"{image}.sif")
     _run_image_job(kit, image, "node1", f"del-{image}-next")
@@ -229,7 +233,8 @@ def test_unsafe_cache_reschedules_to_the_cap_then_holds_the_job(kit):
     finally:
         _chmod_cache(kit, "node3", 0o755)
     kit.wait_sensor("node3", "img_quick")
-    c.run(["qmod", "-cj", str(jid)])
+    r = c.run(["qmod", "-cj", str(jid)], check=False)  # exits 1 even when it worked
+    assert "cleared error state" in r.stdout + r.stderr, r
     c.wait_done(jid, timeout=180)
     deadline = time.monotonic() + 60
     while True:  # the run after the fix: its accounting record comes last

@@ -15,7 +15,8 @@ FIXED = [
     "/etc/passwd", f"/tmp/{MARK}", "/", "//", "a/b", "a/../b", "./demo", "demo/", "demo/.",
     f"demo/../../{MARK}", "~root", f"~/{MARK}", "..%2f..%2fetc%2fpasswd", "demo%00", "%2e%2e",
     # shell metacharacters and command substitution
-    "$HOME", "${IFS}", f"$(touch /tmp/{MARK})", f"`touch /tmp/{MARK}`", "a;b", f"demo;touch /tmp/{MARK}",
+    "$HOME", "${IFS}", f"$(touch /tmp/{MARK})", f"`touch /tmp/{MARK}`", "a;b",
+    f"demo;touch /tmp/{MARK}",
     "a|b", "a&b", "a&&b", "a||b", "!demo", "a>b", f"a>/tmp/{MARK}", "a<b", "*", "?", "[a]", "{a,b}",
     "demo*", "'demo'", '"demo"', "demo\\", "a b", " demo", "demo ", "\tdemo", "demo#x", "demo(1)",
     # Grid Engine request syntax and protocol injection

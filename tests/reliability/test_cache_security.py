@@ -85,32 +85,42 @@ def _sub(site, *parts):
     return os.path.join(site.root, *parts)
 
 
-# (id, make the cache unsafe -> undo, the words the refusal must contain)
-CONDITIONS = [
-    ("root-o+w", lambda s: _chmod(s.root, 0o757), lambda s: f"chmod go-w {s.root}"),
-    ("root-g+w", lambda s: _chmod(s.root, 0o775), lambda s: f"chmod go-w {s.root}"),
-    ("blobs-o+w", lambda s: _chmod(_sub(s, "blobs", "sha256"), 0o777),
-     lambda s: f"chmod go-w {_sub(s, 'blobs', 'sha256')}"),
-    ("images-o+w", lambda s: _chmod(_sub(s, "images"), 0o757),
-     lambda s: f"chmod go-w {_sub(s, 'images')}"),
-    ("pins-g+w", lambda s: _chmod(_sub(s, "pins"), 0o775), lambda s: f"chmod go-w {_sub(s, 'pins')}"),
-    ("tmp-o+w", lambda s: _chmod(_sub(s, "tmp"), 0o1777), lambda s: f"chmod go-w {_sub(s, 'tmp')}"),
-    ("locks-o+w", lambda s: _chmod(_sub(s, "locks"), 0o757), lambda s: f"chmod go-w {_sub(s, 'locks')}"),
-    ("blob-g+w", lambda s: _chmod(s.blob, 0o464), lambda s: f"chmod go-w {s.blob}"),
-    ("blob-o+w", lambda s: _chmod(s.blob, 0o666), lambda s: f"chmod go-w {s.blob}"),
-    ("root-owner", lambda s: _chown(s.root, NOBODY), lambda s: f"chown root {s.root}"),
-    ("blob-owner", lambda s: _chown(s.blob, NOBODY), lambda s: f"chown root {s.blob}"),
-    ("used-owner", lambda s: _chown(_sub(s, "used"), NOBODY), lambda s: f"chown root {_sub(s, 'used')}"),
-    ("parent-o+w", lambda s: _chmod(s.parent, 0o777), lambda s: f"chmod go-w {s.parent}"),
-    ("parent-owner", lambda s: _chown(s.parent, NOBODY), lambda s: f"chown root {s.parent}"),
-    ("images-symlink", lambda s: _swap_for_symlink(_sub(s, "images")),
-     lambda s: f"{_sub(s, 'images')} is a symlink"),
-    ("root-symlink", lambda s: _swap_for_symlink(s.root), lambda s: f"chown root {s.root}"),
-]
+def _writable(*parts, mode):
+    """A condition: the cache path `parts` (under the root) gets `mode`."""
+    return (lambda s: _chmod(_sub(s, *parts), mode),
+            lambda s: f"chmod go-w {_sub(s, *parts)}")
 
 
-@pytest.mark.parametrize("make_unsafe, fix", [c[1:] for c in CONDITIONS], ids=[c[0] for c in CONDITIONS])
-def test_unsafe_cache_is_refused_and_not_reported(site, tmp_path, make_unsafe, fix):
+def _foreign(*parts):
+    return (lambda s: _chown(_sub(s, *parts), NOBODY),
+            lambda s: f"chown root {_sub(s, *parts)}")
+
+
+# id -> (make the cache unsafe, returning the undo; the words the refusal must contain)
+CONDITIONS = {
+    "root-o+w": _writable(mode=0o757),
+    "root-g+w": _writable(mode=0o775),
+    "blobs-o+w": _writable("blobs", "sha256", mode=0o777),
+    "images-o+w": _writable("images", mode=0o757),
+    "pins-g+w": _writable("pins", mode=0o775),
+    "tmp-o+w": _writable("tmp", mode=0o1777),
+    "locks-o+w": _writable("locks", mode=0o757),
+    "blob-g+w": (lambda s: _chmod(s.blob, 0o464), lambda s: f"chmod go-w {s.blob}"),
+    "blob-o+w": (lambda s: _chmod(s.blob, 0o666), lambda s: f"chmod go-w {s.blob}"),
+    "root-owner": _foreign(),
+    "blob-owner": (lambda s: _chown(s.blob, NOBODY), lambda s: f"chown root {s.blob}"),
+    "used-owner": _foreign("used"),
+    "parent-o+w": (lambda s: _chmod(s.parent, 0o777), lambda s: f"chmod go-w {s.parent}"),
+    "parent-owner": (lambda s: _chown(s.parent, NOBODY), lambda s: f"chown root {s.parent}"),
+    "images-symlink": (lambda s: _swap_for_symlink(_sub(s, "images")),
+                       lambda s: f"{_sub(s, 'images')} is a symlink"),
+    "root-symlink": (lambda s: _swap_for_symlink(s.root), lambda s: f"chown root {s.root}"),
+}
+
+
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_unsafe_cache_is_refused_and_not_reported(site, tmp_path, condition):
+    make_unsafe, fix = CONDITIONS[condition]
     undo = make_unsafe(site)
     try:
         spool = make_spool(tmp_path / "spool")

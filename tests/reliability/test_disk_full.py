@@ -81,7 +81,8 @@ def _stage_c_while_filling(cfg, root, mnt, filler_size):
     return p.returncode, out + err, spool
 
 
-def test_full_disk_mid_download_evicts_lru_unpinned_and_retries_once(tmp_path, http_server, small_fs):
+def test_full_disk_mid_download_evicts_lru_unpinned_and_retries_once(tmp_path, http_server,
+                                                                     small_fs):
     mnt = small_fs("8m")
     cfg, root, images = _site(tmp_path, http_server, mnt)
     holder = _pin_holder(cfg, "b")  # a running job uses b

@@ -124,7 +124,8 @@ class Matrix:
             want = os.path.join(root, "blobs", "sha256", self.digest)
             if exported_path(spool) != want:
                 problems.append(f"the next run exported {exported_path(spool)}")
-        problems.extend(f"after the next run: {x}" for x in settled_problems(root, catalog, ["demo"]))
+        problems.extend(f"after the next run: {x}"
+                        for x in settled_problems(root, catalog, ["demo"]))
         if evict:
             rc, out = run_prolog(cfg, "old", job=job + 3)
             if rc != 0:
@@ -157,7 +158,8 @@ class Matrix:
 def _temp_bytes(root):
     d = os.path.join(root, "tmp")
     try:
-        return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if f.endswith(".part"))
+        return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)
+                   if f.endswith(".part"))
     except OSError:
         return 0
 

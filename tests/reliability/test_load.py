@@ -64,15 +64,17 @@ def test_200_jobs_10_images_eviction_under_pins(tmp_path, http_server, rng):
         for i, name in enumerate(wanted):
             time.sleep(rng.expovariate(1 / ARRIVAL))
             spool = make_spool(tmp_path / "spool" / str(i))
-            procs.append(subprocess.Popen(["/bin/sh", "-c", job_sh, "job", sys.executable, cfg],
-                                          env=prolog_env(name, job=1000 + i, spool=spool), cwd=ROOT,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            procs.append(subprocess.Popen(
+                ["/bin/sh", "-c", job_sh, "job", sys.executable, cfg], cwd=ROOT,
+                env=prolog_env(name, job=1000 + i, spool=spool),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         outs = [p.communicate(timeout=600)[0] for p in procs]
         took = time.monotonic() - t
         codes = [p.returncode for p in procs]
         summary = collections.Counter(codes)
         print(f"RELIABILITY_SEED={SEED}: {JOBS} jobs in {took:.1f}s: {dict(summary)}")
-        bad = [(wanted[i], codes[i], outs[i][-300:]) for i in range(JOBS) if codes[i] not in (0, 99)]
+        bad = [(wanted[i], codes[i], outs[i][-300:]) for i in range(JOBS)
+               if codes[i] not in (0, 99)]
         assert bad == [], bad  # 75 here: the image vanished between prolog and job
         for i, name in enumerate(wanted):
             if codes[i] == 99:

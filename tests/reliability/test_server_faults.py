@@ -136,7 +136,8 @@ def _check(tmp_path, cfg, root, catalog, want, words):
     assert took < BOUND, took
     assert words in out, out
     if rc == 0:
-        assert exported_path(spool) == os.path.join(root, "blobs", "sha256", catalog["demo"]["sha256"])
+        want_path = os.path.join(root, "blobs", "sha256", catalog["demo"]["sha256"])
+        assert exported_path(spool) == want_path
         assert settled_problems(root, catalog, ["demo"]) == []
     else:
         assert exported_path(spool) is None
