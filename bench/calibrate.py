@@ -134,6 +134,13 @@ def cluster_up(slots):
     return subprocess.run([CLUSTER, "hosts"], capture_output=True, text=True, check=True).stdout.split()
 
 
+def queue_states(cluster, flag):
+    """Queue instances whose state in ``qstat -f`` has FLAG."""
+    out = cluster.run(["qstat", "-f", "-u", "*"], check=False).stdout
+    return [f[0] for f in (ln.split() for ln in out.splitlines())
+            if len(f) >= 6 and "@" in f[0] and flag in f[5]]
+
+
 class TimedRequests(list):
     """The test server's request log, with the time of each request."""
 
@@ -326,11 +333,18 @@ def run_real(args, jobs, t_start):
         print(f"[{time.time() - t_start:5.0f}s] all submitted; waiting", flush=True)
         deadline = time.time() + args.timeout
         pending = set(ids)
+        unknown = 0
         while pending:
             q = cluster.run(["qstat", "-u", "*"], check=False).stdout
             known = {int(ln.split()[0]) for ln in q.splitlines() if ln.split()[:1] and ln.split()[0].isdigit()}
             if "Eqw" in q or cluster.queue_errors():
                 raise RuntimeError(f"a job or queue went into error:\n{q}\n{cluster.queue_errors()}")
+            # an exec host whose execd died shows 'u': its tasks hang in 't' and the
+            # run no longer measures the scheduler
+            unknown = unknown + 1 if queue_states(cluster, "u") else 0
+            if unknown >= 5:
+                raise RuntimeError(f"exec host(s) {queue_states(cluster, 'u')} unreachable (state u) "
+                                   f"for 5 s: the run is void")
             pending &= known
             if pending and time.time() > deadline:
                 raise TimeoutError(f"jobs {sorted(pending)} still there after {args.timeout} s")
@@ -732,6 +746,9 @@ def main(argv=None):
     firsts = first_use(real["tasks"], sim["tasks"], hosts, real["warm"])
     same_job = sum(1 for x in firsts if x["real_job"] == x["sim_job"])
     wall = time.time() - t_start
+    command = "python bench/calibrate.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.replay:  # the measurement's own command and wall time
+        command, wall = old["command"], old["wall_s"]
     gets_total = sum(real["gets_per_image"].values())
     summary = {
         "makespan_real_s": real["makespan_s"],
@@ -767,7 +784,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     tag = f"-{args.tag}" if args.tag else ""
     doc = {
-        "command": "python bench/calibrate.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command, "resimulated": bool(args.replay),
         "seed": args.seed, "tasks": args.tasks, "span_s": args.span, "max_array": args.max_array,
         "lead_in_s": args.lead_in,
         "slots": args.slots,
@@ -797,8 +814,12 @@ def main(argv=None):
           f"makespan real {summary['makespan_real_s']} s, simulated {summary['makespan_sim_s']} s",
           f"- measured inputs: slot cycle = sleep + {meas['cycle_overhead_s']} s "
           f"({', '.join(f'{k} {v}' for k, v in meas['overhead_parts_s'].items())}); pull times "
-          + ", ".join(f"{n} {v['median_s']} s" for n, v in meas["pull_s"].items())
+          + ", ".join(f"{n} {v['median_s']} s" if v["n"] else f"{n} not pulled"
+                      for n, v in meas["pull_s"].items())
           + "; report phases " + ", ".join(f"{h} {v['phase']} s" for h, v in real["report_phase"].items()),
+          "- the simulation with one input changed (placement agreement, pulls): "
+          + "; ".join(f"{name} {v['agreement']['placement_agreement']:.1%}, {v['agreement']['pulls_sim']}"
+                      for name, v in variants.items()),
           f"- the job that first ran an image on a host that pulled it is the same in "
           f"{same_job} of {len(firsts)} host/image pairs: "
           + "; ".join(f"{x['host']}/{x['image']} job {x['real_job']} at {x['real_t']} s "

@@ -4,7 +4,10 @@ What is modelled, and which Grid Engine behaviour it stands for:
 
 * Scheduling runs every ``schedule_interval``; pending jobs are taken in
   submit order, at most ``max_pending_tasks_per_job`` array tasks of a job per
-  run (SGE's default 50).  A task that cannot be placed stays pending.
+  run (SGE's default 50).  A task that cannot be placed stays pending.  (With
+  ``flush_submit_sec``/``flush_finish_sec`` set, SGE also runs right after
+  submits and job ends: a short interval stands for that; measured on the test
+  cluster by ``bench/calibrate.py``.)
 * Queue sort (``queue_sort_method load``): unmet soft requests first, then the
   host's np_load_avg, then seq_no (host order).  The scheduler re-sorts after
   every dispatch because each dispatch adds a load adjustment.
