@@ -51,6 +51,7 @@ def write_config(path, root, url, digest, size):
 
 
 def timed(cmd, **kw):
+    os.sync()  # start every measurement with nothing left for the disk to write
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
     return time.perf_counter() - t
@@ -64,6 +65,7 @@ def bench_cold(srv, work, digest, size, rounds):
         curl_t.append(timed(["curl", "-sf", "-o", dest, srv.url("demo.sif")]))
         os.unlink(dest)
         # curl, then fsync: what a download that is durable before it is used costs.
+        os.sync()
         t = time.perf_counter()
         subprocess.run(["curl", "-sf", "-o", dest, srv.url("demo.sif")], check=True)
         fd = os.open(dest, os.O_RDONLY)

@@ -16,23 +16,37 @@ prefer), then the scenario's arrays and single jobs of short ``sleep`` tasks are
 submitted with ``-l image=NAME`` at their offsets.  Placements come from ``qacct``;
 downloads per host and image from the kit's log (one "staged" line per pull, with
 the host's name), cross-checked with the server's GET count and the per-host cache
-directories.  Each task also records when execd received it (the mtime of its spool
-``config``), when it started and when it ended, so the per-task overhead and the
-pull time as a job sees them are measured rather than assumed.  The arrival of each
-host's load reports at the qmaster is polled (``qhost -F img_sensor_time``) to get
-each host's report phase.  The whole time the cluster lock
+directories.  While the jobs run, ``qstat`` is polled (when each task was dispatched
+and when the finished job was removed: the slot cycle as the scheduler sees it) and
+so is ``qhost -F img_sensor_time`` (when each host's load report reached the
+qmaster, i.e. its report phase, and the load it reported).  Each task also records
+when execd received it (the mtime of its spool ``config``), when it started and
+ended, which splits the overhead into its parts.  The whole time the cluster lock
 (/var/tmp/sge-image-kit-ge.lock, the one the tests take) is held, and the kit is
-uninstalled at the end whatever happens.
+uninstalled at the end whatever happens (and --slots put back to 4).
 
 Simulated side: the same hosts, slots, warm image and jobs (submit offsets as
-actually submitted), schedule_interval 1 s, load_report_time 5 s with the measured
-phases, SGE's default load adjustment (np_load_avg=0.50, 7:30 decay), 50 array tasks
-per job and run, no CPU load from sleep tasks, task runtime = sleep + the measured
-per-task overhead, pull time = the measured one per image.
+actually submitted), policy soft, load_report_time 5 s with the measured phases, the
+reported load_avg per host (it breaks ties before seq_no), SGE's default load
+adjustment (np_load_avg=0.50, 7:30 decay), 50 array tasks per job and run, no CPU
+load from sleep tasks, runtime = sleep + the measured cycle overhead, pull time =
+the measured one per image.  The scheduler interval is 0.1 s (--sim-interval): the
+real one runs within ~0.2 s of a submit or a job end (flush_submit_sec and
+flush_finish_sec are set), not on a 1 s grid; the 1 s grid is one of the variants.
+Variants rerun the simulation with one input changed (the real cycle of each task,
+a 1 s grid, no overhead, report phase 0, no reported load, no load adjustment,
+policy none), to show what each input is worth and how well the comparison tells
+the policies apart.
 
 Output: a side-by-side table (per host x image: real vs simulated placements and
-downloads, totals), ``OUT/calibration.json`` (scenario, settings, measurements,
-per-task records of both sides) and ``OUT/calibration.md``.
+downloads, totals), ``OUT/calibration[-TAG].json`` (scenario, settings,
+measurements, per-task records of both sides, variants) and
+``OUT/calibration[-TAG].md``.  ``--replay JSON`` reruns only the simulation against
+an earlier measurement (for changes to the simulator).
+
+Scenario knobs: --tasks, --seed, --span (submit offsets), --max-array, --slots,
+--lead-in (each cold image first runs one single task, arrays follow later, so
+the images settle on one host each and the soft request is what keeps them there).
 """
 import argparse
 import fcntl
@@ -709,10 +723,12 @@ def main(argv=None):
           f"images {', '.join(f'{n} ({IMAGES[n][0]} MiB)' for n in IMAGES)}", flush=True)
     if not args.replay:
         lock = take_lock()
+        waited = time.time() - t_start
         try:
             real = run_real(args, jobs, t_start)
         finally:
             os.close(lock)  # releases the flock
+        real["lock_wait_s"] = round(waited, 1)
     hosts = real["hosts"]
     meas = measure(real, args)
     scen = sim_scenario(real, jobs, meas, args)
@@ -772,14 +788,16 @@ def main(argv=None):
     print(f"measured ({meas['source']}): cycle = sleep + {meas['cycle_overhead_s']} s "
           f"({', '.join(f'{k} {v}' for k, v in meas['overhead_parts_s'].items())}); pulls "
           + ", ".join(f"{n} {v['median_s']} s" for n, v in meas["pull_s"].items())
-          + f"; report phases " + ", ".join(f"{h} {v['phase']}" for h, v in real["report_phase"].items()))
+          + "; report phases " + ", ".join(f"{h} {v['phase']}" for h, v in real["report_phase"].items()))
     print(f"first job on each pulled host/image ({same_job} of {len(firsts)} the same job): "
           + "; ".join(f"{x['host']}/{x['image']} real {x['real_t']}s job {x['real_job']}, "
                       f"sim {x['sim_t']}s job {x['sim_job']}" for x in firsts))
     for name, v in variants.items():
         a = v["agreement"]
         print(f"variant {name}: placement agreement {a['placement_agreement']}, pulls {a['pulls_sim']}")
-    print(f"wall time {wall:.0f} s")
+    lock_wait = real.get("lock_wait_s", 0.0)
+    print(f"wall time {wall:.0f} s" + (f" ({lock_wait:.0f} s of it waiting for the cluster lock)"
+                                      if lock_wait >= 1 else ""))
 
     os.makedirs(args.out, exist_ok=True)
     tag = f"-{args.tag}" if args.tag else ""
@@ -824,7 +842,8 @@ def main(argv=None):
           f"{same_job} of {len(firsts)} host/image pairs: "
           + "; ".join(f"{x['host']}/{x['image']} job {x['real_job']} at {x['real_t']} s "
                       f"(sim: job {x['sim_job']} at {x['sim_t']} s)" for x in firsts),
-          f"- wall time {wall:.0f} s", ""]
+          f"- wall time {wall:.0f} s" + (f" ({lock_wait:.0f} s of it waiting for the cluster lock)"
+                                         if lock_wait >= 1 else ""), ""]
     with open(os.path.join(args.out, f"calibration{tag}.md"), "w") as f:
         f.write("\n".join(md))
     return 0

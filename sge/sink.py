@@ -1,10 +1,10 @@
 """The temp file a download streams into: hashed and counted as the bytes arrive.
 
 Fetchers fill buffers the sink lends them (`buf = sink.buffer(); n = src.readinto(buf);
-sink.commit(n)`), so a transfer of gigabytes reuses a few megabytes of memory. Hashing
-and writing run in a second thread (hashlib and os.write release the GIL), overlapping
-the network on the other core; dirty pages are pushed to disk as the file grows so the
-final fsync is short, not a second full pass.
+sink.commit(n)`), so a transfer of gigabytes reuses a few megabytes of memory. The
+producer hashes each buffer as it commits it; a second thread writes (hashlib and
+os.write release the GIL), and pushes dirty pages to disk as the file grows so the final
+fsync is short, not a second full pass.
 """
 import hashlib
 import os
@@ -80,6 +80,9 @@ class Sink:
         if self.expected_size is not None and self.received > self.expected_size:
             self._free.put(self._current)
             raise VerifyError(f"source sent more than the expected {self.expected_size} bytes")
+        # Hashing here, not in the writer thread: the writer waits on the disk
+        # (sync_file_range) and must not make the hash wait with it.
+        self._hash.update(memoryview(self._current)[:n])
         self._work.put((self._current, n))
         self._current = None
         if self.progress:
@@ -116,7 +119,6 @@ class Sink:
             try:
                 if self._error is None:
                     mv = memoryview(buf)[:n]
-                    self._hash.update(mv)
                     while mv:
                         w = os.write(self.fd, mv)
                         mv = mv[w:]
