@@ -345,3 +345,32 @@ def test_soft_beats_no_awareness_on_egress():
     soft = summarize(simulate("soft", sim, wl))
     assert soft["egress_tb"] < none["egress_tb"]
     assert soft["warm_share"] >= none["warm_share"]
+
+
+def _two_hosts(jobs, **settings):
+    from sge.sim import run_scenario
+    return run_scenario({
+        "policy": "none",
+        "hosts": [{"name": "n1", "slots": 2, "warm": ["a"]}, {"name": "n2", "slots": 2, "warm": ["a"]}],
+        "images": {"a": {"download_s": 1.0}},
+        "jobs": jobs,
+        "settings": {"schedule_interval": 0.1, "load_from_running": False, **settings},
+    })
+
+
+def test_a_finished_task_no_longer_weighs_on_its_host():
+    # Grid Engine sums load adjustments over *running* jobs only (load_correction.c):
+    # once the first task has ended, the tie between n1 and n2 is broken by host order.
+    out = _two_hosts([{"image": "a", "submit": 0, "runtime": 1, "tasks": 1},
+                      {"image": "a", "submit": 5, "runtime": 1, "tasks": 1}])
+    assert [t["host"] for t in sorted(out["tasks"], key=lambda t: t["dispatch"])] == ["n1", "n1"]
+    # While it still runs, its adjustment sends the next task to the other host.
+    out = _two_hosts([{"image": "a", "submit": 0, "runtime": 100, "tasks": 1},
+                      {"image": "a", "submit": 5, "runtime": 1, "tasks": 1}])
+    assert [t["host"] for t in sorted(out["tasks"], key=lambda t: t["dispatch"])] == ["n1", "n2"]
+
+
+def test_reported_host_load_sorts_before_host_order():
+    out = _two_hosts([{"image": "a", "submit": 0, "runtime": 1, "tasks": 1}],
+                     host_load={"n1": 0.9, "n2": 0.1})
+    assert out["tasks"][0]["host"] == "n2"
