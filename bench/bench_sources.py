@@ -21,7 +21,6 @@ server, to show whether a parallel ranged download could beat one stream there
 (the s3 fetcher uses one stream: see sge/fetch/s3.py).
 """
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -34,24 +33,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+from bench.bench_core import make_image  # noqa: E402
 from tests import servers_oci_s3 as servers  # noqa: E402
 
 PY = sys.executable
 GOAL = 1.2
-
-
-def make_image(path, size):
-    h = hashlib.sha256()
-    chunk = bytearray(os.urandom(64 << 20))
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, len(chunk))
-            f.write(chunk[:n])
-            h.update(chunk[:n])
-            left -= n
-            chunk[:8] = os.urandom(8)  # no two blocks alike
-    return h.hexdigest()
 
 
 def timed(cmd, **kw):
