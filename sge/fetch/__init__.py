@@ -52,6 +52,27 @@ def module_for(url):
     return importlib.import_module(f"{__name__}.{name}")
 
 
+def source_options(ctx, kind, site_keys=None):
+    """Site-wide `sources.KIND` overridden by the image's own `KIND:` options. A bad
+    site-wide key is reported here, at fetch, because the site file is not the catalog
+    (the catalog's keys are checked at load, with their line)."""
+    mod = importlib.import_module(f"{__name__}.{kind}")
+    site = ctx.sources.get(kind) or {}
+    if not isinstance(site, dict):
+        raise FetchError(f"config sources.{kind} must be a mapping of options", transient=False)
+    keys = set(mod.OPTION_KEYS if site_keys is None else site_keys)
+    unknown = sorted(set(site) - keys)
+    if unknown:
+        hint = "" if site_keys is None else "; the others belong to each image"
+        problem = (unknown[0], f"unknown option (known: {', '.join(sorted(keys))}{hint})")
+    else:
+        check = getattr(mod, "check_options", None)
+        problem = check(site) if check else None
+    if problem:
+        raise FetchError(f"config sources.{kind}.{problem[0]}: {problem[1]}", transient=False)
+    return {**site, **ctx.image.options.get(kind, {})}
+
+
 def redact(url):
     """A URL fit for a log line: no user:password."""
     parts = urlsplit(url)

@@ -34,7 +34,7 @@ import threading
 import time
 
 from ..errors import FetchError
-from . import redact
+from . import redact, source_options
 
 OPTION_KEYS = {
     "template": "the command as a list of words, with {dest} and {uri}",
@@ -81,18 +81,6 @@ def template_words(value):
     return value
 
 
-def options(ctx):
-    site = ctx.sources.get("command") or {}
-    if not isinstance(site, dict):
-        raise FetchError("config sources.command must be a mapping of options", transient=False)
-    unknown = sorted(set(site) - set(OPTION_KEYS))
-    problem = (unknown[0], f"unknown option (known: {', '.join(sorted(OPTION_KEYS))})") \
-        if unknown else check_options(site)
-    if problem:
-        raise FetchError(f"config sources.command.{problem[0]}: {problem[1]}", transient=False)
-    return {**site, **ctx.image.options.get("command", {})}
-
-
 def argv_for(template, uri, dest, tmp):
     """Substitution word by word: a URI with spaces or `;` stays one argument."""
     return [w.replace("{uri}", uri).replace("{dest}", dest).replace("{tmp}", tmp)
@@ -100,7 +88,7 @@ def argv_for(template, uri, dest, tmp):
 
 
 def fetch(url, sink, ctx):
-    opts = options(ctx)
+    opts = source_options(ctx, "command")
     shown = redact(url)
     sweep_leftovers(os.path.dirname(sink.path))
     work = sink.path + ".cmd"

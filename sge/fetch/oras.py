@@ -20,7 +20,7 @@ import json
 import re
 
 from ..errors import FetchError, VerifyError
-from . import registry_auth, resumable
+from . import registry_auth, resumable, source_options
 
 OPTION_KEYS = {
     "insecure": "true to talk plain http to this registry",
@@ -82,18 +82,6 @@ def check_options(options):
     if "password" in options and "username" not in options:
         return "password", "given without a username"
     return None
-
-
-def options(ctx):
-    site = ctx.sources.get("oras") or {}
-    if not isinstance(site, dict):
-        raise FetchError("config sources.oras must be a mapping of options", transient=False)
-    unknown = sorted(set(site) - SITE_KEYS)
-    problem = (unknown[0], f"not a site-wide option (known: {', '.join(sorted(SITE_KEYS))}; "
-               f"the others belong to each image)") if unknown else check_options(site)
-    if problem:
-        raise FetchError(f"config sources.oras.{problem[0]}: {problem[1]}", transient=False)
-    return {**site, **ctx.image.options.get("oras", {})}
 
 
 class Registry:
@@ -207,7 +195,7 @@ def fetch(url, sink, ctx):
         raise FetchError(f"{url}: the catalog has no sha256 for this image, so each oras "
                          f"source must pin its manifest @sha256:{ctx.image.pin or '...'}",
                          transient=False)
-    reg = Registry(ref, options(ctx), ctx)
+    reg = Registry(ref, source_options(ctx, "oras", SITE_KEYS), ctx)
     body, ctype = reg.get_manifest()
     manifest_digest = hashlib.sha256(body).hexdigest()
     if ref.digest and manifest_digest != ref.digest:

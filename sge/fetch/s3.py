@@ -30,7 +30,7 @@ import html
 import re
 
 from ..errors import FetchError
-from . import redact, resumable
+from . import redact, resumable, source_options
 
 OPTION_KEYS = {
     "endpoint_url": "the http(s) URL of an S3-compatible service (default: AWS)",
@@ -66,20 +66,6 @@ def check_options(options):
     return None
 
 
-def options(ctx):
-    """Site-wide `sources.s3` overridden by the image's `s3:`; a bad site-wide key is
-    reported here, at fetch, because the site file is not the catalog."""
-    site = ctx.sources.get("s3") or {}
-    if not isinstance(site, dict):
-        raise FetchError("config sources.s3 must be a mapping of options", transient=False)
-    unknown = sorted(set(site) - set(OPTION_KEYS))
-    problem = (unknown[0], f"unknown option (known: {', '.join(sorted(OPTION_KEYS))})") \
-        if unknown else check_options(site)
-    if problem:
-        raise FetchError(f"config sources.s3.{problem[0]}: {problem[1]}", transient=False)
-    return {**site, **ctx.image.options.get("s3", {})}
-
-
 def parse(url):
     rest = url.split("://", 1)[1] if "://" in url else ""
     bucket, _, key = rest.partition("/")
@@ -91,7 +77,7 @@ def parse(url):
 
 def fetch(url, sink, ctx):
     bucket, key = parse(url)
-    opts = options(ctx)
+    opts = source_options(ctx, "s3")
     client = _client(url, opts)
     signed_at = {"received": None}
 
