@@ -20,7 +20,7 @@ import shlex
 import sys
 
 from . import qconf
-from .loadsensor import FREE_COMPLEX, LIST_COMPLEX, TIME_COMPLEX
+from .loadsensor import FREE_COMPLEX, LIST_COMPLEX, ROOM_COMPLEX, TIME_COMPLEX
 
 STATE_FILE = "install-state.json"
 STATE_VERSION = 1
@@ -31,6 +31,7 @@ def kit_complexes(settings):
     rows = [
         ("image", "img", "RESTRING", "==", "YES", "NO", "NONE", "0"),
         (FREE_COMPLEX, "imgfree", "MEMORY", "<=", "YES", "NO", "0", "0"),
+        (ROOM_COMPLEX, "imgroom", "MEMORY", "<=", "YES", "NO", "0", "0"),
         (TIME_COMPLEX, "imgtime", "INT", "<=", "NO", "NO", "0", "0"),
     ]
     if settings.values["sensor"]["list_complex"]:
