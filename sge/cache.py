@@ -357,13 +357,18 @@ class Cache:
         return room_for_new(entries, used, free, self.max_size, self.min_free,
                             now - self.evict_grace)
 
-    def wait_for_room(self, need, deadline, log=None):
+    def wait_for_room(self, need, deadline, log=None, ready=None):
         """make_room(need), waiting while the cache is only *busy* (full of pinned or
         just-handed-out images) until `deadline` (time.monotonic()); raises CacheBusy
         after it. A full cache is a scheduling condition, not a failure: tasks of a
-        second array wait here for the first array's images to fall out of use."""
+        second array wait here for the first array's images to fall out of use.
+        `ready()` true ends the wait: another task staged the image meanwhile, and
+        making room would only evict it again (found by the two-array test: hosts
+        staged the same image three times)."""
         said = False
         while True:
+            if ready is not None and ready():
+                return []
             try:
                 return self.make_room(need)
             except CacheBusy:

@@ -53,7 +53,8 @@ def _stage(image, cache, settings, progress, log):
         except CacheBusy:
             if time.monotonic() >= deadline:
                 raise
-        cache.wait_for_room(image.size or 0, deadline, log)
+        cache.wait_for_room(image.size or 0, deadline, log,
+                            ready=lambda: cache.lookup(image) is not None)
 
 
 def _stage_locked(image, cache, settings, progress, log):

@@ -191,3 +191,34 @@ def test_disk_full_evicts_unpinned_and_retries_once(tmp_path, make_config):
             holder.wait()
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_waiters_for_one_image_stage_it_once(tmp_path, make_config):
+    """Two tasks of one image wait for room on the same host: one stages it, the other
+    finds it; neither evicts it to make room for itself (found by the two-array test on
+    the real cluster: a host staged the same image three times)."""
+    cfg = make_config(file_images(tmp_path, 3), cache={"max_size": int(2.5 * MB), "room_wait": 60})
+    for i in range(2):
+        assert cli(cfg, "pull", f"img{i}", "-q").returncode == 0
+    holders = [_pin_holder(cfg, "img0"), _pin_holder(cfg, "img1")]
+    log = tmp_path / "sge-image.log"
+    try:
+        from tests.conftest import cli_popen
+        waiters = [cli_popen(cfg, "pull", "img2", "-q") for _ in range(2)]
+        deadline = time.monotonic() + 30
+        while log.read_text().count("waiting up to") < 2:
+            assert all(w.poll() is None for w in waiters)
+            assert time.monotonic() < deadline, "the pulls never waited for room"
+            time.sleep(0.1)
+        holders[0].kill()
+        holders[0].wait()
+        for w in waiters:
+            w.communicate(timeout=60)
+            assert w.returncode == 0
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait()
+    text = log.read_text()
+    assert text.count("image img2: staged") == 1, text
+    assert "evicted img2" not in text
