@@ -201,6 +201,9 @@ class Engine:
         self.peer_pulls = [0] * H  # peer transfers per receiving host
         self.room_waits = 0        # pulls that waited for cache room
         self.requeued = 0          # tasks sent back to pending after waiting for room
+        self.pe_pending: List[Job] = []
+        self.pe_jobs = 0           # measured parallel jobs
+        self.pe_missing = 0        # ... that started with the image missing on a host
         self.end_time = 0.0
         self._censored = None
 
@@ -315,15 +318,17 @@ class Engine:
         fl = next((f for f in c.blocked if f.fid == fid), None)
         if fl is None:
             return
-        c.blocked.remove(fl)
-        del c.inflight[fl.img]
         img = fl.img
+        pe = [w for w in fl.waiters if w[1].pe is not None]
+        if pe:  # a parallel job keeps its hosts and waits on (not modelled: requeue)
+            fl.waiters = [w for w in fl.waiters if w[1].pe is None]
+            heappush(self.heap, (t + self.sim.pressure_wait_s, PRESSURE, h, fid))
+        else:
+            c.blocked.remove(fl)
+            del c.inflight[img]
         nrow = len(self.ring_t)
         back: Dict[int, list] = {}
         for rt, job, tdisp, i, run in fl.waiters:
-            if getattr(job, "pe", None):
-                self._pe_requeue(job, h, t)
-                continue
             self.free[h] += 1
             self.running -= 1
             self.busy_img[img] -= 1
@@ -334,6 +339,8 @@ class Engine:
                 self.wait_s += t - tdisp
             self.requeued += 1
             back.setdefault(id(job), [job, []])[1].append((i, rt))
+        if pe:
+            fl.waiters = pe
         for job, tasks in back.values():
             nj = Job(job.jid, job.submit, img, [rt for _, rt in tasks])
             nj.measured, nj.hard, nj.seq = job.measured, job.hard, job.seq
@@ -381,7 +388,7 @@ class Engine:
                 self._vis(h, img, +1, t)
                 self.hidden[img].add(h)
             for rt, job, tdisp, i, run in fl.waiters:
-                if getattr(job, "pe", None):
+                if job.pe is not None:
                     self._pe_arrived(job, t)
                 else:
                     self._exec_start(t, h, img, rt, job, tdisp, i, False, run)
@@ -457,7 +464,13 @@ class Engine:
                 self.pre_cnt[nj.img] += len(nj.runtimes)
             self.adm_seq += 1
             nj.seq = self.adm_seq
-            self.pending.setdefault(nj.img * 2 + nj.hard, []).append(nj)
+            if nj.pe is not None:
+                if nj.measured:
+                    self.m_total += 1 - len(nj.runtimes)
+                    self.pe_jobs += 1
+                self.pe_pending.append(nj)
+            else:
+                self.pending.setdefault(nj.img * 2 + nj.hard, []).append(nj)
             nj = next(self.jobs, None)
         self.next_job = nj
 
@@ -496,15 +509,22 @@ class Engine:
             else:
                 warm_view[img].discard(h)
         self._admit(t)
+        pe_cnt = self._pe_dispatch(t) if self.pe_pending else {}
         pending = self.pending
         if not pending:
+            self._ring_row(pe_cnt, t)
             return
         free = self.free
         free_a = np.array(free)
         idx = np.flatnonzero(free_a)
         if idx.size == 0:
+            self._ring_row(pe_cnt, t)
             return
         key_a = self._keys(t)
+        if pe_cnt:
+            adj0 = self.sim.job_load_adjustment if self.sim.load_adjustment_decay > 0 else 0.0
+            for h, n in pe_cnt.items():
+                key_a[h] += adj0 * n / self.slots[h]
         ks = key_a[idx]
         o = np.argsort(ks, kind="stable")  # ties: lower host index (seq_no) first
         ok = ks[o].tolist()
@@ -525,6 +545,9 @@ class Engine:
         adj = sim.job_load_adjustment if sim.load_adjustment_decay > 0 else 0.0
         adjinc = [adj / s for s in self.slots]
         cnt = [0] * self.H
+        for h, n in pe_cnt.items():
+            cnt[h] += n
+        ndisp_pe = sum(pe_cnt.values())
         wstate: Dict[int, list] = {}
         dead = set()  # images whose reported-warm hosts are all full in this run
         soft = self.policy.soft
@@ -715,6 +738,7 @@ class Engine:
                 break
 
         self.running += ndisp
+        ndisp += ndisp_pe
         if ndisp:
             for q in finished:
                 lst = pending[q]
@@ -735,6 +759,119 @@ class Engine:
             self.ring_t[r] = t
             self.ring_i = (r + 1) % len(self.ring_t)
             self.ring_n += 1
+
+    def _ring_row(self, cnt, t: float) -> None:
+        """Record this run's dispatches per host (for the load adjustment)."""
+        if not cnt:
+            return
+        row = [0] * self.H
+        for h, n in cnt.items():
+            row[h] = n
+        r = self.ring_i
+        self.ring[r] = row
+        self.ring_t[r] = t
+        self.ring_i = (r + 1) % len(self.ring_t)
+        self.ring_n += 1
+
+    # ------------------------------------------------------------------ parallel jobs
+
+    def _pe_dispatch(self, t: float) -> Dict[int, int]:
+        """Place pending parallel jobs, in submit order, before the array tasks of
+        the run (as a higher priority would).  A job takes ``slots`` on each of
+        ``hosts`` hosts, chosen by the same queue sort (soft request met, then
+        load, then seq_no); one that does not fit waits and later ones may pass
+        it (no reservation).  Returns the slots taken per host."""
+        free, key = self.free, None
+        taken: Dict[int, int] = {}
+        left = []
+        adj = self.sim.job_load_adjustment if self.sim.load_adjustment_decay > 0 else 0.0
+        for job in self.pe_pending:
+            k, sp = job.pe
+            cand = [h for h in range(self.H) if free[h] >= sp]
+            if len(cand) < k:
+                left.append(job)
+                continue
+            if key is None:
+                key = self._keys(t).tolist()
+            warm = self.warm_view[job.img] if self.policy.soft else ()
+            cand.sort(key=lambda h: (h not in warm, key[h], h))
+            hosts = cand[:k]
+            for h in hosts:
+                free[h] -= sp
+                key[h] += adj * sp / self.slots[h]
+                taken[h] = taken.get(h, 0) + sp
+            self._pe_stage(job, hosts, t)
+        self.pe_pending = left
+        return taken
+
+    def _pe_stage(self, job: Job, hosts: List[int], t: float) -> None:
+        """Book the job's slots and pins; with the agent stage the image on every
+        host before the start, else only the master's prolog pulls it."""
+        k, sp = job.pe
+        img = job.img
+        job.next = 1
+        job.pe_hosts = hosts
+        job.pe_t = t
+        job.pe_run = self.ring_n
+        job.gate = 0
+        self.running += k * sp
+        self.busy_img[img] += k * sp
+        if self.busy_img[img] > self.peak_img[img]:
+            self.peak_img[img] = self.busy_img[img]
+        job.pe_warm = all(img in self.caches[h].present for h in hosts)
+        for n, h in enumerate(hosts):
+            c = self.caches[h]
+            c.pins[img] = c.pins.get(img, 0) + sp
+            self.placements[h] += sp
+            pi = self.place_img[h]
+            pi[img] = pi.get(img, 0) + sp
+            if self.in_window and img not in self.init_present[h]:
+                self.needed.add((h << PAIR_BITS) | img)
+            if job.recs is not None and n == 0:
+                job.recs[0]["host"] = h
+                job.recs[0]["dispatch"] = t
+                job.recs[0]["pe_hosts"] = list(hosts)
+            if img in c.present:
+                c.present.move_to_end(img)
+                continue
+            if n > 0 and not self.policy.agent:
+                continue  # no prolog on the other hosts of a parallel job
+            fl = c.inflight.get(img)
+            if fl is None:
+                fl = self._start_pull(h, img, t, False)
+            fl.waiters.append((job.runtimes[0], job, t, 0, job.pe_run))
+            job.gate += 1
+        if job.gate == 0:
+            self._pe_start(job, t)
+
+    def _pe_arrived(self, job: Job, t: float) -> None:
+        job.gate -= 1
+        if job.gate == 0:
+            self._pe_start(job, t)
+
+    def _pe_start(self, job: Job, t: float) -> None:
+        k, sp = job.pe
+        img, rt = job.img, job.runtimes[0]
+        missing = sum(1 for h in job.pe_hosts if img not in self.caches[h].present)
+        run = job.pe_run << PAIR_BITS
+        for h in job.pe_hosts:
+            if self.sim.load_from_running:
+                self._load_step(h, t, +sp)
+            for _ in range(sp):
+                heappush(self.heap, (t + rt, FINISH, h, img | run))
+        if job.measured:
+            self.lat.append(t - job.submit)
+            self.m_started += 1
+            self.img_tot[img] += 1
+            if job.pe_warm:
+                self.img_warm[img] += 1
+            self.wait_s += (t - job.pe_t) * k * sp
+            if missing:
+                self.pe_missing += 1
+        if job.recs is not None:
+            r = job.recs[0]
+            r["start"], r["end"], r["warm"] = t, t + rt, job.pe_warm
+            r["image_on_all_hosts"] = not missing
 
     # ------------------------------------------------------------------ main loop
 
@@ -822,7 +959,10 @@ class Engine:
         end = self.end_time
         n = 0
         waiting = [job for c in self.caches for fl in c.inflight.values()
-                   for (_, job, _, _, _) in fl.waiters]
+                   for (_, job, _, _, _) in fl.waiters if job.pe is None]
+        pe = {id(job): job for c in self.caches for fl in c.inflight.values()
+              for (_, job, _, _, _) in fl.waiters if job.pe is not None}
+        waiting += list(pe.values()) + self.pe_pending
         for job in waiting:
             if job.measured:
                 self.lat.append(end - job.submit)
@@ -868,6 +1008,8 @@ class Engine:
             "peer_failures": ag.failures if ag else 0,
             "peer_saturated": ag.saturated if ag else 0,
             "room_waits": self.room_waits,
+            "pe_jobs": self.pe_jobs,
+            "pe_missing": self.pe_missing,
             "requeued_tasks": self.requeued,
             "evictions": self.evictions,
             "cap_overflows": sum(c.overflows for c in self.caches),
@@ -995,7 +1137,10 @@ def run_scenario(scenario: dict) -> dict:
           "jobs": [                         # one entry per qsub
             {"image": "blast", "submit": 0.0, "runtime": 300.0, "tasks": 6}
           ],                                # tasks: array size (qsub -t 1-N), default 1;
-                                            # runtime: seconds, or a list, one per task
+                                            # runtime: seconds, or a list, one per task;
+                                            # "pe": {"hosts": 3, "slots": 4} makes it a
+                                            # parallel job (one task; its record gets
+                                            # "pe_hosts" and "image_on_all_hosts")
           "settings": {...}                 # optional, see SCENARIO_SETTINGS;
                                             # report_phase: one number for all hosts
                                             # or {"n1": 12.0, ...}; host_load:
@@ -1085,6 +1230,10 @@ def run_scenario(scenario: dict) -> dict:
             raise ValueError(f"job {ji}: {n} tasks but {len(rts)} runtimes")
         img = img_ix[spec["image"]]
         job = Job(ji, float(spec.get("submit", 0.0)), img, rts)
+        if spec.get("pe"):
+            if n != 1:
+                raise ValueError(f"job {ji}: a parallel job has one task")
+            job.pe = (int(spec["pe"]["hosts"]), int(spec["pe"]["slots"]))
         job.recs = [{"job": ji, "task": k + 1, "image": spec["image"], "host": None,
                      "submit": job.submit, "dispatch": None, "start": None, "end": None,
                      "warm": None} for k in range(n)]
@@ -1103,6 +1252,8 @@ def run_scenario(scenario: dict) -> dict:
     for r in tasks:
         if r["host"] is not None:
             r["host"] = names[r["host"]]
+        if "pe_hosts" in r:
+            r["pe_hosts"] = [names[h] for h in r["pe_hosts"]]
     return {
         "placements": {names[h]: eng.placements[h] for h in range(eng.H)},
         "downloads": {names[h]: eng.pulls[h] for h in range(eng.H)},   # from the origin
