@@ -67,6 +67,12 @@ def parse_args(argv=None):
     g.add_argument("--load-adjustment", type=float, default=d.job_load_adjustment)
     g.add_argument("--report-inflight-as-warm", action="store_true",
                    help="load sensor reports images while their pull runs")
+    g.add_argument("--peer-upload-gbit", type=float, default=d.peer_upload_gbit)
+    g.add_argument("--peer-upload-slots", type=int, default=d.peer_upload_slots)
+    g.add_argument("--no-peer-pipeline", action="store_true",
+                   help="agent: peers serve only whole copies")
+    g.add_argument("--no-peer-seed", action="store_true",
+                   help="agent: no seed; a host that finds no peer pulls from the origin")
     g.add_argument("--pe-share", type=float, default=w.pe_share,
                    help="share of single-task jobs that are parallel jobs")
     r = ap.add_argument_group("node agent report")
@@ -87,7 +93,9 @@ def configs(a):
                     schedule_interval=a.schedule_interval, load_report_time=a.load_report_time,
                     max_pending_tasks_per_job=a.max_pending_tasks,
                     job_load_adjustment=a.load_adjustment,
-                    report_inflight_as_warm=a.report_inflight_as_warm)
+                    report_inflight_as_warm=a.report_inflight_as_warm,
+                    peer_upload_gbit=a.peer_upload_gbit, peer_upload_slots=a.peer_upload_slots,
+                    peer_pipeline=not a.no_peer_pipeline, peer_seed=not a.no_peer_seed)
     if a.agent_report:
         a.pe_share = a.report_pe_share
     # keep the per-host rate of the site when the cluster is scaled down
