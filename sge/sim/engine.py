@@ -785,21 +785,25 @@ class Engine:
         taken: Dict[int, int] = {}
         left = []
         adj = self.sim.job_load_adjustment if self.sim.load_adjustment_decay > 0 else 0.0
+        cands: Dict[int, List[int]] = {}  # per slot count: hosts with that many free
         for job in self.pe_pending:
             k, sp = job.pe
-            cand = [h for h in range(self.H) if free[h] >= sp]
+            cand = cands.get(sp)
+            if cand is None:
+                cand = cands[sp] = [h for h in range(self.H) if free[h] >= sp]
             if len(cand) < k:
                 left.append(job)
                 continue
             if key is None:
                 key = self._keys(t).tolist()
             warm = self.warm_view[job.img] if self.policy.soft else ()
-            cand.sort(key=lambda h: (h not in warm, key[h], h))
-            hosts = cand[:k]
+            hosts = sorted(cand, key=lambda h: (h not in warm, key[h], h))[:k]
             for h in hosts:
                 free[h] -= sp
                 key[h] += adj * sp / self.slots[h]
                 taken[h] = taken.get(h, 0) + sp
+            for n, lst in cands.items():
+                cands[n] = [h for h in lst if free[h] >= n]
             self._pe_stage(job, hosts, t)
         self.pe_pending = left
         return taken
