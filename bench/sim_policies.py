@@ -73,6 +73,8 @@ def parse_args(argv=None):
                    help="agent: peers serve only whole copies")
     g.add_argument("--no-peer-seed", action="store_true",
                    help="agent: no seed; a host that finds no peer pulls from the origin")
+    g.add_argument("--no-peer-redirect", action="store_true",
+                   help="agent: peers are found only through the sensor and the seed")
     g.add_argument("--pe-share", type=float, default=w.pe_share,
                    help="share of single-task jobs that are parallel jobs")
     r = ap.add_argument_group("node agent report")
@@ -95,7 +97,8 @@ def configs(a):
                     job_load_adjustment=a.load_adjustment,
                     report_inflight_as_warm=a.report_inflight_as_warm,
                     peer_upload_gbit=a.peer_upload_gbit, peer_upload_slots=a.peer_upload_slots,
-                    peer_pipeline=not a.no_peer_pipeline, peer_seed=not a.no_peer_seed)
+                    peer_pipeline=not a.no_peer_pipeline, peer_seed=not a.no_peer_seed,
+                    peer_redirect=not a.no_peer_redirect)
     if a.agent_report:
         a.pe_share = a.report_pe_share
     # keep the per-host rate of the site when the cluster is scaled down
@@ -138,7 +141,8 @@ def agent_report(a):
           f"({wl0.pe_hosts_min}-{wl0.pe_hosts_max} hosts x {wl0.pe_slots_per_host} slots); "
           f"peers: upload {sim0.peer_upload_gbit:g} Gbit/s, {sim0.peer_upload_slots} slots, "
           f"pipeline {'on' if sim0.peer_pipeline else 'off'} (lag {sim0.pipeline_lag_s:g} s), "
-          f"seed {'on' if sim0.peer_seed else 'off'}; after rows: cache pressure {a.after_pressure}")
+          f"seed {'on' if sim0.peer_seed else 'off'}, "
+          f"redirects {'on' if sim0.peer_redirect else 'off'}; after rows: cache pressure {a.after_pressure}")
     t0 = time.perf_counter()
     rows = []
     if a.procs > 1:

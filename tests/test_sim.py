@@ -426,6 +426,18 @@ def test_upload_slots_bound_what_one_peer_serves():
     assert sum(many["downloads"].values()) == 1
 
 
+def test_redirects_from_a_busy_seed_keep_a_burst_off_the_origin():
+    # 12 cold hosts in one scheduling run: before any load report, only the seed is
+    # known.  With redirects the seed's 4 (or 1) upload slots fan out into a tree of
+    # streams; without, the hosts that find it saturated go to the origin.
+    for slots in (1, 4):
+        res = burst("agent", hosts=12, tasks=48, peer_upload_slots=slots)
+        assert sum(res["downloads"].values()) == 1 and res["unstarted"] == 0
+        alone = burst("agent", hosts=12, tasks=48, peer_upload_slots=slots, peer_redirect=False)
+        assert sum(alone["downloads"].values()) >= 12 - slots - 1
+        assert max(t["start"] for t in alone["tasks"]) > max(t["start"] for t in res["tasks"])
+
+
 def test_a_dead_seed_costs_a_timeout_then_the_next_seed_serves():
     dead = seed_of(0, 6)
     res = burst("agent", dead_agents=[dead])

@@ -1107,6 +1107,7 @@ SCENARIO_SETTINGS = {
     "peer_pipeline": True,
     "pipeline_lag_s": 1.0,
     "peer_seed": True,
+    "peer_redirect": True,
     "peer_timeout_s": 10.0,
     "dead_agents": [],     # host names whose agent never answers
     "lying_agents": [],    # host names whose agent serves wrong bytes
@@ -1194,7 +1195,8 @@ def run_scenario(scenario: dict) -> dict:
         report_inflight_as_warm=st["report_inflight_as_warm"],
         peer_upload_gbit=st["peer_upload_gbit"], peer_upload_slots=st["peer_upload_slots"],
         peer_pipeline=st["peer_pipeline"], pipeline_lag_s=st["pipeline_lag_s"],
-        peer_seed=st["peer_seed"], peer_timeout_s=st["peer_timeout_s"],
+        peer_seed=st["peer_seed"], peer_redirect=st["peer_redirect"],
+        peer_timeout_s=st["peer_timeout_s"],
         cache_pressure=st["cache_pressure"], pressure_wait_s=st["pressure_wait_s"],
         initial_fill=0.0, warmup_hours=0.0)
     net = None

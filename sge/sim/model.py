@@ -32,6 +32,8 @@ pipeline_lag_s             1.0         agent: a streamed copy ends this long aft
                                        its source's (the last chunk, verify, fsync)
 peer_seed                  True        agent: a per-image seed host (rendezvous hash)
                                        pulls from the origin for the others
+peer_redirect              True        agent: a busy peer names the hosts it serves,
+                                       so they are found before the sensor reports them
 peer_timeout_s             10          agent: a dead peer costs this, then a retry
 cache_pressure             overflow    "overflow": a pull that pins block goes over
                                        the cap; "wait": it waits for room (bounded)
@@ -97,6 +99,7 @@ class SimConfig:
     peer_pipeline: bool = True
     pipeline_lag_s: float = 1.0
     peer_seed: bool = True
+    peer_redirect: bool = True
     peer_timeout_s: float = 10.0
     # Cache pressure: "overflow" (pull over the cap) or "wait" (for room, bounded).
     cache_pressure: str = "overflow"

@@ -12,8 +12,9 @@ cold day, and only copies between exec hosts take it out of the path.
   ends ``pipeline_lag_s`` after the source (last chunk, verify, publish).
   Without pipelining a host waits for the source to finish, then copies.
 * Discovery: what the load sensor reports (``warm_view``, in-flight pulls
-  included, so with the sensor's lag) plus the hosts that got the image along
-  the seed's chain (a busy server redirects to the hosts it is serving).
+  included, so with the sensor's lag) plus, with ``peer_redirect``, the hosts
+  that got the image along the seed's chain (a busy server names the hosts it
+  is serving).
 * Seed: when no peer is known to have or pull the image, the host asks the
   image's seed, the first host of a rendezvous ranking (a hash of image and
   host), to stage it; the seed pulls from the origin and the asker streams
@@ -173,6 +174,7 @@ class Agent:
         self.slots = sim.peer_upload_slots
         self.pipeline = sim.peer_pipeline
         self.seed = sim.peer_seed
+        self.redirect = sim.peer_redirect
         self.lag = sim.pipeline_lag_s
         self.timeout = sim.peer_timeout_s
         self.up_used = [0] * eng.H
@@ -215,7 +217,9 @@ class Agent:
         ex = self.excl.get((h, img), ())
         best = None
         saw = False
-        for group in (self.tree.get(img, ()), eng.warm_view[img]):
+        groups = (self.tree.get(img, ()), eng.warm_view[img]) if self.redirect \
+            else (eng.warm_view[img],)
+        for group in groups:
             for s in group:
                 if s == h or s in ex:
                     continue
@@ -293,6 +297,7 @@ class Agent:
 
     def _from_dead(self, fl: Flow, s: int, t: float) -> None:
         fl.src = s
+        fl.parent = None
         fl.timeout = True
         self.eng.net.later(t + self.timeout, fl)
 

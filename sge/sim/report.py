@@ -280,22 +280,32 @@ def plot_agent(rows: List[dict], path: str, title: Optional[str] = None) -> str:
 
     ax = axes[0]
     for j, p in enumerate(pols):
-        vals = [by[(s, g, p)]["origin_per_copy"] if (s, g, p) in by else 0 for s, g in cases]
-        vals = [v if math.isfinite(v) else 0 for v in vals]
-        bars = ax.bar([i + (j - (len(pols) - 1) / 2) * w for i in x], [max(v, 0.01) for v in vals],
+        vals = [by[(s, g, p)]["egress_tb"] if (s, g, p) in by else 0 for s, g in cases]
+        bars = ax.bar([i + (j - (len(pols) - 1) / 2) * w for i in x], [max(v, 1e-3) for v in vals],
                       w, label="before (soft)" if p == "soft" else f"after ({p})")
         for b, (s, g) in zip(bars, cases):
             r = by.get((s, g, p))
             if r:
-                ax.annotate(f"{r['egress_tb']:.1f} TB", (b.get_x() + b.get_width() / 2, b.get_height()),
+                txt = f"{r['egress_tb']:.2f} TB"
+                if r["copy_tb"] > 0:
+                    txt += f"\n{r['origin_per_copy']:.1f}x"
+                ax.annotate(txt, (b.get_x() + b.get_width() / 2, b.get_height()),
                             ha="center", va="bottom", fontsize=7)
-    ax.axhline(GOAL_ORIGIN_PER_COPY, color="red", ls="--", lw=1, label="goal 1.5x")
+    copies = [next((r["copy_tb"] for r in rows if (r["scenario"], r["origin_gbit"]) == c), 0)
+              for c in cases]
+    for i, cp in zip(x, copies):
+        if cp > 0:
+            ax.hlines(cp, i - 0.45, i + 0.45, colors="k", lw=1.2)
+            ax.hlines(cp * GOAL_ORIGIN_PER_COPY, i - 0.45, i + 0.45, colors="red", lw=1, linestyles="--")
+    ax.plot([], [], color="k", lw=1.2, label="one copy per image version")
+    ax.plot([], [], color="red", lw=1, ls="--", label="goal: 1.5 x one copy")
     ax.set_yscale("log")
+    ax.set_ylim(1e-3, max(r["egress_tb"] for r in rows) * 8)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, fontsize=8)
-    ax.set_ylabel("origin egress / one copy per image version (log)")
-    ax.set_title("Origin egress")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("origin egress, TB (log)")
+    ax.set_title("Origin egress (steady state: no new image, one copy = 0)")
+    ax.legend(fontsize=8, loc="upper right")
 
     ax = axes[1]
     for j, p in enumerate(pols):
