@@ -313,9 +313,11 @@ SMALL = dict(hosts=20, hours=0.5, warmup_hours=0.25, max_drain_hours=2.0)
 SMALL_WL = dict(jobs_per_month=40e6 * 20 / 1000, burst_min=20, burst_max=100)
 
 
-def test_simulation_is_deterministic_for_a_seed():
+@pytest.mark.parametrize("policy", ["soft", "agent"])
+def test_simulation_is_deterministic_for_a_seed(policy):
     def run(seed):
-        s = summarize(simulate("soft", SimConfig(seed=seed, **SMALL), WorkloadConfig(**SMALL_WL)))
+        s = summarize(simulate(policy, SimConfig(seed=seed, initial_fill=0.0, **SMALL),
+                               WorkloadConfig(pe_share=0.05, **SMALL_WL)))
         return {k: v for k, v in s.items() if k not in ("wall_s", "cpu_s")}
     first = run(1)
     assert first["measured_tasks"] > 100

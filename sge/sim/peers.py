@@ -113,7 +113,8 @@ class PeerNet:
 
     def pop_done(self, t: float) -> List[Flow]:
         self._advance(t)
-        done = [f for f in self.flows if f.rem <= 1.0]
+        # in start order: the set's own order follows memory addresses
+        done = sorted((f for f in self.flows if f.rem <= 1.0), key=lambda f: f.fid)
         for f in done:
             self.flows.discard(f)
             self._count(f, -1)
