@@ -33,7 +33,12 @@ What is modelled, and which Grid Engine behaviour it stands for:
   waits (that is the slot time idle on pulls).
 * Cache: a pull that would exceed the cap evicts least-recently-used unpinned
   images down to the low-water mark; images used by tasks on the host are
-  pinned.  Use = task start and task end.
+  pinned.  Use = task start and task end.  When pins leave no room the pull
+  goes over the cap, or with ``cache_pressure="wait"`` waits (`pressure`).
+* Node agent (policy ``agent``, `peers`): pulls come from peers or the
+  origin, pulls in flight are reported, a seed per image pulls from the origin.
+* Parallel jobs (`parallel`): one task over several hosts, placed before the
+  array tasks of a run, staged on the master only or (agent) on every host.
 
 Hot paths (dispatch, task end) are written inline with local variables: 1,000
 hosts x one day is ~1.3 M tasks and has to run in well under a minute.  Each
@@ -59,20 +64,17 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from .model import GB, GBIT, INF, Flow, FixedNetwork, HostCache, SharedNetwork, SimConfig
+from .events import DL, FINISH, PAIR_BITS, PAIR_MASK, PRESSURE, PREWARM, SCHED, WINDOW
+from .parallel import ParallelJobs
 from .peers import Agent, MixedNet, PeerNet
+from .pressure import CachePressure
 from .policies import Policy, get_policy
 from .workload import Job, WorkloadConfig, generate_jobs, image_sizes, zipf_weights
 
-# Event kinds; at equal times a lower kind runs first (a task that ends at the
-# instant of a scheduling run frees its slot for that run).
-FINISH, DL, WINDOW, SCHED, PREWARM, PRESSURE = 0, 1, 2, 3, 4, 5
-
 COLD_REASONS = ("joined", "stale", "warm_full", "no_warm", "lag_miss")
-PAIR_BITS = 24  # (host, image) pairs packed in one int
-PAIR_MASK = (1 << PAIR_BITS) - 1
 
 
-class Engine:
+class Engine(ParallelJobs, CachePressure):
     """One simulation: a cluster, a policy and a job stream.
 
     ``jobs`` must be in submit order.  ``initial[h]`` lists the images host h
@@ -298,62 +300,6 @@ class Engine:
         fl.waiters = []
         self.caches[fl.host].inflight[fl.img] = nf
         return nf
-
-    def _unblock(self, h: int, t: float) -> None:
-        """A pin dropped on h: start the pulls that were waiting for room."""
-        c = self.caches[h]
-        for fl in list(c.blocked):
-            for e in c.make_room(fl.size, overflow=False):
-                self._evicted(h, e, t)
-            if c.fits(fl.size):
-                c.blocked.remove(fl)
-                fl.blocked = False
-                fl.t0 = t
-                self._launch(fl, t)
-
-    def _requeue(self, h: int, fid: int, t: float) -> None:
-        """A pull waited pressure_wait_s for room: its tasks free their slots and
-        pend again (the prolog's reschedule), never fail."""
-        c = self.caches[h]
-        fl = next((f for f in c.blocked if f.fid == fid), None)
-        if fl is None:
-            return
-        img = fl.img
-        pe = [w for w in fl.waiters if w[1].pe is not None]
-        if pe:  # a parallel job keeps its hosts and waits on (not modelled: requeue)
-            fl.waiters = [w for w in fl.waiters if w[1].pe is None]
-            heappush(self.heap, (t + self.sim.pressure_wait_s, PRESSURE, h, fid))
-        else:
-            c.blocked.remove(fl)
-            del c.inflight[img]
-        nrow = len(self.ring_t)
-        back: Dict[int, list] = {}
-        for rt, job, tdisp, i, run in fl.waiters:
-            self.free[h] += 1
-            self.running -= 1
-            self.busy_img[img] -= 1
-            c.pins[img] -= 1
-            if self.ring_n - run <= nrow:
-                self.ring[run % nrow, h] -= 1
-            if job.measured:
-                self.wait_s += t - tdisp
-            self.requeued += 1
-            back.setdefault(id(job), [job, []])[1].append((i, rt))
-        if pe:
-            fl.waiters = pe
-        for job, tasks in back.values():
-            nj = Job(job.jid, job.submit, img, [rt for _, rt in tasks])
-            nj.measured, nj.hard, nj.seq = job.measured, job.hard, job.seq
-            if job.recs is not None:
-                nj.recs = [job.recs[i] for i, _ in tasks]
-            q = img * 2 + nj.hard
-            lst = self.pending.get(q)
-            if lst is None:
-                self.pending[q] = [nj]
-                self.qhead[q] = 0
-            else:
-                hd = self.qhead.get(q, 0)
-                lst.insert(bisect_left(lst, nj.seq, lo=hd, key=lambda j: j.seq), nj)
 
     def _exec_start(self, t: float, h: int, img: int, rt: float, job: Job, tdisp: float,
                     i: int, warm: bool, run: int) -> None:
@@ -759,123 +705,6 @@ class Engine:
             self.ring_t[r] = t
             self.ring_i = (r + 1) % len(self.ring_t)
             self.ring_n += 1
-
-    def _ring_row(self, cnt, t: float) -> None:
-        """Record this run's dispatches per host (for the load adjustment)."""
-        if not cnt:
-            return
-        row = [0] * self.H
-        for h, n in cnt.items():
-            row[h] = n
-        r = self.ring_i
-        self.ring[r] = row
-        self.ring_t[r] = t
-        self.ring_i = (r + 1) % len(self.ring_t)
-        self.ring_n += 1
-
-    # ------------------------------------------------------------------ parallel jobs
-
-    def _pe_dispatch(self, t: float) -> Dict[int, int]:
-        """Place pending parallel jobs, in submit order, before the array tasks of
-        the run (as a higher priority would).  A job takes ``slots`` on each of
-        ``hosts`` hosts, chosen by the same queue sort (soft request met, then
-        load, then seq_no); one that does not fit waits and later ones may pass
-        it (no reservation).  Returns the slots taken per host."""
-        free, key = self.free, None
-        taken: Dict[int, int] = {}
-        left = []
-        adj = self.sim.job_load_adjustment if self.sim.load_adjustment_decay > 0 else 0.0
-        cands: Dict[int, List[int]] = {}  # per slot count: hosts with that many free
-        for job in self.pe_pending:
-            k, sp = job.pe
-            cand = cands.get(sp)
-            if cand is None:
-                cand = cands[sp] = [h for h in range(self.H) if free[h] >= sp]
-            if len(cand) < k:
-                left.append(job)
-                continue
-            if key is None:
-                key = self._keys(t).tolist()
-            warm = self.warm_view[job.img] if self.policy.soft else ()
-            hosts = sorted(cand, key=lambda h: (h not in warm, key[h], h))[:k]
-            for h in hosts:
-                free[h] -= sp
-                key[h] += adj * sp / self.slots[h]
-                taken[h] = taken.get(h, 0) + sp
-            for n, lst in cands.items():
-                cands[n] = [h for h in lst if free[h] >= n]
-            self._pe_stage(job, hosts, t)
-        self.pe_pending = left
-        return taken
-
-    def _pe_stage(self, job: Job, hosts: List[int], t: float) -> None:
-        """Book the job's slots and pins; with the agent stage the image on every
-        host before the start, else only the master's prolog pulls it."""
-        k, sp = job.pe
-        img = job.img
-        job.next = 1
-        job.pe_hosts = hosts
-        job.pe_t = t
-        job.pe_run = self.ring_n
-        job.gate = 0
-        self.running += k * sp
-        self.busy_img[img] += k * sp
-        if self.busy_img[img] > self.peak_img[img]:
-            self.peak_img[img] = self.busy_img[img]
-        job.pe_warm = all(img in self.caches[h].present for h in hosts)
-        for n, h in enumerate(hosts):
-            c = self.caches[h]
-            c.pins[img] = c.pins.get(img, 0) + sp
-            self.placements[h] += sp
-            pi = self.place_img[h]
-            pi[img] = pi.get(img, 0) + sp
-            if self.in_window and img not in self.init_present[h]:
-                self.needed.add((h << PAIR_BITS) | img)
-            if job.recs is not None and n == 0:
-                job.recs[0]["host"] = h
-                job.recs[0]["dispatch"] = t
-                job.recs[0]["pe_hosts"] = list(hosts)
-            if img in c.present:
-                c.present.move_to_end(img)
-                continue
-            if n > 0 and not self.policy.agent:
-                continue  # no prolog on the other hosts of a parallel job
-            fl = c.inflight.get(img)
-            if fl is None:
-                fl = self._start_pull(h, img, t, False)
-            fl.waiters.append((job.runtimes[0], job, t, 0, job.pe_run))
-            job.gate += 1
-        if job.gate == 0:
-            self._pe_start(job, t)
-
-    def _pe_arrived(self, job: Job, t: float) -> None:
-        job.gate -= 1
-        if job.gate == 0:
-            self._pe_start(job, t)
-
-    def _pe_start(self, job: Job, t: float) -> None:
-        k, sp = job.pe
-        img, rt = job.img, job.runtimes[0]
-        missing = sum(1 for h in job.pe_hosts if img not in self.caches[h].present)
-        run = job.pe_run << PAIR_BITS
-        for h in job.pe_hosts:
-            if self.sim.load_from_running:
-                self._load_step(h, t, +sp)
-            for _ in range(sp):
-                heappush(self.heap, (t + rt, FINISH, h, img | run))
-        if job.measured:
-            self.lat.append(t - job.submit)
-            self.m_started += 1
-            self.img_tot[img] += 1
-            if job.pe_warm:
-                self.img_warm[img] += 1
-            self.wait_s += (t - job.pe_t) * k * sp
-            if missing:
-                self.pe_missing += 1
-        if job.recs is not None:
-            r = job.recs[0]
-            r["start"], r["end"], r["warm"] = t, t + rt, job.pe_warm
-            r["image_on_all_hosts"] = not missing
 
     # ------------------------------------------------------------------ main loop
 
