@@ -572,3 +572,16 @@ def test_cache_pressure_wait_is_bounded_then_the_task_may_go_elsewhere():
     b = res["tasks"][-1]
     assert b["host"] == "full" and b["start"] >= 1000.0
     assert res["unstarted"] == 0 and res["cap_overflows"] == 0 and res["requeued_tasks"] > 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_agent_sends_each_new_image_about_once_from_a_slow_origin(seed):
+    # 20 cold hosts, half an hour, a 1 Gbit/s origin: today every host that needs an
+    # image pulls it; with the agent the origin sends about one copy per image
+    sim = SimConfig(initial_fill=0.0, registry_gbit=1.0, seed=seed, **SMALL)
+    wl = WorkloadConfig(**SMALL_WL)
+    soft = summarize(simulate("soft", sim, wl))
+    agent = summarize(simulate("agent", sim, wl))
+    assert agent["origin_per_copy"] <= 1.5 < soft["origin_per_copy"]
+    assert agent["unstarted_tasks"] == 0
+    assert agent["p99_s"] < soft["p99_s"]
