@@ -47,10 +47,13 @@ FAKE_PULL = textwrap.dedent('''\
             pid = os.fork()
             if pid == 0:
                 os.setsid()
+                null = os.open(os.devnull, os.O_RDWR)
+                for i in (0, 1, 2):
+                    os.dup2(null, i)
                 fd = os.open(dest, os.O_WRONLY)
                 with open(os.environ["FAKE_PULL_PIDS"], "w") as f:
                     f.write(f"{os.getpid()}\\n")
-                time.sleep(5)
+                time.sleep(60)
                 os._exit(0)
             while not os.path.exists(os.environ["FAKE_PULL_PIDS"]):
                 time.sleep(0.01)
