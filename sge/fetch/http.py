@@ -1,12 +1,13 @@
 """http:// and https:// with http.client: readinto the sink's reused buffers.
 
 requests' iter_content measured 1.4-2.5x slower than a plain readinto loop for
-multi-GB bodies, so the standard library it is. A body of known length is read with
-the socket's receive low-water mark raised (SO_RCVLOWAT): each wake-up takes a few
-hundred KiB instead of whatever one segment train brought (30-60 KiB from a server
-that writes in small pieces, such as `rclone serve s3`), which cut the reading
-thread's system calls six-fold and its CPU time by a fifth; on two cores shared with
-the server, CPU is what the transfer runs short of. An interrupted transfer resumes with
+multi-GB bodies, so the standard library it is. A server that writes its body in small
+pieces (`rclone serve s3`: 30-60 KiB per read, against whole 1 MiB reads from nginx)
+wakes the reader for every piece; once a body of known length shows that pattern,
+the socket's receive low-water mark is raised (SO_RCVLOWAT) so that each wake-up
+takes a few hundred KiB: six times fewer reads, a fifth less CPU in the reading
+thread, on two cores shared with the server. A body that arrives in large reads is
+left as it is. An interrupted transfer resumes with
 `Range` + `If-Range` from the byte the sink has (the hash simply continues); a server
 that answers 200 to a ranged request restarts the file. A body slower than
 `low_speed_limit` for `low_speed_time` is abandoned (a dribbling server must not hold
@@ -26,6 +27,7 @@ MAX_REDIRECTS = 5
 MAX_RESUMES = 5
 RCVBUF = 4 << 20
 LOWAT = 256 << 10       # bytes the kernel gathers before waking the reader
+SMALL_READS = 32        # small reads in a row before the low-water mark is raised
 MIN_READ = 64 << 10     # never a smaller read into a sink buffer, but for a body's tail
 LOWAT_FUSE_MS = 200     # a stream that cannot fill LOWAT in this long is read as it comes
 USER_AGENT = "sge-image-kit/0.1"
@@ -68,8 +70,10 @@ def _stream(resp, sink, ctx, shown):
                     n = resp.readinto(view)
                 else:
                     if lowat is not None:
-                        lowat.wait(min(len(view), remaining))
+                        lowat.wait(len(view))
                     n = resp.fp.readinto1(view)
+                    if lowat is not None:
+                        lowat.saw(n, len(view))
                 if not n:
                     if remaining is None:
                         break
@@ -109,24 +113,37 @@ def _stream(resp, sink, ctx, shown):
 
 
 class _LowWater:
-    """SO_RCVLOWAT for one body: before each read, poll until `min(LOWAT, wanted)`
-    bytes are there. The first read (which drains what http.client buffered with the
-    headers) goes without; a stream too slow to fill LOWAT within LOWAT_FUSE_MS drops
-    it for good and is read as it comes, so low-speed and read timeouts keep their
-    meaning. Wherever the option or poll is missing, this does nothing."""
+    """SO_RCVLOWAT for one body of known length, raised only once reads have come
+    back small SMALL_READS times in a row though a large read was asked for. Then,
+    before each read, poll until `min(LOWAT, wanted)` bytes are there; a stream too
+    slow to gather LOWAT within LOWAT_FUSE_MS drops it for good and is read as it
+    comes, so low-speed checks and read timeouts keep their meaning. Does nothing
+    where the option or poll is missing."""
 
     def __init__(self, resp):
         self.sock = getattr(getattr(resp.fp, "raw", None), "_sock", None)
         self.current = 1
-        self.reads = 0
+        self.small = 0
+        self.active = False
+        self.usable = (self.sock is not None and hasattr(socket, "SO_RCVLOWAT")
+                       and hasattr(select, "poll"))
         self.poller = None
-        if self.sock is not None and hasattr(socket, "SO_RCVLOWAT") and hasattr(select, "poll"):
-            self.poller = select.poll()
-            self.poller.register(self.sock, select.POLLIN)
+
+    def saw(self, n, asked):
+        """After a read of `n` bytes where `asked` were wanted."""
+        if self.active or not self.usable:
+            return
+        if asked >= LOWAT and n <= LOWAT // 4:
+            self.small += 1
+            if self.small >= SMALL_READS:
+                self.active = True
+                self.poller = select.poll()
+                self.poller.register(self.sock, select.POLLIN)
+        else:
+            self.small = 0
 
     def wait(self, wanted):
-        self.reads += 1
-        if self.poller is None or self.reads == 1:
+        if not self.active:
             return
         if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
             return  # already decrypted bytes: the kernel's count cannot see them
@@ -135,7 +152,7 @@ class _LowWater:
             return
         if want > 1 and not self.poller.poll(LOWAT_FUSE_MS):
             self._set(1)
-            self.poller = None
+            self.active = self.usable = False
 
     def _set(self, value):
         if value == self.current:
@@ -143,17 +160,15 @@ class _LowWater:
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, value)
         except OSError:
-            self.poller = None
+            self.active = self.usable = False
             return False
         self.current = value
         return True
 
     def reset(self):
-        if self.current != 1 and self.sock is not None:
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
-            except OSError:
-                pass
+        """Back to the kernel's default for whatever the connection reads next."""
+        if self.current != 1:
+            self._set(1)
 
 
 def _connection(url, ctx):
