@@ -48,12 +48,13 @@ def _load_sfr():
     return _SFR
 
 
-def push_writeback(fd, synced, end, chunk=WRITEBACK_CHUNK):
+def push_writeback(fd, synced, end, chunk=None):
     """Start writeback of `fd`'s bytes [synced, end) in `chunk`s, waiting for each
     chunk before the newest: dirty pages stay bounded and the final fsync has little
     left to do. Returns the new `synced` (unchanged where sync_file_range is missing)."""
     if not _load_sfr():
         return synced
+    chunk = chunk or WRITEBACK_CHUNK
     while end - synced >= chunk:
         _SFR(fd, synced, chunk, SFR_WRITE)
         if synced >= chunk:
