@@ -152,14 +152,21 @@ class Sink:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return False
+        rw = None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not _no_writers(fd):
                 return False
             if self.expected_size is not None and st.st_size > self.expected_size:
                 raise VerifyError(f"source sent more than the expected {self.expected_size} bytes")
+            # The sink's descriptor must stay writable (a later mirror truncates and
+            # rewrites it); opened only now, or the lease above could not be had.
+            rw = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+            rst = os.fstat(rw)
+            if (rst.st_ino, rst.st_dev) != (st.st_ino, st.st_dev):
+                return False
             self._drain()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(rw, fcntl.LOCK_EX)
             self._reset_state()
             if _load_sfr():
                 _SFR(fd, 0, 0, SFR_WRITE)  # the disk works while we hash
@@ -181,11 +188,13 @@ class Sink:
                 raise FetchError(f"{os.path.basename(path)} changed while it was hashed",
                                  transient=True)
             os.rename(path, self.path)
-            os.dup2(fd, self.fd)  # the old temp file (and its flock) goes with its last fd
+            os.dup2(rw, self.fd)  # the old temp file (and its flock) goes with its last fd
             self._written = self._synced = self.received
             return True
         finally:
             os.close(fd)
+            if rw is not None:
+                os.close(rw)
 
     # ------------------------------------------------------------ writer thread
 

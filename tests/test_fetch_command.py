@@ -378,3 +378,15 @@ def test_symlinked_output_is_read_through_not_adopted(tmp_path):
                                sources={"command": {"template": template}})
     assert got == data
     assert target.read_bytes() == data and target.stat().st_mode & 0o777 == 0o640
+
+
+def test_next_mirror_after_a_rejected_output_writes_into_the_same_sink(tmp_path, fake):
+    """The command's wrong output is taken over and rejected; the next mirror then
+    restarts the very same temp file, and only its bytes are published."""
+    data = image_bytes("docker://ok/x:1")
+    good = tmp_path / "good.sif"
+    good.write_bytes(data)
+    digest, got, log = run_fetch(tmp_path, ["docker://corrupt/x:1", str(good)],
+                                 sha256=sha256(data), size=len(data), sources=fake.sources)
+    assert got == data and digest == sha256(data)
+    assert any("does not match the catalog" in line for line in log)
