@@ -264,7 +264,12 @@ def _no_writers(fd):
     read lease is granted only then. Taken and dropped at once; where leases are not
     available the answer is False (copy rather than guess)."""
     import fcntl
+    import signal
     try:
+        # Should a writer open the file in the instant the lease is held, its break
+        # is signalled to us: SIGURG, ignored by default, rather than SIGIO, which
+        # would end the process.
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
     except OSError:
         return False
