@@ -5,11 +5,16 @@ sink.commit(n)`), so a transfer of gigabytes reuses a few megabytes of memory. T
 producer hashes each buffer as it commits it; a second thread writes (hashlib and
 os.write release the GIL), and pushes dirty pages to disk as the file grows so the final
 fsync is short, not a second full pass.
+
+A source whose bytes arrive as a file on the cache's filesystem (the command source)
+hands the file over whole instead (`adopt`): one read pass hashes it, and the file
+itself becomes the temp file, so the image is never copied.
+
+hashlib, queue and threading are imported when a Sink is made: `sge-image pull` imports
+this module for its progress lines, and a pull that finds its image cached (every
+waiter of a storm, once it wakes) should not pay for them.
 """
-import hashlib
 import os
-import queue
-import threading
 import time
 
 from .errors import CacheFull, FetchError, VerifyError
@@ -36,13 +41,35 @@ _SFR = None
 SFR_WAIT_BEFORE, SFR_WRITE, SFR_WAIT_AFTER = 1, 2, 4
 
 
+def _load_sfr():
+    global _SFR
+    if _SFR is None:
+        _SFR = _sync_file_range() or False
+    return _SFR
+
+
+def push_writeback(fd, synced, end, chunk=None):
+    """Start writeback of `fd`'s bytes [synced, end) in `chunk`s, waiting for each
+    chunk before the newest: dirty pages stay bounded and the final fsync has little
+    left to do. Returns the new `synced` (unchanged where sync_file_range is missing)."""
+    if not _load_sfr():
+        return synced
+    chunk = chunk or WRITEBACK_CHUNK
+    while end - synced >= chunk:
+        _SFR(fd, synced, chunk, SFR_WRITE)
+        if synced >= chunk:
+            _SFR(fd, synced - chunk, chunk, SFR_WAIT_BEFORE | SFR_WRITE | SFR_WAIT_AFTER)
+        synced += chunk
+    return synced
+
+
 class Sink:
     """Write side of one staging attempt. Not thread-safe for several producers."""
 
     def __init__(self, fd, path, expected_size=None, expected_sha256=None, progress=None):
-        global _SFR
-        if _SFR is None:
-            _SFR = _sync_file_range() or False
+        import queue
+        import threading
+        _load_sfr()
         self.fd = fd
         self.path = path
         self.expected_size = expected_size
@@ -59,6 +86,7 @@ class Sink:
         self._thread.start()
 
     def _reset_state(self):
+        import hashlib
         self._hash = hashlib.sha256()
         self.received = 0      # bytes handed to commit()
         self._written = 0      # bytes on disk
@@ -105,9 +133,73 @@ class Sink:
         os.lseek(self.fd, 0, os.SEEK_SET)
         self._reset_state()
 
+    def adopt(self, path):
+        """Take the finished file at `path` (on the temp file's filesystem) as this
+        sink's bytes: hash it in one read pass (from the page cache, where it was just
+        written), then rename it over the temp file and make the sink's descriptor
+        refer to it, flocked like the temp file was. `finish` verifies as usual and
+        `publish` fsyncs and renames it: the image is never copied.
+
+        Returns False, having changed nothing, if the file cannot be adopted safely:
+        not a regular file of its own (a symlink, a hard link to another name), or
+        still open for writing somewhere (checked with a read lease), since bytes
+        written after the hash would be published unverified. The caller then
+        copies it through the sink instead (`write` of what it reads), which hashes
+        the very bytes it publishes."""
+        import fcntl
+        import stat
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return False
+        rw = None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not _no_writers(fd):
+                return False
+            if self.expected_size is not None and st.st_size > self.expected_size:
+                raise VerifyError(f"source sent more than the expected {self.expected_size} bytes")
+            # The sink's descriptor must stay writable (a later mirror truncates and
+            # rewrites it); opened only now, or the lease above could not be had.
+            rw = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+            rst = os.fstat(rw)
+            if (rst.st_ino, rst.st_dev) != (st.st_ino, st.st_dev):
+                return False
+            self._drain()
+            fcntl.flock(rw, fcntl.LOCK_EX)
+            self._reset_state()
+            if _load_sfr():
+                _SFR(fd, 0, 0, SFR_WRITE)  # the disk works while we hash
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            buf = self._free.get()
+            try:
+                mv = memoryview(buf)
+                while True:
+                    n = os.readv(fd, [mv])
+                    if not n:
+                        break
+                    self._hash.update(mv[:n])
+                    self.received += n
+                    if self.progress:
+                        self.progress(self.received, self.expected_size)
+            finally:
+                self._free.put(buf)
+            if self.received != st.st_size or os.fstat(fd).st_size != st.st_size:
+                raise FetchError(f"{os.path.basename(path)} changed while it was hashed",
+                                 transient=True)
+            os.rename(path, self.path)
+            os.dup2(rw, self.fd)  # the old temp file (and its flock) goes with its last fd
+            self._written = self._synced = self.received
+            return True
+        finally:
+            os.close(fd)
+            if rw is not None:
+                os.close(rw)
+
     # ------------------------------------------------------------ writer thread
 
     def _writer(self):
+        import threading
         while True:
             item = self._work.get()
             if item is None:
@@ -124,23 +216,14 @@ class Sink:
                         mv = mv[w:]
                     self._written += n
                     if _SFR and self._written - self._synced >= WRITEBACK_CHUNK:
-                        self._writeback()
+                        self._synced = push_writeback(self.fd, self._synced, self._written)
             except OSError as e:
                 self._error = e
             finally:
                 self._free.put(buf)
 
-    def _writeback(self):
-        # Start writeback of the new chunk, and wait for the previous one: dirty pages
-        # stay bounded and the final fsync has little left to do.
-        start, end = self._synced, self._written
-        _SFR(self.fd, start, end - start, SFR_WRITE)
-        if start >= WRITEBACK_CHUNK:
-            prev = start - WRITEBACK_CHUNK
-            _SFR(self.fd, prev, WRITEBACK_CHUNK, SFR_WAIT_BEFORE | SFR_WRITE | SFR_WAIT_AFTER)
-        self._synced = end
-
     def _drain(self):
+        import threading
         done = threading.Event()
         self._work.put(done)
         while not done.wait(0.5):
@@ -174,6 +257,24 @@ class Sink:
     def close(self):
         self._work.put(None)
         self._thread.join(timeout=30)
+
+
+def _no_writers(fd):
+    """True if nothing has the file of `fd` (opened read-only) open for writing: a
+    read lease is granted only then. Taken and dropped at once; where leases are not
+    available the answer is False (copy rather than guess)."""
+    import fcntl
+    import signal
+    try:
+        # Should a writer open the file in the instant the lease is held, its break
+        # is signalled to us: SIGURG, ignored by default, rather than SIGIO, which
+        # would end the process.
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError:
+        return False
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return True
 
 
 class Progress:

@@ -14,10 +14,16 @@ temp file, so on the cache's filesystem. A directory because the cache's temp sw
 unlinks files whose writer's flock is gone, and a command's output file has no such
 lock; the directory cannot be unlinked by that sweep, and this module holds a flock
 on it while the command runs, so its own sweep of `*.cmd` leftovers (a stager killed
-with SIGKILL) can tell a live pull from a dead one. The copy into the sink reads a
-file just written (in the page cache) and costs about a second per GiB, next to a
-pull that builds or downloads the image; the image needs twice its size on the cache
-filesystem until the copy is done.
+with SIGKILL) can tell a live pull from a dead one.
+
+The output is not copied: while the command runs, a thread pushes what it has
+written to disk (sync_file_range, as the sink does with its own writes), and when it
+has exited the sink adopts the file (`Sink.adopt`): one read pass hashes it from the
+page cache, then it is renamed over the temp file and verified and published like any
+download. A file that cannot be adopted safely (a symlink, a hard link, or still open
+for writing by something that outlived the command) is copied through the sink
+instead, which hashes exactly the bytes it publishes. Either way a file that is not
+the catalog's bytes is never published.
 
 The command runs in its own process group; a timeout (fetch.command_timeout) or a
 SIGTERM/SIGINT/SIGHUP to the stager kills the whole group, so no orphaned pull keeps
@@ -108,10 +114,14 @@ def fetch(url, sink, ctx):
         argv = argv_for(opts.get("template", DEFAULT_TEMPLATE), url, dest, scratch)
         env = dict(os.environ)
         env.update({k: str(v) for k, v in (opts.get("env") or {}).items()})
-        run(argv, ctx, shown, env, cwd=work)
+        follower = _Writeback(dest)
+        try:
+            run(argv, ctx, shown, env, cwd=work)
+        finally:
+            follower.stop()
         if sink.received:
             sink.reset()
-        copy_into(dest, sink, shown)
+        take_output(dest, sink, shown, ctx)
     except _Signalled as e:
         caught = e.signum
     else:
@@ -249,6 +259,74 @@ def _kill_group(proc, grace=GRACE):
             return
         if sig == signal.SIGTERM:
             _wait_exit(proc, grace)
+
+
+class _Writeback:
+    """While the command runs: push its output file's dirty pages to disk as it grows,
+    so that the fsync before publishing has little left to do. Follows {dest} by name
+    (a command may write elsewhere and rename it into place); does nothing where
+    sync_file_range is missing."""
+
+    INTERVAL = 0.05
+
+    def __init__(self, path):
+        import threading
+        from ..sink import _load_sfr
+        self.path = path
+        self._stop = threading.Event()
+        self._thread = None
+        if _load_sfr():
+            self._thread = threading.Thread(target=self._run, name="command-writeback",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self):
+        from ..sink import push_writeback
+        fd = ino = None
+        synced = 0
+        try:
+            while not self._stop.wait(self.INTERVAL):
+                try:
+                    st = os.stat(self.path)
+                    if fd is None or st.st_ino != ino:
+                        if fd is not None:
+                            os.close(fd)
+                            fd = None
+                        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                        ino, synced = os.fstat(fd).st_ino, 0
+                    synced = push_writeback(fd, synced, st.st_size)
+                except OSError:
+                    continue  # not there yet, or replaced: try again
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def stop(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def take_output(dest, sink, shown, ctx=None):
+    """The command's output into the sink: adopted where safe, else copied."""
+    try:
+        st = os.stat(dest)
+    except OSError as e:
+        raise FetchError(f"{shown}: the command succeeded but wrote no image at {{dest}} "
+                         f"({e.strerror}); does the template pass {{dest}} as the output "
+                         f"file?", transient=False) from None
+    if st.st_size == 0:
+        raise FetchError(f"{shown}: the command wrote an empty file", transient=False)
+    try:
+        adopted = sink.adopt(dest)
+    except OSError as e:
+        raise FetchError(f"{shown}: cannot read the command's output: {e.strerror}",
+                         transient=True) from None
+    if not adopted:
+        if ctx is not None:
+            ctx.log(f"image {ctx.image.name}: the command's output is a link or still open for "
+                    f"writing; copying it instead of taking it over")
+        copy_into(dest, sink, shown)
 
 
 def copy_into(dest, sink, shown):

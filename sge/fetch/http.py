@@ -1,13 +1,21 @@
 """http:// and https:// with http.client: readinto the sink's reused buffers.
 
 requests' iter_content measured 1.4-2.5x slower than a plain readinto loop for
-multi-GB bodies, so the standard library it is. An interrupted transfer resumes with
+multi-GB bodies, so the standard library it is. A reader faster than a server that
+writes its body in small pieces (`rclone serve s3`: 40-170 KiB per read into a 1 MiB
+buffer, where nginx fills it whole) wakes for every piece; once a body of known
+length shows that pattern, the socket's receive low-water mark is raised
+(SO_RCVLOWAT) so that each wake-up takes a few hundred KiB: measured on that server,
+six times fewer reads and a fifth less CPU in the reading thread, which shares two
+cores with the server. A body that arrives in large reads is left as it is. An
+interrupted transfer resumes with
 `Range` + `If-Range` from the byte the sink has (the hash simply continues); a server
 that answers 200 to a ranged request restarts the file. A body slower than
 `low_speed_limit` for `low_speed_time` is abandoned (a dribbling server must not hold
 a job slot for hours), as curl does with --speed-limit.
 """
 import http.client
+import select
 import socket
 import ssl
 import time
@@ -19,6 +27,10 @@ from . import redact
 MAX_REDIRECTS = 5
 MAX_RESUMES = 5
 RCVBUF = 4 << 20
+LOWAT = 256 << 10       # bytes the kernel gathers before waking the reader
+SMALL_READS = 32        # small reads in a row before the low-water mark is raised
+MIN_READ = 64 << 10     # never a smaller read into a sink buffer, but for a body's tail
+LOWAT_FUSE_MS = 200     # a stream that cannot fill LOWAT in this long is read as it comes
 USER_AGENT = "sge-image-kit/0.1"
 
 
@@ -42,16 +54,27 @@ def _stream(resp, sink, ctx, shown):
     window = ctx.settings.get("low_speed_time", 0)
     mark_t, mark_n = time.monotonic(), sink.received
     remaining = resp.length  # None for chunked bodies: http.client decodes those
+    lowat = _LowWater(resp) if remaining else None
     while remaining != 0:
         buf = sink.buffer()
         filled = 0
         try:
             while filled < len(buf) and remaining != 0:
+                if remaining is not None and len(buf) - filled < MIN_READ < remaining:
+                    # Commit and take a fresh buffer rather than read a sliver: a read
+                    # smaller than the socket file's own buffer would go through that
+                    # buffer and could leave bytes there that the low-water poll
+                    # cannot see.
+                    break
                 view = buf[filled:] if remaining is None else buf[filled:filled + remaining]
                 if remaining is None:
                     n = resp.readinto(view)
                 else:
+                    if lowat is not None:
+                        lowat.wait(len(view))
                     n = resp.fp.readinto1(view)
+                    if lowat is not None:
+                        lowat.saw(n, len(view))
                 if not n:
                     if remaining is None:
                         break
@@ -86,6 +109,67 @@ def _stream(resp, sink, ctx, shown):
         sink.commit(filled)
     # Tell http.client the body is consumed (we read past its bookkeeping).
     resp.length = 0
+    if lowat is not None:
+        lowat.reset()
+
+
+class _LowWater:
+    """SO_RCVLOWAT for one body of known length, raised only once reads have come
+    back small SMALL_READS times in a row though a large read was asked for. Then,
+    before each read, poll until `min(LOWAT, wanted)` bytes are there; a stream too
+    slow to gather LOWAT within LOWAT_FUSE_MS drops it for good and is read as it
+    comes, so low-speed checks and read timeouts keep their meaning. Does nothing
+    where the option or poll is missing."""
+
+    def __init__(self, resp):
+        self.sock = getattr(getattr(resp.fp, "raw", None), "_sock", None)
+        self.current = 1
+        self.small = 0
+        self.active = False
+        self.usable = (self.sock is not None and hasattr(socket, "SO_RCVLOWAT")
+                       and hasattr(select, "poll"))
+        self.poller = None
+
+    def saw(self, n, asked):
+        """After a read of `n` bytes where `asked` were wanted."""
+        if self.active or not self.usable:
+            return
+        if asked >= LOWAT and n <= LOWAT // 4:
+            self.small += 1
+            if self.small >= SMALL_READS:
+                self.active = True
+                self.poller = select.poll()
+                self.poller.register(self.sock, select.POLLIN)
+        else:
+            self.small = 0
+
+    def wait(self, wanted):
+        if not self.active:
+            return
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return  # already decrypted bytes: the kernel's count cannot see them
+        want = max(1, min(LOWAT, wanted))
+        if not self._set(want):
+            return
+        if want > 1 and not self.poller.poll(LOWAT_FUSE_MS):
+            self._set(1)
+            self.active = self.usable = False
+
+    def _set(self, value):
+        if value == self.current:
+            return True
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, value)
+        except OSError:
+            self.active = self.usable = False
+            return False
+        self.current = value
+        return True
+
+    def reset(self):
+        """Back to the kernel's default for whatever the connection reads next."""
+        if self.current != 1:
+            self._set(1)
 
 
 def _connection(url, ctx):
