@@ -5,6 +5,7 @@ path and must cost little more than starting the interpreter.
 """
 import argparse
 import os
+import time
 import sys
 
 from . import errors
@@ -148,14 +149,26 @@ def cmd_status(args):
 
 def cmd_gc(args):
     from .cache import Cache
-    from .units import format_size
+    from .units import format_duration, format_size
     settings = load_settings(args)
     cache = Cache.from_settings(settings)
     cache.ensure_layout()
     if args.dry_run:
-        used = cache.used_bytes()
-        print(f"{format_size(used)} used of {format_size(cache.max_size)}; "
-              f"{'over' if used > cache.max_size else 'within'} the cap")
+        # The same plan `gc` would carry out (sge/eviction.py), each line with its reason.
+        for fn in cache.sweep_temps(dry_run=True):
+            print(f"would remove dead temp file {fn} (its writer is gone)")
+        plan = cache.plan(0)
+        for e in plan.evict:
+            age = format_duration(max(0, time.time() - e.last_used))
+            print(f"would evict {','.join(e.names) or '-'} sha256:{e.digest[:12]} "
+                  f"{format_size(e.size)}: least recently used, last used {age} ago")
+        for e, why in plan.kept:
+            print(f"would keep {','.join(e.names) or '-'} sha256:{e.digest[:12]} "
+                  f"{format_size(e.size)}: {why}")
+        cap = format_size(cache.max_size) if cache.max_size else "no"
+        print(f"{format_size(plan.used_after + plan.freed)} used of {cap} cap; "
+              f"{len(plan.evict)} image{'s' if len(plan.evict) != 1 else ''} to evict "
+              f"({format_size(plan.freed)})")
         return 0
     for fn in cache.sweep_temps():
         print(f"removed dead temp file {fn}")
