@@ -119,9 +119,6 @@ class Settings:
         except OSError:
             return True
 
-    def get(self, section, key):
-        return self.values[section][key]
-
     @property
     def cache_root(self):
         return expand_root(self.values["cache"]["root"])

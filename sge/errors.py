@@ -5,7 +5,6 @@ prolog turns that into Grid Engine's 99 (reschedule) versus 100 (job error).
 """
 
 # Exit codes of `sge-image`; documented in `sge-image --help`.
-EXIT_OK = 0
 EXIT_FAILURE = 1        # unexpected internal error
 EXIT_USAGE = 2          # bad command line, config or catalog
 EXIT_UNKNOWN_IMAGE = 3  # invalid name or not in the catalog

@@ -72,7 +72,8 @@ def plan_eviction(scan: CacheScan, need: int, limits: Limits,
     short = free - need < limits.min_free
     if not over_cap and not short:
         return EvictionPlan(need, (), (), used, free, True)
-    target = limits.low_water * limits.max_size - need if over_cap else used
+    target = (limits.low_water * limits.max_size - need
+              if over_cap and limits.max_size is not None else used)
     recent = scan.now - limits.evict_grace
     evict, kept = [], []
     for e in sorted(scan.entries, key=lambda e: e.last_used):

@@ -116,16 +116,6 @@ class Sink:
         if self.progress:
             self.progress(self.received, self.expected_size)
 
-    def write(self, data):
-        """Convenience for small producers (tests, command output copies)."""
-        mv = memoryview(data)
-        while mv:
-            buf = self.buffer()
-            n = min(len(buf), len(mv))
-            buf[:n] = mv[:n]
-            self.commit(n)
-            mv = mv[n:]
-
     def reset(self):
         """Start over from byte 0 (a mirror switch, or a server that ignored Range)."""
         self._drain()
@@ -308,12 +298,3 @@ class Progress:
         if total and rate > 0:
             text += f", ETA {format_duration((total - done) / rate)}"
         return text
-
-    def done(self, total):
-        if self.tty:
-            self.stream.write("\n")
-        from .units import format_size
-        elapsed = time.monotonic() - self.start
-        self.stream.write(f"sge-image: {self.name}: {format_size(total)} in {elapsed:.1f}s "
-                          f"({format_size(total / max(elapsed, 1e-6))}/s), verified\n")
-        self.stream.flush()
