@@ -136,7 +136,8 @@ def cmd_status(args):
                           "max_size": cache.max_size}, indent=2))
         return 0
     used = sum(e.size for e in entries)
-    print(f"cache {cache.root}: {len(entries)} images, {format_size(used)} of "
+    from .units import plural
+    print(f"cache {cache.root}: {plural(len(entries), 'image')}, {format_size(used)} of "
           f"{format_size(cache.max_size)} cap")
     print(f"{'NAME':30} {'SIZE':>10} {'SHA256':14} {'LAST USED':19} {'PINNED':6} CACHED")
     for r in rows:
@@ -215,7 +216,8 @@ def cmd_verify(args):
 def cmd_catalog(args):
     from . import config
     settings = config.load(args.config, use_snapshot=False)
-    print(f"{settings.path}: {len(settings.images)} images, ok")
+    from .units import plural
+    print(f"{settings.path}: {plural(len(settings.images), 'image')}, ok")
     return 0
 
 

@@ -46,3 +46,8 @@ def format_duration(seconds):
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def plural(n, word):
+    """`1 image`, `2 images`."""
+    return f"{n} {word}{'' if n == 1 else 's'}"

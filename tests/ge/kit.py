@@ -27,7 +27,7 @@ def build_kit_venv():
         subprocess.run(["/usr/bin/python3", "-m", "venv", KIT_VENV], check=True)
     subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", ROOT],
                    check=True, capture_output=True)
-    deps = subprocess.run([py, "-c", "import yaml, psutil, filelock"], capture_output=True)
+    deps = subprocess.run([py, "-c", "import yaml"], capture_output=True)
     if deps.returncode != 0:
         subprocess.run([py, "-m", "pip", "install", "-q", ROOT], check=True, capture_output=True)
     return py
