@@ -19,8 +19,16 @@ def my_names():
     names = {socket.gethostname()}
     if os.environ.get("HOST"):
         names.add(os.environ["HOST"])
-    names |= {n.split(".")[0] for n in names}
+    names |= {n.split(".")[0] for n in names if not _is_address(n)}
     return {n.lower() for n in names if n}
+
+
+def _is_address(name):
+    try:
+        socket.inet_aton(name)
+        return name.count(".") == 3
+    except OSError:
+        return False
 
 
 def my_host():
@@ -36,7 +44,8 @@ def address_of(host):
 
 
 def is_me(host):
-    return host.lower() in my_names() or host.split(".")[0].lower() in my_names()
+    mine = my_names()
+    return host.lower() in mine or (not _is_address(host) and host.split(".")[0].lower() in mine)
 
 
 def live_hosts(complex_name, window, read=None):

@@ -94,6 +94,7 @@ class BlobServer:
                 self._request(conn, addr[0])
             except _Reject as r:
                 _respond(conn, r.status, r.headers)
+                _linger(conn)
             except (OSError, ValueError):
                 pass  # the client went away or stalled: nothing to tell it
         finally:
@@ -290,6 +291,27 @@ def _respond(conn, status, headers=None, body=b"", length_set=False):
         headers["Content-Length"] = str(len(body))
     lines += [f"{k}: {v}" for k, v in headers.items()]
     conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+
+
+def _linger(conn, limit=256 << 10, seconds=1.0):
+    """Close gently after an error: closing with unread request bytes makes the kernel
+    send a reset, which can destroy the error response before the client reads it."""
+    import time
+    deadline = time.monotonic() + seconds  # in total: a trickling client gets no more
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        got = 0
+        while got < limit:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            conn.settimeout(left)
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            got += len(chunk)
+    except OSError:
+        pass
 
 
 def _busy_and_close(conn):
