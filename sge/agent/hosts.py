@@ -32,7 +32,9 @@ def _is_address(name):
 
 
 def my_host():
-    return os.environ.get("HOST") or socket.gethostname()
+    # Not $HOST: in a prolog the job owner's environment could set it, and this name
+    # picks the address our requests are sent from.
+    return socket.gethostname()
 
 
 def address_of(host):
