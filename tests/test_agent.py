@@ -350,3 +350,53 @@ def test_the_agent_follows_its_supervisor(world):
     while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{child}")
+
+
+# ------------------------------------------------------------------ parallel jobs
+
+def _pe_settings(world, monkeypatch, tmp_path, hosts, **agent):
+    from sge import config
+    spool = tmp_path / "spool"
+    spool.mkdir(parents=True)
+    (spool / "pe_hostfile").write_text("".join(f"{h} 1 all.q@{h} UNDEFINED\n" for h in hosts))
+    monkeypatch.setenv("SGE_JOB_SPOOL_DIR", str(spool))
+    monkeypatch.setenv("PATH", world.env()["PATH"])
+    path = world.config("127.0.0.23", **agent)
+    return config.load(path, use_snapshot=False)
+
+
+def test_the_master_prolog_stages_the_other_hosts_of_a_parallel_job(world, monkeypatch, tmp_path):
+    from sge.agent.pe import stage_other_hosts
+    world.start(A, peers=False)
+    world.start(B, peers=False)
+    settings = _pe_settings(world, monkeypatch, tmp_path, [socket.gethostname(), A, B])
+    lines = []
+    assert stage_other_hosts("img", settings, lines.append) == [A, B]
+    for h in (A, B):
+        blob = os.path.join(world.dir, "cache", h, "blobs", "sha256", world.digest)
+        assert open(blob, "rb").read() == world.data
+    assert world.origin.gets("img.sif") == 2
+
+
+def test_parallel_staging_failures_are_permanent_or_transient_as_the_cause(world, monkeypatch, tmp_path):
+    from sge.agent.pe import stage_other_hosts
+    from sge.errors import FetchError
+    os.unlink(os.path.join(world.origin.root, "img.sif"))  # 404: permanent
+    world.start(A, peers=False)
+    settings = _pe_settings(world, monkeypatch, tmp_path, [A])
+    with pytest.raises(FetchError) as e:
+        stage_other_hosts("img", settings, lambda m: None)
+    assert e.value.transient is False and A in str(e.value)
+    # A host whose agent never answers: transient once the wait runs out.
+    settings = _pe_settings(world, monkeypatch, tmp_path / "x", [B], pe_wait=2)
+    with pytest.raises(FetchError) as e:
+        stage_other_hosts("img", settings, lambda m: None)
+    assert e.value.transient is True and "unreachable" in str(e.value)
+
+
+def test_hostfile_lines_that_are_not_host_names_are_ignored(tmp_path):
+    from sge.agent.pe import hostfile_hosts
+    p = tmp_path / "hf"
+    p.write_text("node1 2 all.q@node1 UNDEFINED\nnode1 1 b.q@node1 UNDEFINED\n"
+                 "../../etc 1 q x\n-rf 1 q x\n\nnode2.example.org 4 all.q UNDEFINED\n")
+    assert hostfile_hosts(str(p)) == ["node1", "node2.example.org"]
