@@ -72,6 +72,7 @@ SCHEMA = {
         "seed_wait": ("seconds", 600),
         "pe_wait": ("seconds", 900),
         "live_window": ("seconds", 300),
+        "qhost": ("argv", ["qhost"]),
     },
 }
 TOP_KEYS = set(SCHEMA) | {"catalog", "images", "sources"}

@@ -142,13 +142,15 @@ def _verifier(settings, log):
 def _serve(sock, pipe, settings, cache, log):
     from . import hosts
     from .server import BlobServer
-    _die_with_parent()
     agent = settings.values["agent"]
     _drop_privileges(agent["user"])
+    # After the drop: a change of credentials clears the parent-death signal.
+    _die_with_parent()
     root_side = _RootSide(pipe)
     # The log file is root's: the server's lines go through the root side.
     server = BlobServer(sock, os.path.join(cache.root, "blobs", "sha256"),
-                        hosts.Trust(agent["trust"]), agent["upload_slots"],
+                        hosts.Trust(agent["trust"], hosts.reader(agent["qhost"])),
+                        agent["upload_slots"],
                         agent["max_connections"], agent["header_timeout"],
                         agent["idle_timeout"], stage=root_side.stage, log=root_side.log)
     signal.signal(signal.SIGTERM, lambda s, f: os._exit(0))

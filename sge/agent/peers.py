@@ -30,7 +30,8 @@ def fetch(image, sink, ctx, settings):
     if not agent or not agent["enabled"] or not agent["peers"] or not image.sha256:
         return None
     try:
-        live, have = _hosts.live_hosts(image.complex, agent["live_window"])
+        live, have = _hosts.live_hosts(image.complex, agent["live_window"],
+                                       _hosts.reader(agent.get("qhost", ["qhost"])))
     except Exception as e:  # no qhost, qmaster down: the origin it is
         ctx.log(f"image {image.name}: no peer list ({type(e).__name__}: {e}); using the sources")
         return None

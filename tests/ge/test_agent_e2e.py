@@ -10,10 +10,18 @@ import time
 import pytest
 
 from tests.conftest import payload
-from tests.ge.kit import MB, make_kit
+from tests.ge.kit import MB, WORK, make_kit
 
 PORT = 6450
 PE = "imgpe"
+# The lab's exec hosts share one machine: a client process in node2's namespace
+# connects from 127.0.0.1, and qmaster refuses it ("client IP resolved to host name
+# vm"). Pin its source address to the host's own, as the execds are pinned
+# (scripts/bindshim.c); a real exec host needs nothing of the kind.
+QHOST_PINNED = """#!/bin/sh
+ip=$(getent hosts "$(hostname)" | awk '{print $1; exit}')
+GE_BIND_IP=$ip LD_PRELOAD=/var/tmp/sge-image-kit-cluster/bindshim.so exec qhost "$@"
+"""
 
 
 def _seed_payload(name, size, want_seed, hosts):
@@ -33,8 +41,10 @@ def kit(ge_cluster):
     images = {"cold": {"size": 24 * MB, "seed": 101}, "pe": {"size": 8 * MB, "seed": 102},
               "kill": {"size": 24 * MB,
                        "seed": _seed_payload("kill", 24 * MB, hosts[1], hosts)}}
+    qhost = os.path.join(WORK, "qhost-pinned")
     k = make_kit(ge_cluster, images, extra={"agent": {"enabled": True, "seed_wait": 120,
-                                                        "pe_wait": 120}})
+                                                        "pe_wait": 120, "qhost": [qhost]}})
+    k.script("qhost-pinned", QHOST_PINNED)
     k.sge_image("install")
     for h in hosts:
         _wait_agent(h)
@@ -104,10 +114,24 @@ def test_every_host_runs_one_agent_and_a_killed_agent_comes_back(kit):
         assert len(_agent_pids(h)) == 1, h
     victim = hosts[0]
     pid = _agent_pids(victim)[0]
+    server = int(open(f"/proc/{pid}/task/{pid}/children").read().split()[0])
     os.kill(pid, signal.SIGKILL)
     new = _wait_agent(victim, not_pid=pid)
     assert new != pid
+    # The unprivileged server followed its root side (else the new agent could not
+    # bind the port), and the new pair serves.
+    assert not os.path.exists(f"/proc/{server}/status") or \
+        "zombie" in open(f"/proc/{server}/status").read()
+    deadline = time.monotonic() + 30
+    while "listening on" not in _log_since(kit, f"agent[{new}]") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "listening on" in _log_since(kit, f"agent[{new}]")
     assert len(_agent_pids(victim)) == 1
+
+
+def _log_since(kit, tag):
+    with open(os.path.join(kit.work, "sge-image.log")) as f:
+        return "".join(line for line in f if tag in line)
 
 
 def test_cold_array_makes_one_origin_download_for_the_cluster(kit):
