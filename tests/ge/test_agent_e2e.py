@@ -163,11 +163,16 @@ def pe(kit):
         f.write(f"pe_name {PE}\nslots 999\nuser_lists NONE\nxuser_lists NONE\n"
                 "start_proc_args NONE\nstop_proc_args NONE\nallocation_rule $round_robin\n"
                 "control_slaves FALSE\njob_is_first_task TRUE\nurgency_slots min\n"
-                "accounting_summary FALSE\n")
+                "accounting_summary FALSE\nqsort_args NONE\n")
+    _remove_pe(c)  # left over by a run that died
     c.run(["qconf", "-Ap", path])
     c.run(["qconf", "-aattr", "queue", "pe_list", PE, "all.q"])
     yield PE
     c.run(["qdel", "-u", "*", "-f"], check=False)
+    _remove_pe(c)
+
+
+def _remove_pe(c):
     c.run(["qconf", "-dattr", "queue", "pe_list", PE, "all.q"], check=False)
     c.run(["qconf", "-dp", PE], check=False)
 
