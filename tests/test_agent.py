@@ -239,6 +239,7 @@ def test_forged_replayed_expired_and_misaddressed_requests_are_refused(world):
         "no signature": "img",
         "wrong key": sign(wrong, "img", A),
         "tampered name": sign(key, "other", A).replace("other", "img", 1),
+        "tampered source": sign(key, "img", A, "node9").replace("node9", "node8", 1),
         "expired": sign(key, "img", A, now=time.time() - 600),
         "from the future": sign(key, "img", A, now=time.time() + 600),
         "for another host": sign(key, "img", B),

@@ -65,12 +65,14 @@ def _message(fields):
     return "\n".join(["sge-image-stage"] + [str(f) for f in fields]).encode()
 
 
-def sign(key, name, host, now=None, nonce=None):
-    """-> the request fields: name host ts nonce mac (one line, space separated)."""
+def sign(key, name, host, source="-", now=None, nonce=None):
+    """-> the request fields: name host source ts nonce mac (one line, space
+    separated). `source` names a host that has the image ("-": none known), such as a
+    parallel job's master: the agent tries it first (its bytes are verified like any)."""
     ts = f"{now if now is not None else time.time():.3f}"
     nonce = nonce or os.urandom(16).hex()
-    mac = hmac.new(key, _message([name, host, ts, nonce]), hashlib.sha256).hexdigest()
-    return f"{name} {host} {ts} {nonce} {mac}"
+    mac = hmac.new(key, _message([name, host, source, ts, nonce]), hashlib.sha256).hexdigest()
+    return f"{name} {host} {source} {ts} {nonce} {mac}"
 
 
 class Verifier:
@@ -83,18 +85,20 @@ class Verifier:
         self.seen = {}                             # nonce -> expiry
 
     def check(self, line):
-        """-> image name, or AuthError saying why the request is refused."""
+        """-> (image name, source host or None), or AuthError saying why the request
+        is refused."""
         parts = line.split()
-        if len(parts) != 5:
+        if len(parts) != 6:
             raise AuthError("malformed request")
-        name, host, ts, nonce, mac = parts
+        name, host, source, ts, nonce, mac = parts
         try:
             t = float(ts)
         except ValueError:
             raise AuthError("malformed timestamp") from None
         if len(nonce) != 32 or len(mac) != 64:
             raise AuthError("malformed nonce or mac")
-        want = hmac.new(self.key, _message([name, host, ts, nonce]), hashlib.sha256).hexdigest()
+        want = hmac.new(self.key, _message([name, host, source, ts, nonce]),
+                        hashlib.sha256).hexdigest()
         if not hmac.compare_digest(want, mac):
             raise AuthError("bad signature")
         now = self.clock()
@@ -108,7 +112,7 @@ class Verifier:
         if len(self.seen) >= MAX_NONCES:
             raise AuthError("too many requests")
         self.seen[nonce] = now + 2 * WINDOW
-        return name
+        return name, (None if source == "-" else source)
 
     def _expire(self, now):
         if len(self.seen) < 1024:

@@ -22,6 +22,9 @@ import sys
 import threading
 import time
 
+import re
+
+_HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,254}\Z")
 FAILED_TTL = 10.0   # seconds a failed staging is reported before a new request retries it
 
 
@@ -259,7 +262,7 @@ class Stager:
         if self.verifier is None:
             return {"http": 403, "state": "refused", "message": "this agent has no key"}
         try:
-            name = self.verifier.check(request)
+            name, source = self.verifier.check(request)
         except AuthError as e:
             self.log(f"refused a staging request from {ip}: {e}")
             return {"http": 403, "state": "refused", "message": str(e)}
@@ -277,7 +280,10 @@ class Stager:
             if st and (st["state"] == "staging" or time.monotonic() - st["t"] < FAILED_TTL):
                 return {k: v for k, v in st.items() if k != "t"}
             self.states[name] = {"state": "staging", "t": time.monotonic()}
-        self.log(f"staging {name} for {ip}")
+        self.log(f"staging {name} for {ip}" + (f" (from {source})" if source else ""))
+        from . import peers
+        if source and _HOST_RE.match(source):
+            peers.HINTS[name] = source
         threading.Thread(target=self._stage, args=(name, settings), daemon=True).start()
         return {"state": "staging"}
 

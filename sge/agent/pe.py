@@ -66,7 +66,8 @@ def stage_other_hosts(name, settings, log, sleep=time.sleep):
         for host in list(pending):
             try:
                 answer = stage_request(host, name, key, agent,
-                                       settings.values["fetch"]["connect_timeout"])
+                                       settings.values["fetch"]["connect_timeout"],
+                                       source=_hosts.my_host())
             except Exception as e:  # agent restarting, host busy: ask again
                 pending[host] = f"agent unreachable ({type(e).__name__}: {e})"
                 continue
