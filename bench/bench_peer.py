@@ -131,13 +131,17 @@ def main():
         dest = os.path.join(work, "curl.out")
         client_env = {**env, "PATH": binp + os.pathsep + os.environ["PATH"]}
         raw = {"curl": [], "peer_get": [], "curl_fsync": [], "peer_pull": []}
-        for _ in range(args.rounds):
+        def curl():
             raw["curl"].append(timed(["curl", "-sf", "-o", dest, url]))
             os.unlink(dest)
+
+        def peer_get():
             os.makedirs(client_root, exist_ok=True)
             raw["peer_get"].append(timed([PY, "-I", "-c", CLIENT_SCRIPT, client_cfg, SERVER],
                                          cwd=ROOT, env=client_env))
             shutil.rmtree(client_root)
+
+        def curl_fsync():
             os.sync()
             t = time.perf_counter()
             subprocess.run(["curl", "-sf", "-o", dest, url], check=True)
@@ -146,9 +150,19 @@ def main():
             os.close(fd)
             raw["curl_fsync"].append(time.perf_counter() - t)
             os.unlink(dest)
+
+        def peer_pull():
             raw["peer_pull"].append(timed([PY, "-I", "-m", "sge.cli", "--config", client_cfg,
                                            "pull", "demo", "-q"], cwd=ROOT, env=client_env))
             shutil.rmtree(client_root)
+
+        for i in range(args.rounds):
+            # Alternate who goes first: on this VM a run right after a large write or
+            # delete is slower, whoever it is.
+            pairs = [(curl, peer_get), (curl_fsync, peer_pull)]
+            for a, b in pairs:
+                for step in ((a, b) if i % 2 == 0 else (b, a)):
+                    step()
         med = {k: statistics.median(v) for k, v in raw.items()}
         result = {
             "machine": machine(), "size_bytes": size, "rounds": args.rounds, "raw_s": raw,

@@ -333,6 +333,22 @@ def test_a_cold_seed_pulls_once_and_serves_the_others(world, monkeypatch):
     assert f"from peer {B}, verified" in world.log()
 
 
+def test_a_dead_seed_is_replaced_by_the_next_one(world, monkeypatch):
+    # Two live hosts besides us; the image's seed among them has no agent. The pull
+    # drops it, every waiting host agrees on the next seed, and that one pulls once.
+    from sge.agent.hosts import seed_for
+    dead = seed_for(world.digest, [B, "127.0.0.24"])
+    alive = B if dead != B else "127.0.0.24"
+    world.start(alive)
+    world.set_qhost({B: [], "127.0.0.24": []})
+    path = _ensure_here(world, monkeypatch)
+    assert open(path, "rb").read() == world.data
+    assert world.origin.gets("img.sif") == 1
+    log = world.log()
+    assert f"seed host {dead} unreachable" in log
+    assert f"from peer {alive}, verified" in log
+
+
 def test_the_agent_follows_its_supervisor(world):
     import subprocess
     import sys

@@ -22,6 +22,7 @@ from . import hosts as _hosts
 DELEGATE = True
 HINTS = {}   # image name -> a host said to have it (a parallel job's master), tried first
 MAX_HAVE_TRIES = 3
+MAX_SEEDS = 3
 POLL_MIN, POLL_MAX = 0.25, 2.0
 
 
@@ -45,30 +46,45 @@ def fetch(image, sink, ctx, settings):
         return None
     others = [h for h in have if not _hosts.is_me(h)]
     random.shuffle(others)
+    tried = set()
     for host in others[:MAX_HAVE_TRIES]:
+        tried.add(host)
         digest = get_blob(host, image, sink, ctx, agent)
         if digest:
             return digest
     if not DELEGATE:
         return None
-    seed = _hosts.seed_for(image.sha256, live)
-    if seed is None or _hosts.is_me(seed) or seed in others:
-        return None
-    if not _await_seed(seed, image, ctx, settings):
-        return None
-    return get_blob(seed, image, sink, ctx, agent)
+    # A seed that dies or cannot be reached is dropped and the seed chosen again among
+    # the rest: the hosts that waited on it agree on the next one, so a killed seed
+    # costs one more origin download, not one per waiting host.
+    candidates = [h for h in live if h not in tried]
+    for _ in range(MAX_SEEDS):
+        seed = _hosts.seed_for(image.sha256, candidates)
+        if seed is None or _hosts.is_me(seed):
+            return None
+        outcome = _await_seed(seed, image, ctx, settings)
+        if outcome == "ready":
+            digest = get_blob(seed, image, sink, ctx, agent)
+            if digest:
+                return digest
+        elif outcome == "stop":
+            return None
+        candidates.remove(seed)
+    return None
 
 
 def _await_seed(seed, image, ctx, settings):
-    """Ask the seed's agent to stage the image and wait until it has it (True), or
-    until it fails, refuses, cannot be reached or `seed_wait` passes (False)."""
+    """Ask the seed's agent to stage the image and wait until it has it: "ready";
+    "next" when the seed is dead, unreachable, failed for now or too slow (another
+    seed may do); "stop" when asking any seed is pointless (no key, refused, or the
+    image's sources refuse it for good)."""
     from .auth import key_path, read_key
     agent = settings.values["agent"]
     try:
         key = read_key(key_path(settings))
-    except (OSError, Exception) as e:
+    except Exception as e:
         ctx.log(f"image {image.name}: cannot sign a staging request ({e}); using the sources")
-        return False
+        return "stop"
     deadline = time.monotonic() + agent["seed_wait"]
     delay = POLL_MIN
     asked = False
@@ -76,23 +92,22 @@ def _await_seed(seed, image, ctx, settings):
         try:
             answer = stage_request(seed, image.name, key, agent, ctx.connect_timeout)
         except (OSError, http.client.HTTPException, ValueError) as e:
-            ctx.log(f"image {image.name}: seed host {seed} unreachable ({e}); using the sources")
-            return False
+            ctx.log(f"image {image.name}: seed host {seed} unreachable ({e})")
+            return "next"
         state = answer.get("state")
         if state == "ready":
-            return True
+            return "ready"
         if state != "staging":
-            ctx.log(f"image {image.name}: seed host {seed}: {state}: "
-                    f"{answer.get('message', '')}; using the sources")
-            return False
+            ctx.log(f"image {image.name}: seed host {seed}: {state}: {answer.get('message', '')}")
+            return "next" if state == "failed" and answer.get("transient") else "stop"
         if not asked:
             ctx.log(f"image {image.name}: waiting for seed host {seed} to stage it")
             asked = True
         time.sleep(delay)
         delay = min(POLL_MAX, delay * 1.5)
     ctx.log(f"image {image.name}: seed host {seed} did not finish within "
-            f"{agent['seed_wait']:.0f}s; using the sources")
-    return False
+            f"{agent['seed_wait']:.0f}s")
+    return "next"
 
 
 def stage_request(host, name, key, agent, timeout=10.0, source="-"):

@@ -224,6 +224,7 @@ def test_killing_the_seed_mid_download_still_ends_verified_everywhere(kit):
     assert all(r["exit_status"] == "0" and r["failed"].startswith("0") for r in recs), recs
     for h in {r["hostname"] for r in recs}:
         assert _verified(kit, h, "kill"), h
+    print(f"killed seed: origin downloads {kit.server.gets('kill.sif')} (1 cut short)")
     # No partial blob under its final name on the seed, whatever it had got.
     blob = os.path.join(kit.cache_dir(seed), "blobs", "sha256", kit.images["kill"]["sha256"])
     assert not os.path.exists(blob) or _verified(kit, seed, "kill")
