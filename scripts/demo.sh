@@ -76,12 +76,24 @@ echo "demo.sif: $SIZE bytes, sha256 $SHA, http://127.0.0.1:$PORT/demo.sif"
 say "4/6 the kit, installed for every user Grid Engine runs it as, and wired in"
 [ -x "$VENV/bin/python3" ] || /usr/bin/python3 -m venv "$VENV"
 "$VENV/bin/python3" -m pip install -q "$KIT" 2>&1 | grep -vi warning || true
+# The exec hosts share this machine: a client in node2's namespace would reach qmaster
+# from 127.0.0.1 and be refused, so the agents' qhost pins its source address the way
+# the execds are pinned (scripts/bindshim.c). A real exec host needs no such wrapper.
+cat > "$DEMO/qhost-pinned" <<'WRAP'
+#!/bin/sh
+ip=$(getent hosts "$(hostname)" | awk '{print $1; exit}')
+GE_BIND_IP=$ip LD_PRELOAD=SHIM exec qhost "$@"
+WRAP
+sed -i "s|SHIM|${GE_WORK:-/var/tmp/sge-image-kit-cluster}/bindshim.so|" "$DEMO/qhost-pinned"
+chmod 755 "$DEMO/qhost-pinned"
 cat > "$DEMO/config.yaml" <<EOF
 cache:
   root: $DEMO/cache/{host}     # one cache per exec host (they share this machine)
   max_size: 10G
 log:
   file: $DEMO/sge-image.log
+agent:
+  qhost: [$DEMO/qhost-pinned]
 images:
   demo:
     url: http://127.0.0.1:$PORT/demo.sif

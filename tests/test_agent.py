@@ -417,3 +417,63 @@ def test_hostfile_lines_that_are_not_host_names_are_ignored(tmp_path):
     p.write_text("node1 2 all.q@node1 UNDEFINED\nnode1 1 b.q@node1 UNDEFINED\n"
                  "../../etc 1 q x\n-rf 1 q x\n\nnode2.example.org 4 all.q UNDEFINED\n")
     assert hostfile_hosts(str(p)) == ["node1", "node2.example.org"]
+
+
+# ------------------------------------------------------------------ misbehaving peers
+
+class FakePeer:
+    """A real socket server that answers every request the same bad way."""
+
+    def __init__(self, ip, port, answer, then=None):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((ip, port))
+        self.sock.listen(8)
+        self.answer, self.then = answer, then
+        self.conns = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            try:
+                c.recv(65536)
+                c.sendall(self.answer)
+                if self.then == "close":
+                    c.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.mark.parametrize("kind", ["stall", "truncate", "too_long", "garbage", "busy", "redirect"])
+def test_misbehaving_peers_cost_a_retry_never_a_failed_pull(world, monkeypatch, kind):
+    n = len(world.data)
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n".encode()
+    answer, then = {
+        "stall": (head + world.data[:1000], None),          # then silence: read timeout
+        "truncate": (head + world.data[:n // 2], "close"),  # half, then hang up
+        "too_long": (f"HTTP/1.1 200 OK\r\nContent-Length: {n + 1}\r\n\r\n".encode()
+                     + world.data + b"x", "close"),
+        "garbage": (b"\x00\xffNOT HTTP AT ALL\r\n\r\n", "close"),
+        "busy": (b"HTTP/1.1 503 Busy\r\nRetry-After: 2\r\nContent-Length: 0\r\n\r\n", "close"),
+        "redirect": (b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/x\r\n"
+                     b"Content-Length: 0\r\n\r\n", "close"),
+    }[kind]
+    peer = FakePeer(A, world.port, answer, then)
+    try:
+        world.set_qhost({A: ["img_img"]})
+        path = _ensure_here(world, monkeypatch)
+    finally:
+        peer.close()
+    assert open(path, "rb").read() == world.data
+    assert world.origin.gets("img.sif") == 1
+    assert f"peer {A}" in world.log()
