@@ -198,7 +198,7 @@ class _RootSide:
     def stage(self, line, ip):
         with self.lock:
             self.pipe.sendall(f"S {ip} {line}\n".encode())
-            reply = self.rfile.readline(4096)
+            reply = self.rfile.readline(1 << 16)
         if not reply:
             os._exit(1)
         answer = json.loads(reply)
@@ -255,6 +255,8 @@ class Stager:
                 except Exception as e:  # never leave the server without an answer
                     answer = {"http": 500, "state": "failed", "transient": True,
                               "message": f"{type(e).__name__}"}
+                if len(answer.get("message", "")) > 2000:
+                    answer["message"] = answer["message"][:2000] + "..."
                 pipe.sendall((json.dumps(answer) + "\n").encode())
 
     def handle(self, request, ip):
