@@ -85,6 +85,8 @@ def main(argv=None):
         except ProcessLookupError:
             pass
         os.waitpid(pid, 0)
+    if watch is not None and not _alive(watch):
+        return 0  # leaving with the supervisor (the watch thread stopped the server)
     return 1  # the server died: the supervisor starts a fresh pair
 
 
