@@ -5,7 +5,8 @@ binds, forks and drops to nobody).
     python bench/bench_peer.py [--size-gib 1] [--rounds 5] [--out bench/out]
 
 - peer transfer: sge/agent/peers.get_blob into the Sink (sha256 as it streams, the
-  temp file written), process start included, vs `curl -o` (no verification);
+  temp file written and fsynced), process start included, vs `curl -o` (no
+  verification) and `curl -o` + fsync;
 - peer pull: `sge-image pull` of an image only a peer has (discovery through a
   stand-in qhost, transfer, verify, fsync, atomic publish) vs `curl -o` + fsync.
 """
@@ -43,6 +44,7 @@ sink = Sink(fd, tmp, image.size, image.sha256)
 ctx = Context(image, settings.values["fetch"], settings.sources)
 digest = peers.get_blob(sys.argv[2], image, sink, ctx, settings.values["agent"])
 sink.close()
+os.fsync(fd)  # durable, as curl + fsync and a publish are
 os.close(fd)
 os.unlink(tmp)
 sys.exit(0 if digest == image.sha256 else 1)
@@ -172,6 +174,7 @@ def main():
             "machine": machine(), "size_bytes": size, "rounds": args.rounds, "raw_s": raw,
             "median_s": med,
             "speed_vs_curl": med["curl"] / med["peer_get"],
+            "speed_vs_curl_fsync": med["curl_fsync"] / med["peer_get"],
             "pull_speed_vs_curl_fsync": med["curl_fsync"] / med["peer_pull"],
         }
         os.makedirs(args.out, exist_ok=True)
@@ -180,8 +183,9 @@ def main():
         gib = size / (1 << 30)
         print(f"blob {gib:.2f} GiB, {args.rounds} rounds (medians)")
         print(f"curl -o            {med['curl']:.2f} s  ({gib / med['curl']:.2f} GiB/s)")
-        print(f"peer transfer      {med['peer_get']:.2f} s  ({gib / med['peer_get']:.2f} GiB/s)  "
-              f"speed {result['speed_vs_curl']:.2f}x curl")
+        print(f"peer transfer      {med['peer_get']:.2f} s  ({gib / med['peer_get']:.2f} GiB/s, "
+              f"verified, fsynced)  speed {result['speed_vs_curl']:.2f}x curl, "
+              f"{result['speed_vs_curl_fsync']:.2f}x curl+fsync")
         print(f"curl -o + fsync    {med['curl_fsync']:.2f} s")
         print(f"sge-image pull     {med['peer_pull']:.2f} s  (from the peer, verified, published)  "
               f"speed {result['pull_speed_vs_curl_fsync']:.2f}x curl+fsync")
