@@ -477,3 +477,33 @@ def test_misbehaving_peers_cost_a_retry_never_a_failed_pull(world, monkeypatch, 
     assert open(path, "rb").read() == world.data
     assert world.origin.gets("img.sif") == 1
     assert f"peer {A}" in world.log()
+
+
+def _run_prolog(world, tmp_path, hosts, **agent):
+    import subprocess
+    import sys
+    spool = tmp_path / "spool"
+    spool.mkdir(parents=True)
+    (spool / "pe_hostfile").write_text("".join(f"{h} 1 all.q@{h} UNDEFINED\n" for h in hosts))
+    (spool / "environment").write_text("")
+    cfg = world.config("127.0.0.23", **agent)
+    env = {**world.env(), "SGE_IMAGE": "img", "SGE_JOB_SPOOL_DIR": str(spool), "JOB_ID": "7"}
+    r = subprocess.run([sys.executable, "-m", "sge.ge.prolog", "--config", cfg], env=env,
+                       capture_output=True, text=True, timeout=120)
+    return r, (spool / "environment").read_text()
+
+
+def test_prolog_of_a_parallel_job_goes_when_every_host_has_the_image(world, tmp_path):
+    world.start(A, peers=False)
+    r, environment = _run_prolog(world, tmp_path, [socket.gethostname(), A], peers=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SGE_IMAGE_PATH=" in environment
+    blob = os.path.join(world.dir, "cache", A, "blobs", "sha256", world.digest)
+    assert open(blob, "rb").read() == world.data
+
+
+def test_prolog_of_a_parallel_job_reschedules_when_a_host_cannot_be_reached(world, tmp_path):
+    r, environment = _run_prolog(world, tmp_path, [socket.gethostname(), B], peers=False,
+                                 pe_wait=2)
+    assert r.returncode == 99, r.stdout + r.stderr
+    assert "not on " + B in r.stdout and "SGE_IMAGE_PATH" not in environment
