@@ -430,6 +430,13 @@ def _coerce(kind, raw):
             raw = raw.split()
         if not isinstance(raw, list) or not raw or not all(isinstance(a, str) and a for a in raw):
             raise ValueError(f"{raw!r} is not `cluster` or a list of hosts")
+        import ipaddress
+        for a in raw:
+            if "/" in a:
+                try:
+                    ipaddress.ip_network(a, strict=False)
+                except ValueError:
+                    raise ValueError(f"{a!r} is not a network (such as 10.1.0.0/16)") from None
         return raw
     if kind == "level":
         if raw not in LEVELS:

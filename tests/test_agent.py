@@ -507,3 +507,17 @@ def test_prolog_of_a_parallel_job_reschedules_when_a_host_cannot_be_reached(worl
                                  pe_wait=2)
     assert r.returncode == 99, r.stdout + r.stderr
     assert "not on " + B in r.stdout and "SGE_IMAGE_PATH" not in environment
+
+
+def test_trust_by_network_and_bad_networks_are_config_errors(world, make_config):
+    from sge import config
+    from sge.agent.hosts import Trust
+    from sge.errors import ConfigError
+    t = Trust(["127.0.0.16/29", "node-that-does-not-resolve.invalid"])
+    assert t("127.0.0.21") and t("127.0.0.17") and not t("127.0.0.29") and not t("127.0.0.1")
+    with pytest.raises(ConfigError, match="not a network"):
+        config.load(make_config(agent={"trust": ["10.0.0.0/33"]}), use_snapshot=False)
+    world.start(A, trust=["127.0.0.0/30"])  # .0-.3: the test speaks from 127.0.0.1
+    put_blob(world, A, world.data)
+    assert status_of(get(A, world.port, f"/blobs/sha256/{world.digest}")) == 200
+    assert status_of(get(A, world.port, f"/blobs/sha256/{world.digest}", source=STRANGER)) == 403

@@ -89,7 +89,8 @@ def seed_for(digest, hosts):
 
 
 class Trust:
-    """allowed(ip) for the server: a fixed list of hosts/addresses, or `cluster`, the
+    """allowed(ip) for the server: a fixed list of hosts, addresses and networks
+    (`10.1.0.0/16`), or `cluster`, the
     exec hosts qhost lists (re-read at most every REFRESH_MIN seconds when an unknown
     address knocks, so a flood of strangers cannot flood qmaster)."""
 
@@ -97,16 +98,23 @@ class Trust:
         self.setting = setting
         self.read = read
         self.addresses = set()
+        self.networks = []
         self.loaded = 0.0
         self.lock = threading.Lock()
         if setting != "cluster":
-            self.addresses = _resolve_all(setting)
+            import ipaddress
+            self.networks = [ipaddress.ip_network(x, strict=False) for x in setting if "/" in x]
+            self.addresses = _resolve_all([x for x in setting if "/" not in x])
             self.loaded = float("inf")
 
     def __call__(self, ip):
         if ip in self.addresses:
             return True
         if self.setting != "cluster":
+            if self.networks:
+                import ipaddress
+                addr = ipaddress.ip_address(ip)
+                return any(addr in n for n in self.networks)
             return False
         with self.lock:
             now = time.monotonic()
