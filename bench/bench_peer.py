@@ -60,10 +60,12 @@ def free_port(ip):
 
 
 def write_config(path, root, key, port, digest, size, bind):
+    qhost = os.path.join(os.path.dirname(path), "bin", "qhost")
     with open(path, "w") as f:
         f.write(f"cache:\n  root: {root}\n  max_size: 100G\n  min_free: 0\n"
                 f"fetch:\n  retries: 0\n"
                 f"agent:\n  port: {port}\n  bind: {bind}\n  key_file: {key}\n"
+                f"  qhost: [{qhost}]\n"
                 f"  trust: [{CLIENT}]\n"
                 f"images:\n  demo:\n    url: http://{CLIENT}:1/nowhere.sif\n"
                 f"    sha256: {digest}\n    size: {size}\n")

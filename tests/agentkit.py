@@ -77,6 +77,7 @@ class AgentWorld:
                       "progress_interval": 1},
             "log": {"file": os.path.join(self.dir, "sge-image.log")},
             "agent": {"port": self.port, "bind": host, "key_file": self.key,
+                      "qhost": [os.path.join(self.bin, "qhost")],
                       "trust": trust or ["127.0.0.1", host], "seed_wait": 30, **agent},
             "images": self.images,
         }

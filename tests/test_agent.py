@@ -521,3 +521,23 @@ def test_trust_by_network_and_bad_networks_are_config_errors(world, make_config)
     put_blob(world, A, world.data)
     assert status_of(get(A, world.port, f"/blobs/sha256/{world.digest}")) == 200
     assert status_of(get(A, world.port, f"/blobs/sha256/{world.digest}", source=STRANGER)) == 403
+
+
+def test_a_root_pull_never_runs_a_qhost_from_the_jobs_path(world, monkeypatch):
+    # A root prolog sees the job's environment: a planted `qhost` first on PATH must
+    # not run as root (the agent runs the site's qhost with the system path).
+    evil = os.path.join(world.dir, "evil")
+    os.makedirs(evil)
+    marker = os.path.join(world.dir, "ran-as-root")
+    with open(os.path.join(evil, "qhost"), "w") as f:
+        f.write(f"#!/bin/sh\ntouch {marker}\n")
+    os.chmod(os.path.join(evil, "qhost"), 0o755)
+    from sge import config
+    from sge.stage import ensure
+    cfg = world.config("127.0.0.23", qhost=["qhost"])
+    monkeypatch.setenv("PATH", evil + os.pathsep + os.environ["PATH"])
+    for k in ("SGE_ROOT", "SGE_CELL"):
+        monkeypatch.delenv(k, raising=False)
+    path = ensure("img", config.load(cfg, use_snapshot=False))
+    assert open(path, "rb").read() == world.data
+    assert not os.path.exists(marker)

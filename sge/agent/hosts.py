@@ -57,11 +57,27 @@ def reader(argv=("qhost",)):
         import subprocess
         from ..ge import qhost
         r = subprocess.run(list(argv) + ["-F", ",".join(complexes)], capture_output=True,
-                           text=True, timeout=60, stdin=subprocess.DEVNULL)
+                           text=True, timeout=60, stdin=subprocess.DEVNULL, env=_command_env())
         if r.returncode != 0:
             raise OSError(f"{argv[0]} failed: {(r.stderr or r.stdout).strip()[:300]}")
         return qhost.parse(r.stdout)
     return read
+
+
+SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+GE_VARS = ("SGE_ROOT", "SGE_CELL", "SGE_QMASTER_PORT", "SGE_EXECD_PORT")
+
+
+def _command_env():
+    """The environment qhost runs with. As root it is rebuilt: a root prolog sees the
+    job's environment, and a job owner's `-v PATH=...` (or LD_PRELOAD) must not choose
+    what root runs. Grid Engine's own variables are kept so qhost finds its cell; a site
+    whose qhost is not on the system path names it in `agent.qhost`."""
+    if os.geteuid() != 0:
+        return None
+    env = {"PATH": SAFE_PATH, "LANG": "C"}
+    env.update({k: os.environ[k] for k in GE_VARS if k in os.environ})
+    return env
 
 
 def live_hosts(complex_name, window, read=None):
