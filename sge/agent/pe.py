@@ -9,22 +9,23 @@ job error; anything else that keeps a host from the image (an agent down, a full
 disk, the wait running out) is transient, a reschedule.
 """
 import os
-import re
 import time
 
 from ..errors import FetchError
 
-HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,254}\Z")
+HOST_PATTERN = r"[A-Za-z0-9][A-Za-z0-9.-]{0,254}\Z"  # compiled on use: the warm prolog imports this
 
 
 def hostfile_hosts(path):
     """The distinct host names of a PE host file (`host slots queue processors`)."""
+    import re
+    host_re = re.compile(HOST_PATTERN)
     hosts = []
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             for line in f.read(1 << 20).splitlines():
                 words = line.split()
-                if words and HOST_RE.match(words[0]) and words[0] not in hosts:
+                if words and host_re.match(words[0]) and words[0] not in hosts:
                     hosts.append(words[0])
     except OSError:
         return []
