@@ -541,3 +541,15 @@ def test_a_root_pull_never_runs_a_qhost_from_the_jobs_path(world, monkeypatch):
     path = ensure("img", config.load(cfg, use_snapshot=False))
     assert open(path, "rb").read() == world.data
     assert not os.path.exists(marker)
+
+
+def test_a_flood_of_forged_requests_neither_fills_the_log_nor_stops_the_agent(world):
+    from sge.agent.auth import sign
+    put_blob(world, A, world.data)
+    world.start(A)
+    before = world.log().count("refused a staging request")
+    for _ in range(200):
+        status, answer = _stage(world, A, sign(b"f" * 64, "img", A))
+        assert status == 403
+    assert world.log().count("refused a staging request") - before <= 2
+    assert body_of(get(A, world.port, f"/blobs/sha256/{world.digest}")) == world.data

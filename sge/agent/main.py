@@ -25,7 +25,8 @@ import time
 import re
 
 _HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,254}\Z")
-FAILED_TTL = 10.0   # seconds a failed staging is reported before a new request retries it
+FAILED_TTL = 10.0
+REFUSAL_LOG_EVERY = 10.0   # seconds a failed staging is reported before a new request retries it
 
 
 def main(argv=None):
@@ -236,6 +237,7 @@ class Stager:
         self.verifier = verifier
         self.log = log
         self.states = {}    # name -> {"state", "message", "transient", "t"}
+        self.refused, self.refusal_logged = 0, float("-inf")
         self.lock = threading.Lock()
         from . import peers
         peers.DELEGATE = False  # see peers.py: a requested staging never delegates
@@ -268,7 +270,7 @@ class Stager:
         try:
             name, source = self.verifier.check(request)
         except AuthError as e:
-            self.log(f"refused a staging request from {ip}: {e}")
+            self._log_refusal(f"refused a staging request from {ip}: {e}")
             return {"http": 403, "state": "refused", "message": str(e)}
         settings = self._settings()
         from ..errors import SgeImageError
@@ -290,6 +292,17 @@ class Stager:
             peers.HINTS[name] = source
         threading.Thread(target=self._stage, args=(name, settings), daemon=True).start()
         return {"state": "staging"}
+
+    def _log_refusal(self, line):
+        """One line per REFUSAL_LOG_EVERY seconds, with a count of the rest: a flood of
+        forged requests must not fill the disk with the log."""
+        now = time.monotonic()
+        self.refused += 1
+        if now - self.refusal_logged >= REFUSAL_LOG_EVERY:
+            more = f" ({self.refused - 1} more refused since the last such line)" \
+                if self.refused > 1 else ""
+            self.log(line + more)
+            self.refused, self.refusal_logged = 0, now
 
     def _settings(self):
         if self.settings.is_stale():
