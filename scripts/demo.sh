@@ -76,12 +76,24 @@ echo "demo.sif: $SIZE bytes, sha256 $SHA, http://127.0.0.1:$PORT/demo.sif"
 say "4/6 the kit, installed for every user Grid Engine runs it as, and wired in"
 [ -x "$VENV/bin/python3" ] || /usr/bin/python3 -m venv "$VENV"
 "$VENV/bin/python3" -m pip install -q "$KIT" 2>&1 | grep -vi warning || true
+# The exec hosts share this machine: a client in node2's namespace would reach qmaster
+# from 127.0.0.1 and be refused, so the agents' qhost pins its source address the way
+# the execds are pinned (scripts/bindshim.c). A real exec host needs no such wrapper.
+cat > "$DEMO/qhost-pinned" <<'WRAP'
+#!/bin/sh
+ip=$(getent hosts "$(hostname)" | awk '{print $1; exit}')
+GE_BIND_IP=$ip LD_PRELOAD=SHIM exec qhost "$@"
+WRAP
+sed -i "s|SHIM|${GE_WORK:-/var/tmp/sge-image-kit-cluster}/bindshim.so|" "$DEMO/qhost-pinned"
+chmod 755 "$DEMO/qhost-pinned"
 cat > "$DEMO/config.yaml" <<EOF
 cache:
   root: $DEMO/cache/{host}     # one cache per exec host (they share this machine)
   max_size: 10G
 log:
   file: $DEMO/sge-image.log
+agent:
+  qhost: [$DEMO/qhost-pinned]
 images:
   demo:
     url: http://127.0.0.1:$PORT/demo.sif
@@ -90,6 +102,14 @@ images:
 EOF
 chmod 644 "$DEMO/config.yaml"
 "$VENV/bin/sge-image" --config "$DEMO/config.yaml" install
+# execd starts the load sensor, and with it each host's node agent: wait for them.
+for h in $HOSTS; do
+  ip=$(getent hosts "$h" | awk '{print $1}')
+  for _ in $(seq 1 60); do
+    (exec 3<>"/dev/tcp/$ip/6450") 2>/dev/null && break; sleep 1
+  done
+  echo "node agent on $h ($ip:6450): $( (exec 3<>"/dev/tcp/$ip/6450") 2>/dev/null && echo up || echo DOWN)"
+done
 
 cat > "$DEMO/job.sh" <<'EOF'
 #!/bin/sh
@@ -102,8 +122,9 @@ EOF
 chmod 755 "$DEMO/job.sh"
 
 run_array() { # run_array LABEL -> prints the summary of one array job
-  local label=$1 t0 jid t1 before after
+  local label=$1 t0 jid t1 before after pbefore pafter
   before=$(grep -c 'GET /demo.sif ' "$DEMO/nginx/logs/access.log" 2>/dev/null || true)
+  pbefore=$(grep -c 'from peer .*verified' "$DEMO/sge-image.log" 2>/dev/null || true)
   t0=$(date +%s.%N)
   jid=$(qsub -terse -t "1-$TASKS" -l image=demo -o "$DEMO/out/\$TASK_ID.out" -j y "$DEMO/job.sh" | tail -1)
   jid=${jid%%.*}
@@ -111,17 +132,19 @@ run_array() { # run_array LABEL -> prints the summary of one array job
   while qstat -j "$jid" >/dev/null 2>&1; do sleep 1; done
   t1=$(date +%s.%N)
   after=$(grep -c 'GET /demo.sif ' "$DEMO/nginx/logs/access.log" 2>/dev/null || true)
+  pafter=$(grep -c 'from peer .*verified' "$DEMO/sge-image.log" 2>/dev/null || true)
   for _ in $(seq 1 30); do
     [ "$(qacct -j "$jid" 2>/dev/null | grep -c '^exit_status')" -ge "$TASKS" ] && break; sleep 1
   done
   echo "$label:"
-  echo "  downloads from the server: $((after - before))"
+  echo "  origin downloads (the image server): $((after - before))"
+  echo "  peer transfers (host to host, verified): $((pafter - pbefore))"
   echo "  tasks succeeded: $(qacct -j "$jid" | awk '$1=="exit_status" && $2==0' | wc -l) of $TASKS"
   echo "  placement per host: $(qacct -j "$jid" | awk '$1=="hostname"{n[$2]++} END{for(h in n) printf "%s=%d ", h, n[h]}')"
   echo "  wall time: $(awk -v a="$t1" -v b="$t0" 'BEGIN{printf "%.1f", a-b}') s"
 }
 
-say "5/6 a $TASKS-task array on a cold cluster: one download per host that runs tasks"
+say "5/6 a $TASKS-task array on a cold cluster: one origin download, the other hosts copy from a peer"
 run_array "cold cluster"
 for h in $HOSTS; do
   printf '  %s reports: %s\n' "$h" "$(qhost -F img_demo -h "$h" | grep -o 'hl:img_demo=[^ ]*' || echo 'not cached')"

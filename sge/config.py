@@ -16,7 +16,7 @@ from .errors import ConfigError
 from .names import RESERVED_COMPLEXES, explain_invalid, is_valid_name, warm_complex
 
 DEFAULT_PATH = "/etc/sge-image/config.yaml"
-SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSION = 4  # 3: cache.room_wait; 4: the agent section
 
 # section -> key -> (kind, default). Kinds are checked by _coerce.
 SCHEMA = {
@@ -56,6 +56,24 @@ SCHEMA = {
     },
     "starter": {
         "runtime": ("argv", ["apptainer", "exec"]),
+    },
+    # The node agent (sge/agent/): serves verified blobs to peers, stages parallel jobs.
+    "agent": {
+        "enabled": ("bool", True),
+        "peers": ("bool", True),
+        "port": ("port", 6450),
+        "bind": ("text", ""),
+        "user": ("text", "nobody"),
+        "upload_slots": ("int", 4),
+        "max_connections": ("int", 32),
+        "header_timeout": ("seconds", 10),
+        "idle_timeout": ("seconds", 30),
+        "trust": ("trust", "cluster"),
+        "key_file": ("path", "agent.key"),
+        "seed_wait": ("seconds", 600),
+        "pe_wait": ("seconds", 900),
+        "live_window": ("seconds", 300),
+        "qhost": ("argv", ["qhost"]),
     },
 }
 TOP_KEYS = set(SCHEMA) | {"catalog", "images", "sources"}
@@ -392,6 +410,31 @@ def _coerce(kind, raw):
     if kind == "optpath":
         if raw is not None and (not isinstance(raw, str) or not raw):
             raise ValueError(f"{raw!r} is not a path")
+        return raw
+    if kind == "port":
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
+            raise ValueError(f"{raw!r} is not a TCP port (1-65535)")
+        return raw
+    if kind == "text":
+        if not isinstance(raw, str):
+            raise ValueError(f"{raw!r} is not text")
+        return raw
+    if kind == "trust":
+        # Who may talk to the agent: `cluster` (the exec hosts Grid Engine lists) or
+        # an explicit list of host names and addresses; never "anyone".
+        if raw == "cluster":
+            return raw
+        if isinstance(raw, str):
+            raw = raw.split()
+        if not isinstance(raw, list) or not raw or not all(isinstance(a, str) and a for a in raw):
+            raise ValueError(f"{raw!r} is not `cluster` or a list of hosts")
+        import ipaddress
+        for a in raw:
+            if "/" in a:
+                try:
+                    ipaddress.ip_network(a, strict=False)
+                except ValueError:
+                    raise ValueError(f"{a!r} is not a network (such as 10.1.0.0/16)") from None
         return raw
     if kind == "level":
         if raw not in LEVELS:

@@ -161,6 +161,9 @@ def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, j
         else:
             plan.do(f"write launcher {path}", lambda p=path, t=text: _write_exec(p, t))
 
+    # 1b. The node agent's signing key (sge/agent/auth.py): root-only, made once.
+    _install_agent_key(settings, state, plan, hooks_dir)
+
     # 2. Complexes.
     _install_complexes(settings, state, plan, sync)
 
@@ -235,6 +238,23 @@ def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, j
     out.write(f"{plan.changes} change{'s' if plan.changes != 1 else ''}"
               f"{' planned' if dry_run else ''}\n")
     return 0
+
+
+def _install_agent_key(settings, state, plan, hooks_dir):
+    if not settings.values["agent"]["enabled"]:
+        return
+    from ..agent import auth
+    path = auth.key_path(settings)
+    if os.path.exists(path):
+        plan.same(f"agent key {path}")
+        return
+
+    def create():
+        auth.create_key(path)
+        state["agent_key"] = path
+        if os.path.isdir(hooks_dir):
+            _save_state(hooks_dir, state)
+    plan.do(f"create the agent key {path} (root only)", create)
 
 
 def _install_complexes(settings, state, plan, sync):
@@ -352,6 +372,15 @@ def uninstall(hooks_dir, dry_run=False, out=sys.stdout, wait=180):
                     time.sleep(2)
             done(lambda s: s.update(complexes=[]))
         plan.do(f"remove complexes {', '.join(sorted(mine))}", remove_complexes)
+
+    if state.get("agent_key"):
+        def remove_key(path=state["agent_key"]):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            done(lambda s: s.pop("agent_key", None))
+        plan.do(f"remove the agent key {state['agent_key']}", remove_key)
 
     def remove_hooks():
         for fn in ("prolog", "loadsensor", "jsv", "starter", STATE_FILE):

@@ -110,6 +110,9 @@ def make_kit(cluster, images, extra=None, starter_runtime=None):
         "log": {"file": os.path.join(WORK, "sge-image.log")},
         "prolog": {"max_reschedules": 3},
         "images": catalog,
+        # The node agent is off unless a test asks for it (tests/ge/test_agent_e2e.py):
+        # these tests count downloads per host.
+        "agent": {"enabled": False},
         **(extra or {}),
     }
     if starter_runtime:
