@@ -390,3 +390,21 @@ def test_next_mirror_after_a_rejected_output_writes_into_the_same_sink(tmp_path,
                                  sha256=sha256(data), size=len(data), sources=fake.sources)
     assert got == data and digest == sha256(data)
     assert any("does not match the catalog" in line for line in log)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the rebuilt environment is root's")
+def test_as_root_the_job_environment_does_not_choose_the_command(tmp_path, monkeypatch):
+    """A root prolog sees the job's environment: `qsub -v PATH=...` must not decide which
+    `apptainer` root runs (sge/rootenv.py). Found in review of the node agent's qhost call."""
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    marker = tmp_path / "ran-as-root"
+    (evil / "sge-test-planted-cmd").write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    os.chmod(evil / "sge-test-planted-cmd", 0o755)
+    monkeypatch.setenv("PATH", f"{evil}:{os.environ['PATH']}")
+    monkeypatch.setenv("SGE_JOB_SPOOL_DIR", str(tmp_path))  # as in a prolog
+    with pytest.raises(FetchError) as e:
+        run_fetch(tmp_path, "docker://ok/x:1", sha256="1" * 64,
+                  sources={"command": {"template": ["sge-test-planted-cmd", "{dest}"]}})
+    assert "cannot run 'sge-test-planted-cmd'" in str(e.value)
+    assert not marker.exists()

@@ -64,20 +64,11 @@ def reader(argv=("qhost",)):
     return read
 
 
-SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-GE_VARS = ("SGE_ROOT", "SGE_CELL", "SGE_QMASTER_PORT", "SGE_EXECD_PORT")
-
-
 def _command_env():
-    """The environment qhost runs with. As root it is rebuilt: a root prolog sees the
-    job's environment, and a job owner's `-v PATH=...` (or LD_PRELOAD) must not choose
-    what root runs. Grid Engine's own variables are kept so qhost finds its cell; a site
-    whose qhost is not on the system path names it in `agent.qhost`."""
-    if os.geteuid() != 0:
-        return None
-    env = {"PATH": SAFE_PATH, "LANG": "C"}
-    env.update({k: os.environ[k] for k in GE_VARS if k in os.environ})
-    return env
+    """qhost as root runs with sge/rootenv.py's rebuilt environment; a site whose qhost
+    is not on the system path names it in `agent.qhost`."""
+    from ..rootenv import child_env
+    return child_env(always=True)
 
 
 def live_hosts(complex_name, window, read=None):

@@ -7,7 +7,9 @@ The template is a list of words, site-wide under `sources: {command: {template: 
 and per image under `command: {template: [...]}` (a plain string is split like a
 shell would split it, but no shell ever runs). Placeholders inside words: {uri} (the
 image's URL), {dest} (the file the command must create), {tmp} (an empty private
-directory for its scratch files). `env: {NAME: value}` adds environment variables.
+directory for its scratch files). `env: {NAME: value}` adds environment variables;
+in a root prolog the command otherwise gets a rebuilt environment, not the job's
+(sge/rootenv.py).
 
 Where {dest} lives: `<sink temp file>.cmd/image`, a private directory beside the
 temp file, so on the cache's filesystem. A directory because the cache's temp sweep
@@ -112,8 +114,10 @@ def fetch(url, sink, ctx):
         scratch = os.path.join(work, "tmp")
         os.mkdir(scratch, 0o700)
         argv = argv_for(opts.get("template", DEFAULT_TEMPLATE), url, dest, scratch)
-        env = dict(os.environ)
-        env.update({k: str(v) for k, v in (opts.get("env") or {}).items()})
+        # As root (the prolog) the job's environment must not choose which command
+        # runs or how: a rebuilt environment plus the configured `env` (sge/rootenv.py).
+        from ..rootenv import child_env
+        env = child_env(opts.get("env")) or dict(os.environ)
         follower = _Writeback(dest)
         try:
             run(argv, ctx, shown, env, cwd=work)
