@@ -411,6 +411,21 @@ def test_parallel_staging_failures_are_permanent_or_transient_as_the_cause(world
     assert e.value.transient is True and "unreachable" in str(e.value)
 
 
+def test_parallel_staging_on_a_busy_host_is_busy_not_failed(world, monkeypatch, tmp_path):
+    """A host whose cache is full of images in use answers `busy`: once the wait runs
+    out the prolog reschedules without spending the job's budget (issue 9)."""
+    from sge.agent import peers
+    from sge.agent.pe import stage_other_hosts
+    from sge.errors import CacheBusy
+    settings = _pe_settings(world, monkeypatch, tmp_path, [A], pe_wait=1)
+    monkeypatch.setattr(peers, "stage_request", lambda *a, **k: {
+        "state": "failed", "transient": True, "busy": True,
+        "message": "cache is full of images in use"})
+    with pytest.raises(CacheBusy) as e:
+        stage_other_hosts("img", settings, lambda m: None, sleep=lambda s: None)
+    assert e.value.busy and A in str(e.value)
+
+
 def test_hostfile_lines_that_are_not_host_names_are_ignored(tmp_path):
     from sge.agent.pe import hostfile_hosts
     p = tmp_path / "hf"

@@ -322,7 +322,8 @@ class Stager:
                 self.states.pop(name, None)
             return
         except SgeImageError as e:
-            st = {"state": "failed", "transient": bool(e.transient), "message": str(e)}
+            st = {"state": "failed", "transient": bool(e.transient), "busy": bool(e.busy),
+                  "message": str(e)}
         except Exception as e:
             st = {"state": "failed", "transient": True, "message": f"{type(e).__name__}: {e}"}
         self.log(f"staging {name} failed: {st['message']}")

@@ -62,6 +62,7 @@ def stage_other_hosts(name, settings, log, sleep=time.sleep):
                          transient=True) from None
     log(f"parallel job: staging {name} on {', '.join(others)}")
     pending = {h: "not asked yet" for h in others}
+    busy = set()  # hosts whose caches are full of images in use: waiting, not failing
     deadline = time.monotonic() + agent["pe_wait"]
     while True:
         for host in list(pending):
@@ -84,9 +85,15 @@ def stage_other_hosts(name, settings, log, sleep=time.sleep):
                                  f"{answer.get('message', '')}", transient=False)
             else:
                 pending[host] = f"{state}: {answer.get('message', '')}".rstrip(": ")
+                (busy.add if answer.get("busy") else busy.discard)(host)
         if not pending:
             return others
         if time.monotonic() >= deadline:
+            if set(pending) <= busy:
+                # Busy is not failure (issue 9): rescheduled without spending the budget.
+                from ..errors import CacheBusy
+                raise CacheBusy(f"parallel job: the caches of "
+                                f"{', '.join(sorted(pending))} are full of images in use")
             raise FetchError(f"parallel job: {name!r} not on "
                              + "; ".join(f"{h} ({why})" for h, why in pending.items())
                              + f" after {agent['pe_wait']:.0f}s", transient=True)
