@@ -148,9 +148,11 @@ class Settings:
         try:
             return self.images[name]
         except KeyError:
-            raise UnknownImage(
-                f"image {name!r} is not in the catalog; `sge-image status --catalog` "
-                f"lists the available images") from None
+            pass
+        hint = _nearest(name, self.images)
+        raise UnknownImage(
+            f"image {name!r} is not in the catalog{hint}; `sge-image status --catalog` "
+            f"lists the available images")
 
     def to_json(self):
         return {"values": self.values, "sources": self.sources,
@@ -299,6 +301,16 @@ class LineDict(dict):
         self.lines = {}
 
 
+def _nearest(name, names):
+    """` (did you mean 'rocky9-cuda'?)` for a misspelt image name, else ''."""
+    import difflib
+    lower = {n.lower(): n for n in names}
+    if name.lower() in lower:
+        return f" (did you mean {lower[name.lower()]!r}?)"
+    close = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.75)
+    return f" (did you mean {lower[close[0]]!r}?)" if close else ""
+
+
 def _parse_file(path):
     yaml, loader_cls = _yaml_loader()
     try:
@@ -313,9 +325,15 @@ def _parse_file(path):
     try:
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as e:
+        # The line the parser stopped at; where the construct it was reading began
+        # (an unclosed quote or bracket) is often the line to fix, so name both.
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 0
-        raise ConfigError(f"{path}:{line}: malformed YAML: {e.problem or e}") from None
+        where = ""
+        if e.context and e.context_mark and e.problem_mark and \
+                e.context_mark.line != e.problem_mark.line:
+            where = f" ({e.context} at line {e.context_mark.line + 1})"
+        raise ConfigError(f"{path}:{line}: malformed YAML: {e.problem or e}{where}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: malformed YAML: {e}") from None
     finally:
@@ -482,6 +500,11 @@ def parse_catalog(data, path):
             if any(c in u for c in "\0\n\r"):
                 raise ConfigError(f"{eline('url')}: image {name!r}: url contains a control character")
         digest = entry.get("sha256")
+        if isinstance(digest, (int, float)) and not isinstance(digest, bool):
+            # An all-digit digest (or one like 1e5...) is a number to YAML: leading
+            # zeros are gone and the value is no longer the digest.
+            raise ConfigError(f"{eline('sha256')}: image {name!r}: sha256 was read as a number; "
+                              f"quote it: sha256: \"<64 hex digits>\"")
         if digest is not None:
             digest = str(digest).lower()
             if digest.startswith("sha256:"):
