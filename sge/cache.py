@@ -26,6 +26,7 @@ import time
 from contextlib import contextmanager
 
 from .errors import CacheBusy, CacheError, CacheFull, LockTimeout
+from .fsutil import fsync_dir as _fsync_dir
 
 DIR_MODE = 0o755
 BLOB_MODE = 0o444
@@ -568,17 +569,6 @@ def _flock(fd, op, timeout, what):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.EROFS):
-            raise
-    finally:
-        os.close(fd)
 
 
 def _replace_symlink(target, link, tmp_dir):

@@ -249,21 +249,13 @@ def _read_snapshot(path):
 
 
 def _write_snapshot(path, settings, sources):
-    snap = _snapshot_path(path)
-    tmp = f"{snap}.{os.getpid()}.tmp"
+    from .fsutil import atomic_write
+    data = {"version": SNAPSHOT_VERSION, "sources": settings.stamps,
+            "settings": settings.to_json()}
     try:
-        data = {"version": SNAPSHOT_VERSION, "sources": settings.stamps,
-                "settings": settings.to_json()}
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, snap)
+        atomic_write(_snapshot_path(path), json.dumps(data))
     except OSError:
-        # Not writable by this user: fine, the next run parses the YAML again.
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        pass  # not writable by this user: fine, the next run parses the YAML again
 
 
 # ---------------------------------------------------------------- YAML

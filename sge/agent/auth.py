@@ -49,15 +49,8 @@ def create_key(path):
     """Write a fresh key (0600, root's); an existing one is kept."""
     if os.path.exists(path):
         return False
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, os.urandom(KEY_BYTES).hex().encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    from ..fsutil import atomic_write
+    atomic_write(path, os.urandom(KEY_BYTES).hex() + "\n", mode=0o600)
     return True
 
 

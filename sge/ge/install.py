@@ -110,10 +110,9 @@ def _load_state(hooks_dir):
 
 
 def _save_state(hooks_dir, state):
-    tmp = os.path.join(hooks_dir, STATE_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(hooks_dir, STATE_FILE))
+    # uninstall restores the cluster from this file: it must survive a crash whole
+    from ..fsutil import atomic_write
+    atomic_write(os.path.join(hooks_dir, STATE_FILE), json.dumps(state, indent=1, sort_keys=True))
 
 
 def check(settings, hooks_dir, python=None, starter=False, jsv=True, out=sys.stdout):
@@ -399,8 +398,5 @@ def uninstall(hooks_dir, dry_run=False, out=sys.stdout, wait=180):
 
 
 def _write_exec(path, text):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+    from ..fsutil import atomic_write
+    atomic_write(path, text, mode=0o755)
