@@ -31,14 +31,13 @@ from .fsutil import fsync_dir as _fsync_dir
 DIR_MODE = 0o755
 BLOB_MODE = 0o444
 FILE_MODE = 0o644  # lock, pin and last-use files: job owners open pins read-only
-# Seconds after its last use (a prolog handing it to a job) during which a blob is not
-# evicted: the job's starter pins it only after the prolog has exited, and in between
-# another prolog's eviction removed it (found by the load test: 55 of 200 jobs lost
-# their image that way and failed). Config: cache.evict_grace.
-EVICT_GRACE = 60.0
-# Seconds a staging waits for room while the cache is full of images in use, before
-# it gives up for now (the prolog then reschedules). Config: cache.room_wait.
-ROOM_WAIT = 300.0
+# Two settings bound eviction in time (defaults in sge/config.py's SCHEMA, the one
+# source of them): cache.evict_grace, the seconds after its last use (a prolog handing it
+# to a job) during which a blob is not evicted, because the job's starter pins it only
+# after the prolog has exited and in between another prolog's eviction removed it (found
+# by the load test: 55 of 200 jobs lost their image that way and failed); and
+# cache.room_wait, the seconds a staging waits for room while the cache is full of
+# images in use before it gives up for now (the prolog then reschedules).
 SUBDIRS = ("blobs/sha256", "images", "refs", "locks", "pins", "used", "tmp", "quarantine")
 
 
@@ -55,9 +54,8 @@ class Cache:
     @classmethod
     def from_settings(cls, settings):
         c = settings.values["cache"]
-        # .get: a settings snapshot written before the key existed lacks it.
         return cls(settings.cache_root, c["max_size"], c["low_water"], c["min_free"],
-                   c.get("evict_grace", EVICT_GRACE), c.get("room_wait", ROOM_WAIT))
+                   c["evict_grace"], c["room_wait"])
 
     def _p(self, *parts):
         return os.path.join(self.root, *parts)

@@ -57,6 +57,12 @@ def _parser():
     from .ge import commands as ge_commands
     ge_commands.add_parsers(sub)
     ge_commands.add_kit_parsers(sub)
+    # `sge-image install --dry-run --config F` as well as `sge-image --config F install`:
+    # SUPPRESS keeps the global one when the subcommand is not given it.
+    for name, parser in sub.choices.items():
+        if not any("--config" in a.option_strings for a in parser._actions):
+            parser.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                                help="site config (as the global --config)")
     return p
 
 

@@ -161,3 +161,14 @@ def test_an_unclosed_quote_names_the_line_it_began_on(tmp_path):
     with pytest.raises(ConfigError) as e:
         config.load(str(p), use_snapshot=False)
     assert "malformed YAML" in str(e.value) and "at line 3" in str(e.value)
+
+
+def test_config_may_follow_the_subcommand(make_config):
+    from tests.conftest import ROOT
+    import subprocess
+    import sys
+    cfg = make_config({"rocky9-cuda": {"url": "/x", "sha256": "ab" * 32}})
+    for argv in (["--config", cfg, "catalog", "check"], ["catalog", "check", "--config", cfg]):
+        r = subprocess.run([sys.executable, "-m", "sge.cli", *argv], capture_output=True,
+                           text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin"})
+        assert r.returncode == 0 and r.stdout.strip().endswith("1 image, ok"), r.stderr
