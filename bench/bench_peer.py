@@ -25,6 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from bench.bench_core import machine, make_image  # noqa: E402
+from tests.agentkit import free_port  # noqa: E402
 
 PY = sys.executable
 SERVER, CLIENT = "127.0.0.31", "127.0.0.1"
@@ -49,14 +50,6 @@ os.close(fd)
 os.unlink(tmp)
 sys.exit(0 if digest == image.sha256 else 1)
 """
-
-
-def free_port(ip):
-    s = socket.socket()
-    s.bind((ip, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def write_config(path, root, key, port, digest, size, bind):
