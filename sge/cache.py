@@ -276,6 +276,18 @@ class Cache:
                 os.close(fd)
         return removed
 
+    def inflight_names(self):
+        """Names of images a live process is downloading now (from tmp/'s temp names,
+        NAME.PID.SIZE.RANDOM.part; image names may hold dots, the rest may not)."""
+        names = set()
+        try:
+            for fn in os.listdir(self._p("tmp")):
+                if fn.endswith(".part") and _writer_alive(fn):
+                    names.add(fn.rsplit(".", 4)[0])
+        except OSError:
+            pass
+        return names
+
     def inflight_bytes(self):
         """Bytes that downloads in progress will still need (from their temp names)."""
         total = 0
@@ -471,11 +483,17 @@ class Cache:
         return dest
 
 
+def _writer_pid(temp_name):
+    try:
+        return int(temp_name.split(".")[-4])
+    except (ValueError, IndexError):
+        return None
+
+
 def _writer_alive(temp_name):
     """Temp files are named NAME.PID.SIZE.RANDOM.part; is that PID running?"""
-    try:
-        pid = int(temp_name.split(".")[-4])
-    except (ValueError, IndexError):
+    pid = _writer_pid(temp_name)
+    if pid is None:
         return False
     if pid == os.getpid():
         return False

@@ -53,6 +53,7 @@ SCHEMA = {
     },
     "sensor": {
         "list_complex": ("bool", False),
+        "report_inflight": ("bool", True),
     },
     "starter": {
         "runtime": ("argv", ["apptainer", "exec"]),

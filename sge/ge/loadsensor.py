@@ -45,6 +45,8 @@ class Reporter:
         self.refused = None       # the problems last logged
         self.stamps = settings.stamps
         self.list_complex = settings.values["sensor"]["list_complex"]
+        self.report_inflight = settings.values["sensor"]["report_inflight"]
+        self.lines = {n: f"{host}:{i.complex}:1\n" for n, i in settings.images.items()}
         self.by_digest = {}     # sha256 -> [(name, line)]
         self.by_ref = []        # (ref path, name, line) for source-pinned entries
         for name, image in settings.images.items():
@@ -103,6 +105,14 @@ class Reporter:
                 pass
         if unsafe:
             return self._refuse(head, unsafe)
+        if self.report_inflight:
+            # A host pulling an image counts as warm for the scheduler: the soft request
+            # then piles a burst onto the one download here (its tasks wait on the image
+            # lock) rather than starting a download on every host (issue 10).
+            for name in self.cache.inflight_names() - set(warm):
+                if name in self.lines:
+                    out.append(self.lines[name])
+                    warm.append(name)
         if self.refused is not None:
             self.log(f"cache {self.cache.root} is safe again: reporting its images")
             self.refused = None
