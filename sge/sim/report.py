@@ -28,7 +28,7 @@ Definitions (all over the measured window; tasks are those submitted in it):
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 GOAL_EGRESS_RATIO = 1.05
 GOAL_WARM_TOP10 = 0.90
@@ -263,12 +263,12 @@ def plot_agent(rows: List[dict], path: str, title: Optional[str] = None) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cases = []
+    cases: List[Tuple[str, float]] = []
     for r in rows:
-        key = (r["scenario"], r["origin_gbit"])
-        if key not in cases:
-            cases.append(key)
-    pols = []
+        case = (r["scenario"], r["origin_gbit"])
+        if case not in cases:
+            cases.append(case)
+    pols: List[str] = []
     for r in rows:
         if r["policy"] not in pols:
             pols.append(r["policy"])
@@ -284,11 +284,11 @@ def plot_agent(rows: List[dict], path: str, title: Optional[str] = None) -> str:
         bars = ax.bar([i + (j - (len(pols) - 1) / 2) * w for i in x], [max(v, 1e-3) for v in vals],
                       w, label="before (soft)" if p == "soft" else f"after ({p})")
         for b, (s, g) in zip(bars, cases):
-            r = by.get((s, g, p))
-            if r:
-                txt = f"{r['egress_tb']:.2f} TB"
-                if r["copy_tb"] > 0:
-                    txt += f"\n{r['origin_per_copy']:.1f}x"
+            row = by.get((s, g, p))
+            if row:
+                txt = f"{row['egress_tb']:.2f} TB"
+                if row["copy_tb"] > 0:
+                    txt += f"\n{row['origin_per_copy']:.1f}x"
                 ax.annotate(txt, (b.get_x() + b.get_width() / 2, b.get_height()),
                             ha="center", va="bottom", fontsize=7)
     copies = [next((r["copy_tb"] for r in rows if (r["scenario"], r["origin_gbit"]) == c), 0)
