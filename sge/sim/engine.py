@@ -128,9 +128,10 @@ class Engine(ParallelJobs, CachePressure):
         self.agent: Optional[Agent] = None
         self.inflight_vis = sim.report_inflight_as_warm or self.policy.agent
         if self.policy.agent:
-            self.net = MixedNet(self.net, PeerNet(sim.host_link_gbit * GBIT,
-                                                  sim.peer_upload_gbit * GBIT))
-            self.agent = Agent(self, dead_agents, lying_agents)
+            mixed = MixedNet(self.net, PeerNet(sim.host_link_gbit * GBIT,
+                                               sim.peer_upload_gbit * GBIT))
+            self.net = mixed
+            self.agent = Agent(self, mixed, dead_agents, lying_agents)
         self.wait_room = sim.cache_pressure == "wait"
         if sim.cache_pressure not in ("wait", "overflow"):
             raise ValueError(f"cache_pressure: 'wait' or 'overflow', not {sim.cache_pressure!r}")
@@ -902,7 +903,7 @@ def initial_caches(sim: SimConfig, wl: WorkloadConfig, sizes: Sequence[float]) -
     return out
 
 
-def simulate(policy="soft", sim: Optional[SimConfig] = None,
+def simulate(policy: Union[str, Policy] = "soft", sim: Optional[SimConfig] = None,
              workload: Optional[WorkloadConfig] = None) -> dict:
     """Run one policy on the seeded workload; return the raw result dict
     (see `report.summarize`)."""
