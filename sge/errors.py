@@ -5,6 +5,10 @@ prolog turns that into Grid Engine's 99 (reschedule) versus 100 (job error).
 """
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
+
 # Exit codes of `sge-image`; documented in `sge-image --help`.
 EXIT_FAILURE = 1        # unexpected internal error
 EXIT_USAGE = 2          # bad command line, config or catalog
@@ -39,6 +43,8 @@ class NotCached(SgeImageError):
 
 class FetchError(SgeImageError):
     """A source failed; `transient` is decided by the fetcher that saw the cause."""
+
+    status: Optional[int] = None  # the HTTP status of a refusal, where a server gave one
 
     def __init__(self, message: str, transient: bool = True) -> None:
         super().__init__(message)
