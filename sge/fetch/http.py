@@ -56,7 +56,7 @@ class _HTTPConnection(http.client.HTTPConnection):
 
 
 class _HTTPSConnection(_HTTPConnection, http.client.HTTPSConnection):
-    pass
+    """The same over TLS."""
 
 
 def fetch(url: str, sink: Sink, ctx: Context) -> None:

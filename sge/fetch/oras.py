@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from contextlib import suppress
 
 from ..errors import FetchError, VerifyError
 from . import registry_auth, resumable, source_options
@@ -146,12 +147,10 @@ class Registry:
     def describe(self, status: int, reason: str, resp: HTTPResponse, body: bytes,
                  shown: str) -> FetchError:
         """The registry's JSON `errors` code, and what to do about a 401."""
-        code = message = None
-        try:
+        code = message = None  # from {"errors": [{"code", "message"}]} if the body is that
+        with suppress(ValueError, KeyError, IndexError, TypeError, AttributeError):
             err = json.loads(body)["errors"][0]
             code, message = err.get("code"), err.get("message")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            pass
         head = f"{shown}: HTTP {status} " + (f"{code}" if code else reason or "")
         if message:
             head += f": {message}"
