@@ -48,12 +48,13 @@ from . import redact, source_options
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import FrameType
-    from typing import IO, Any, Dict, List, Mapping, Optional, Sequence
+    from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
     from ..sink import Sink
     from . import Context, Problem
 
-    SignalHandler = Any  # what signal.signal returns: a handler, SIG_DFL/SIG_IGN or None
+    # what signal.signal returns: a handler, SIG_DFL/SIG_IGN, or None (set outside Python)
+    SignalHandler = Union[Callable[[int, Optional[FrameType]], Any], int, signal.Handlers, None]
 
 OPTION_KEYS = {
     "template": "the command as a list of words, with {dest} and {uri}",
