@@ -511,7 +511,7 @@ class Engine(ParallelJobs, CachePressure):
         for h, n in pe_cnt.items():
             cnt[h] += n
         ndisp_pe = sum(pe_cnt.values())
-        wstate: Dict[int, list] = {}  # image: [heap of (key, host)] or [None, walk position]
+        wstate: Dict[int, List[Any]] = {}  # image: [heap of (key, host)] or [None, walk position]
         dead = set()  # images whose reported-warm hosts are all full in this run
         soft = self.policy.soft
         maxpt = sim.max_pending_tasks_per_job
@@ -747,7 +747,7 @@ class Engine(ParallelJobs, CachePressure):
                 self.held_img[img] += 1
         self.peak_img[:] = self.busy_img
 
-    def run(self) -> dict:
+    def run(self) -> Dict[str, Any]:
         sim = self.sim
         heap = self.heap
         interval = sim.schedule_interval
@@ -826,7 +826,7 @@ class Engine(ParallelJobs, CachePressure):
                 n += k
         return n
 
-    def result(self) -> dict:
+    def result(self) -> Dict[str, Any]:
         sizes = self.sizes
         if self._censored is None:
             self._censored = self._censor()
@@ -904,7 +904,7 @@ def initial_caches(sim: SimConfig, wl: WorkloadConfig, sizes: Sequence[float]) -
 
 
 def simulate(policy: Union[str, Policy] = "soft", sim: Optional[SimConfig] = None,
-             workload: Optional[WorkloadConfig] = None) -> dict:
+             workload: Optional[WorkloadConfig] = None) -> Dict[str, Any]:
     """Run one policy on the seeded workload; return the raw result dict
     (see `report.summarize`)."""
     sim = sim or SimConfig()

@@ -28,7 +28,7 @@ Definitions (all over the measured window; tasks are those submitted in it):
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 GOAL_EGRESS_RATIO = 1.05
 GOAL_WARM_TOP10 = 0.90
@@ -55,7 +55,7 @@ def _percentiles(values: Sequence[float], qs: Sequence[float]) -> List[float]:
         return out
 
 
-def summarize(res: dict, top: int = 10) -> dict:
+def summarize(res: Dict[str, Any], top: int = 10) -> Dict[str, Any]:
     """Headline numbers of one run (small, picklable: no per-task lists)."""
     tasks, warm = res["img_tasks"], res["img_warm"]
     order = sorted(range(len(tasks)), key=lambda i: (-tasks[i], i))
@@ -124,7 +124,7 @@ COLUMNS = (
 )
 
 
-def format_table(summaries: List[dict]) -> str:
+def format_table(summaries: List[Dict[str, Any]]) -> str:
     """The headline table: one row per policy."""
     head, rows = [], []
     for key, fmt, title in COLUMNS:
@@ -136,7 +136,7 @@ def format_table(summaries: List[dict]) -> str:
     return "\n".join([line, "-" * len(line)] + rows)
 
 
-def format_details(summaries: List[dict]) -> str:
+def format_details(summaries: List[Dict[str, Any]]) -> str:
     """Second table: where the cold starts of the top-10 images come from."""
     lines = ["policy         pulls  evict  prewarm TB  pack TB  unstarted  | top-10 cold starts: "
              "joined  stale  warm_full  no_warm  (lag_miss)"]
@@ -149,7 +149,7 @@ def format_details(summaries: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(summaries: List[dict], path: str, title: Optional[str] = None) -> str:
+def plot(summaries: List[Dict[str, Any]], path: str, title: Optional[str] = None) -> str:
     """Write a PNG: start latency percentiles, egress vs lower bound, warm share."""
     import matplotlib
     matplotlib.use("Agg")
@@ -218,7 +218,7 @@ def plot(summaries: List[dict], path: str, title: Optional[str] = None) -> str:
 
 # ---------------------------------------------------------------------- node agent
 
-def format_agent_table(rows: List[dict]) -> str:
+def format_agent_table(rows: List[Dict[str, Any]]) -> str:
     """Before/after: one row per (scenario, origin, policy); rows carry
     "scenario" and "origin_gbit" beside the summary."""
     head = (f"{'scenario':<14} {'origin':>6} {'policy':<6} {'origin TB':>9} {'1 copy TB':>9} "
@@ -234,7 +234,7 @@ def format_agent_table(rows: List[dict]) -> str:
     return "\n".join(out)
 
 
-def agent_goals(rows: List[dict], policy: str = "agent") -> List[str]:
+def agent_goals(rows: List[Dict[str, Any]], policy: str = "agent") -> List[str]:
     """The issue's goals for the agent rows, one line each."""
     lines = []
     steady = {r["origin_gbit"]: r for r in rows
@@ -257,7 +257,7 @@ def agent_goals(rows: List[dict], policy: str = "agent") -> List[str]:
     return lines
 
 
-def plot_agent(rows: List[dict], path: str, title: Optional[str] = None) -> str:
+def plot_agent(rows: List[Dict[str, Any]], path: str, title: Optional[str] = None) -> str:
     """Before/after per scenario and origin: origin egress per copy, start latency, idle slots."""
     import matplotlib
     matplotlib.use("Agg")

@@ -82,7 +82,7 @@ class WorkloadConfig:
         return (b - a) / math.log(b / a)
 
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
