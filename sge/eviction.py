@@ -9,7 +9,10 @@ with `scan_cache_dir` and its delete strategy.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Tuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at run time: the load sensor scans every cycle
+    from typing import Optional, Sequence, Tuple
 
 # Why an image stays when the cap says something must go.
 KEPT_PINNED = "pinned by a running job"

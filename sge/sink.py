@@ -14,17 +14,32 @@ hashlib, queue and threading are imported when a Sink is made: `sge-image pull` 
 this module for its progress lines, and a pull that finds its image cached (every
 waiter of a storm, once it wakes) should not pay for them.
 """
+from __future__ import annotations
+
 import os
 import time
 
 from .errors import CacheFull, FetchError, VerifyError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import queue
+    import threading
+    from typing import Callable, Literal, Optional, TextIO, Tuple, Union
+
+    # sync_file_range(fd, offset, nbytes, flags) -> 0 or -1
+    SyncFileRange = Callable[[int, int, int, int], int]
+    # (bytes received so far, expected total or None)
+    ProgressFn = Callable[[int, Optional[int]], None]
+    # the writer's work: a filled buffer and its length, a drain marker, or stop
+    WorkItem = Union[Tuple[bytearray, int], threading.Event, None]
 
 BUF_SIZE = 1 << 20
 NBUFS = 8
 WRITEBACK_CHUNK = 64 << 20
 
 
-def _sync_file_range():
+def _sync_file_range() -> Optional[SyncFileRange]:
     """Linux sync_file_range(2) through libc, or None: starts writeback without waiting."""
     try:
         import ctypes
@@ -32,33 +47,35 @@ def _sync_file_range():
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         fn = libc.sync_file_range
         fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
-        return fn
+        sfr: SyncFileRange = fn
+        return sfr
     except (OSError, AttributeError):
         return None
 
 
-_SFR = None
+_SFR: Union[SyncFileRange, Literal[False], None] = None  # None: not looked up yet; False: missing
 SFR_WAIT_BEFORE, SFR_WRITE, SFR_WAIT_AFTER = 1, 2, 4
 
 
-def _load_sfr():
+def _load_sfr() -> Optional[SyncFileRange]:
     global _SFR
     if _SFR is None:
         _SFR = _sync_file_range() or False
-    return _SFR
+    return _SFR or None
 
 
-def push_writeback(fd, synced, end, chunk=None):
+def push_writeback(fd: int, synced: int, end: int, chunk: Optional[int] = None) -> int:
     """Start writeback of `fd`'s bytes [synced, end) in `chunk`s, waiting for each
     chunk before the newest: dirty pages stay bounded and the final fsync has little
     left to do. Returns the new `synced` (unchanged where sync_file_range is missing)."""
-    if not _load_sfr():
+    sfr = _load_sfr()
+    if not sfr:
         return synced
     chunk = chunk or WRITEBACK_CHUNK
     while end - synced >= chunk:
-        _SFR(fd, synced, chunk, SFR_WRITE)
+        sfr(fd, synced, chunk, SFR_WRITE)
         if synced >= chunk:
-            _SFR(fd, synced - chunk, chunk, SFR_WAIT_BEFORE | SFR_WRITE | SFR_WAIT_AFTER)
+            sfr(fd, synced - chunk, chunk, SFR_WAIT_BEFORE | SFR_WRITE | SFR_WAIT_AFTER)
         synced += chunk
     return synced
 
@@ -66,7 +83,9 @@ def push_writeback(fd, synced, end, chunk=None):
 class Sink:
     """Write side of one staging attempt. Not thread-safe for several producers."""
 
-    def __init__(self, fd, path, expected_size=None, expected_sha256=None, progress=None):
+    def __init__(self, fd: int, path: str, expected_size: Optional[int] = None,
+                 expected_sha256: Optional[str] = None,
+                 progress: Optional[ProgressFn] = None) -> None:
         import queue
         import threading
         _load_sfr()
@@ -75,17 +94,17 @@ class Sink:
         self.expected_size = expected_size
         self.expected_sha256 = expected_sha256
         self.progress = progress
-        self._free = queue.Queue()
+        self._free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(NBUFS):
             self._free.put(bytearray(BUF_SIZE))
-        self._work = queue.Queue()
-        self._error = None
+        self._work: queue.Queue[WorkItem] = queue.Queue()
+        self._error: Optional[OSError] = None
         self._reset_state()
-        self._current = None
+        self._current: Optional[bytearray] = None  # lent by buffer(), until commit()
         self._thread = threading.Thread(target=self._writer, name="sink-writer", daemon=True)
         self._thread.start()
 
-    def _reset_state(self):
+    def _reset_state(self) -> None:
         import hashlib
         self._hash = hashlib.sha256()
         self.received = 0      # bytes handed to commit()
@@ -94,36 +113,38 @@ class Sink:
 
     # ------------------------------------------------------------ producer side
 
-    def buffer(self):
+    def buffer(self) -> memoryview:
         """A free buffer to read into (blocks while the writer is behind)."""
         self._raise_writer_error()
         self._current = self._free.get()
         return memoryview(self._current)
 
-    def commit(self, n):
+    def commit(self, n: int) -> None:
+        current = self._current
+        assert current is not None, "commit() without buffer()"
         if n <= 0:
-            self._free.put(self._current)
+            self._free.put(current)
             return
         self.received += n
         if self.expected_size is not None and self.received > self.expected_size:
-            self._free.put(self._current)
+            self._free.put(current)
             raise VerifyError(f"source sent more than the expected {self.expected_size} bytes")
         # Hashing here, not in the writer thread: the writer waits on the disk
         # (sync_file_range) and must not make the hash wait with it.
-        self._hash.update(memoryview(self._current)[:n])
-        self._work.put((self._current, n))
+        self._hash.update(memoryview(current)[:n])
+        self._work.put((current, n))
         self._current = None
         if self.progress:
             self.progress(self.received, self.expected_size)
 
-    def reset(self):
+    def reset(self) -> None:
         """Start over from byte 0 (a mirror switch, or a server that ignored Range)."""
         self._drain()
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
         self._reset_state()
 
-    def adopt(self, path):
+    def adopt(self, path: str) -> bool:
         """Take the finished file at `path` (on the temp file's filesystem) as this
         sink's bytes: hash it in one read pass (from the page cache, where it was just
         written), then rename it over the temp file and make the sink's descriptor
@@ -142,7 +163,7 @@ class Sink:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return False
-        rw = None
+        rw: Optional[int] = None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not _no_writers(fd):
@@ -158,8 +179,9 @@ class Sink:
             self._drain()
             fcntl.flock(rw, fcntl.LOCK_EX)
             self._reset_state()
-            if _load_sfr():
-                _SFR(fd, 0, 0, SFR_WRITE)  # the disk works while we hash
+            sfr = _load_sfr()
+            if sfr:
+                sfr(fd, 0, 0, SFR_WRITE)  # the disk works while we hash
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             buf = self._free.get()
             try:
@@ -188,7 +210,7 @@ class Sink:
 
     # ------------------------------------------------------------ writer thread
 
-    def _writer(self):
+    def _writer(self) -> None:
         import threading
         while True:
             item = self._work.get()
@@ -212,7 +234,7 @@ class Sink:
             finally:
                 self._free.put(buf)
 
-    def _drain(self):
+    def _drain(self) -> None:
         import threading
         done = threading.Event()
         self._work.put(done)
@@ -221,7 +243,7 @@ class Sink:
                 break
         self._raise_writer_error()
 
-    def _raise_writer_error(self):
+    def _raise_writer_error(self) -> None:
         e = self._error
         if e is None:
             return
@@ -232,7 +254,7 @@ class Sink:
 
     # ------------------------------------------------------------ finish
 
-    def finish(self, source):
+    def finish(self, source: str) -> str:
         """Wait for the writer, then check size and digest. Returns the hex sha256."""
         self._drain()
         digest = self._hash.hexdigest()
@@ -244,12 +266,12 @@ class Sink:
                               f"{self.expected_sha256[:16]}... (corrupt or changed image)")
         return digest
 
-    def close(self):
+    def close(self) -> None:
         self._work.put(None)
         self._thread.join(timeout=30)
 
 
-def _no_writers(fd):
+def _no_writers(fd: int) -> bool:
     """True if nothing has the file of `fd` (opened read-only) open for writing: a
     read lease is granted only then. Taken and dropped at once; where leases are not
     available the answer is False (copy rather than guess)."""
@@ -271,7 +293,8 @@ class Progress:
     """Progress lines with rate and ETA: redrawn in place on a terminal, a plain line
     every `interval` seconds otherwise (job output files, logs)."""
 
-    def __init__(self, name, stream, interval=10.0, tty=None):
+    def __init__(self, name: str, stream: TextIO, interval: float = 10.0,
+                 tty: Optional[bool] = None) -> None:
         self.name = name
         self.stream = stream
         self.tty = stream.isatty() if tty is None else tty
@@ -279,7 +302,7 @@ class Progress:
         self.start = time.monotonic()
         self.last = self.start
 
-    def __call__(self, done, total):
+    def __call__(self, done: int, total: Optional[int]) -> None:
         now = time.monotonic()
         if now - self.last < self.interval:
             return
@@ -287,7 +310,7 @@ class Progress:
         self.stream.write(self.line(done, total, now) + ("\r" if self.tty else "\n"))
         self.stream.flush()
 
-    def line(self, done, total, now=None):
+    def line(self, done: int, total: Optional[int], now: Optional[float] = None) -> str:
         from .units import format_duration, format_size
         elapsed = max((now or time.monotonic()) - self.start, 1e-6)
         rate = done / elapsed

@@ -31,6 +31,8 @@ The command runs in its own process group; a timeout (fetch.command_timeout) or 
 SIGTERM/SIGINT/SIGHUP to the stager kills the whole group, so no orphaned pull keeps
 writing into the cache.
 """
+from __future__ import annotations
+
 import fcntl
 import os
 import re
@@ -40,9 +42,21 @@ import signal
 import subprocess
 import threading
 import time
+from contextlib import suppress
 
 from ..errors import FetchError
 from . import redact, source_options
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+    from ..sink import Sink
+    from . import Context, Problem
+
+    # what signal.signal returns: a handler, SIG_DFL/SIG_IGN, or None (set outside Python)
+    SignalHandler = Union[Callable[[int, Optional[FrameType]], Any], int, signal.Handlers, None]
 
 OPTION_KEYS = {
     "template": "the command as a list of words, with {dest} and {uri}",
@@ -62,7 +76,7 @@ PERMANENT_OUTPUT = re.compile(r"manifest unknown|not found|unauthori[sz]ed|authe
                               re.I)
 
 
-def check_options(options):
+def check_options(options: Mapping[str, Any]) -> Optional[Problem]:
     for key, value in options.items():
         if key == "template":
             try:
@@ -80,7 +94,7 @@ def check_options(options):
     return None
 
 
-def template_words(value):
+def template_words(value: object) -> List[str]:
     if isinstance(value, str):
         value = shlex.split(value)
     if not isinstance(value, list) or not value or not all(isinstance(w, str) and w
@@ -89,13 +103,13 @@ def template_words(value):
     return value
 
 
-def argv_for(template, uri, dest, tmp):
+def argv_for(template: object, uri: str, dest: str, tmp: str) -> List[str]:
     """Substitution word by word: a URI with spaces or `;` stays one argument."""
     return [w.replace("{uri}", uri).replace("{dest}", dest).replace("{tmp}", tmp)
             for w in template_words(template)]
 
 
-def fetch(url, sink, ctx):
+def fetch(url: str, sink: Sink, ctx: Context) -> None:
     opts = source_options(ctx, "command")
     shown = redact(url)
     sweep_leftovers(os.path.dirname(sink.path))
@@ -127,7 +141,7 @@ def fetch(url, sink, ctx):
             sink.reset()
         take_output(dest, sink, shown, ctx)
     except _Signalled as e:
-        caught = e.signum
+        caught: Optional[int] = e.signum
     else:
         caught = None
     finally:
@@ -141,12 +155,13 @@ def fetch(url, sink, ctx):
 class _Signalled(Exception):
     """A termination signal arrived while the command ran (its group is dead)."""
 
-    def __init__(self, signum):
+    def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
 
 
-def run(argv, ctx, shown, env=None, cwd=None):
+def run(argv: Sequence[str], ctx: Context, shown: str, env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None) -> None:
     """Run `argv` in its own process group with output to the log; FetchError on
     failure or timeout, _Signalled on a termination signal (the group is dead)."""
     name = ctx.image.name
@@ -158,11 +173,11 @@ def run(argv, ctx, shown, env=None, cwd=None):
     except OSError as e:
         raise FetchError(f"{shown}: cannot run {argv[0]!r}: {e.strerror} (install it, or set "
                          f"sources.command.template)", transient=False) from None
-    tail = []
+    tail: List[str] = []
     reader = threading.Thread(target=_read_output, args=(proc.stdout, ctx, name, tail),
                               daemon=True)
     reader.start()
-    caught = []
+    caught: List[int] = []
     previous = _trap_signals(proc, caught)
     deadline = time.monotonic() + ctx.command_timeout
     timed_out = False
@@ -193,7 +208,7 @@ def run(argv, ctx, shown, env=None, cwd=None):
         raise FetchError(f"{shown}: {argv[0]} failed ({how}): {last}", transient=transient)
 
 
-def _read_output(stream, ctx, name, tail):
+def _read_output(stream: IO[bytes], ctx: Context, name: str, tail: List[str]) -> None:
     logged = 0
     for raw in iter(lambda: stream.readline(65536), b""):
         # Progress bars redraw with \r: each redraw is a line of its own.
@@ -211,33 +226,30 @@ def _read_output(stream, ctx, name, tail):
     stream.close()
 
 
-def _trap_signals(proc, caught):
+def _trap_signals(proc: subprocess.Popen[bytes],
+                  caught: List[int]) -> Dict[signal.Signals, SignalHandler]:
     """While the command runs, a termination signal kills its group first; only the
     main thread may set handlers (elsewhere the group is still killed in `run`)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: Optional[FrameType]) -> None:
         if not caught:
             caught.append(signum)
-    previous = {}
+    previous: Dict[signal.Signals, SignalHandler] = {}
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        try:
+        with suppress(ValueError, OSError):
             previous[sig] = signal.signal(sig, handler)
-        except (ValueError, OSError):
-            pass
     return previous
 
 
-def _restore_signals(previous):
+def _restore_signals(previous: Dict[signal.Signals, SignalHandler]) -> None:
     for sig, old in previous.items():
-        try:
+        with suppress(ValueError, OSError):
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
-        except (ValueError, OSError):
-            pass
 
 
-def _wait_exit(proc, timeout):
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
     """Whether the leader has exited, waiting up to `timeout`, without reaping it: an
     unreaped leader keeps its pid, so the group id cannot be reused by a stranger
     before `_kill_group` has sent its last signal."""
@@ -253,7 +265,7 @@ def _wait_exit(proc, timeout):
         time.sleep(0.02)
 
 
-def _kill_group(proc, grace=GRACE):
+def _kill_group(proc: subprocess.Popen[bytes], grace: float = GRACE) -> None:
     """SIGTERM to the group (Apptainer removes its scratch files), SIGKILL after `grace`."""
     sigs = [signal.SIGTERM, signal.SIGKILL] if grace else [signal.SIGKILL]
     for sig in sigs:
@@ -273,20 +285,20 @@ class _Writeback:
 
     INTERVAL = 0.05
 
-    def __init__(self, path):
-        import threading
+    def __init__(self, path: str) -> None:
         from ..sink import _load_sfr
         self.path = path
         self._stop = threading.Event()
-        self._thread = None
+        self._thread: Optional[threading.Thread] = None
         if _load_sfr():
             self._thread = threading.Thread(target=self._run, name="command-writeback",
                                             daemon=True)
             self._thread.start()
 
-    def _run(self):
+    def _run(self) -> None:
         from ..sink import push_writeback
-        fd = ino = None
+        fd: Optional[int] = None
+        ino: Optional[int] = None
         synced = 0
         try:
             while not self._stop.wait(self.INTERVAL):
@@ -305,13 +317,13 @@ class _Writeback:
             if fd is not None:
                 os.close(fd)
 
-    def stop(self):
+    def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
 
 
-def take_output(dest, sink, shown, ctx=None):
+def take_output(dest: str, sink: Sink, shown: str, ctx: Optional[Context] = None) -> None:
     """The command's output into the sink: adopted where safe, else copied."""
     try:
         st = os.stat(dest)
@@ -333,19 +345,20 @@ def take_output(dest, sink, shown, ctx=None):
         copy_into(dest, sink, shown)
 
 
-def copy_into(dest, sink, shown):
+def copy_into(dest: str, sink: Sink, shown: str) -> None:
     try:
-        fd = os.open(dest, os.O_RDONLY)
+        opened = os.open(dest, os.O_RDONLY)
     except OSError as e:
         raise FetchError(f"{shown}: the command succeeded but wrote no image at {{dest}} "
                          f"({e.strerror}); does the template pass {{dest}} as the output "
                          f"file?", transient=False) from None
+    fd: Optional[int] = opened  # to close here, until file.copy_into takes it over
     try:
-        if os.fstat(fd).st_size == 0:
+        if os.fstat(opened).st_size == 0:
             raise FetchError(f"{shown}: the command wrote an empty file", transient=False)
         from . import file
-        fd, owned = None, fd
-        file.copy_into(owned, sink)  # closes it
+        fd = None
+        file.copy_into(opened, sink)  # closes it
     except OSError as e:
         raise FetchError(f"{shown}: cannot read the command's output: {e.strerror}",
                          transient=True) from None
@@ -354,7 +367,7 @@ def copy_into(dest, sink, shown):
             os.close(fd)
 
 
-def sweep_leftovers(tmpdir):
+def sweep_leftovers(tmpdir: str) -> None:
     """Remove `*.cmd` directories whose stager died (their flock is free)."""
     try:
         names = [n for n in os.listdir(tmpdir) if n.endswith(".cmd")]
