@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The type checker over the package (settings in setup.cfg's [mypy]); a failure stops here.
+.venv/bin/python -m mypy sge/
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

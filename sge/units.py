@@ -53,6 +53,6 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
-def plural(n, word):
+def plural(n: int, word: str) -> str:
     """`1 image`, `2 images`."""
     return f"{n} {word}{'' if n == 1 else 's'}"

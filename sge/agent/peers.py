@@ -20,7 +20,7 @@ from ..errors import CacheFull, FetchError, SgeImageError
 from . import hosts as _hosts
 
 DELEGATE = True
-HINTS = {}   # image name -> a host said to have it (a parallel job's master), tried first
+HINTS: "dict[str, str]" = {}   # image name -> a host said to have it (a parallel job's master), tried first
 MAX_HAVE_TRIES = 3
 MAX_SEEDS = 3
 POLL_MIN, POLL_MAX = 0.25, 2.0
