@@ -134,7 +134,7 @@ def stage_request(host, name, key, agent, timeout=10.0, source="-"):
 def get_blob(host, image, sink, ctx, agent):
     """GET the blob from `host`'s agent into the sink and verify it -> sha256, or None
     (after logging why) with the sink emptied for the next source."""
-    from ..fetch import http as _http
+    from ..fetch import httpwire as wire
     shown = f"peer {host}"
     try:
         if sink.received:
@@ -142,8 +142,8 @@ def get_blob(host, image, sink, ctx, agent):
         conn = _connection(host, agent, ctx.connect_timeout)
         try:
             conn.request("GET", f"/blobs/sha256/{image.sha256}",
-                         headers={"User-Agent": _http.USER_AGENT})
-            _http._tune(conn, ctx)
+                         headers={"User-Agent": wire.USER_AGENT})
+            wire._tune(conn, ctx)
             resp = conn.getresponse()
             if resp.status != 200:
                 raise FetchError(f"{shown}: HTTP {resp.status} {resp.reason}"
@@ -151,7 +151,7 @@ def get_blob(host, image, sink, ctx, agent):
             length = resp.getheader("Content-Length")
             if image.size is not None and length != str(image.size):
                 raise FetchError(f"{shown}: offers {length} bytes, expected {image.size}")
-            _http._stream(resp, sink, ctx, shown)
+            wire._stream(resp, sink, ctx, shown)
         finally:
             conn.close()
         digest = sink.finish(shown)
@@ -159,7 +159,7 @@ def get_blob(host, image, sink, ctx, agent):
         return digest
     except CacheFull:
         raise  # the disk, not the peer: the caller evicts and retries
-    except _http._Interrupted as e:
+    except wire._Interrupted as e:
         ctx.log(f"image {image.name}: {shown}: {e}")
     except SgeImageError as e:
         ctx.log(f"image {image.name}: {e}")

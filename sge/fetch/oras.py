@@ -24,6 +24,7 @@ from contextlib import suppress
 
 from ..errors import FetchError, VerifyError
 from . import registry_auth, resumable, source_options
+from .httpwire import USER_AGENT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ class Registry:
     def get_manifest(self) -> Tuple[bytes, str]:
         url = f"{self.base}/v2/{self.ref.repo}/manifests/{self.ref.ref}"
         for _ in range(MAX_AUTH_TRIES):
-            headers = {"User-Agent": "sge-image-kit/0.1", "Accept": ACCEPT, **self.headers()}
+            headers = {"User-Agent": USER_AGENT, "Accept": ACCEPT, **self.headers()}
             try:
                 resp, conn, _ = resumable.open_url(url, headers, self.ctx, shown=self.ref.url)
             except FetchError as e:

@@ -21,6 +21,7 @@ import subprocess
 from urllib.parse import urlencode, urlsplit
 
 from ..errors import FetchError
+from .httpwire import USER_AGENT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -197,7 +198,7 @@ def fetch_token(params: Mapping[str, str], creds: Optional[Credentials], repo: s
     query = {"scope": scope}
     if params.get("service"):
         query["service"] = params["service"]
-    headers = {"User-Agent": "sge-image-kit/0.1", "Accept": "application/json"}
+    headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
     method = "GET"
     body: Optional[bytes] = None
     if creds is not None and creds.identity_token:

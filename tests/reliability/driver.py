@@ -30,7 +30,7 @@ def _pause(phase):
 
 def _install():
     from sge import cache
-    from sge.fetch import http
+    from sge.fetch import http, httpwire
 
     real_replace, real_unlink = os.replace, os.unlink
 
