@@ -16,14 +16,16 @@ import os
 import shlex
 import stat
 
+from . import cache as _cache
 from .errors import CacheError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import List, Optional, Set
 
-SUBDIRS = ("blobs", "blobs/sha256", "images", "refs", "locks", "pins", "used", "tmp",
-           "quarantine", "jobs")
+# The cache's own layout (one list, in sge/cache.py), the parents it implies, and the
+# prolog's reschedule counters (sge/ge/prolog.py).
+SUBDIRS = ("blobs",) + _cache.SUBDIRS + ("jobs",)
 
 
 class UnsafeCache(CacheError):
