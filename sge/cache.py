@@ -241,8 +241,10 @@ class Cache:
         for fn in names:
             path = self._p("tmp", fn)
             if fn.endswith(".cmd") and os.path.isdir(path):
-                # A command source's private directory (fetch/command.py).
-                if not os.path.exists(path[:-4]) and not _writer_alive(fn[:-4]):
+                # A command source's private directory (fetch/command.py): live while
+                # its stager holds the directory's flock or its pid runs, the same two
+                # tests as for temp files (one sweep for both, not one per module).
+                if _dir_is_dead(path, fn[:-4]):
                     import shutil
                     if not dry_run:
                         shutil.rmtree(path, ignore_errors=True)
@@ -481,6 +483,34 @@ class Cache:
         dest = self._p("quarantine", f"{digest}.{int(time.time())}")
         self._unlink_blob(digest, to=dest)
         return dest
+
+
+def sweep_command_dirs(tmpdir):
+    """Remove the command source's `*.cmd` directories in `tmpdir` whose stager is gone
+    (the rule sweep_temps applies to them too)."""
+    import shutil
+    try:
+        names = [n for n in os.listdir(tmpdir) if n.endswith(".cmd")]
+    except OSError:
+        return
+    for n in names:
+        path = os.path.join(tmpdir, n)
+        if _dir_is_dead(path, n[:-4]):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _dir_is_dead(path, temp_name):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # a live stager holds it
+    finally:
+        os.close(fd)
+    return not _writer_alive(temp_name)
 
 
 def _writer_pid(temp_name):

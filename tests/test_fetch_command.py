@@ -243,8 +243,9 @@ def test_termination_signal_kills_the_group_first(tmp_path, fake):
 
 def test_live_work_directory_is_not_swept(tmp_path):
     import fcntl
-    live = tmp_path / "a.part.cmd"
-    dead = tmp_path / "b.part.cmd"
+    (tmp_path / "tmp").mkdir()
+    live = tmp_path / "tmp" / "a.part.cmd"
+    dead = tmp_path / "tmp" / "b.part.cmd"
     for d in (live, dead):
         d.mkdir()
         (d / "image").write_bytes(b"x")
@@ -254,7 +255,8 @@ def test_live_work_directory_is_not_swept(tmp_path):
         # flock is per open file: another open of the same directory must see it held.
         pid = os.fork()
         if pid == 0:
-            command.sweep_leftovers(str(tmp_path))
+            from sge.cache import sweep_command_dirs
+            sweep_command_dirs(str(tmp_path / "tmp"))
             os._exit(0)
         os.waitpid(pid, 0)
         assert live.exists() and not dead.exists()

@@ -112,7 +112,9 @@ def argv_for(template: object, uri: str, dest: str, tmp: str) -> List[str]:
 def fetch(url: str, sink: Sink, ctx: Context) -> None:
     opts = source_options(ctx, "command")
     shown = redact(url)
-    sweep_leftovers(os.path.dirname(sink.path))
+    # Leftovers of a stager killed with SIGKILL, judged by the cache's one rule.
+    from ..cache import sweep_command_dirs
+    sweep_command_dirs(os.path.dirname(sink.path))
     work = sink.path + ".cmd"
     try:
         os.mkdir(work, 0o700)
@@ -364,27 +366,4 @@ def copy_into(dest: str, sink: Sink, shown: str) -> None:
                          transient=True) from None
     finally:
         if fd is not None:
-            os.close(fd)
-
-
-def sweep_leftovers(tmpdir: str) -> None:
-    """Remove `*.cmd` directories whose stager died (their flock is free)."""
-    try:
-        names = [n for n in os.listdir(tmpdir) if n.endswith(".cmd")]
-    except OSError:
-        return
-    for n in names:
-        path = os.path.join(tmpdir, n)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue  # a live stager holds it
-        try:
-            shutil.rmtree(path, ignore_errors=True)
-        finally:
             os.close(fd)
