@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.ge.kit import cluster_snapshot, make_kit
+from tests.ge.kit import cluster_snapshot, kit_work, make_kit
 
 IMAGES = {"demo": {"size": 4 << 20}, "warm": {}, "flaky": {}, "gone": {}}
 
@@ -13,7 +13,7 @@ IMAGES = {"demo": {"size": 4 << 20}, "warm": {}, "flaky": {}, "gone": {}}
 @pytest.fixture(scope="module")
 def kit(ge_cluster):
     before = cluster_snapshot(ge_cluster)
-    runtime = os.path.join("/var/tmp/sge-image-kit-test", "fake-apptainer")
+    runtime = os.path.join(kit_work(ge_cluster), "fake-apptainer")
     k = make_kit(ge_cluster, IMAGES, starter_runtime=[runtime, "exec"])
     k.script("fake-apptainer", '#!/bin/sh\n# stands in for `apptainer exec IMAGE CMD...`\n'
              '[ "$1" = exec ] || exit 64\nimg=$2; shift 2\n'
