@@ -276,3 +276,19 @@ cmd_env() {
   # shellcheck disable=SC2016  # $PATH is for the shell that evals this
   echo 'export PATH='"$OCS_BIN"':$PATH'
 }
+
+# OCS 9 gives every exec host complex_values slots=<its core count> when the
+# execd first reports (unless a manager set slots): with 2 cores, 2 jobs per
+# host where the queue offers GE_SLOTS. Set it to GE_SLOTS, as on Son of
+# Grid Engine, where only the queue's slots count.
+eval "$(declare -f ensure_hosts_config | sed '1s/^ensure_hosts_config/soge_ensure_hosts_config/')"
+ensure_hosts_config() {
+  local h cur
+  soge_ensure_hosts_config
+  for h in "${H_NAMES[@]}"; do
+    cur=$(qconf -se "$h" 2>/dev/null | awk '$1=="complex_values"{print $2}' | tr ',' '\n' | awk -F= '$1=="slots"{print $2}')
+    [ "$cur" = "$GE_SLOTS" ] && continue
+    log "exec host $h: slots '${cur:-unset}' -> $GE_SLOTS"
+    qc -mattr exechost complex_values "slots=$GE_SLOTS" "$h"
+  done
+}
