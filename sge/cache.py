@@ -25,7 +25,7 @@ import stat
 import time
 from contextlib import contextmanager
 
-from .errors import CacheError, CacheFull, LockTimeout
+from .errors import CacheBusy, CacheError, CacheFull, LockTimeout
 
 DIR_MODE = 0o755
 BLOB_MODE = 0o444
@@ -35,6 +35,9 @@ FILE_MODE = 0o644  # lock, pin and last-use files: job owners open pins read-onl
 # another prolog's eviction removed it (found by the load test: 55 of 200 jobs lost
 # their image that way and failed). Config: cache.evict_grace.
 EVICT_GRACE = 60.0
+# Seconds a staging waits for room while the cache is full of images in use, before
+# it gives up for now (the prolog then reschedules). Config: cache.room_wait.
+ROOM_WAIT = 300.0
 SUBDIRS = ("blobs/sha256", "images", "refs", "locks", "pins", "used", "tmp", "quarantine")
 
 
@@ -49,19 +52,21 @@ class Entry:
 
 
 class Cache:
-    def __init__(self, root, max_size=None, low_water=0.8, min_free=0, evict_grace=0):
+    def __init__(self, root, max_size=None, low_water=0.8, min_free=0, evict_grace=0,
+                 room_wait=0):
         self.root = root
         self.max_size = max_size
         self.low_water = low_water
         self.min_free = min_free
         self.evict_grace = evict_grace
+        self.room_wait = room_wait
 
     @classmethod
     def from_settings(cls, settings):
         c = settings.values["cache"]
         # .get: a settings snapshot written before the key existed lacks it.
         return cls(settings.cache_root, c["max_size"], c["low_water"], c["min_free"],
-                   c.get("evict_grace", EVICT_GRACE))
+                   c.get("evict_grace", EVICT_GRACE), c.get("room_wait", ROOM_WAIT))
 
     def _p(self, *parts):
         return os.path.join(self.root, *parts)
@@ -341,6 +346,43 @@ class Cache:
 
     # ------------------------------------------------------------ eviction
 
+    def room(self, entries=None, now=None):
+        """Bytes a new image could have right now, evicting what may be evicted: the
+        load sensor reports it (img_cache_room) so that the scheduler can steer a
+        cold image away from a host whose cache is full of images in use."""
+        entries = self.entries() if entries is None else entries
+        now = time.time() if now is None else now
+        used = sum(e.size for e in entries) + self.inflight_bytes()
+        free = self.free_bytes()
+        return room_for_new(entries, used, free, self.max_size, self.min_free,
+                            now - self.evict_grace)
+
+    def wait_for_room(self, need, deadline, log=None, ready=None):
+        """make_room(need), waiting while the cache is only *busy* (full of pinned or
+        just-handed-out images) until `deadline` (time.monotonic()); raises CacheBusy
+        after it. A full cache is a scheduling condition, not a failure: tasks of a
+        second array wait here for the first array's images to fall out of use.
+        `ready()` true ends the wait: another task staged the image meanwhile, and
+        making room would only evict it again (found by the two-array test: hosts
+        staged the same image three times)."""
+        said = False
+        while True:
+            if ready is not None and ready():
+                return []
+            try:
+                return self.make_room(need)
+            except CacheBusy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                if log is not None and not said:
+                    log(f"cache {self.root} is full of images in use; waiting up to "
+                        f"{left:.0f}s for room")
+                    said = True
+                # Pins drop and grace periods end without any event to block on:
+                # a short poll, bounded by the deadline.
+                time.sleep(min(max(left, 0.05), 1.0))
+
     def make_room(self, need, keep=()):
         """Before a download of `need` bytes: if it would break the cap (or leave the
         filesystem with less than min_free), evict least-recently-used unpinned blobs
@@ -376,6 +418,15 @@ class Cache:
             free += e.size
         if (self.max_size is not None and used + need > self.max_size) or free - need < self.min_free:
             from .units import format_size
+            # `used` is now what is held: pinned, just handed out, or still downloading
+            # (another image's download becomes evictable once it is done and used).
+            fits_cap = self.max_size is None or need <= self.max_size
+            if fits_cap and used > 0 and free + used - need >= self.min_free:
+                raise CacheBusy(
+                    f"cache {self.root} is full of images in use: {format_size(need)} "
+                    f"needed, {format_size(used)} used of {format_size(self.max_size or 0)} "
+                    f"cap; the rest is pinned by running jobs or was handed to a starting "
+                    f"job less than {self.evict_grace:g}s ago")
             raise CacheFull(
                 f"cache {self.root} cannot make room for {format_size(need)}: "
                 f"{format_size(used)} used of {format_size(self.max_size or 0)} cap, "
@@ -430,6 +481,16 @@ class Cache:
         dest = self._p("quarantine", f"{digest}.{int(time.time())}")
         self._unlink_blob(digest, to=dest)
         return dest
+
+
+def room_for_new(entries, used, free, max_size, min_free, recent_before):
+    """Pure: the bytes a new image could have if every evictable entry (unpinned, last
+    used before `recent_before`) went. `used` counts downloads in progress too."""
+    evictable = sum(e.size for e in entries if not e.pinned and e.last_used <= recent_before)
+    disk = free - min_free + evictable
+    if max_size is None:
+        return max(0, disk)
+    return max(0, min(max_size - used + evictable, disk))
 
 
 def _writer_alive(temp_name):

@@ -16,7 +16,7 @@ from .errors import ConfigError
 from .names import RESERVED_COMPLEXES, explain_invalid, is_valid_name, warm_complex
 
 DEFAULT_PATH = "/etc/sge-image/config.yaml"
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
 
 # section -> key -> (kind, default). Kinds are checked by _coerce.
 SCHEMA = {
@@ -27,6 +27,7 @@ SCHEMA = {
         "lock_wait": ("seconds", 7200),
         "min_free": ("size", "1G"),
         "evict_grace": ("seconds", 60),
+        "room_wait": ("seconds", 300),
     },
     "fetch": {
         "connect_timeout": ("seconds", 10),

@@ -18,6 +18,11 @@ EXIT_CORRUPT = 7        # `verify` found and quarantined a bad blob
 class SgeImageError(Exception):
     exit_code = EXIT_FAILURE
     transient = False
+    # Busy: the host cannot take the image *right now* for a reason that passes by
+    # itself (its cache is full of images that running or starting jobs use). Not a
+    # failure: the prolog reschedules without spending the job's reschedule budget
+    # (issue: full caches sent whole arrays to Eqw).
+    busy = False
 
 
 class ConfigError(SgeImageError):
@@ -55,6 +60,12 @@ class CacheFull(SgeImageError):
     """Not enough room even after evicting every unpinned image."""
     exit_code = EXIT_TRANSIENT
     transient = True
+
+
+class CacheBusy(CacheFull):
+    """Room exists in principle, but the images filling the cache are pinned by running
+    jobs or were handed to starting jobs within `cache.evict_grace`."""
+    busy = True
 
 
 class LockTimeout(SgeImageError):

@@ -13,7 +13,7 @@ COMPLEX_PREFIX = "img_"
 # Complexes the kit defines itself (sge/ge/loadsensor.py): an image named `cache_free`
 # would get the warm complex img_cache_free, clashing with the free-space one in
 # `qconf -sc` and in every sensor report (found by the hostile-name corpus).
-RESERVED_COMPLEXES = ("img_cache_free", "img_sensor_time")
+RESERVED_COMPLEXES = ("img_cache_free", "img_cache_room", "img_sensor_time")
 
 
 def is_valid_name(name):

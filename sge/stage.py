@@ -39,6 +39,25 @@ def stage(image, cache, settings, progress=None, log=None):
 
 
 def _stage(image, cache, settings, progress, log):
+    """One staging, waiting (up to cache.room_wait) while the cache is only busy.
+
+    The wait happens outside the image lock, so that every task of the image on this
+    host waits at once rather than one room_wait after another; whoever takes the
+    lock first once there is room downloads, and the rest find the image."""
+    import time
+    from .errors import CacheBusy
+    deadline = time.monotonic() + cache.room_wait
+    while True:
+        try:
+            return _stage_locked(image, cache, settings, progress, log)
+        except CacheBusy:
+            if time.monotonic() >= deadline:
+                raise
+        cache.wait_for_room(image.size or 0, deadline, log,
+                            ready=lambda: cache.lookup(image) is not None)
+
+
+def _stage_locked(image, cache, settings, progress, log):
     cache.ensure_layout()
     with cache.image_lock(image.name, settings.values["cache"]["lock_wait"],
                           ready=lambda: cache.lookup(image)):

@@ -42,12 +42,13 @@ def make_config(tmp_path):
     """make_config(images, **sections) -> path of a config.yaml with a private cache.
 
     Fetch retries and backoff are shortened so fault tests finish quickly, and images
-    pulled a moment ago may be evicted at once (cache.evict_grace 0).
+    pulled a moment ago may be evicted at once (cache.evict_grace 0), and a cache full
+    of images in use fails at once instead of waiting for room (cache.room_wait 0).
     """
     def make(images=None, cache=None, fetch=None, name="config.yaml", **extra):
         cfg = {
             "cache": {"root": str(tmp_path / "cache"), "max_size": "10G", "lock_wait": 120,
-                      "min_free": 0, "evict_grace": 0, **(cache or {})},
+                      "min_free": 0, "evict_grace": 0, "room_wait": 0, **(cache or {})},
             "fetch": {"retries": 1, "backoff": 0.05, "backoff_max": 0.1, "connect_timeout": 5,
                       "read_timeout": 5, "progress_interval": 1, **(fetch or {})},
             "log": {"file": str(tmp_path / "sge-image.log")},

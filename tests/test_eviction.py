@@ -84,12 +84,65 @@ def test_cache_full_when_everything_is_pinned(tmp_path, make_config):
     holders = [_pin_holder(cfg, "img0"), _pin_holder(cfg, "img1")]
     try:
         r = cli(cfg, "pull", "img2", "-q")
-        assert r.returncode == 5 and "cannot make room" in r.stderr and "pinned" in r.stderr
+        assert r.returncode == 5 and "full of images in use" in r.stderr and "pinned" in r.stderr
         assert cached_names(cfg) == ["img0", "img1"]
     finally:
         for h in holders:
             h.kill()
             h.wait()
+
+
+def test_a_busy_cache_waits_for_room_then_stages(tmp_path, make_config):
+    """Issue: full caches sent tasks to Eqw. A pull that finds every image pinned waits
+    (cache.room_wait) and stages as soon as a pin drops."""
+    cfg = make_config(file_images(tmp_path, 3), cache={"max_size": int(2.5 * MB), "room_wait": 60})
+    for i in range(2):
+        assert cli(cfg, "pull", f"img{i}", "-q").returncode == 0
+    holders = [_pin_holder(cfg, "img0"), _pin_holder(cfg, "img1")]
+    try:
+        from tests.conftest import cli_popen
+        waiter = cli_popen(cfg, "pull", "img2")
+        deadline = time.monotonic() + 30
+        log = tmp_path / "sge-image.log"
+        while "waiting up to" not in (log.read_text() if log.exists() else ""):
+            assert waiter.poll() is None, waiter.communicate()
+            assert time.monotonic() < deadline, "the pull never said it waits for room"
+            time.sleep(0.1)
+        holders[0].kill()
+        holders[0].wait()
+        out, err = waiter.communicate(timeout=60)
+        assert waiter.returncode == 0, err
+        assert cached_names(cfg) == ["img1", "img2"]
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait()
+
+
+def test_an_image_larger_than_the_cap_is_full_not_busy(tmp_path, make_config):
+    # Waiting cannot help: fail at once with the cap in the message, even with a wait set.
+    cfg = make_config(file_images(tmp_path, 1, size=2 * MB),
+                      cache={"max_size": MB, "room_wait": 600})
+    r = cli(cfg, "pull", "img0", "-q", timeout=120)  # well under room_wait: no wait
+    assert r.returncode == 5 and "cannot make room" in r.stderr
+    assert "in use" not in r.stderr
+    assert cached_names(cfg) == []
+
+
+def test_room_counts_only_what_eviction_may_take():
+    from sge.cache import Entry, room_for_new
+    now = 1000.0
+    old_free = Entry("a", 30, now - 100, (), False)
+    old_pinned = Entry("b", 20, now - 100, (), True)
+    recent = Entry("c", 10, now - 1, (), False)
+    entries = [old_free, old_pinned, recent]
+    # cap 100, 60 used: 40 free under the cap plus 30 evictable
+    assert room_for_new(entries, 60, 10 ** 9, 100, 0, now - 60) == 70
+    # the disk binds: 15 free minus 5 kept free, plus 30 evictable
+    assert room_for_new(entries, 60, 15, 100, 5, now - 60) == 40
+    # a download in progress (counted in used) takes room too
+    assert room_for_new(entries, 95, 10 ** 9, 100, 0, now - 60) == 35
+    assert room_for_new([old_pinned], 200, 10 ** 9, 100, 0, now) == 0
 
 
 def test_gc_sweeps_dead_temp_files_but_not_live_ones(tmp_path, make_config):
@@ -138,3 +191,34 @@ def test_disk_full_evicts_unpinned_and_retries_once(tmp_path, make_config):
             holder.wait()
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_waiters_for_one_image_stage_it_once(tmp_path, make_config):
+    """Two tasks of one image wait for room on the same host: one stages it, the other
+    finds it; neither evicts it to make room for itself (found by the two-array test on
+    the real cluster: a host staged the same image three times)."""
+    cfg = make_config(file_images(tmp_path, 3), cache={"max_size": int(2.5 * MB), "room_wait": 60})
+    for i in range(2):
+        assert cli(cfg, "pull", f"img{i}", "-q").returncode == 0
+    holders = [_pin_holder(cfg, "img0"), _pin_holder(cfg, "img1")]
+    log = tmp_path / "sge-image.log"
+    try:
+        from tests.conftest import cli_popen
+        waiters = [cli_popen(cfg, "pull", "img2", "-q") for _ in range(2)]
+        deadline = time.monotonic() + 30
+        while log.read_text().count("waiting up to") < 2:
+            assert all(w.poll() is None for w in waiters)
+            assert time.monotonic() < deadline, "the pulls never waited for room"
+            time.sleep(0.1)
+        holders[0].kill()
+        holders[0].wait()
+        for w in waiters:
+            w.communicate(timeout=60)
+            assert w.returncode == 0
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait()
+    text = log.read_text()
+    assert text.count("image img2: staged") == 1, text
+    assert "evicted img2" not in text

@@ -566,3 +566,90 @@ def test_random_input_never_breaks_the_loop(long_lived, garbage):
     assert out[-6:] == ["STARTED", "PARAM l_hard h_rt=9", "PARAM l_soft img_demo=true",
                         "ENV ADD SGE_IMAGE demo", INFO_DEMO, CORRECT_DEMO]
     assert long_lived.proc.poll() is None
+
+
+# ------------------------------------------------------------ lifecycle (issue 9)
+
+def test_jsv_url_names_its_launcher(tmp_path):
+    launcher = tmp_path / "jsv"
+    launcher.write_text("#!/bin/sh\n")
+    assert jsvmod.jsv_url_names(str(launcher), str(launcher))
+    assert jsvmod.jsv_url_names(f"script:{launcher}", str(launcher))
+    assert jsvmod.jsv_url_names(f"script:sgeadmin@{launcher}", str(launcher))
+    assert jsvmod.jsv_url_names(f"sgeadmin@{launcher}", str(launcher))
+    assert not jsvmod.jsv_url_names("none", str(launcher))
+    assert not jsvmod.jsv_url_names("NONE", str(launcher))
+    assert not jsvmod.jsv_url_names(str(tmp_path / "other"), str(launcher))
+
+
+def test_retirement_asks_qconf_only_now_and_then(tmp_path):
+    launcher = tmp_path / "jsv"
+    launcher.write_text("")
+    now = [0.0]
+    urls = [str(launcher)]
+    r = jsvmod.Retirement(str(launcher), url=lambda: urls[0], clock=lambda: now[0])
+    assert not r.unwanted()
+    urls[0] = "NONE"
+    assert not r.unwanted()  # not asked again before URL_CHECK seconds
+    now[0] += r.URL_CHECK
+    assert r.unwanted()
+    urls[0] = None            # qconf could not tell: stay
+    now[0] += r.URL_CHECK
+    assert not r.unwanted()
+    launcher.unlink()
+    assert r.unwanted()       # a gone launcher needs no qconf
+    assert not jsvmod.Retirement(None).unwanted()  # client JSVs never retire
+
+
+def _jsv_proc(config, launcher):
+    return subprocess.Popen([sys.executable, "-m", "sge.cli", "--config", config, "jsv",
+                             "--launcher", str(launcher)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+
+
+def test_jsv_exits_while_idle_once_its_launcher_is_gone(config, tmp_path):
+    launcher = tmp_path / "jsv"
+    launcher.write_text("#!/bin/sh\n")
+    p = _jsv_proc(config, launcher)
+    try:
+        data = "\n".join(job({"l_hard": "image=demo"})) + "\n"
+        p.stdin.write(data.encode())
+        p.stdin.flush()
+        assert p.stdout.readline() == b"SEND ENV\n"
+        launcher.unlink()  # uninstall; qmaster keeps the pipe open
+        p.wait(timeout=60)  # well within a few idle checks
+        assert p.returncode == 0
+        out = p.stdout.read().decode().splitlines()
+        assert out[-1].startswith("RESULT STATE CORRECT")  # the job in hand was answered
+        assert p.stderr.read() == b""
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_jsv_with_its_launcher_keeps_serving(config, tmp_path):
+    launcher = tmp_path / "jsv"
+    launcher.write_text("#!/bin/sh\n")
+    p = _jsv_proc(config, launcher)
+    try:
+        # longer than an idle check: still there, still answering
+        time.sleep(jsvmod.Retirement.IDLE_CHECK * 2)
+        assert p.poll() is None
+        p.stdin.write(("\n".join(job({"l_hard": "image=demo"})) + "\nQUIT\n").encode())
+        p.stdin.close()
+        out = p.stdout.read().decode().splitlines()
+        assert p.wait(timeout=30) == 0
+        assert out[-1].startswith("RESULT STATE CORRECT")
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_an_image_larger_than_every_cache_is_rejected(make_config, tmp_path):
+    cfg = make_config(images={"huge": {"url": f"file://{tmp_path}/h.sif", "sha256": DIGEST,
+                                       "size": 3 << 30}},
+                      cache={"max_size": "2G"}, name="small-cache.yaml")
+    [line] = one(cfg, {"l_hard": "image=huge"})
+    assert line == ("RESULT STATE REJECT sge-image: image 'huge' is 3.0 GiB, larger than the "
+                    "image cache of every host (2.0 GiB); ask your administrator to raise "
+                    "cache.max_size")

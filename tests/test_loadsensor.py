@@ -60,13 +60,16 @@ def two_images(tmp_path, make_config):
 def test_reports_full_state_each_cycle(two_images, tmp_path):
     s = Sensor(two_images)
     v = s.values()
-    assert set(v) == {"img_sensor_time", "img_cache_free"}  # no cache on this host yet
+    assert set(v) == {"img_sensor_time", "img_cache_free", "img_cache_room"}  # no cache yet
     assert int(v["img_cache_free"]) == 1 << 30  # the room a first download has
+    assert int(v["img_cache_room"]) == 1 << 30
     assert abs(int(v["img_sensor_time"]) - time.time()) < 5
     assert cli(two_images, "pull", "alpha", "-q").returncode == 0
     v = s.values()
     assert v["img_alpha"] == "1" and "img_beta.2" not in v
     assert int(v["img_cache_free"]) == (1 << 30) - 10000  # the cap binds before the disk
+    # evict_grace 0 in the test config: alpha could be evicted at once, so all is room
+    assert int(v["img_cache_room"]) == 1 << 30
     assert cli(two_images, "pull", "Beta.2", "-q").returncode == 0
     assert s.values()["img_beta.2"] == "1"
     # Host name is the one execd gives ($HOST), on every line.
@@ -104,7 +107,7 @@ def test_vanished_cache_gives_a_report_without_images(two_images):
     assert "img_alpha" in s.values()
     shutil.rmtree(root)
     v = s.values()
-    assert set(v) == {"img_sensor_time", "img_cache_free"}  # alive, nothing warm
+    assert set(v) == {"img_sensor_time", "img_cache_free", "img_cache_room"}  # nothing warm
     os.makedirs(root)
     os.chmod(root, 0)
     v = s.values()

@@ -9,12 +9,13 @@ def add_parsers(sub):
     s.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
                    help="site config (default: the global --config, $SGE_IMAGE_CONFIG, "
                         "else /etc/sge-image/config.yaml)")
+    s.add_argument("--launcher", metavar="PATH", help=argparse.SUPPRESS)
     s.set_defaults(func=_cmd_jsv)
 
 
 def _cmd_jsv(args):
     from . import jsv
-    return jsv.run(getattr(args, "config", None))
+    return jsv.run(getattr(args, "config", None), launcher=args.launcher)
 
 
 def add_kit_parsers(sub):
@@ -22,6 +23,10 @@ def add_kit_parsers(sub):
     import argparse
     s = sub.add_parser("install", help="wire the kit into the cluster with qconf (idempotent)")
     s.add_argument("--dry-run", action="store_true", help="print every change, make none")
+    s.add_argument("--check", action="store_true",
+                   help="only run each launcher as the user Grid Engine runs it as (the JSV as "
+                        "the admin user, sensor and prolog as root, the starter as nobody); "
+                        "install does this first and refuses on failure")
     s.add_argument("--sync", action="store_true",
                    help="also remove per-image complexes of images no longer in the catalog")
     s.add_argument("--queue", action="append", dest="queues", metavar="Q",
@@ -67,6 +72,9 @@ def _cmd_install(args):
     from .. import config
     from . import install
     settings = config.load(args.config, use_snapshot=False)
+    if args.check:
+        return install.check(settings, _hooks_dir(args, settings.path), starter=args.starter,
+                             jsv=not args.no_jsv)
     return install.install(settings, _hooks_dir(args, settings.path), queues=args.queues or ["all.q"],
                            hosts=args.hosts, starter=args.starter, jsv=not args.no_jsv,
                            sync=args.sync, dry_run=args.dry_run)

@@ -20,7 +20,7 @@ import shlex
 import sys
 
 from . import qconf
-from .loadsensor import FREE_COMPLEX, LIST_COMPLEX, TIME_COMPLEX
+from .loadsensor import FREE_COMPLEX, LIST_COMPLEX, ROOM_COMPLEX, TIME_COMPLEX
 
 STATE_FILE = "install-state.json"
 STATE_VERSION = 1
@@ -31,6 +31,7 @@ def kit_complexes(settings):
     rows = [
         ("image", "img", "RESTRING", "==", "YES", "NO", "NONE", "0"),
         (FREE_COMPLEX, "imgfree", "MEMORY", "<=", "YES", "NO", "0", "0"),
+        (ROOM_COMPLEX, "imgroom", "MEMORY", "<=", "YES", "NO", "0", "0"),
         (TIME_COMPLEX, "imgtime", "INT", "<=", "NO", "NO", "0", "0"),
     ]
     if settings.values["sensor"]["list_complex"]:
@@ -52,7 +53,9 @@ def launchers(settings, python, hooks_dir):
                          f"{py} --config {cfg} \"$@\"\n",
         "loadsensor": head + f"exec {shlex.quote(_wrapper(kit, 'loadsensor', 'sge-image-loadsensor'))} "
                              f"{py} --config {cfg}\n",
-        "jsv": head + f"exec {py} -I -m sge.cli --config {cfg} jsv\n",
+        # --launcher "$0": the JSV exits once its launcher is gone (uninstall), since
+        # qmaster leaves the processes it started running (issue 9).
+        "jsv": head + f"exec {py} -I -m sge.cli --config {cfg} jsv --launcher \"$0\"\n",
         "starter": head + f"exec {py} -I -m sge.ge.starter --config {cfg} -- \"$@\"\n",
     }
 
@@ -113,13 +116,34 @@ def _save_state(hooks_dir, state):
     os.replace(tmp, os.path.join(hooks_dir, STATE_FILE))
 
 
+def check(settings, hooks_dir, python=None, starter=False, jsv=True, out=sys.stdout):
+    """Run every launcher as its Grid Engine user (sge/ge/install_check.py); 0 or 2."""
+    from . import install_check
+    hooks_dir = os.path.abspath(hooks_dir)
+    python = python or sys.executable
+    failures = install_check.check(settings, launchers(settings, python, hooks_dir), python,
+                                   hooks_dir, starter=starter, jsv=jsv)
+    for f in failures:
+        out.write(f"check failed: {f}\n")
+    if not failures:
+        hooks = ["loadsensor", "prolog"] + (["jsv"] if jsv else []) + (["starter"] if starter else [])
+        out.write(f"check passed: {', '.join(hooks)} launchers run as their Grid Engine users\n")
+    return 2 if failures else 0
+
+
 def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, jsv=True,
-            sync=False, dry_run=False, python=None, out=sys.stdout):
+            sync=False, dry_run=False, python=None, out=sys.stdout, run_check=True):
     _check_manager()
     hooks_dir = os.path.abspath(hooks_dir)
     python = python or sys.executable
     plan = Plan(dry_run, out)
     state = _load_state(hooks_dir)
+
+    # 0. Every launcher runs as its user before Grid Engine is pointed at it: a JSV
+    # sgeadmin cannot execute stops every qsub on the cluster (issue 9).
+    if run_check and check(settings, hooks_dir, python, starter, jsv, out) != 0:
+        raise qconf.QconfError("install refused: a launcher would fail as its Grid Engine "
+                               "user (see above); nothing was changed")
 
     # 1. Launchers.
     wanted = launchers(settings, python, hooks_dir)

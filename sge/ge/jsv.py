@@ -110,12 +110,20 @@ def map_image(params, env, settings):
         site = settings()
         image = site.image(name)
         strict = bool(site.values["jsv"]["strict"])
+        cap = site.values.get("cache", {}).get("max_size")
     except UnknownImage as e:
         return Result.reject(f"{TAG}: {origin}: {e}")
     except CatalogUnavailable as e:
         return Result.reject_wait(f"{TAG}: cannot check image {_show(name)}: the image "
                                   f"catalog is unavailable ({clean_text(e, 200)}); submit "
                                   f"again later or tell your administrator")
+
+    if cap is not None and image.size is not None and image.size > cap:
+        # No host could ever stage it: the job would wait or fail on every host.
+        from ..units import format_size
+        return Result.reject(f"{TAG}: image {_show(name)} is {format_size(image.size)}, larger "
+                             f"than the image cache of every host ({format_size(cap)}); ask "
+                             f"your administrator to raise cache.max_size")
 
     cx = warm_complex(image.name)
     new_hard = [e for e in hard if not is_image_entry(e)]
@@ -233,14 +241,94 @@ def _private_stdio():
     return out
 
 
-def run(config_path=None):
+def jsv_url_names(url, launcher):
+    """Does a global `jsv_url` value (`[script:][user@]/path`) name `launcher`?"""
+    if not url or url.lower() == "none":
+        return False
+    path = url.split(":", 1)[1] if url.startswith("script:") else url
+    path = path.split("@", 1)[1] if "@" in path.split("/", 1)[0] else path
+    return os.path.realpath(path) == os.path.realpath(launcher)
+
+
+def configured_url():
+    """jsv_url of the global configuration, or None when qconf cannot tell."""
+    import subprocess
+    try:
+        r = subprocess.run(["qconf", "-sconf", "global"], capture_output=True, text=True,
+                           timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if r.returncode != 0:
+        return None
+    for line in r.stdout.splitlines():
+        parts = line.split(None, 1)
+        if parts and parts[0] == "jsv_url":
+            return parts[1].strip() if len(parts) > 1 else ""
+    return None
+
+
+class Retirement:
+    """When this server JSV is no longer wanted, it exits between jobs.
+
+    qmaster leaves the JSV processes it started running after `jsv_url` changes or the
+    kit is uninstalled (measured), each pointing at files that may be gone. Between
+    jobs this checks, every IDLE_CHECK seconds, that the launcher still exists, and
+    every URL_CHECK seconds that the global configuration still names it; after
+    each job it checks the launcher. A JSV that is still named never exits on its
+    own: qmaster would send the next job to a dead pipe and reject it."""
+
+    IDLE_CHECK = 5.0
+    URL_CHECK = 60.0
+
+    def __init__(self, launcher, url=configured_url, clock=time.monotonic):
+        self.launcher = launcher
+        self.url = url
+        self.clock = clock
+        self.url_checked = clock()
+
+    def launcher_gone(self):
+        return self.launcher is not None and not os.path.exists(self.launcher)
+
+    def unwanted(self):
+        if self.launcher is None:
+            return False
+        if self.launcher_gone():
+            return True
+        now = self.clock()
+        if now - self.url_checked < self.URL_CHECK:
+            return False
+        self.url_checked = now
+        url = self.url()
+        return url is not None and not jsv_url_names(url, self.launcher)
+
+
+def _watch(loop, retirement, log):
+    """Daemon thread: exit the process while idle once the JSV is unwanted."""
+    while True:
+        time.sleep(retirement.IDLE_CHECK)
+        if loop.in_job or not retirement.unwanted():
+            continue
+        with loop.lock:
+            if loop.in_job:
+                continue
+            log("jsv: no longer configured (launcher gone or jsv_url changed); exiting")
+            os._exit(0)
+
+
+def run(config_path=None, launcher=None):
     """Serve the JSV protocol on stdin/stdout until QUIT or EOF; returns 0."""
     out = _private_stdio()
     jsv = ImageJsv(config_path)
+    retirement = Retirement(launcher)
     loop = JsvLoop(jsv.verify, sys.stdin.buffer, out, timeout=DEFAULT_TIMEOUT,
                    on_timeout=jsv.on_timeout, on_error=jsv.on_error,
-                   log=lambda msg: jsv.log(msg))
+                   log=lambda msg: jsv.log(msg),
+                   after_job=lambda: not retirement.launcher_gone())
     jsv.loop = loop
+    if launcher is not None:
+        import threading
+        threading.Thread(target=_watch, args=(loop, retirement, lambda m: jsv.log(m)),
+                         daemon=True).start()
     return loop.run()
 
 
@@ -250,8 +338,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="sge-image jsv",
                                 description="Grid Engine JSV for container images")
     p.add_argument("--config", metavar="PATH", help="site config")
+    p.add_argument("--launcher", metavar="PATH", help=argparse.SUPPRESS)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    return run(args.config)
+    return run(args.config, args.launcher)
 
 
 if __name__ == "__main__":

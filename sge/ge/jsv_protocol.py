@@ -135,10 +135,14 @@ class JsvLoop:
     on_error(job, exc) -> Result  answer when `verify` raised (a bug).
     log(msg)                  where events go that must not reach Grid Engine.
     send_env                  answer START with `SEND ENV` to receive the job env.
+    after_job() -> bool       called after each answer; False ends the loop.
+
+    `in_job` is true from START to the answer, and `lock` is held while a line is
+    handled: another thread may end the process only between jobs.
     """
 
     def __init__(self, verify, stdin, stdout, timeout=None, on_timeout=None, on_error=None,
-                 log=None, send_env=True):
+                 log=None, send_env=True, after_job=None):
         self.verify = verify
         self.stdin = stdin
         self.stdout = stdout
@@ -152,6 +156,10 @@ class JsvLoop:
         self.job = Job()
         self.context = None   # last CONTEXT seen: decides whether LOG lines may be sent
         self._armed = False
+        self.after_job = after_job
+        self.in_job = False
+        import threading
+        self.lock = threading.Lock()
 
     # ------------------------------------------------------------ main loop
 
@@ -167,7 +175,11 @@ class JsvLoop:
                     continue
                 line = raw[:-1] if raw.endswith(b"\n") else raw
                 try:
-                    if self._handle(line.decode("utf-8", "surrogateescape")):
+                    with self.lock:
+                        if self._handle(line.decode("utf-8", "surrogateescape")):
+                            return 0
+                    if not self.in_job and line.startswith(b"BEGIN") and \
+                            self.after_job is not None and not self.after_job():
                         return 0
                 except (BrokenPipeError, ConnectionResetError):
                     raise
@@ -215,10 +227,14 @@ class JsvLoop:
                 self.job.env[name] = value  # `ENV ADD TERM ` from qmaster: empty value
         elif cmd == "START":
             self.job = Job()
+            self.in_job = True
             self._write(["SEND ENV", "STARTED"] if self.send_env else ["STARTED"])
         elif cmd == "BEGIN":
             job, self.job = self.job, Job()
-            self._write(self._answer(job))
+            try:
+                self._write(self._answer(job))
+            finally:
+                self.in_job = False
         elif cmd == "QUIT":
             return True
         elif cmd == "SHOW":

@@ -21,6 +21,7 @@ import time
 MAX_LINE = 999
 MAX_IN_LINE = 1 << 16  # execd sends empty lines and `quit`; longer input is one request
 FREE_COMPLEX = "img_cache_free"
+ROOM_COMPLEX = "img_cache_room"
 TIME_COMPLEX = "img_sensor_time"
 LIST_COMPLEX = "images"
 
@@ -75,7 +76,9 @@ class Reporter:
         except FileNotFoundError:
             # No cache yet (or it vanished): nothing is warm, but the room a first
             # download would have is known, and worth telling the scheduler.
-            return head + f"{self.host}:{FREE_COMPLEX}:{self._free_before_first_use()}\n"
+            free = self._free_before_first_use()
+            return head + (f"{self.host}:{FREE_COMPLEX}:{free}\n"
+                           f"{self.host}:{ROOM_COMPLEX}:{free}\n")
         except OSError:
             return head  # unreadable cache: nothing is warm here
         out, warm = [head], []
@@ -103,10 +106,37 @@ class Reporter:
         if self.refused is not None:
             self.log(f"cache {self.cache.root} is safe again: reporting its images")
             self.refused = None
-        out.append(f"{self.host}:{FREE_COMPLEX}:{_free_bytes(self.cache, self._used(present))}\n")
+        used = self._used(present)
+        out.append(f"{self.host}:{FREE_COMPLEX}:{_free_bytes(self.cache, used)}\n")
+        out.append(f"{self.host}:{ROOM_COMPLEX}:{self._room(present, used)}\n")
         if self.list_complex:
             out.append(_list_line(self.host, sorted(warm)) + "\n")
         return "".join(x for x in out if len(x) <= MAX_LINE + 1)
+
+    def _room(self, present, used):
+        """What a new image could have once evictable images go (img_cache_room): the
+        JSV soft-requests it, so a cold image prefers hosts whose caches are not full
+        of images in use. Pins are tested only for images past their grace period."""
+        from ..cache import Entry, room_for_new
+        cache = self.cache
+        recent = time.time() - cache.evict_grace
+        entries = []
+        for d in present:
+            size = self.sizes.get(d)
+            if size is None:
+                continue
+            try:
+                last = os.stat(os.path.join(cache.root, "used", d)).st_mtime
+            except OSError:
+                last = 0.0
+            pinned = last > recent or cache.is_pinned(d)
+            entries.append(Entry(d, size, last, (), pinned))
+        try:
+            free = cache.free_bytes()
+        except OSError:
+            return 0
+        return room_for_new(entries, used + cache.inflight_bytes(), free, cache.max_size,
+                            cache.min_free, recent)
 
     def _free_before_first_use(self):
         path = self.cache.root

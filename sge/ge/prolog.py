@@ -18,7 +18,7 @@ import sys
 
 GO, RESCHEDULE, JOB_ERROR = 0, 99, 100
 TRAPPED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
-           signal.SIGQUIT, signal.SIGALRM, signal.SIGPIPE)
+           signal.SIGQUIT, signal.SIGALRM)
 
 
 class _Signalled(Exception):
@@ -46,7 +46,10 @@ def main(argv=None):
         return GO  # not an image job
     for sig in TRAPPED:
         signal.signal(sig, _on_signal)
-    out = sys.stdout  # the job's -o file
+    # A job output pipe whose reader went away is an EPIPE that JobOutput drops, not a
+    # signal that turns a staged image into a reschedule.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    out = JobOutput(sys.stdout)  # the job's -o file
     try:
         return _run(name, argv, out)
     except _Signalled as e:
@@ -96,6 +99,11 @@ def _run(name, argv, out):
         _export_path(path)
         return GO
     except SgeImageError as e:
+        if e.busy:
+            # Busy is not failure: rescheduled without spending the job's budget, so a
+            # full cache never sends a task to Eqw (it waited cache.room_wait here).
+            _say(out, f"{e}; rescheduling: the job waits for a host with room")
+            return RESCHEDULE
         if e.transient:
             _say(out, f"staging {name!r} failed, will retry: {e}")
             return _reschedule_or_fail(cache, job, out, settings.values["prolog"]["max_reschedules"])
@@ -223,12 +231,38 @@ def _export_path(path):
         os.close(fd)
 
 
+class JobOutput:
+    """The job's output file as the prolog writes to it: gone (Python sets sys.stdout
+    to None when fd 1 is closed), full or a broken pipe, writing must never change
+    the exit code (issue: with stdout and stderr closed the prolog exited 1)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        if self.stream is None:
+            return 0
+        try:
+            return self.stream.write(text)
+        except (OSError, ValueError):
+            self.stream = None  # stop trying: every later write would fail the same way
+            return 0
+
+    def flush(self):
+        if self.stream is None:
+            return
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.stream = None
+
+    def isatty(self):
+        return False
+
+
 def _say(out, msg):
-    try:
-        out.write(f"sge-image prolog: {msg}\n")
-        out.flush()
-    except (OSError, ValueError):
-        pass
+    out.write(f"sge-image prolog: {msg}\n")
+    out.flush()
 
 
 def _exit(code):
@@ -238,7 +272,7 @@ def _exit(code):
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # AttributeError: a closed fd's None
             pass
     os._exit(code)
 
@@ -248,4 +282,6 @@ if __name__ == "__main__":
         code = main()
     except _Signalled:  # the first signal came just as main() returned
         code = RESCHEDULE
-    _exit(code)
+    except BaseException:  # noqa: BLE001 - nothing may reach Grid Engine but 0/99/100
+        code = RESCHEDULE
+    _exit(code if code in (GO, RESCHEDULE, JOB_ERROR) else RESCHEDULE)

@@ -39,7 +39,7 @@ def write_config(path, root, images, cache=None, fetch=None, log=None, **extra):
     """A site config for one trial; `images` is a catalog mapping."""
     cfg = {
         "cache": {"root": str(root), "max_size": "1G", "min_free": 0, "lock_wait": 120,
-                  "evict_grace": 0, **(cache or {})},
+                  "evict_grace": 0, "room_wait": 0, **(cache or {})},
         "fetch": {"retries": 0, "backoff": 0.05, "backoff_max": 0.1, "connect_timeout": 5,
                   "read_timeout": 30, "progress_interval": 1, **(fetch or {})},
         "log": {"file": str(log or os.path.join(os.path.dirname(str(path)), "sge-image.log"))},

@@ -78,7 +78,7 @@ def test_200_jobs_10_images_eviction_under_pins(tmp_path, http_server, rng):
         assert bad == [], bad  # 75 here: the image vanished between prolog and job
         for i, name in enumerate(wanted):
             if codes[i] == 99:
-                assert "cannot make room" in outs[i], outs[i]
+                assert "full of images in use" in outs[i] or "cannot make room" in outs[i], outs[i]
         assert summary[0] >= JOBS // 4, summary
 
         # Pinned images survived, intact; nothing partial; every lock released but pins.
