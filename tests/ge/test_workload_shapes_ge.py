@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from tests.ge.kit import MB, WORK, cluster_snapshot, make_kit
+from tests.ge.kit import MB, cluster_snapshot, kit_work, make_kit
 
 IMAGES = {"left": {"size": 24 * MB, "seed": 1}, "right": {"size": 24 * MB, "seed": 2}}
 TASKS = 30
@@ -21,7 +21,7 @@ TASKS = 30
 @pytest.fixture(scope="module")
 def kit(ge_cluster):
     k = make_kit(ge_cluster, IMAGES, extra={"cache": {
-        "root": os.path.join(WORK, "cache", "{host}"), "min_free": 0,
+        "root": os.path.join(kit_work(ge_cluster), "cache", "{host}"), "min_free": 0,
         "max_size": "40M",      # holds one image, never both
         "evict_grace": 15,      # shortened from 60 s; the mechanism is the same
         "room_wait": 120}})
