@@ -132,6 +132,13 @@ ensure_packages() {
   command -v gcc >/dev/null || die "gcc missing (needed for the bind shim)"
 }
 
+cmd_build() {
+  setup_work; take_lock
+  ensure_admin_user
+  ensure_ocs_build
+  echo "OCS $OCS_VERSION ready in $SGE_ROOT ($(cat "$SGE_ROOT/.build-seconds" 2>/dev/null || echo '?') s to build)"
+}
+
 # ------------------------------------------------------------- the cell
 # What inst_sge -m does for a qmaster, minus its host name checks, the rc
 # scripts and the daemon start: classic (flat file) spooling.

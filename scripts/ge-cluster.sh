@@ -11,6 +11,7 @@
 #   ge-cluster.sh status        qmaster/execd processes, qhost, qstat -f
 #   ge-cluster.sh env           print export lines: eval "$(ge-cluster.sh env)"
 #   ge-cluster.sh hosts         print the exec host names, one per line
+#   ge-cluster.sh build         only install (soge) or build and cache (ocs) the engine
 #
 # Layout: qmaster runs on this machine's own host name (admin + submit host,
 # no execd). Each exec host is a loopback address named in /etc/hosts, served
@@ -669,7 +670,9 @@ cmd_env() {
 
 cmd_hosts() { parse_hosts; printf '%s\n' "${H_NAMES[@]}"; }
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+cmd_build() { setup_work; take_lock; parse_hosts; resolve_master; ensure_packages; }
+
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 
 # The other engine redefines what differs (paths, build, cell setup, env).
 [ "$GE_FLAVOR" = soge ] || . "$SCRIPT_DIR/ge-cluster-$GE_FLAVOR.sh"
@@ -681,6 +684,7 @@ case "${1:-}" in
   status) cmd_status ;;
   env) cmd_env ;;
   hosts) cmd_hosts ;;
+  build) cmd_build ;;
   -h|--help|help) usage ;;
   *) usage >&2; exit 2 ;;
 esac
