@@ -73,8 +73,12 @@ ensure_admin_user() {
   id "$GE_ADMIN" > /dev/null 2>&1 && return 0
   log "creating the system user $GE_ADMIN"
   # as Debian's gridengine-common creates it, so installing that later is fine
-  adduser --system --group --quiet --home /var/lib/gridengine --no-create-home "$GE_ADMIN" \
-    || die "could not create user $GE_ADMIN"
+  if command -v adduser > /dev/null; then
+    adduser --system --group --quiet --home /var/lib/gridengine --no-create-home "$GE_ADMIN"
+  else
+    useradd --system --user-group --home-dir /var/lib/gridengine --no-create-home \
+      --shell /usr/sbin/nologin "$GE_ADMIN"
+  fi || die "could not create user $GE_ADMIN"
 }
 
 ensure_build_deps() {
@@ -126,9 +130,33 @@ ensure_ocs_build() {
   log "OCS built in $(cat "$SGE_ROOT/.build-seconds") s ($(du -sm "$SGE_ROOT" | cut -f1) MB installed)"
 }
 
+# A tree built from an older source or patch: stop its daemons (they hold the
+# same ports) and remove it.
+retire_other_trees() {
+  local d f pid
+  for d in "$OCS_HOME"/*/; do
+    d=${d%/}
+    [ -d "$d" ] && [ "$d" != "$SGE_ROOT" ] && [ -x "$d/bin/lx-amd64/sge_qmaster" ] || continue
+    for f in "$d"/default/spool/*/execd.pid; do
+      pid=$(pidfile_pid "$f")
+      is_proc "$pid" "$d/bin/lx-amd64/sge_execd" || continue
+      log "stopping execd pid $pid of the older OCS tree $d"
+      stop_pid "$pid" "$d/bin/lx-amd64/sge_execd" 20
+    done
+    pid=$(pidfile_pid "$d/default/spool/qmaster/qmaster.pid")
+    if is_proc "$pid" "$d/bin/lx-amd64/sge_qmaster"; then
+      log "stopping qmaster pid $pid of the older OCS tree $d"
+      stop_pid "$pid" "$d/bin/lx-amd64/sge_qmaster" 40
+    fi
+    log "removing the older OCS tree $d"
+    rm -rf "$d"
+  done
+}
+
 ensure_packages() {
   ensure_admin_user
   ensure_ocs_build
+  retire_other_trees
   command -v gcc >/dev/null || die "gcc missing (needed for the bind shim)"
 }
 
