@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test suite, on a fresh Debian machine as root: installs what it needs
 # (scripts/setup.sh), then runs pytest; the Grid Engine tests bring up a real
-# three-host cluster themselves (scripts/ge-cluster.sh) and leave it running.
+# three-host cluster themselves (scripts/ge-cluster.sh) and leave it running: each
+# tests/ge test runs on Son of Grid Engine and on Open Cluster Scheduler (built from
+# ../shared/ocs once; `--ge-flavor soge` runs one engine only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
