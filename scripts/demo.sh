@@ -31,7 +31,12 @@ if [ "${1:-}" = "--undo" ]; then
   [ -f "$DEMO/nginx/nginx.pid" ] && kill "$(cat "$DEMO/nginx/nginx.pid")" 2>/dev/null || true
   bash scripts/ge-cluster.sh down --purge
   rm -rf "$DEMO" /opt/sge-image-kit
-  echo "demo: undone (Grid Engine purged, /etc/hosts restored, $DEMO and /opt/sge-image-kit removed)."
+  if [ "$GE_FLAVOR" = ocs ]; then
+    echo "demo: undone (the OCS cluster stopped and its cell removed, $DEMO and /opt/sge-image-kit removed;"
+    echo "      the built OCS tree stays in /var/lib/sge-image-kit-ocs as a build cache)."
+  else
+    echo "demo: undone (Grid Engine purged, /etc/hosts restored, $DEMO and /opt/sge-image-kit removed)."
+  fi
   echo "      Debian packages installed by scripts/setup.sh stay; remove them with apt-get if wanted."
   exit 0
 fi
@@ -157,6 +162,6 @@ fi
 cat <<EOF
 
 What this changed on the machine: Debian packages (scripts/setup.sh, Grid Engine), marked lines in
-/etc/hosts for node1..node3, a running three-host Grid Engine, /opt/sge-image-kit and $DEMO.
+/etc/hosts for node1..node3, a running three-host $ENGINE, /opt/sge-image-kit and $DEMO.
 Undo all of it with:  bash scripts/demo.sh --undo
 EOF
