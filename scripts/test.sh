@@ -10,13 +10,18 @@ bash scripts/setup.sh
 # Build (or find cached) Open Cluster Scheduler first, in the open: a cold build takes
 # minutes, and this way it does not happen inside a test's setup.
 flavors=${GE_FLAVORS:-soge,ocs}
-prev=""
+prev=""; paths=""; ge=0
 for a in "$@"; do
-  case "$a" in --ge-flavor=*) flavors=${a#*=} ;; esac
-  [ "$prev" = --ge-flavor ] && flavors=$a
+  case "$a" in
+    --ge-flavor=*) flavors=${a#*=} ;;
+    -*) ;;
+    *) if [ "$prev" = --ge-flavor ]; then flavors=$a
+       else paths=1; case "$a" in tests|tests/|tests/ge*|./tests|./tests/|./tests/ge*) ge=1 ;; esac; fi ;;
+  esac
   prev=$a
 done
-case ",$flavors," in
-  *,ocs,*) [ "$(id -u)" != 0 ] || GE_FLAVOR=ocs bash scripts/ge-cluster.sh build ;;
-esac
+[ -n "$paths" ] || ge=1   # no paths: the whole suite
+if [ "$ge" = 1 ] && [ "$(id -u)" = 0 ]; then
+  case ",$flavors," in *,ocs,*) GE_FLAVOR=ocs bash scripts/ge-cluster.sh build ;; esac
+fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
