@@ -555,7 +555,9 @@ def sim_scenario(real, jobs, meas, args, **over):
     images = {}
     for n in IMAGES:
         p = meas["pull_s"][n]["median_s"]
-        images[n] = {"download_s": round(p if not math.isnan(p) else nominal[n], 2)}
+        # size_gb: the simulator's peer transfers (policy "agent") run at link rates
+        images[n] = {"download_s": round(p if not math.isnan(p) else nominal[n], 2),
+                     "size_gb": IMAGES[n][0] * 2 ** 20 / 1e9}
     interval = over.pop("schedule_interval", args.sim_interval)
     # the simulator waits interval/2 on average for the run that refills a slot
     extra = over.pop("runtime_extra", max(0.0, meas["cycle_overhead_s"] - interval / 2))

@@ -2,6 +2,7 @@
 """Compare the placement policies on the simulated cluster.
 
     python bench/sim_policies.py [--hosts 1000 --hours 24 --seed 1 --out bench/out]
+    python bench/sim_policies.py --agent-report    # the node agent, before and after
 
 Runs every policy on the same seeded job stream, prints the headline table
 (egress vs the lower bound, warm starts overall and for the 10 most used
@@ -10,6 +11,15 @@ the cold starts of the top-10 images come from, and writes
 ``sim_policies.png`` and ``sim_policies.json`` to the out dir.  The model and
 its defaults are described in ``sge/sim``; the what-if flags below change one
 assumption at a time.
+
+``--agent-report`` runs the node agent's before/after instead: steady state,
+day one (empty caches, no warm-up) and 20 new image versions a day, each at
+10 and 100 Gbit/s origins, with the soft policy (before) and the agent
+(after), on a workload with a small share of parallel jobs; it prints origin
+egress against one copy per image version, top-10 warm starts, start
+latency, idle slot-hours and the issue's goals, runs the cache-pressure
+scenario of two arrays on caches that hold one image, and writes
+``sim_agent.png`` and ``sim_agent.json``.
 """
 import argparse
 import json
@@ -22,7 +32,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sge.sim import (DEFAULT_POLICY, POLICIES, SimConfig, WorkloadConfig,  # noqa: E402
-                     format_details, format_table, plot, simulate, summarize)
+                     agent_goals, format_agent_table, format_details, format_table, plot,
+                     plot_agent, run_scenario, simulate, summarize)
 from sge.sim.report import GOAL_EGRESS_RATIO, GOAL_WARM_TOP10  # noqa: E402
 
 
@@ -56,6 +67,24 @@ def parse_args(argv=None):
     g.add_argument("--load-adjustment", type=float, default=d.job_load_adjustment)
     g.add_argument("--report-inflight-as-warm", action="store_true",
                    help="load sensor reports images while their pull runs")
+    g.add_argument("--peer-upload-gbit", type=float, default=d.peer_upload_gbit)
+    g.add_argument("--peer-upload-slots", type=int, default=d.peer_upload_slots)
+    g.add_argument("--no-peer-pipeline", action="store_true",
+                   help="agent: peers serve only whole copies")
+    g.add_argument("--no-peer-seed", action="store_true",
+                   help="agent: no seed; a host that finds no peer pulls from the origin")
+    g.add_argument("--no-peer-redirect", action="store_true",
+                   help="agent: peers are found only through the sensor and the seed")
+    g.add_argument("--pe-share", type=float, default=w.pe_share,
+                   help="share of single-task jobs that are parallel jobs")
+    r = ap.add_argument_group("node agent report")
+    r.add_argument("--agent-report", action="store_true", help="before/after for the node agent")
+    r.add_argument("--origins", default="10,100", help="origin Gbit/s, comma-separated")
+    r.add_argument("--scenarios", default="steady,day one,20 new/day")
+    r.add_argument("--report-pe-share", type=float, default=0.002,
+                   help="parallel jobs in the report's workload")
+    r.add_argument("--after-pressure", default="wait", choices=("wait", "overflow"),
+                   help="cache pressure behaviour of the after rows")
     return ap.parse_args(argv)
 
 
@@ -66,12 +95,114 @@ def configs(a):
                     schedule_interval=a.schedule_interval, load_report_time=a.load_report_time,
                     max_pending_tasks_per_job=a.max_pending_tasks,
                     job_load_adjustment=a.load_adjustment,
-                    report_inflight_as_warm=a.report_inflight_as_warm)
+                    report_inflight_as_warm=a.report_inflight_as_warm,
+                    peer_upload_gbit=a.peer_upload_gbit, peer_upload_slots=a.peer_upload_slots,
+                    peer_pipeline=not a.no_peer_pipeline, peer_seed=not a.no_peer_seed,
+                    peer_redirect=not a.no_peer_redirect)
+    if a.agent_report:
+        a.pe_share = a.report_pe_share
     # keep the per-host rate of the site when the cluster is scaled down
     jpm = a.jobs_per_month * a.hosts / SimConfig().hosts
     wl = WorkloadConfig(jobs_per_month=jpm, runtime_median_s=a.runtime_median,
-                        n_images=a.images, new_images_per_day=a.new_images_per_day)
+                        n_images=a.images, new_images_per_day=a.new_images_per_day,
+                        pe_share=a.pe_share)
     return sim, wl
+
+
+SCENARIOS = {
+    # name: (SimConfig changes, WorkloadConfig changes)
+    "steady": ({}, {}),
+    "day one": ({"initial_fill": 0.0, "warmup_hours": 0.0}, {}),
+    "20 new/day": ({}, {"new_images_per_day": 20.0}),
+}
+
+
+def _one_row(job):
+    scen, gbit, policy, sim, wl = job
+    s = summarize(simulate(policy, sim, wl))
+    s.update(scenario=scen, origin_gbit=gbit)
+    return s
+
+
+def agent_report(a):
+    """Before (soft) and after (agent) per scenario and origin bandwidth."""
+    from dataclasses import replace
+    sim0, wl0 = configs(a)
+    jobs = []
+    for scen in [x.strip() for x in a.scenarios.split(",") if x.strip()]:
+        ds, dw = SCENARIOS[scen]
+        for g in [float(x) for x in a.origins.split(",")]:
+            for pol in ("soft", "agent"):
+                extra = {"cache_pressure": a.after_pressure} if pol == "agent" else {}
+                jobs.append((scen, g, pol, replace(sim0, registry_gbit=g, **ds, **extra),
+                             replace(wl0, **dw)))
+    print(f"{sim0.hosts} hosts x {sim0.slots} slots, {wl0.task_rate:.2f} tasks/s, "
+          f"{wl0.n_images} images, parallel jobs {wl0.pe_share:.1%} of single jobs "
+          f"({wl0.pe_hosts_min}-{wl0.pe_hosts_max} hosts x {wl0.pe_slots_per_host} slots); "
+          f"peers: upload {sim0.peer_upload_gbit:g} Gbit/s, {sim0.peer_upload_slots} slots, "
+          f"pipeline {'on' if sim0.peer_pipeline else 'off'} (lag {sim0.pipeline_lag_s:g} s), "
+          f"seed {'on' if sim0.peer_seed else 'off'}, "
+          f"redirects {'on' if sim0.peer_redirect else 'off'}; after rows: cache pressure {a.after_pressure}")
+    t0 = time.perf_counter()
+    rows = []
+    if a.procs > 1:
+        from multiprocessing import Pool
+        with Pool(a.procs) as pool:
+            rows = pool.map(_one_row, jobs)
+    else:
+        for j in jobs:
+            rows.append(_one_row(j))
+            r = rows[-1]
+            print(f"  {r['scenario']:<12} {r['origin_gbit']:>5g} Gbit/s  {r['policy']:<6} "
+                  f"{r['wall_s']:6.1f} s wall", flush=True)
+    print()
+    print(format_agent_table(rows))
+    print()
+    for r in rows:
+        print(f"{r['scenario']:<12} {r['origin_gbit']:>5g} {r['policy']:<6} origin pulls "
+              f"{r['downloads']:>6}, peer failures {r['peer_failures']}, peers saturated "
+              f"{r['peer_saturated']}, room waits {r['room_waits']}, requeued {r['requeued_tasks']}, "
+              f"over cap {r['cap_overflows_all']}, warm all {r['warm_share']:.1%}, "
+              f"wall {r['wall_s']:.1f} s")
+    print()
+    print("goals (agent): origin <= 1.5 x one copy, top-10 warm >= 95 %, day one within 2 x "
+          "steady state, nothing unstarted")
+    for line in agent_goals(rows):
+        print("  " + line)
+    print(f"\nall runs: {time.perf_counter() - t0:.1f} s")
+    print()
+    print(pressure_report())
+    os.makedirs(a.out, exist_ok=True)
+    png = os.path.join(a.out, "sim_agent.png")
+    plot_agent(rows, png, title=f"Node agent, before (soft) and after: {sim0.hosts} hosts, "
+                                f"{sim0.hours:g} h, {wl0.jobs_per_month / 1e6:.1f} M jobs/month")
+    with open(os.path.join(a.out, "sim_agent.json"), "w") as f:
+        json.dump({"sim": sim0.as_dict(), "workload": wl0.as_dict(), "rows": rows}, f,
+                  indent=1, default=str)
+    print(f"\nwrote {png}")
+    return rows
+
+
+def pressure_report():
+    """Issue 9's shape in the model: 3 hosts x 4 slots whose caches hold one of two
+    images, arrays of 30 tasks of each submitted together."""
+    lines = ["cache pressure: 3 hosts x 4 slots, cache cap 40 MB, two 24 MB images, "
+             "two arrays of 30 x 20 s tasks submitted together"]
+    for mode in ("overflow", "wait"):
+        res = run_scenario({
+            "policy": "soft",
+            "hosts": [{"name": f"n{i}", "slots": 4} for i in range(3)],
+            "images": {"a": {"size_gb": 0.024, "download_s": 2.0},
+                       "b": {"size_gb": 0.024, "download_s": 2.0}},
+            "jobs": [{"image": "a", "submit": 0, "runtime": 20, "tasks": 30},
+                     {"image": "b", "submit": 0, "runtime": 20, "tasks": 30}],
+            "settings": {"cache_cap_gb": 0.040, "cache_pressure": mode, "pressure_wait_s": 60.0}})
+        started = sum(1 for t in res["tasks"] if t["start"] is not None)
+        lines.append(f"  {mode:<8} {started}/{len(res['tasks'])} started, 0 failed, "
+                     f"{res['cap_overflows']} pulls over the cap, {res['room_waits']} pulls waited "
+                     f"for room, {res['requeued_tasks']} tasks re-queued, origin pulls "
+                     f"{sum(res['downloads'].values())}, makespan {res['end_time']:.0f} s")
+    return "\n".join(lines)
 
 
 def _one(job):
@@ -81,6 +212,8 @@ def _one(job):
 
 def main(argv=None):
     a = parse_args(argv)
+    if a.agent_report:
+        return agent_report(a)
     sim, wl = configs(a)
     names = [p.strip() for p in a.policies.split(",") if p.strip()]
     for n in names:

@@ -28,6 +28,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -51,8 +52,15 @@ __attribute__((constructor)) static void shim_init(void) {
     real_connect = (int (*)(int, const struct sockaddr *, socklen_t))dlsym(RTLD_NEXT, "connect");
     real_execve = (int (*)(const char *, char *const[], char *const[]))dlsym(RTLD_NEXT, "execve");
     Dl_info info;
-    if (dladdr((void *)shim_init, &info) && info.dli_fname)
-        snprintf(preload_var, sizeof preload_var, "LD_PRELOAD=%s", info.dli_fname);
+    if (dladdr((void *)shim_init, &info) && info.dli_fname) {
+        /* Preloaded by bare name from a standard directory (the only way it survives
+         * glibc's secure-execution mode): pass the bare name on too. */
+        const char *slash = strrchr(info.dli_fname, '/');
+        const char *base = slash ? slash + 1 : info.dli_fname;
+        int bare = strncmp(info.dli_fname, "/usr/lib/", 9) == 0 ||
+                   strncmp(info.dli_fname, "/lib/", 5) == 0;
+        snprintf(preload_var, sizeof preload_var, "LD_PRELOAD=%s", bare ? base : info.dli_fname);
+    }
 
     const char *ip = getenv(BIND_ENV);
     if (ip && inet_pton(AF_INET, ip, &bind_ip) == 1 && is_loopback(bind_ip)) {
@@ -150,7 +158,7 @@ int execve(const char *path, char *const argv[], char *const envp[]) {
     return rc;
 }
 
-/* glibc's execv, execvp and system() reach execve internally, past this shim: put the
+/* glibc's exec*() and system() reach execve internally, past this shim: put the
  * variables back into environ first, so they inherit them. */
 static void restore_environ(void) {
     if (active && preload_var[0]) {
@@ -171,4 +179,45 @@ int execvp(const char *file, char *const argv[]) {
     int (*real)(const char *, char *const[]) =
         (int (*)(const char *, char *const[]))dlsym(RTLD_NEXT, "execvp");
     return real ? real(file, argv) : -1;
+}
+
+/* execl, execle and execlp: collect the list, then go through the wrappers above
+ * (sge_execd starts its shepherds with one of these). */
+#define MAX_LIST_ARGS 1024
+static int collect(const char *arg0, va_list ap, char **argv) {
+    int n = 0;
+    argv[n++] = (char *)arg0;
+    while (arg0 && n < MAX_LIST_ARGS - 1 && (argv[n] = va_arg(ap, char *)) != NULL)
+        n++;
+    argv[n] = NULL;
+    return n;
+}
+
+int execl(const char *path, const char *arg0, ...) {
+    char *argv[MAX_LIST_ARGS];
+    va_list ap;
+    va_start(ap, arg0);
+    collect(arg0, ap, argv);
+    va_end(ap);
+    extern char **environ;
+    return execve(path, argv, environ);
+}
+
+int execle(const char *path, const char *arg0, ...) {
+    char *argv[MAX_LIST_ARGS];
+    va_list ap;
+    va_start(ap, arg0);
+    collect(arg0, ap, argv);
+    char **envp = va_arg(ap, char **);
+    va_end(ap);
+    return execve(path, argv, envp);
+}
+
+int execlp(const char *file, const char *arg0, ...) {
+    char *argv[MAX_LIST_ARGS];
+    va_list ap;
+    va_start(ap, arg0);
+    collect(arg0, ap, argv);
+    va_end(ap);
+    return execvp(file, argv);
 }

@@ -268,7 +268,9 @@ EOF
 cmd_down_ocs_purge() {
   log "removing the OCS cell (spool, configuration) and $GE_WORK; the built tree stays in $SGE_ROOT"
   rm -rf "${SGE_ROOT:?}/${SGE_CELL:?}" /tmp/execd_messages.* /tmp/qmaster_messages.*
-  # the /etc/hosts lines are shared with a Son of Grid Engine cluster
+  # the installed shim and the /etc/hosts lines are shared with a Son of Grid
+  # Engine cluster
+  pkg_ok gridengine-master || rm -f "$SHIM_SYS"
   if ! pkg_ok gridengine-master && grep -qF "$MARK" /etc/hosts; then
     local t; t=$(mktemp); grep -vF "$MARK" /etc/hosts > "$t" || true
     write_etc_hosts "$t"; rm -f "$t"

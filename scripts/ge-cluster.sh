@@ -63,6 +63,9 @@ MARK="# sge-image-kit"
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SHIM_SRC=$SCRIPT_DIR/bindshim.c
 SHIM=$GE_WORK/bindshim.so
+# Installed copy the daemons preload by bare name (see ensure_shim).
+SHIM_NAME=libsge-image-kit-bindshim.so
+SHIM_SYS=/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)/$SHIM_NAME
 CONF=$GE_WORK/conf
 LOGS=$GE_WORK/log
 # Daemons start from a clean environment: jobs, prologs and load sensors
@@ -228,6 +231,14 @@ ensure_shim() {
       || { cat "$LOGS/shim-build.log" >&2; die "building the bind shim failed"; }
     mv -f "$SHIM.tmp" "$SHIM"
   fi
+  # The shepherd runs with real and effective uid apart (root/sgeadmin): glibc's
+  # secure-execution mode then drops LD_PRELOAD unless it names a set-user-ID library
+  # in a standard directory. Without the shim there, builtin qrsh/qlogin connections
+  # come from 127.0.0.1 and are refused (grid-engine-facts: interactive jobs).
+  if ! cmp -s "$SHIM" "$SHIM_SYS" 2>/dev/null; then
+    install -m 4755 "$SHIM" "$SHIM_SYS.tmp" && mv -f "$SHIM_SYS.tmp" "$SHIM_SYS"
+  fi
+  chmod 4755 "$SHIM_SYS"
 }
 
 # ------------------------------------------------------------ qmaster side
@@ -297,7 +308,7 @@ start_qmaster() {
   log "starting sge_qmaster on $HOST ($HOST_IP)"
   # bound to the host's loopback address instead of 0.0.0.0: nothing listens
   # on a real interface
-  "${DAEMON_ENV[@]}" GE_BIND_IP="$HOST_IP" LD_PRELOAD="$SHIM" "$QMASTER_CMD" \
+  "${DAEMON_ENV[@]}" GE_BIND_IP="$HOST_IP" LD_PRELOAD="$SHIM_NAME" "$QMASTER_CMD" \
       > "$LOGS/qmaster-start.log" 2>&1 || { cat "$LOGS/qmaster-start.log" >&2; die "sge_qmaster failed to start"; }
   wait_for "$GE_TIMEOUT" qmaster_answers \
     || { tail -20 "$QSPOOL/messages" >&2 2>/dev/null; die "qmaster did not answer within $GE_TIMEOUT s"; }
@@ -485,7 +496,7 @@ start_execd() { # start_execd NAME IP
   # shellcheck disable=SC2016  # expanded by the inner sh
   "${DAEMON_ENV[@]}" unshare --uts /bin/sh -c \
       'hostname "$1" && GE_BIND_IP="$2" LD_PRELOAD="$3" exec "$4"' \
-      sh "$h" "$ip" "$SHIM" "$EXECD_CMD" > "$LOGS/execd-$h.log" 2>&1 \
+      sh "$h" "$ip" "$SHIM_NAME" "$EXECD_CMD" > "$LOGS/execd-$h.log" 2>&1 \
     || { cat "$LOGS/execd-$h.log" >&2; die "sge_execd for $h failed to start"; }
 }
 
@@ -632,6 +643,7 @@ cmd_down() {
   kill_orphan_shepherds
   stop_qmaster
   if [ $purge = 1 ]; then
+    rm -f "$SHIM_SYS"
     log "purging packages and Grid Engine state"
     no_service_starts apt-get purge -y -q -o DPkg::Lock::Timeout=900 $PKGS gridengine-common \
         > "$LOGS/apt-purge.log" 2>&1 || { tail -20 "$LOGS/apt-purge.log" >&2; die "apt-get purge failed"; }

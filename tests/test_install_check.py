@@ -152,3 +152,19 @@ def test_cli_check_exit_code(site, public):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "check passed: loadsensor, prolog, jsv" in r.stdout
     assert not (public / "hooks").exists()  # a check changes nothing
+
+
+@needs_root
+def test_a_sensor_that_keeps_failing_leaves_no_process(site, public, monkeypatch):
+    """Its supervisor restarts a crashing sensor for ever: the check gives up after
+    SENSOR_TIMEOUT and kills the whole tree."""
+    import psutil
+    monkeypatch.setattr(install_check, "SENSOR_TIMEOUT", 3)
+    launcher = public / "loadsensor"
+    launcher.write_text("#!/bin/sh\nwhile :; do /bin/false; sleep 0.2; done\n")
+    os.chmod(launcher, 0o755)
+    msg = install_check._run_sensor(str(launcher), "root", site, "nodeX")
+    assert "no load report within 3s" in msg
+    left = [p for p in psutil.process_iter(["cmdline"])
+            if str(launcher) in " ".join(p.info["cmdline"] or [])]
+    assert left == []

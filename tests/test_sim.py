@@ -313,9 +313,11 @@ SMALL = dict(hosts=20, hours=0.5, warmup_hours=0.25, max_drain_hours=2.0)
 SMALL_WL = dict(jobs_per_month=40e6 * 20 / 1000, burst_min=20, burst_max=100)
 
 
-def test_simulation_is_deterministic_for_a_seed():
+@pytest.mark.parametrize("policy", ["soft", "agent"])
+def test_simulation_is_deterministic_for_a_seed(policy):
     def run(seed):
-        s = summarize(simulate("soft", SimConfig(seed=seed, **SMALL), WorkloadConfig(**SMALL_WL)))
+        s = summarize(simulate(policy, SimConfig(seed=seed, initial_fill=0.0, **SMALL),
+                               WorkloadConfig(pe_share=0.05, **SMALL_WL)))
         return {k: v for k, v in s.items() if k not in ("wall_s", "cpu_s")}
     first = run(1)
     assert first["measured_tasks"] > 100
@@ -323,7 +325,7 @@ def test_simulation_is_deterministic_for_a_seed():
     assert run(2) != first
 
 
-@pytest.mark.parametrize("policy", ["none", "soft", "hard", "soft+prewarm"])
+@pytest.mark.parametrize("policy", ["none", "soft", "hard", "soft+prewarm", "agent"])
 def test_every_policy_runs_and_accounts_consistently(policy):
     sim = SimConfig(initial_fill=0.0, **SMALL)
     res = simulate(policy, sim, WorkloadConfig(**SMALL_WL))
@@ -334,7 +336,8 @@ def test_every_policy_runs_and_accounts_consistently(policy):
     assert 0.0 <= s["warm_share"] <= 1.0
     assert s["p50_s"] <= s["p95_s"] <= s["p99_s"]
     # cold caches at the start: every task that was not warm came from a pull
-    assert res["egress_bytes"] >= res["lb_bytes"] * (1 - 1e-12)
+    # (from the origin or, with the agent, from a peer)
+    assert res["egress_bytes"] + res["peer_bytes"] >= res["lb_bytes"] * (1 - 1e-12)
     assert math.isfinite(s["egress_ratio"])
 
 
@@ -374,3 +377,211 @@ def test_reported_host_load_sorts_before_host_order():
     out = _two_hosts([{"image": "a", "submit": 0, "runtime": 1, "tasks": 1}],
                      host_load={"n1": 0.9, "n2": 0.1})
     assert out["tasks"][0]["host"] == "n2"
+
+
+# ---------------------------------------------------------------- node agent (peers)
+
+def burst(policy, hosts=6, tasks=24, **settings):
+    """A burst of `tasks` on `hosts` cold 4-slot hosts; 2 GB image, 1 Gbit/s origin
+    (one origin pull alone: 16 s), 10 Gbit/s links (a peer copy alone: 1.6 s)."""
+    settings.setdefault("registry_gbit", 1.0)
+    return scenario(policy, [{"name": f"n{i}", "slots": 4} for i in range(hosts)],
+                    [{"image": "a", "submit": 0, "runtime": 300, "tasks": tasks}],
+                    {"a": {"size_gb": 2.0}}, **settings)
+
+
+def seed_of(img, hosts):
+    from sge.sim.peers import rendezvous
+    return f"n{rendezvous(img, hosts)[0]}"
+
+
+def test_burst_on_cold_hosts_makes_one_origin_pull_with_peers():
+    before = burst("soft")
+    assert sum(before["downloads"].values()) == 6  # every host pulled from the origin
+    after = burst("agent")
+    assert sum(after["downloads"].values()) == 1
+    assert after["downloads"][seed_of(0, 6)] == 1  # the seed made it
+    assert sum(after["peer_transfers"].values()) == 5
+    assert after["unstarted"] == 0 and after["egress_gb"] == pytest.approx(2.0)
+    # the five others streamed from the seed's pull: they start a few lags after it,
+    # not after six pulls sharing the origin
+    starts = sorted(t["start"] for t in after["tasks"])
+    assert starts[0] == pytest.approx(16.0)
+    assert starts[-1] <= 16.0 + 5 * 1.0 + 1e-6
+    assert max(t["start"] for t in before["tasks"]) == pytest.approx(96.0)
+
+
+def test_without_pipelining_peers_copy_after_the_seed_finished():
+    res = burst("agent", hosts=2, tasks=8, peer_pipeline=False, peer_upload_gbit=1.0)
+    assert sum(res["downloads"].values()) == 1
+    # the seed's pull (16 s), then a whole copy at the 1 Gbit/s upload limit (16 s)
+    assert sorted({t["start"] for t in res["tasks"]}) == pytest.approx([16.0, 32.0])
+
+
+def test_upload_slots_bound_what_one_peer_serves():
+    # one upload slot and no pipelining: the seed serves one copy at a time, so the
+    # rest come from the origin ("peers saturated") or from hosts that already copied
+    res = burst("agent", peer_upload_slots=1, peer_pipeline=False)
+    assert res["unstarted"] == 0
+    assert sum(res["downloads"].values()) > 1
+    many = burst("agent", peer_upload_slots=8, peer_pipeline=False)
+    assert sum(many["downloads"].values()) == 1
+
+
+def test_redirects_from_a_busy_seed_keep_a_burst_off_the_origin():
+    # 12 cold hosts in one scheduling run: before any load report, only the seed is
+    # known.  With redirects the seed's 4 (or 1) upload slots fan out into a tree of
+    # streams; without, the hosts that find it saturated go to the origin.
+    for slots in (1, 4):
+        res = burst("agent", hosts=12, tasks=48, peer_upload_slots=slots)
+        assert sum(res["downloads"].values()) == 1 and res["unstarted"] == 0
+        alone = burst("agent", hosts=12, tasks=48, peer_upload_slots=slots, peer_redirect=False)
+        assert sum(alone["downloads"].values()) >= 12 - slots - 1
+        assert max(t["start"] for t in alone["tasks"]) > max(t["start"] for t in res["tasks"])
+
+
+def test_a_dead_seed_costs_a_timeout_then_the_next_seed_serves():
+    dead = seed_of(0, 6)
+    res = burst("agent", dead_agents=[dead])
+    assert res["unstarted"] == 0 and res["peer_failures"] > 0
+    # the dead agent's host still pulls for its own tasks; the next seed pulls once
+    # for everybody else
+    assert res["downloads"][dead] == 1
+    assert sum(res["downloads"].values()) == 2
+    others = [t for t in res["tasks"] if t["host"] != dead]
+    assert min(t["start"] for t in others) >= 10.0  # peer_timeout_s
+
+
+def test_a_lying_seed_is_caught_and_every_task_still_runs():
+    liar = seed_of(0, 6)
+    res = burst("agent", lying_agents=[liar])
+    assert res["unstarted"] == 0
+    assert res["peer_failures"] > 0  # its copies failed verification
+    assert sum(res["downloads"].values()) == 2  # its own pull, then the next seed's
+    honest = burst("agent")
+    assert honest["peer_failures"] == 0
+
+
+def test_all_agents_dead_means_each_host_pulls_from_the_origin():
+    res = burst("agent", dead_agents=[f"n{i}" for i in range(6)])
+    assert res["unstarted"] == 0
+    assert res["downloads"] == {f"n{i}": 1 for i in range(6)}
+    assert sum(res["peer_transfers"].values()) == 0
+
+
+def test_a_pull_in_flight_draws_the_next_tasks_of_the_image():
+    # as test_sensor_lag_sends_tasks_to_another_cold_host, with pulls reported while
+    # they run: A reports its pull at its next load report (t=0), so job 2 at t=30
+    # joins A instead of making B pull
+    hosts = [{"name": "A", "slots": 10}, {"name": "B", "slots": 10}]
+    jobs = [{"image": "a", "submit": s, "runtime": 1000} for s in (0, 20, 50)]
+    images = {"a": {"download_s": 5.0}}
+    res = scenario("soft", hosts, jobs, images, report_inflight_as_warm=True)
+    assert [t["host"] for t in res["tasks"]] == ["A", "A", "A"]
+    assert res["downloads"] == {"A": 1, "B": 0}
+    # with the agent, B is the image's seed: A's pull made B stage it (the one origin
+    # pull) and stream it to A, so job 2 finds B warm and less loaded
+    assert seed_of(0, 2) == "n1"  # rank of the second host
+    res = scenario("agent", hosts, jobs, images)
+    assert res["downloads"] == {"A": 0, "B": 1} and res["peer_transfers"] == {"A": 1, "B": 0}
+    assert [t["host"] for t in res["tasks"]] == ["A", "B", "A"]
+    assert [t["warm"] for t in res["tasks"]] == [False, True, True]
+
+
+def test_rendezvous_seed_is_the_same_everywhere_and_spreads_images():
+    from sge.sim.peers import rendezvous
+    assert rendezvous(7, 1000) == rendezvous(7, 1000)
+    seeds = {rendezvous(img, 1000)[0] for img in range(200)}
+    assert len(seeds) > 150  # not one host seeding everything
+
+
+# ---------------------------------------------------------------- parallel jobs
+
+PE_HOSTS = [{"name": f"n{i}", "slots": 4} for i in range(4)]
+PE_JOB = [{"image": "a", "submit": 0, "runtime": 300, "pe": {"hosts": 3, "slots": 4}}]
+
+
+def test_parallel_job_without_agent_has_its_image_on_the_master_only():
+    res = scenario("soft", PE_HOSTS, PE_JOB, {"a": {"size_gb": 2.0}}, registry_gbit=1.0)
+    (job,) = res["tasks"]
+    assert len(job["pe_hosts"]) == 3 and job["host"] == job["pe_hosts"][0]
+    assert job["image_on_all_hosts"] is False
+    assert sum(res["downloads"].values()) == 1
+
+
+def test_parallel_job_with_agent_starts_when_every_host_has_the_image():
+    res = scenario("agent", PE_HOSTS, PE_JOB, {"a": {"size_gb": 2.0}}, registry_gbit=1.0)
+    (job,) = res["tasks"]
+    assert job["image_on_all_hosts"] is True
+    assert sum(res["downloads"].values()) == 1  # one origin pull, the rest from peers
+    assert sum(res["peer_transfers"][h] for h in job["pe_hosts"]) >= 2
+    assert job["start"] >= 16.0  # not before the image is everywhere
+
+
+def test_parallel_jobs_in_the_workload():
+    wl = WorkloadConfig(pe_share=0.2, **SMALL_WL)
+    sim = SimConfig(initial_fill=0.0, registry_gbit=10.0, **SMALL)
+    soft = simulate("soft", sim, wl)
+    agent = simulate("agent", sim, wl)
+    assert soft["pe_jobs"] == agent["pe_jobs"] > 0
+    assert soft["pe_missing"] > 0 and agent["pe_missing"] == 0
+    for r in (soft, agent):
+        assert len(r["latencies"]) == r["measured_tasks"]
+
+
+# ---------------------------------------------------------------- cache pressure
+
+def two_arrays(mode, policy="soft"):
+    """Issue 9's shape: caches that hold one image, two arrays of 30 tasks of two images."""
+    hosts = [{"name": f"n{i}", "slots": 4} for i in range(3)]
+    images = {"a": {"size_gb": 0.024, "download_s": 2.0}, "b": {"size_gb": 0.024, "download_s": 2.0}}
+    jobs = [{"image": "a", "submit": 0, "runtime": 20, "tasks": 30},
+            {"image": "b", "submit": 0, "runtime": 20, "tasks": 30}]
+    return scenario(policy, hosts, jobs, images, cache_cap_gb=0.040, cache_pressure=mode,
+                    pressure_wait_s=60.0)
+
+
+@pytest.mark.parametrize("policy", ["soft", "agent"])
+def test_cache_pressure_waits_and_never_fails(policy):
+    res = two_arrays("wait", policy)
+    assert res["unstarted"] == 0 and len(res["tasks"]) == 60
+    assert all(t["start"] is not None for t in res["tasks"])
+    assert res["room_waits"] > 0       # pulls waited for pinned images to drop
+    assert res["cap_overflows"] == 0   # and never broke the cap
+    old = two_arrays("overflow", policy)
+    assert old["cap_overflows"] > 0 and old["room_waits"] == 0
+
+
+def test_cache_pressure_wait_is_bounded_then_the_task_may_go_elsewhere():
+    # "full" holds a (3 GB, pinned for 1000 s by two tasks) under a 5 GB cap; b
+    # (3 GB) is sent there first (lower load), waits 60 s, goes back to pending and
+    # then runs on "roomy", whose reported load dropped meanwhile
+    hosts = [{"name": "full", "slots": 3, "warm": ["a"]}, {"name": "roomy", "slots": 2}]
+    images = {"a": {"size_gb": 3.0, "download_s": 2.0}, "b": {"size_gb": 3.0, "download_s": 2.0}}
+    jobs = [{"image": "a", "submit": 0, "runtime": 1000, "tasks": 2},
+            {"image": "b", "submit": 0, "runtime": 20}]
+    res = scenario("soft", hosts, jobs, images, cache_cap_gb=5.0, cache_pressure="wait",
+                   pressure_wait_s=60.0, host_load={"full": 0.0, "roomy": [[0, 0.9], [30, 0.0]]})
+    b = res["tasks"][-1]
+    assert res["requeued_tasks"] == 1 and res["unstarted"] == 0 and res["cap_overflows"] == 0
+    assert b["host"] == "roomy" and 60.0 <= b["start"] < 1000.0
+    # if no other host will take it, it keeps waiting in bounded rounds and runs
+    # when the pins drop: still no failure and no overflow
+    res = scenario("soft", hosts, jobs, images, cache_cap_gb=5.0, cache_pressure="wait",
+                   pressure_wait_s=60.0, host_load={"full": 0.0, "roomy": 0.9})
+    b = res["tasks"][-1]
+    assert b["host"] == "full" and b["start"] >= 1000.0
+    assert res["unstarted"] == 0 and res["cap_overflows"] == 0 and res["requeued_tasks"] > 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_agent_sends_each_new_image_about_once_from_a_slow_origin(seed):
+    # 20 cold hosts, half an hour, a 1 Gbit/s origin: today every host that needs an
+    # image pulls it; with the agent the origin sends about one copy per image
+    sim = SimConfig(initial_fill=0.0, registry_gbit=1.0, seed=seed, **SMALL)
+    wl = WorkloadConfig(**SMALL_WL)
+    soft = summarize(simulate("soft", sim, wl))
+    agent = summarize(simulate("agent", sim, wl))
+    assert agent["origin_per_copy"] <= 1.5 < soft["origin_per_copy"]
+    assert agent["unstarted_tasks"] == 0
+    assert agent["p99_s"] < soft["p99_s"]

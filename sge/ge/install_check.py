@@ -223,8 +223,22 @@ def _run(user, cmd, stdin_text, env_extra=None, timeout=TIMEOUT):
         if k in os.environ:
             env[k] = os.environ[k]
     env.update(env_extra or {})
-    return subprocess.run(_as_user(user, cmd), input=stdin_text, capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd="/")
+    # Its own process group: on a timeout the whole tree goes (a failing sensor's
+    # supervisor would otherwise keep restarting it for ever).
+    p = subprocess.Popen(_as_user(user, cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env, cwd="/",
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(stdin_text, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        import signal
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.communicate()
+        raise
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
 def _tail(text):

@@ -5,7 +5,9 @@ exec hosts with slots, Grid Engine's queue sort with soft/hard requests and
 lagging load reports, per-host LRU image caches, and pulls sharing host links
 and the registry's egress.  It compares placement policies (`POLICIES`) on a
 seeded job stream, and runs small explicit scenarios (`run_scenario`) that can
-be replayed on a real Grid Engine to calibrate the model.
+be replayed on a real Grid Engine to calibrate the model.  The ``agent``
+policy adds the node agent: peer transfers, in-flight reports, a seed per
+image, parallel jobs staged on all their hosts (`peers`).
 
     from sge.sim import simulate, summarize, SimConfig
     print(summarize(simulate("soft", SimConfig(hosts=100, hours=2))))
@@ -13,11 +15,12 @@ be replayed on a real Grid Engine to calibrate the model.
 from .engine import SCENARIO_SETTINGS, Engine, initial_caches, run_scenario, simulate
 from .model import FixedNetwork, HostCache, SharedNetwork, SimConfig
 from .policies import DEFAULT_POLICY, POLICIES, Policy, PrewarmConfig, get_policy
-from .report import format_details, format_table, plot, summarize
+from .report import (agent_goals, format_agent_table, format_details, format_table, plot,
+                     plot_agent, summarize)
 from .workload import Job, WorkloadConfig, generate_jobs, image_sizes
 
 __all__ = [
-    "DEFAULT_POLICY", "Engine", "FixedNetwork", "HostCache", "Job", "POLICIES", "Policy",
+    "DEFAULT_POLICY", "Engine", "agent_goals", "format_agent_table", "plot_agent", "FixedNetwork", "HostCache", "Job", "POLICIES", "Policy",
     "PrewarmConfig", "SCENARIO_SETTINGS", "SharedNetwork", "SimConfig", "WorkloadConfig",
     "format_details", "format_table", "generate_jobs", "get_policy", "image_sizes",
     "initial_caches", "plot", "run_scenario", "simulate", "summarize",

@@ -33,7 +33,12 @@ What is modelled, and which Grid Engine behaviour it stands for:
   waits (that is the slot time idle on pulls).
 * Cache: a pull that would exceed the cap evicts least-recently-used unpinned
   images down to the low-water mark; images used by tasks on the host are
-  pinned.  Use = task start and task end.
+  pinned.  Use = task start and task end.  When pins leave no room the pull
+  goes over the cap, or with ``cache_pressure="wait"`` waits (`pressure`).
+* Node agent (policy ``agent``, `peers`): pulls come from peers or the
+  origin, pulls in flight are reported, a seed per image pulls from the origin.
+* Parallel jobs (`parallel`): one task over several hosts, placed before the
+  array tasks of a run, staged on the master only or (agent) on every host.
 
 Hot paths (dispatch, task end) are written inline with local variables: 1,000
 hosts x one day is ~1.3 M tasks and has to run in well under a minute.  Each
@@ -59,19 +64,17 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from .model import GB, GBIT, INF, Flow, FixedNetwork, HostCache, SharedNetwork, SimConfig
+from .events import DL, FINISH, PAIR_BITS, PAIR_MASK, PRESSURE, PREWARM, SCHED, WINDOW
+from .parallel import ParallelJobs
+from .peers import Agent, MixedNet, PeerNet
+from .pressure import CachePressure
 from .policies import Policy, get_policy
 from .workload import Job, WorkloadConfig, generate_jobs, image_sizes, zipf_weights
 
-# Event kinds; at equal times a lower kind runs first (a task that ends at the
-# instant of a scheduling run frees its slot for that run).
-FINISH, DL, WINDOW, SCHED, PREWARM = 0, 1, 2, 3, 4
-
 COLD_REASONS = ("joined", "stale", "warm_full", "no_warm", "lag_miss")
-PAIR_BITS = 24  # (host, image) pairs packed in one int
-PAIR_MASK = (1 << PAIR_BITS) - 1
 
 
-class Engine:
+class Engine(ParallelJobs, CachePressure):
     """One simulation: a cluster, a policy and a job stream.
 
     ``jobs`` must be in submit order.  ``initial[h]`` lists the images host h
@@ -90,7 +93,9 @@ class Engine:
                  window: Optional[tuple] = None,
                  end_when_done: bool = False,
                  max_time: float = INF,
-                 host_load: Optional[tuple] = None):
+                 host_load: Optional[tuple] = None,
+                 dead_agents: Iterable[int] = (),
+                 lying_agents: Iterable[int] = ()):
         self.sim = sim
         self.policy: Policy = get_policy(policy)
         # The list is shared with the job stream, which appends the sizes of new
@@ -112,6 +117,15 @@ class Engine:
                     self.warm_view[img].add(h)
         self.net = network if network is not None else SharedNetwork(
             sim.host_link_gbit * GBIT, None if sim.registry_gbit is None else sim.registry_gbit * GBIT)
+        self.agent = None
+        self.inflight_vis = sim.report_inflight_as_warm or self.policy.agent
+        if self.policy.agent:
+            self.net = MixedNet(self.net, PeerNet(sim.host_link_gbit * GBIT,
+                                                  sim.peer_upload_gbit * GBIT))
+            self.agent = Agent(self, dead_agents, lying_agents)
+        self.wait_room = sim.cache_pressure == "wait"
+        if sim.cache_pressure not in ("wait", "overflow"):
+            raise ValueError(f"cache_pressure: 'wait' or 'overflow', not {sim.cache_pressure!r}")
         T = sim.load_report_time
         if report_phase is None:
             rng = random.Random(sim.seed * 31 + 5)
@@ -185,7 +199,13 @@ class Engine:
         self.cold = {r: [0] * NI for r in COLD_REASONS}
         self.placements = [0] * H
         self.place_img: List[Dict[int, int]] = [dict() for _ in range(H)]
-        self.pulls = [0] * H
+        self.pulls = [0] * H       # origin pulls per host
+        self.peer_pulls = [0] * H  # peer transfers per receiving host
+        self.room_waits = 0        # pulls that waited for cache room
+        self.requeued = 0          # tasks sent back to pending after waiting for room
+        self.pe_pending: List[Job] = []
+        self.pe_jobs = 0           # measured parallel jobs
+        self.pe_missing = 0        # ... that started with the image missing on a host
         self.end_time = 0.0
         self._censored = None
 
@@ -219,30 +239,67 @@ class Engine:
             self.dl_next = nt
             heappush(self.heap, (nt, DL, self.dl_token, 0))
 
-    def _start_pull(self, h: int, img: int, t: float, prewarm: bool) -> Flow:
+    def _start_pull(self, h: int, img: int, t: float, prewarm: bool,
+                    kind: int = 0) -> Optional[Flow]:
+        """Make room and start a pull of img to h.  With cache_pressure "wait" a
+        pull pins block waits for room (tasks join it as usual); a seed staging
+        that cannot get room returns None (the asker picks another seed)."""
         c = self.caches[h]
         size = self.sizes[img]
-        for e in c.make_room(size):
-            self._vis(h, e, -1, t)
-            self.hidden[e].discard(h)
-            if self.in_window:
-                self.evictions += 1
-        c.used += size
+        for e in c.make_room(size, overflow=not self.wait_room):
+            self._evicted(h, e, t)
         self.fid += 1
-        fl = Flow(self.fid, h, img, size, t, prewarm)
+        fl = Flow(self.fid, h, img, size, t, prewarm, 1 if prewarm else kind)
+        if self.wait_room and not c.fits(size):
+            if kind == 2:
+                return None
+            fl.blocked = True
+            c.inflight[img] = fl
+            c.blocked.append(fl)
+            self.room_waits += 1
+            heappush(self.heap, (t + self.sim.pressure_wait_s, PRESSURE, h, fl.fid))
+            return fl
         c.inflight[img] = fl
-        self.net.add(t, fl)
-        self._resched_dl()
-        self.pulls[h] += 1
-        if self.in_window:
-            self.egress += size
-            self.downloads += 1
-            if prewarm:
-                self.pre_bytes += size
-                self.pre_downloads += 1
-        if self.sim.report_inflight_as_warm:
-            self._vis(h, img, +1, t)
+        self._launch(fl, t)
         return fl
+
+    def _evicted(self, h: int, e: int, t: float) -> None:
+        self._vis(h, e, -1, t)
+        self.hidden[e].discard(h)
+        if self.agent is not None:
+            self.agent.evicted(h, e)
+        if self.in_window:
+            self.evictions += 1
+
+    def _launch(self, fl: Flow, t: float) -> None:
+        """Space is reserved: start fl from the origin or (agent) a peer."""
+        self.caches[fl.host].used += fl.size
+        if self.inflight_vis:
+            self._vis(fl.host, fl.img, +1, t)
+        if self.agent is not None:
+            self.agent.route(fl, t)
+        else:
+            self._origin_started(fl, t)
+            self.net.add(t, fl)
+        self._resched_dl()
+
+    def _origin_started(self, fl: Flow, t: float) -> None:
+        self.pulls[fl.host] += 1
+        if self.in_window:
+            self.egress += fl.size
+            self.downloads += 1
+            if fl.prewarm:
+                self.pre_bytes += fl.size
+                self.pre_downloads += 1
+
+    def _replace_flow(self, fl: Flow, t: float) -> Flow:
+        """A failed pull's successor on the same host: same space, same waiters."""
+        self.fid += 1
+        nf = Flow(self.fid, fl.host, fl.img, fl.size, t, fl.prewarm, fl.kind)
+        nf.waiters = fl.waiters
+        fl.waiters = []
+        self.caches[fl.host].inflight[fl.img] = nf
+        return nf
 
     def _exec_start(self, t: float, h: int, img: int, rt: float, job: Job, tdisp: float,
                     i: int, warm: bool, run: int) -> None:
@@ -264,18 +321,27 @@ class Engine:
 
     def _pulls_done(self, t: float) -> None:
         self.dl_next = None
+        agent = self.agent
         for fl in self.net.pop_done(t):
+            if agent is not None and not agent.arrived(fl, t):
+                continue
             h, img = fl.host, fl.img
             c = self.caches[h]
+            fl.state = 1
             del c.inflight[img]
             c.present[img] = fl.size  # most recently used
-            if not self.sim.report_inflight_as_warm:
+            if not self.inflight_vis:
                 self._vis(h, img, +1, t)
                 self.hidden[img].add(h)
             for rt, job, tdisp, i, run in fl.waiters:
-                self._exec_start(t, h, img, rt, job, tdisp, i, False, run)
+                if job.pe is not None:
+                    self._pe_arrived(job, t)
+                else:
+                    self._exec_start(t, h, img, rt, job, tdisp, i, False, run)
             if fl.prewarm:
                 self.pre_inflight -= 1
+            if agent is not None:
+                agent.finished(fl, t)
         if self.pre is not None:
             self._pre_pump(t)
         self._resched_dl()
@@ -344,7 +410,13 @@ class Engine:
                 self.pre_cnt[nj.img] += len(nj.runtimes)
             self.adm_seq += 1
             nj.seq = self.adm_seq
-            self.pending.setdefault(nj.img * 2 + nj.hard, []).append(nj)
+            if nj.pe is not None:
+                if nj.measured:
+                    self.m_total += 1 - len(nj.runtimes)
+                    self.pe_jobs += 1
+                self.pe_pending.append(nj)
+            else:
+                self.pending.setdefault(nj.img * 2 + nj.hard, []).append(nj)
             nj = next(self.jobs, None)
         self.next_job = nj
 
@@ -383,15 +455,22 @@ class Engine:
             else:
                 warm_view[img].discard(h)
         self._admit(t)
+        pe_cnt = self._pe_dispatch(t) if self.pe_pending else {}
         pending = self.pending
         if not pending:
+            self._ring_row(pe_cnt, t)
             return
         free = self.free
         free_a = np.array(free)
         idx = np.flatnonzero(free_a)
         if idx.size == 0:
+            self._ring_row(pe_cnt, t)
             return
         key_a = self._keys(t)
+        if pe_cnt:
+            adj0 = self.sim.job_load_adjustment if self.sim.load_adjustment_decay > 0 else 0.0
+            for h, n in pe_cnt.items():
+                key_a[h] += adj0 * n / self.slots[h]
         ks = key_a[idx]
         o = np.argsort(ks, kind="stable")  # ties: lower host index (seq_no) first
         ok = ks[o].tolist()
@@ -412,6 +491,9 @@ class Engine:
         adj = sim.job_load_adjustment if sim.load_adjustment_decay > 0 else 0.0
         adjinc = [adj / s for s in self.slots]
         cnt = [0] * self.H
+        for h, n in pe_cnt.items():
+            cnt[h] += n
+        ndisp_pe = sum(pe_cnt.values())
         wstate: Dict[int, list] = {}
         dead = set()  # images whose reported-warm hosts are all full in this run
         soft = self.policy.soft
@@ -602,6 +684,7 @@ class Engine:
                 break
 
         self.running += ndisp
+        ndisp += ndisp_pe
         if ndisp:
             for q in finished:
                 lst = pending[q]
@@ -684,6 +767,8 @@ class Engine:
                     pr.move_to_end(b)
                 if lfr:
                     load_step(a, t, -1)
+                if c.blocked:
+                    self._unblock(a, t)
             elif kind == DL:
                 if a == self.dl_token:
                     self._pulls_done(t)
@@ -697,6 +782,8 @@ class Engine:
             elif kind == PREWARM:
                 self._pre_tick(t)
                 heappush(heap, (t + self.pre.interval_s, PREWARM, 0, 0))
+            elif kind == PRESSURE:
+                self._requeue(a, b, t)
         self.end_time = t
         return self.result()
 
@@ -705,7 +792,10 @@ class Engine:
         end = self.end_time
         n = 0
         waiting = [job for c in self.caches for fl in c.inflight.values()
-                   for (_, job, _, _, _) in fl.waiters]
+                   for (_, job, _, _, _) in fl.waiters if job.pe is None]
+        pe = {id(job): job for c in self.caches for fl in c.inflight.values()
+              for (_, job, _, _, _) in fl.waiters if job.pe is not None}
+        waiting += list(pe.values()) + self.pe_pending
         for job in waiting:
             if job.measured:
                 self.lat.append(end - job.submit)
@@ -730,6 +820,11 @@ class Engine:
         per_host = max(self.slots)
         pack = sum(max(0, -(-self.peak_img[i] // per_host) - self.held_img[i]) * sizes[i]
                    for i in range(self.NI))
+        # One copy per image version: each image run in the window that no host
+        # held (or was pulling) at its start, once: what the origin must send.
+        held = set().union(*self.init_present) if self.init_present else set()
+        copy = sum(sizes[i] for i in {p & PAIR_MASK for p in self.needed} - held)
+        ag = self.agent
         return {
             "policy": self.policy.name,
             "hosts": self.H,
@@ -740,6 +835,15 @@ class Engine:
             "lb_bytes": lb,
             "lb_pairs": len(self.needed),
             "pack_bytes": pack,
+            "copy_bytes": copy,
+            "peer_bytes": ag.peer_bytes if ag else 0.0,
+            "peer_transfers": ag.peer_transfers if ag else 0,
+            "peer_failures": ag.failures if ag else 0,
+            "peer_saturated": ag.saturated if ag else 0,
+            "room_waits": self.room_waits,
+            "pe_jobs": self.pe_jobs,
+            "pe_missing": self.pe_missing,
+            "requeued_tasks": self.requeued,
             "evictions": self.evictions,
             "cap_overflows": sum(c.overflows for c in self.caches),
             "latencies": self.lat,
@@ -825,6 +929,20 @@ SCENARIO_SETTINGS = {
     "registry_gbit": 100.0,
     # give up (tasks stay unstarted) after this many simulated seconds
     "max_time": 30 * 86400.0,
+    # node agent (policy "agent"; see sge/sim/peers.py): peer transfers are
+    # modelled from size_gb, host_link_gbit and these, whatever download_s says
+    "peer_upload_gbit": 10.0,
+    "peer_upload_slots": 4,
+    "peer_pipeline": True,
+    "pipeline_lag_s": 1.0,
+    "peer_seed": True,
+    "peer_redirect": True,
+    "peer_timeout_s": 10.0,
+    "dead_agents": [],     # host names whose agent never answers
+    "lying_agents": [],    # host names whose agent serves wrong bytes
+    # a pull that pinned images keep from fitting: "overflow" or "wait"
+    "cache_pressure": "overflow",
+    "pressure_wait_s": 300.0,
 }
 
 
@@ -853,7 +971,10 @@ def run_scenario(scenario: dict) -> dict:
           "jobs": [                         # one entry per qsub
             {"image": "blast", "submit": 0.0, "runtime": 300.0, "tasks": 6}
           ],                                # tasks: array size (qsub -t 1-N), default 1;
-                                            # runtime: seconds, or a list, one per task
+                                            # runtime: seconds, or a list, one per task;
+                                            # "pe": {"hosts": 3, "slots": 4} makes it a
+                                            # parallel job (one task; its record gets
+                                            # "pe_hosts" and "image_on_all_hosts")
           "settings": {...}                 # optional, see SCENARIO_SETTINGS;
                                             # report_phase: one number for all hosts
                                             # or {"n1": 12.0, ...}; host_load:
@@ -865,7 +986,8 @@ def run_scenario(scenario: dict) -> dict:
     Output::
 
         {"placements": {"n1": 4, "n2": 2},            # tasks dispatched per host
-         "downloads": {"n1": 0, "n2": 1},             # pulls started per host
+         "downloads": {"n1": 0, "n2": 1},             # origin pulls started per host
+         "peer_transfers": {"n1": 0, "n2": 0},        # agent: copies received from peers
          "placements_by_image": {"n1": {"blast": 4}, "n2": {"blast": 2}},
          "tasks": [{"job": 0, "task": 1, "image": "blast", "host": "n1",
                     "submit": 0.0, "dispatch": 0.0, "start": 0.0, "end": 300.0,
@@ -900,6 +1022,11 @@ def run_scenario(scenario: dict) -> dict:
         load_adjustment_decay=st["load_adjustment_decay"],
         max_pending_tasks_per_job=st["max_pending_tasks_per_job"],
         report_inflight_as_warm=st["report_inflight_as_warm"],
+        peer_upload_gbit=st["peer_upload_gbit"], peer_upload_slots=st["peer_upload_slots"],
+        peer_pipeline=st["peer_pipeline"], pipeline_lag_s=st["pipeline_lag_s"],
+        peer_seed=st["peer_seed"], peer_redirect=st["peer_redirect"],
+        peer_timeout_s=st["peer_timeout_s"],
+        cache_pressure=st["cache_pressure"], pressure_wait_s=st["pressure_wait_s"],
         initial_fill=0.0, warmup_hours=0.0)
     net = None
     if all(fixed) and fixed:
@@ -938,6 +1065,10 @@ def run_scenario(scenario: dict) -> dict:
             raise ValueError(f"job {ji}: {n} tasks but {len(rts)} runtimes")
         img = img_ix[spec["image"]]
         job = Job(ji, float(spec.get("submit", 0.0)), img, rts)
+        if spec.get("pe"):
+            if n != 1:
+                raise ValueError(f"job {ji}: a parallel job has one task")
+            job.pe = (int(spec["pe"]["hosts"]), int(spec["pe"]["slots"]))
         job.recs = [{"job": ji, "task": k + 1, "image": spec["image"], "host": None,
                      "submit": job.submit, "dispatch": None, "start": None, "end": None,
                      "warm": None} for k in range(n)]
@@ -948,15 +1079,24 @@ def run_scenario(scenario: dict) -> dict:
                  slots=[int(h["slots"]) for h in hosts], initial=initial, network=net,
                  report_phase=phase, first_schedule=float(st["first_schedule"]),
                  window=(0.0, INF), end_when_done=True,
-                 max_time=float(st["max_time"]), host_load=host_load)
+                 max_time=float(st["max_time"]), host_load=host_load,
+                 dead_agents=[names.index(n) for n in st["dead_agents"]],
+                 lying_agents=[names.index(n) for n in st["lying_agents"]])
     res = eng.run()
     tasks = [r for recs in sorted(records, key=lambda rs: rs[0]["job"]) for r in recs]
     for r in tasks:
         if r["host"] is not None:
             r["host"] = names[r["host"]]
+        if "pe_hosts" in r:
+            r["pe_hosts"] = [names[h] for h in r["pe_hosts"]]
     return {
         "placements": {names[h]: eng.placements[h] for h in range(eng.H)},
-        "downloads": {names[h]: eng.pulls[h] for h in range(eng.H)},
+        "downloads": {names[h]: eng.pulls[h] for h in range(eng.H)},   # from the origin
+        "peer_transfers": {names[h]: eng.peer_pulls[h] for h in range(eng.H)},  # received
+        "peer_failures": res["peer_failures"],
+        "room_waits": res["room_waits"],
+        "requeued_tasks": res["requeued_tasks"],
+        "cap_overflows": res["cap_overflows"],
         "placements_by_image": {names[h]: {img_names[i]: c for i, c in sorted(eng.place_img[h].items())}
                                 for h in range(eng.H)},
         "tasks": tasks,

@@ -24,11 +24,31 @@ job_load_adjustment        0.5         SGE default ``job_load_adjustments np_loa
 load_adjustment_decay      450 s       SGE default ``load_adjustment_decay_time 0:7:30``
 max_pending_tasks_per_job  50          SGE default: array tasks considered per run
 report_inflight_as_warm    False       what-if: the sensor reports pulls in flight
+                                       (the agent policy always does)
+peer_upload_gbit           10          agent: per-host upload limit for peers
+peer_upload_slots          4           agent: concurrent uploads per host (then 503)
+peer_pipeline              True        agent: stream from a peer's pull in flight
+pipeline_lag_s             1.0         agent: a streamed copy ends this long after
+                                       its source's (the last chunk, verify, fsync)
+peer_seed                  True        agent: a per-image seed host (rendezvous hash)
+                                       pulls from the origin for the others
+peer_redirect              True        agent: a busy peer names the hosts it serves,
+                                       so they are found before the sensor reports them
+peer_timeout_s             10          agent: a dead peer costs this, then a retry
+cache_pressure             overflow    "overflow": a pull that pins block goes over
+                                       the cap; "wait": it waits for room (bounded)
+pressure_wait_s            300         "wait": then its tasks go back to pending
 initial_fill               0.8         caches start filled to the low-water mark
 warmup_hours               2           simulated before the measured window
 hours                      24          measured window (tasks submitted in it)
 max_drain_hours            12          then run on until measured tasks started
 =========================  ==========  =============================================
+
+The agent's parameters are the ones ``bench/calibrate.py`` can set per
+scenario (``settings``) and compare against a real multi-host run: measured
+peer transfer rate gives ``peer_upload_gbit``, the agent's config gives
+``peer_upload_slots``, and the end of a streamed copy after its source's gives
+``pipeline_lag_s``.
 
 The initial cache content is a policy-neutral stand-in for "the cluster has
 been running for a while": each host holds images drawn by popularity (without
@@ -73,6 +93,17 @@ class SimConfig:
     # (a "staging" state the JSV's soft request also matches) instead of only
     # after the pull completed.
     report_inflight_as_warm: bool = False
+    # Node agent (policy "agent"): peers serve verified blobs (see sge/sim/peers.py).
+    peer_upload_gbit: float = 10.0
+    peer_upload_slots: int = 4
+    peer_pipeline: bool = True
+    pipeline_lag_s: float = 1.0
+    peer_seed: bool = True
+    peer_redirect: bool = True
+    peer_timeout_s: float = 10.0
+    # Cache pressure: "overflow" (pull over the cap) or "wait" (for room, bounded).
+    cache_pressure: str = "overflow"
+    pressure_wait_s: float = 300.0
     initial_fill: float = 0.8
     warmup_hours: float = 2.0
     hours: float = 24.0
@@ -96,7 +127,7 @@ class HostCache:
     a pull starts).
     """
 
-    __slots__ = ("present", "inflight", "pins", "used", "cap", "low", "overflows")
+    __slots__ = ("present", "inflight", "pins", "used", "cap", "low", "overflows", "blocked")
 
     def __init__(self, cap_bytes: Optional[float], low_water: float = 0.8):
         self.present: "OrderedDict[int, float]" = OrderedDict()
@@ -106,20 +137,25 @@ class HostCache:
         self.cap = cap_bytes
         self.low = None if cap_bytes is None else cap_bytes * low_water
         self.overflows = 0
+        self.blocked: List["Flow"] = []  # pulls waiting for room (cache_pressure="wait")
+
+    def fits(self, size: float) -> bool:
+        return self.cap is None or self.used + size <= self.cap
 
     def add_present(self, img: int, size: float) -> None:
         """Place an image without a pull (initial state)."""
         self.present[img] = size
         self.used += size
 
-    def make_room(self, size: float) -> List[int]:
+    def make_room(self, size: float, overflow: bool = True) -> List[int]:
         """Evict LRU, unpinned images so a pull of ``size`` fits; return evicted ids.
 
         Models the cache GC: nothing happens while the pull fits under the cap;
         once it would not, evict least-recently-used images until usage plus the
         pull is at the low-water mark.  Pinned images are skipped.  If pins make
         that impossible the pull proceeds over the cap (the prolog never fails a
-        job for want of cache space) and ``overflows`` counts it.
+        job for want of cache space) and ``overflows`` counts it; with
+        ``overflow=False`` the caller waits instead (see `fits`).
         """
         cap = self.cap
         if cap is None or self.used + size <= cap:
@@ -135,7 +171,7 @@ class HostCache:
                 continue
             self.used -= present.pop(img)
             evicted.append(img)
-        if self.used + size > cap:
+        if overflow and self.used + size > cap:
             self.overflows += 1
         return evicted
 
@@ -144,10 +180,11 @@ class Flow:
     """One image pull to one host (the prolog's lock makes it one per host+image)."""
 
     __slots__ = ("fid", "host", "img", "size", "t0", "k", "vf", "done", "waiters",
-                 "prewarm", "t_done")
+                 "prewarm", "t_done", "kind", "src", "parent", "children", "parked",
+                 "deferred", "state", "timeout", "rem", "rate", "blocked", "inpeer", "depth")
 
     def __init__(self, fid: int, host: int, img: int, size: float, t0: float,
-                 prewarm: bool = False):
+                 prewarm: bool = False, kind: int = 0):
         self.fid = fid
         self.host = host
         self.img = img
@@ -159,6 +196,19 @@ class Flow:
         self.waiters: list = []
         self.prewarm = prewarm
         self.t_done = INF
+        self.kind = kind          # 0 task pull, 1 pre-warm, 2 seed staging for peers
+        self.src = -1             # -1: the origin; else the peer host serving it
+        self.parent = None        # the peer's own pull in flight that this one streams from
+        self.children: list = []  # pulls streaming from this one while it runs
+        self.parked = False       # all bytes the parent had are here: waits for it
+        self.deferred = False     # waits for the parent to finish before starting
+        self.state = 0            # 0 running, 1 verified, 2 failed
+        self.timeout = False      # the source never answered (dead agent)
+        self.rem = size
+        self.rate = 0.0
+        self.blocked = False      # waits for cache room
+        self.inpeer = False
+        self.depth = 0            # pulls in flight between this one and a whole copy
 
 
 class SharedNetwork:

@@ -22,6 +22,13 @@
     ``max_inflight`` pulls at a time so on-demand pulls keep registry bandwidth.
     An image stays in the pre-warmed set while it ranks in the top 2 x ``top``.
     Pre-pulls go through the same cache (LRU, pins) and registry as prolog pulls.
+``agent``
+    ``soft`` plus the node agent (issue 10): hosts serve verified images to each
+    other, a pull in flight is reported (so the soft request matches it and
+    peers stream from it), a per-image seed makes the one origin pull, and a
+    parallel job's image is staged on every host of the job before it starts
+    (without the agent only the master host's prolog stages it).  The peer
+    model and its parameters are in ``sge/sim/peers.py`` and ``SimConfig``.
 """
 from __future__ import annotations
 
@@ -44,6 +51,7 @@ class Policy:
     soft: bool = False
     hard: bool = False
     prewarm: Optional[PrewarmConfig] = None
+    agent: bool = False
     description: str = ""
 
     def jsv_hard(self, warm_hosts: int) -> bool:
@@ -58,7 +66,10 @@ HARD = Policy("hard", hard=True, description="JSV hard request when warm anywher
 SOFT_PREWARM = Policy("soft+prewarm", soft=True, prewarm=PrewarmConfig(),
                       description="soft request + pre-warm of the top images")
 
-POLICIES: Dict[str, Policy] = {p.name: p for p in (NONE, SOFT, HARD, SOFT_PREWARM)}
+AGENT = Policy("agent", soft=True, agent=True,
+               description="soft request + node agent: peers, in-flight reports, seed")
+
+POLICIES: Dict[str, Policy] = {p.name: p for p in (NONE, SOFT, HARD, SOFT_PREWARM, AGENT)}
 DEFAULT_POLICY = "soft"
 
 

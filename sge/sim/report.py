@@ -18,6 +18,12 @@ Definitions (all over the measured window; tasks are those submitted in it):
   dispatched (no wait).  Top-10 = the 10 images with the most tasks.
 * start latency: task start (after any pull) minus submit.
 * idle slot-hours: slot time between dispatch and start, spent waiting on pulls.
+* one copy per image version: the sizes of the images run in the window that
+  no host held at its start, each once: what an origin must send at least.
+  Origin egress over it is the node agent's goal (<= 1.5); peer bytes are
+  reported beside it.
+* parallel jobs: one latency each (all hosts start together); "PE missing"
+  counts those that started with the image absent on one of their hosts.
 """
 from __future__ import annotations
 
@@ -26,6 +32,9 @@ from typing import List, Optional, Sequence
 
 GOAL_EGRESS_RATIO = 1.05
 GOAL_WARM_TOP10 = 0.90
+GOAL_ORIGIN_PER_COPY = 1.5   # node agent: origin egress / one copy per image version
+GOAL_AGENT_WARM_TOP10 = 0.95
+GOAL_DAY_ONE_VS_STEADY = 2.0  # day-one start latency / steady state's
 QUANTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9)
 
 
@@ -57,6 +66,7 @@ def summarize(res: dict, top: int = 10) -> dict:
     qmap = dict(zip(QUANTILES, qs))
     lb = res["lb_bytes"]
     eg = res["egress_bytes"]
+    cp = res.get("copy_bytes", 0.0)
     s = {
         "policy": res["policy"],
         "hosts": res["hosts"],
@@ -83,6 +93,16 @@ def summarize(res: dict, top: int = 10) -> dict:
         "wall_s": res.get("wall_s", math.nan),
         "cpu_s": res.get("cpu_s", math.nan),
         "censored_latencies": res.get("censored_latencies", 0),
+        "copy_tb": cp / 1e12,
+        "origin_per_copy": eg / cp if cp else (math.inf if eg else 1.0),
+        "peer_tb": res.get("peer_bytes", 0.0) / 1e12,
+        "peer_failures": res.get("peer_failures", 0),
+        "peer_saturated": res.get("peer_saturated", 0),
+        "pe_jobs": res.get("pe_jobs", 0),
+        "pe_missing": res.get("pe_missing", 0),
+        "room_waits": res.get("room_waits", 0),
+        "requeued_tasks": res.get("requeued_tasks", 0),
+        "cap_overflows_all": res["cap_overflows"],
     }
     s["goal_met"] = (s["egress_ratio"] <= GOAL_EGRESS_RATIO
                      and s["warm_share_top10"] >= GOAL_WARM_TOP10)
@@ -187,6 +207,134 @@ def plot(summaries: List[dict], path: str, title: Optional[str] = None) -> str:
     ax.set_ylabel("% of task starts that were warm")
     ax.set_title("Warm starts")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=3)
+
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------- node agent
+
+def format_agent_table(rows: List[dict]) -> str:
+    """Before/after: one row per (scenario, origin, policy); rows carry
+    "scenario" and "origin_gbit" beside the summary."""
+    head = (f"{'scenario':<14} {'origin':>6} {'policy':<6} {'origin TB':>9} {'1 copy TB':>9} "
+            f"{'ratio':>6} {'peer TB':>8} {'top10':>6} {'p50 s':>8} {'p95 s':>8} {'p99 s':>8} "
+            f"{'idle sh':>9} {'unstarted':>9} {'PE miss':>8}")
+    out = [head, "-" * len(head)]
+    for r in rows:
+        out.append(f"{r['scenario']:<14} {r['origin_gbit']:>6g} {r['policy']:<6} "
+                   f"{r['egress_tb']:>9.2f} {r['copy_tb']:>9.2f} {r['origin_per_copy']:>6.2f} "
+                   f"{r['peer_tb']:>8.1f} {r['warm_share_top10']:>6.1%} {r['p50_s']:>8.1f} "
+                   f"{r['p95_s']:>8.1f} {r['p99_s']:>8.1f} {r['idle_slot_hours']:>9,.0f} "
+                   f"{r['unstarted_tasks']:>9,} {r['pe_missing']:>4}/{r['pe_jobs']:<4}")
+    return "\n".join(out)
+
+
+def agent_goals(rows: List[dict], policy: str = "agent") -> List[str]:
+    """The issue's goals for the agent rows, one line each."""
+    lines = []
+    steady = {r["origin_gbit"]: r for r in rows
+              if r["policy"] == policy and r["scenario"] == "steady"}
+    for r in rows:
+        if r["policy"] != policy:
+            continue
+        tag = f"{r['scenario']} @ {r['origin_gbit']:g} Gbit/s"
+        ok_c = r["origin_per_copy"] <= GOAL_ORIGIN_PER_COPY or r["copy_tb"] == 0
+        ok_w = r["warm_share_top10"] >= GOAL_AGENT_WARM_TOP10
+        line = (f"{tag:<26} origin/copy {r['origin_per_copy']:.2f} ({'met' if ok_c else 'MISSED'}), "
+                f"top-10 warm {r['warm_share_top10']:.1%} ({'met' if ok_w else 'MISSED'})")
+        st = steady.get(r["origin_gbit"])
+        if st is not None and r["scenario"] == "day one":
+            ratios = [r[k] / st[k] if st[k] else math.inf for k in ("p50_s", "p95_s", "p99_s")]
+            ok = all(x <= GOAL_DAY_ONE_VS_STEADY for x in ratios) and not r["unstarted_tasks"]
+            line += (", start latency vs steady state p50/p95/p99 "
+                     + "/".join(f"{x:.2f}" for x in ratios) + f" ({'met' if ok else 'MISSED'})")
+        lines.append(line)
+    return lines
+
+
+def plot_agent(rows: List[dict], path: str, title: Optional[str] = None) -> str:
+    """Before/after per scenario and origin: origin egress per copy, start latency, idle slots."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = []
+    for r in rows:
+        key = (r["scenario"], r["origin_gbit"])
+        if key not in cases:
+            cases.append(key)
+    pols = []
+    for r in rows:
+        if r["policy"] not in pols:
+            pols.append(r["policy"])
+    by = {(r["scenario"], r["origin_gbit"], r["policy"]): r for r in rows}
+    labels = [f"{s}\n{g:g} Gbit/s" for s, g in cases]
+    x = list(range(len(cases)))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.4))
+    w = 0.8 / len(pols)
+
+    ax = axes[0]
+    for j, p in enumerate(pols):
+        vals = [by[(s, g, p)]["egress_tb"] if (s, g, p) in by else 0 for s, g in cases]
+        bars = ax.bar([i + (j - (len(pols) - 1) / 2) * w for i in x], [max(v, 1e-3) for v in vals],
+                      w, label="before (soft)" if p == "soft" else f"after ({p})")
+        for b, (s, g) in zip(bars, cases):
+            r = by.get((s, g, p))
+            if r:
+                txt = f"{r['egress_tb']:.2f} TB"
+                if r["copy_tb"] > 0:
+                    txt += f"\n{r['origin_per_copy']:.1f}x"
+                ax.annotate(txt, (b.get_x() + b.get_width() / 2, b.get_height()),
+                            ha="center", va="bottom", fontsize=7)
+    copies = [next((r["copy_tb"] for r in rows if (r["scenario"], r["origin_gbit"]) == c), 0)
+              for c in cases]
+    for i, cp in zip(x, copies):
+        if cp > 0:
+            ax.hlines(cp, i - 0.45, i + 0.45, colors="k", lw=1.2)
+            ax.hlines(cp * GOAL_ORIGIN_PER_COPY, i - 0.45, i + 0.45, colors="red", lw=1, linestyles="--")
+    ax.plot([], [], color="k", lw=1.2, label="one copy per image version")
+    ax.plot([], [], color="red", lw=1, ls="--", label="goal: 1.5 x one copy")
+    ax.set_yscale("log")
+    ax.set_ylim(1e-3, max(r["egress_tb"] for r in rows) * 8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("origin egress, TB (log)")
+    ax.set_title("Origin egress (steady state: no new image, one copy = 0)")
+    ax.legend(fontsize=8, loc="upper right")
+
+    ax = axes[1]
+    for j, p in enumerate(pols):
+        for q, (key, mk) in enumerate((("p50_s", "o"), ("p95_s", "s"), ("p99_s", "^"))):
+            xs = [i + (j - (len(pols) - 1) / 2) * w for i in x]
+            ys = [max(by[(s, g, p)][key], 0.1) if (s, g, p) in by else math.nan for s, g in cases]
+            ax.scatter(xs, ys, marker=mk, color=f"C{j}",
+                       label=f"{'before' if p == 'soft' else 'after'} {key[:3]}")
+    ax.set_yscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("seconds from submit to start (log)")
+    ax.set_title("Task start latency p50 / p95 / p99")
+    ax.legend(fontsize=7, ncol=2)
+
+    ax = axes[2]
+    for j, p in enumerate(pols):
+        vals = [by[(s, g, p)]["idle_slot_hours"] if (s, g, p) in by else 0 for s, g in cases]
+        bars = ax.bar([i + (j - (len(pols) - 1) / 2) * w for i in x], [max(v, 0.1) for v in vals], w,
+                      label="before (soft)" if p == "soft" else f"after ({p})")
+        for b, v in zip(bars, vals):
+            ax.annotate(f"{v:,.0f}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("slot-hours held waiting on pulls (log)")
+    ax.set_title("Idle slot-hours")
+    ax.legend(fontsize=8)
 
     if title:
         fig.suptitle(title)

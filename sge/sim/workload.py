@@ -18,6 +18,10 @@ runtime_min/max_s       60 / 43200   ... clipped to 1 min .. 12 h
 new_images_per_day      0            releases of new image versions (Poisson); each
                                      replaces the image of a uniformly drawn
                                      popularity rank from then on
+pe_share                0            share of single-task jobs that are parallel
+                                     (PE) jobs over several hosts
+pe_hosts_min/max        2 / 4        hosts of a PE job, uniform
+pe_slots_per_host       16           slots it takes on each (allocation_rule)
 ======================  ===========  ===========================================
 
 With 1,000 x 48 slots this offers ~64 % slot utilisation.  The other half of the
@@ -60,6 +64,10 @@ class WorkloadConfig:
     runtime_min_s: float = 60.0
     runtime_max_s: float = 12 * 3600.0
     new_images_per_day: float = 0.0
+    pe_share: float = 0.0
+    pe_hosts_min: int = 2
+    pe_hosts_max: int = 4
+    pe_slots_per_host: int = 16
 
     @property
     def task_rate(self) -> float:
@@ -81,7 +89,8 @@ class WorkloadConfig:
 class Job:
     """One qsub: an image, a submit time and one runtime per array task."""
 
-    __slots__ = ("jid", "submit", "img", "runtimes", "next", "hard", "measured", "recs", "seq")
+    __slots__ = ("jid", "submit", "img", "runtimes", "next", "hard", "measured", "recs", "seq",
+                 "pe", "gate", "pe_hosts", "pe_t", "pe_run", "pe_warm")
 
     def __init__(self, jid: int, submit: float, img: int, runtimes: List[float]):
         self.jid = jid
@@ -93,6 +102,12 @@ class Job:
         self.measured = False  # submitted inside the measured window
         self.recs = None       # per-task records (calibration scenarios only)
         self.seq = 0           # admission order (set by the engine)
+        self.pe = None         # parallel job: (hosts, slots per host); one task
+        self.gate = 0          # hosts of a PE job still waiting for the image
+        self.pe_hosts = ()
+        self.pe_t = 0.0
+        self.pe_run = 0
+        self.pe_warm = False
 
     @property
     def remaining(self) -> int:
@@ -125,6 +140,7 @@ def generate_jobs(cfg: WorkloadConfig, seed: int,
     """
     rng = random.Random(seed)
     rel_rng = random.Random(seed * 65537 + 11)
+    pe_rng = random.Random(seed * 7727 + 29)  # its own stream: PE jobs change nothing else
     current = list(range(cfg.n_images))  # popularity rank -> image id
     rel_rate = cfg.new_images_per_day / 86400.0
     if rel_rate > 0 and sizes is None:
@@ -160,4 +176,7 @@ def generate_jobs(cfg: WorkloadConfig, seed: int,
             n = 1
         rts = [min(rmax, max(rmin, logn(mu, sigma))) for _ in range(n)]
         jid += 1
-        yield Job(jid, t, img, rts)
+        job = Job(jid, t, img, rts)
+        if n == 1 and cfg.pe_share > 0 and pe_rng.random() < cfg.pe_share:
+            job.pe = (pe_rng.randint(cfg.pe_hosts_min, cfg.pe_hosts_max), cfg.pe_slots_per_host)
+        yield job

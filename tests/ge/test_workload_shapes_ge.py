@@ -171,3 +171,55 @@ def test_no_kit_process_left_after_uninstall(kit):
     c.wait_done(jid, timeout=120)
     assert c.qacct(jid)[0]["exit_status"] == "0"
     kit.sge_image("install")
+
+
+def test_qrsh_job_sees_its_image(kit):
+    """Interactive jobs (issue 9): `qrsh -l image=NAME` runs the prolog like a batch job,
+    and the command sees a readable SGE_IMAGE_PATH."""
+    c = kit.cluster
+    r = c.run(["qrsh", "-now", "y", "-l", "image=left", "/bin/sh", "-c",
+               'test -r "$SGE_IMAGE_PATH" && echo "IMAGE $(hostname) $SGE_IMAGE_PATH"'],
+              check=False, timeout=300)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("IMAGE ")]
+    assert r.returncode == 0 and len(lines) == 1, (r.returncode, r.stdout, r.stderr)
+    host, path = lines[0].split()[1:]
+    assert path.startswith(kit.cache_dir(host) + "/")
+
+
+PE = """pe_name            kit_lab_pe
+slots              99
+user_lists         NONE
+xuser_lists        NONE
+start_proc_args    /bin/true
+stop_proc_args     /bin/true
+allocation_rule    $round_robin
+control_slaves     TRUE
+job_is_first_task  FALSE
+urgency_slots      min
+accounting_summary FALSE
+qsort_args         NONE
+"""
+
+
+def test_qrsh_inherit_reaches_every_host_of_a_parallel_job(kit, tmp_path):
+    """The lab runs parallel-task clients: `qrsh -inherit` from a job's master task to
+    each host of $PE_HOSTFILE connects from the right address (the bind shim reaches
+    the shepherd and the job)."""
+    c = kit.cluster
+    pe = tmp_path / "kit_lab_pe"
+    pe.write_text(PE)
+    c.qconf("-Ap", str(pe))
+    try:
+        c.qconf("-aattr", "queue", "pe_list", "kit_lab_pe", "all.q")
+        job = kit.script("pe.sh", '#!/bin/sh\nfor h in $(awk \'{print $1}\' "$PE_HOSTFILE"); do\n'
+                         '  echo "TASK $h $(qrsh -inherit "$h" hostname)"\ndone\n')
+        out = kit.out("pe")
+        jid = c.qsub(["-pe", "kit_lab_pe", str(len(c.hosts)), "-o", f"{out}/pe.out", "-j", "y", job])
+        c.wait_done(jid, timeout=300)
+        lines = [ln.split() for ln in open(f"{out}/pe.out").read().splitlines()
+                 if ln.startswith("TASK ")]
+        assert sorted(ln[1] for ln in lines) == sorted(c.hosts)
+        assert all(len(ln) == 3 and ln[1] == ln[2] for ln in lines), lines
+    finally:
+        c.run(["qconf", "-dattr", "queue", "pe_list", "kit_lab_pe", "all.q"], check=False)
+        c.run(["qconf", "-dp", "kit_lab_pe"], check=False)

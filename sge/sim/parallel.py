@@ -1,0 +1,138 @@
+"""Parallel (PE) jobs: one task over several hosts, started together.
+
+Why: Grid Engine runs a prolog on the master host only, so today a parallel
+job's image is staged there and nowhere else.  The agent policy stages it on
+every host of the job and starts the job when all have it; other policies
+reproduce today's behaviour and count the jobs that started with the image
+missing on a host (``pe_missing``).  A job of k hosts x s slots is booked as
+k x s slot-tasks (slots, pins, load, FINISH events) and one latency.
+"""
+from __future__ import annotations
+
+from heapq import heappush
+from typing import Dict, List
+
+from .events import FINISH, PAIR_BITS
+from .workload import Job
+
+
+class ParallelJobs:
+    """Engine part: placement, staging and start of parallel jobs."""
+
+    def _ring_row(self, cnt, t: float) -> None:
+        """Record this run's dispatches per host (for the load adjustment)."""
+        if not cnt:
+            return
+        row = [0] * self.H
+        for h, n in cnt.items():
+            row[h] = n
+        r = self.ring_i
+        self.ring[r] = row
+        self.ring_t[r] = t
+        self.ring_i = (r + 1) % len(self.ring_t)
+        self.ring_n += 1
+
+    # ------------------------------------------------------------------ parallel jobs
+
+    def _pe_dispatch(self, t: float) -> Dict[int, int]:
+        """Place pending parallel jobs, in submit order, before the array tasks of
+        the run (as a higher priority would).  A job takes ``slots`` on each of
+        ``hosts`` hosts, chosen by the same queue sort (soft request met, then
+        load, then seq_no); one that does not fit waits and later ones may pass
+        it (no reservation).  Returns the slots taken per host."""
+        free, key = self.free, None
+        taken: Dict[int, int] = {}
+        left = []
+        adj = self.sim.job_load_adjustment if self.sim.load_adjustment_decay > 0 else 0.0
+        cands: Dict[int, List[int]] = {}  # per slot count: hosts with that many free
+        for job in self.pe_pending:
+            k, sp = job.pe
+            cand = cands.get(sp)
+            if cand is None:
+                cand = cands[sp] = [h for h in range(self.H) if free[h] >= sp]
+            if len(cand) < k:
+                left.append(job)
+                continue
+            if key is None:
+                key = self._keys(t).tolist()
+            warm = self.warm_view[job.img] if self.policy.soft else ()
+            hosts = sorted(cand, key=lambda h: (h not in warm, key[h], h))[:k]
+            for h in hosts:
+                free[h] -= sp
+                key[h] += adj * sp / self.slots[h]
+                taken[h] = taken.get(h, 0) + sp
+            for n, lst in cands.items():
+                cands[n] = [h for h in lst if free[h] >= n]
+            self._pe_stage(job, hosts, t)
+        self.pe_pending = left
+        return taken
+
+    def _pe_stage(self, job: Job, hosts: List[int], t: float) -> None:
+        """Book the job's slots and pins; with the agent stage the image on every
+        host before the start, else only the master's prolog pulls it."""
+        k, sp = job.pe
+        img = job.img
+        job.next = 1
+        job.pe_hosts = hosts
+        job.pe_t = t
+        job.pe_run = self.ring_n
+        job.gate = 0
+        self.running += k * sp
+        self.busy_img[img] += k * sp
+        if self.busy_img[img] > self.peak_img[img]:
+            self.peak_img[img] = self.busy_img[img]
+        job.pe_warm = all(img in self.caches[h].present for h in hosts)
+        for n, h in enumerate(hosts):
+            c = self.caches[h]
+            c.pins[img] = c.pins.get(img, 0) + sp
+            self.placements[h] += sp
+            pi = self.place_img[h]
+            pi[img] = pi.get(img, 0) + sp
+            if self.in_window and img not in self.init_present[h]:
+                self.needed.add((h << PAIR_BITS) | img)
+            if job.recs is not None and n == 0:
+                job.recs[0]["host"] = h
+                job.recs[0]["dispatch"] = t
+                job.recs[0]["pe_hosts"] = list(hosts)
+            if img in c.present:
+                c.present.move_to_end(img)
+                continue
+            if n > 0 and not self.policy.agent:
+                continue  # no prolog on the other hosts of a parallel job
+            fl = c.inflight.get(img)
+            if fl is None:
+                fl = self._start_pull(h, img, t, False)
+            fl.waiters.append((job.runtimes[0], job, t, 0, job.pe_run))
+            job.gate += 1
+        if job.gate == 0:
+            self._pe_start(job, t)
+
+    def _pe_arrived(self, job: Job, t: float) -> None:
+        job.gate -= 1
+        if job.gate == 0:
+            self._pe_start(job, t)
+
+    def _pe_start(self, job: Job, t: float) -> None:
+        k, sp = job.pe
+        img, rt = job.img, job.runtimes[0]
+        missing = sum(1 for h in job.pe_hosts if img not in self.caches[h].present)
+        run = job.pe_run << PAIR_BITS
+        for h in job.pe_hosts:
+            if self.sim.load_from_running:
+                self._load_step(h, t, +sp)
+            for _ in range(sp):
+                heappush(self.heap, (t + rt, FINISH, h, img | run))
+        if job.measured:
+            self.lat.append(t - job.submit)
+            self.m_started += 1
+            self.img_tot[img] += 1
+            if job.pe_warm:
+                self.img_warm[img] += 1
+            self.wait_s += (t - job.pe_t) * k * sp
+            if missing:
+                self.pe_missing += 1
+        if job.recs is not None:
+            r = job.recs[0]
+            r["start"], r["end"], r["warm"] = t, t + rt, job.pe_warm
+            r["image_on_all_hosts"] = not missing
+

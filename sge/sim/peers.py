@@ -1,0 +1,387 @@
+"""The node agent in the model: exec hosts serve verified blobs to each other.
+
+Why a separate piece: the origin, not the hosts' links, is what collapses a
+cold day, and only copies between exec hosts take it out of the path.
+
+* Every host that holds an image, or is pulling it, can serve it: at most
+  ``peer_upload_slots`` uploads at once, sharing ``peer_upload_gbit``.  A
+  transfer runs at min(receiver's link / its peer transfers, sender's upload /
+  its uploads), re-evaluated whenever a transfer starts or ends.
+* Pipelining: a host may stream from a peer whose own pull is still running.
+  Its bytes cannot overtake the source's: when it has caught up it parks and
+  ends ``pipeline_lag_s`` after the source (last chunk, verify, publish).
+  Without pipelining a host waits for the source to finish, then copies.
+* Discovery: what the load sensor reports (``warm_view``, in-flight pulls
+  included, so with the sensor's lag) plus, with ``peer_redirect``, the hosts
+  that got the image along the seed's chain (a busy server names the hosts it
+  is serving).
+* Seed: when no peer is known to have or pull the image, the host asks the
+  image's seed, the first host of a rendezvous ranking (a hash of image and
+  host), to stage it; the seed pulls from the origin and the asker streams
+  from it.  Every host computes the same seed, so a burst spread over many
+  cold hosts still makes one origin pull.
+* Source order: a peer with the whole image, fewest uploads first; then one
+  pulling it (pipelined); then the seed; the origin only if every known peer
+  is saturated or the ranking is exhausted.
+* Trust nothing: a dead agent costs ``peer_timeout_s``, a lying one a whole
+  transfer that fails verification (and the transfers that streamed from it);
+  either way the receiver excludes that peer for the image and picks again.
+"""
+from __future__ import annotations
+
+import heapq
+from typing import Dict, List, Optional, Set
+
+from .model import INF, Flow
+
+SEED_RANKS = 16  # the seed ranking kept per image (fallbacks after dead seeds)
+
+
+def rendezvous(img: int, hosts: int, k: int = SEED_RANKS) -> List[int]:
+    """The k hosts with the highest hash of (image, host): the same list on every host."""
+    def score(h: int) -> int:
+        x = (img * 0x9E3779B97F4A7C15 + h * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) \
+            & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+        x = (x * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 29
+        x = (x * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        return x ^ (x >> 32)
+    return heapq.nlargest(k, range(hosts), key=score)
+
+
+class PeerNet:
+    """Host-to-host transfers: each gets min(link / receiver's transfers,
+    upload / sender's transfers).  Few flows run at once, so rates are simply
+    recomputed for all of them at each start or end."""
+
+    def __init__(self, link_Bps: float, upload_Bps: float):
+        self.link = float(link_Bps)
+        self.up = float(upload_Bps)
+        self.flows: Set[Flow] = set()
+        self.n_dst: Dict[int, int] = {}
+        self.n_src: Dict[int, int] = {}
+        self.tu = 0.0
+
+    @property
+    def active(self) -> int:
+        return len(self.flows)
+
+    def _advance(self, t: float) -> None:
+        dt = t - self.tu
+        if dt > 0:
+            for f in self.flows:
+                f.rem -= f.rate * dt
+        self.tu = max(self.tu, t)
+
+    def _rates(self) -> None:
+        link, up, nd, ns = self.link, self.up, self.n_dst, self.n_src
+        for f in self.flows:
+            f.rate = min(link / nd[f.host], up / ns[f.src])
+
+    def _count(self, f: Flow, d: int) -> None:
+        for m, k in ((self.n_dst, f.host), (self.n_src, f.src)):
+            v = m.get(k, 0) + d
+            if v:
+                m[k] = v
+            else:
+                del m[k]
+
+    def add(self, t: float, fl: Flow) -> None:
+        self._advance(t)
+        fl.inpeer = True
+        self.flows.add(fl)
+        self._count(fl, +1)
+        self._rates()
+
+    def remove(self, t: float, fl: Flow) -> None:
+        self._advance(t)
+        if fl in self.flows:
+            self.flows.discard(fl)
+            self._count(fl, -1)
+            fl.inpeer = False
+            self._rates()
+
+    def next_time(self) -> float:
+        best = INF
+        tu = self.tu
+        for f in self.flows:
+            tt = tu + max(0.0, f.rem) / f.rate
+            if tt < best:
+                best = tt
+        return best
+
+    def pop_done(self, t: float) -> List[Flow]:
+        self._advance(t)
+        # in start order: the set's own order follows memory addresses
+        done = sorted((f for f in self.flows if f.rem <= 1.0), key=lambda f: f.fid)
+        for f in done:
+            self.flows.discard(f)
+            self._count(f, -1)
+            f.inpeer = False
+        if done:
+            self._rates()
+        return done
+
+
+class MixedNet:
+    """The origin's network model plus peer transfers plus timed events
+    (a pipelined copy's last chunk, a dead peer's timeout), one interface."""
+
+    def __init__(self, origin, peer: PeerNet):
+        self.origin = origin
+        self.peer = peer
+        self.later_heap: list = []
+        self.seq = 0
+
+    @property
+    def active(self) -> int:
+        return self.origin.active + self.peer.active + len(self.later_heap)
+
+    def add(self, t: float, fl: Flow) -> None:
+        if fl.src >= 0:
+            self.peer.add(t, fl)
+        else:
+            self.origin.add(t, fl)
+
+    def later(self, t: float, fl: Flow) -> None:
+        self.seq += 1
+        heapq.heappush(self.later_heap, (t, self.seq, fl))
+
+    def next_time(self) -> float:
+        best = min(self.origin.next_time(), self.peer.next_time())
+        if self.later_heap and self.later_heap[0][0] < best:
+            best = self.later_heap[0][0]
+        return best
+
+    def pop_done(self, t: float) -> List[Flow]:
+        out = list(self.origin.pop_done(t)) if self.origin.active else []
+        if self.peer.active:
+            out += self.peer.pop_done(t)
+        lh = self.later_heap
+        while lh and lh[0][0] <= t + 1e-9:
+            fl = heapq.heappop(lh)[2]
+            if fl.state == 0:
+                out.append(fl)
+        return out
+
+
+class Agent:
+    """Source choice and failure handling for the engine's pulls (see module doc)."""
+
+    def __init__(self, eng, dead=(), lying=()):
+        self.eng = eng
+        sim = eng.sim
+        self.slots = sim.peer_upload_slots
+        self.pipeline = sim.peer_pipeline
+        self.seed = sim.peer_seed
+        self.redirect = sim.peer_redirect
+        self.lag = sim.pipeline_lag_s
+        self.timeout = sim.peer_timeout_s
+        self.up_used = [0] * eng.H
+        self.tree: Dict[int, Set[int]] = {}     # image -> hosts along the seed's chain
+        self.excl: Dict[tuple, Set[int]] = {}   # (host, image) -> peers that failed it
+        self.ranks: Dict[int, List[int]] = {}
+        self.dead = set(dead)
+        self.lying = set(lying)
+        # measurements
+        self.peer_bytes = 0.0
+        self.peer_transfers = 0
+        self.failures = 0
+        self.saturated = 0
+        self.seed_pulls = 0
+
+    # ---------------------------------------------------------------- choice
+
+    def _usable(self, s: int, img: int, h: int):
+        """(complete?, flow in flight) if s can serve img to h now, else None.
+
+        A pull in flight serves only while its bytes move (not waiting on a
+        dead peer or for room) and if it does not itself stream from h."""
+        c = self.eng.caches[s]
+        if img in c.present:
+            return True, None
+        f = c.inflight.get(img)
+        if f is None or f.blocked or f.timeout or f.deferred:
+            return None
+        p = f
+        while p is not None:
+            if p.host == h:
+                return None
+            p = p.parent
+        return False, f
+
+    def route(self, fl: Flow, t: float) -> None:
+        """Choose fl's source and start it (origin, peer, or wait on one)."""
+        eng = self.eng
+        h, img = fl.host, fl.img
+        ex = self.excl.get((h, img), ())
+        best = None
+        saw = False
+        groups = (self.tree.get(img, ()), eng.warm_view[img]) if self.redirect \
+            else (eng.warm_view[img],)
+        for group in groups:
+            for s in group:
+                if s == h or s in ex:
+                    continue
+                u = self._usable(s, img, h)
+                if u is None or (not u[0] and not self.pipeline):
+                    continue
+                saw = True
+                n = self.up_used[s]
+                if n >= self.slots:
+                    continue
+                # whole copies first, then the shortest chain to one, then idle
+                sc = (0, 0, n, s) if u[0] else (1, u[1].depth, n, s)
+                if best is None or sc < best[0]:
+                    best = (sc, s, u[1])
+                    if sc[0] == 0 and n == 0:
+                        break
+            if best is not None and best[0][0] == 0 and best[0][2] == 0:
+                break
+        if best is not None:
+            self._from_peer(fl, best[1], best[2], t)
+            return
+        if saw:
+            self.saturated += 1
+            self._from_origin(fl, t)
+            return
+        if self.seed:
+            ranks = self.ranks.get(img)
+            if ranks is None:
+                ranks = self.ranks[img] = rendezvous(img, eng.H)
+            for s in ranks:
+                if s in ex:
+                    continue
+                if s == h:
+                    break  # this host is the seed: it pulls from the origin
+                if s in self.dead:
+                    self._from_dead(fl, s, t)
+                    return
+                u = self._usable(s, img, h)
+                busy = eng.caches[s].inflight.get(img)
+                if u is None and busy is not None:
+                    if busy.blocked:
+                        continue  # the seed waits for room: the next seed
+                    # the seed is itself getting past a dead peer: wait for it
+                    fl.deferred, fl.src, fl.parent = True, s, busy
+                    busy.children.append(fl)
+                    return
+                if u is None:
+                    sf = eng._start_pull(s, img, t, False, kind=2)
+                    if sf is None:  # no room on the seed now: the next one
+                        self.excl.setdefault((h, img), set()).add(s)
+                        continue
+                    self.seed_pulls += 1
+                    self.tree.setdefault(img, set()).add(s)
+                    u = self._usable(s, img, h)
+                    if u is None:  # the seed itself is waiting on a dead or busy peer
+                        continue
+                if self.up_used[s] >= self.slots:
+                    self.saturated += 1
+                    break
+                if not u[0] and not self.pipeline:
+                    fl.deferred = True
+                    fl.src = s
+                    fl.parent = u[1]
+                    u[1].children.append(fl)
+                    return
+                self._from_peer(fl, s, u[1], t)
+                return
+        self._from_origin(fl, t)
+
+    def _from_origin(self, fl: Flow, t: float) -> None:
+        fl.src = -1
+        fl.parent = None
+        self.eng._origin_started(fl, t)
+        self.eng.net.add(t, fl)
+
+    def _from_dead(self, fl: Flow, s: int, t: float) -> None:
+        fl.src = s
+        fl.parent = None
+        fl.timeout = True
+        self.eng.net.later(t + self.timeout, fl)
+
+    def _from_peer(self, fl: Flow, s: int, parent: Optional[Flow], t: float) -> None:
+        if s in self.dead:
+            self._from_dead(fl, s, t)
+            return
+        fl.src = s
+        fl.parent = parent
+        fl.deferred = False
+        fl.rem = fl.size
+        fl.depth = 0
+        if parent is not None:
+            parent.children.append(fl)
+            fl.depth = parent.depth + 1
+        self.up_used[s] += 1
+        self.tree.setdefault(fl.img, set()).add(fl.host)
+        eng = self.eng
+        if eng.in_window:
+            self.peer_bytes += fl.size
+            self.peer_transfers += 1
+        eng.peer_pulls[fl.host] += 1
+        eng.net.add(t, fl)
+
+    # ---------------------------------------------------------------- outcomes
+
+    def arrived(self, fl: Flow, t: float) -> bool:
+        """fl's bytes are all here (or its peer timed out).  True when it is
+        verified now; otherwise the agent has parked it, or failed and re-routed it."""
+        if fl.src < 0:
+            return True
+        if fl.timeout:
+            self._fail(fl, t, exclude=True)
+            return False
+        p = fl.parent
+        if p is not None and p.state == 0:
+            fl.parked = True  # caught up with the source's own pull
+            return False
+        if fl.src in self.lying:
+            self._fail(fl, t, exclude=True)
+            return False
+        self.up_used[fl.src] -= 1
+        return True
+
+    def finished(self, fl: Flow, t: float) -> None:
+        """fl is verified: what streamed from it may end now."""
+        kids, fl.children = fl.children, []
+        for ch in kids:
+            if ch.state != 0:
+                continue
+            ch.parent = None
+            if ch.deferred:
+                ch.deferred = False
+                self.route(ch, t)
+            elif ch.parked:
+                ch.parked = False
+                self.eng.net.later(t + self.lag, ch)
+
+    def _fail(self, fl: Flow, t: float, exclude: bool) -> None:
+        """fl cannot be used: drop it, fail what streamed from it, pull again."""
+        eng = self.eng
+        if fl.inpeer:
+            eng.net.peer.remove(t, fl)
+        if fl.src >= 0 and not fl.timeout and not fl.deferred:
+            self.up_used[fl.src] -= 1
+        if exclude:
+            self.excl.setdefault((fl.host, fl.img), set()).add(fl.src)
+        fl.state = 2
+        self.failures += 1
+        kids, fl.children = fl.children, []
+        nf = eng._replace_flow(fl, t)
+        self.route(nf, t)
+        for ch in kids:
+            if ch.state != 0:
+                continue
+            if ch.deferred:
+                ch.deferred = False
+                ch.parent = None
+                self.route(ch, t)
+            else:
+                self._fail(ch, t, exclude=False)
+
+    def evicted(self, h: int, img: int) -> None:
+        tr = self.tree.get(img)
+        if tr is not None:
+            tr.discard(h)
