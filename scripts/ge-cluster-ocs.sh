@@ -62,7 +62,8 @@ EXECD_EXE=$OCS_BIN/sge_execd
 SHEPHERD_EXE=$OCS_BIN/sge_shepherd
 QMASTER_CMD=$QMASTER_EXE
 EXECD_CMD=$EXECD_EXE
-DAEMON_ENV=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 HOME=/root
+# OCS's commands first on the PATH jobs inherit (qrsh -inherit, qsub from a job)
+DAEMON_ENV=(env -i PATH="$OCS_BIN":/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 HOME=/root
             SGE_ROOT="$SGE_ROOT" SGE_CELL="$SGE_CELL"
             SGE_QMASTER_PORT="$SGE_QMASTER_PORT" SGE_EXECD_PORT="$SGE_EXECD_PORT")
 
@@ -231,7 +232,10 @@ finished_jobs          100
 gid_range              20000-20100
 qlogin_command         builtin
 qlogin_daemon          builtin
+rlogin_command         builtin
 rlogin_daemon          builtin
+rsh_command            builtin
+rsh_daemon             builtin
 max_aj_instances       2000
 max_aj_tasks           75000
 max_u_jobs             0
@@ -328,4 +332,22 @@ ensure_hosts_config() {
     log "exec host $h: slots '${cur:-unset}' -> $GE_SLOTS"
     qc -mattr exechost complex_values "slots=$GE_SLOTS" "$h"
   done
+}
+
+# qrsh/qlogin use the builtin transport, as Debian's Son of Grid Engine does:
+# inst_sge leaves rsh_command/rsh_daemon/rlogin_command out, and OCS then looks
+# for utilbin/rshd, which it does not build.
+eval "$(declare -f ensure_global_config | sed '1s/^ensure_global_config/soge_ensure_global_config/')"
+ensure_global_config() {
+  local k missing=""
+  soge_ensure_global_config
+  qconf -sconf global | join_folded > "$CONF/global.cur"
+  cp "$CONF/global.cur" "$CONF/global"
+  for k in qlogin_command qlogin_daemon rlogin_command rlogin_daemon rsh_command rsh_daemon; do
+    [ "$(awk -v k="$k" '$1==k{print $2}' "$CONF/global.cur")" = builtin ] && continue
+    set_conf_lines "$CONF/global" "$k" builtin; missing="$missing $k"
+  done
+  [ -n "$missing" ] || return 0
+  log "global config: builtin$missing"
+  qc -Mconf "$CONF/global"
 }
