@@ -165,7 +165,8 @@ cmd_build() {
   setup_work; take_lock
   ensure_admin_user
   ensure_ocs_build
-  echo "OCS $OCS_VERSION ready in $SGE_ROOT ($(cat "$SGE_ROOT/.build-seconds" 2>/dev/null || echo '?') s to build)"
+  local t; t=$(cat "$SGE_ROOT/.build-seconds" 2>/dev/null || true)
+  echo "OCS $OCS_VERSION ready in $SGE_ROOT (${t:+built in $t s; }$(elapsed) s now)"
 }
 
 # ------------------------------------------------------------- the cell
