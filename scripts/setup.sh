@@ -28,7 +28,11 @@ if [ ! -x .venv/bin/python ] || [ "$(readlink -f .venv/bin/python)" != "$(readli
   $PY -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[test,bench]' 2>&1 | grep -v -i 'warning' || true
+# setuptools prints a boxed deprecation notice between two `!!` lines (and the source
+# line that raised it): drop the whole box, keep anything else pip says.
+.venv/bin/python -m pip install -q -e '.[test,bench]' 2>&1 \
+  | awk '/^[[:space:]]*!![[:space:]]*$/ {box = !box; next}
+         box || /[Ww]arning/ || /WheelFile\(/ || /^[[:space:]]*$/ {next} {print}' || true
 .venv/bin/python -c 'import sge, yaml, psutil, filelock, pytest, hypothesis, boto3' \
   || { echo "setup: the virtualenv is incomplete" >&2; exit 1; }
 echo "setup: ok"

@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The type checker over the package (settings in setup.cfg's [mypy]); a failure stops here.
+.venv/bin/python -m mypy sge/
 # Build (or find cached) Open Cluster Scheduler first, in the open: a cold build takes
 # minutes, and this way it does not happen inside a test's setup.
 flavors=${GE_FLAVORS:-soge,ocs}

@@ -26,29 +26,19 @@ import time
 from contextlib import contextmanager
 
 from .errors import CacheBusy, CacheError, CacheFull, LockTimeout
+from .fsutil import fsync_dir as _fsync_dir
 
 DIR_MODE = 0o755
 BLOB_MODE = 0o444
 FILE_MODE = 0o644  # lock, pin and last-use files: job owners open pins read-only
-# Seconds after its last use (a prolog handing it to a job) during which a blob is not
-# evicted: the job's starter pins it only after the prolog has exited, and in between
-# another prolog's eviction removed it (found by the load test: 55 of 200 jobs lost
-# their image that way and failed). Config: cache.evict_grace.
-EVICT_GRACE = 60.0
-# Seconds a staging waits for room while the cache is full of images in use, before
-# it gives up for now (the prolog then reschedules). Config: cache.room_wait.
-ROOM_WAIT = 300.0
+# Two settings bound eviction in time (defaults in sge/config.py's SCHEMA, the one
+# source of them): cache.evict_grace, the seconds after its last use (a prolog handing it
+# to a job) during which a blob is not evicted, because the job's starter pins it only
+# after the prolog has exited and in between another prolog's eviction removed it (found
+# by the load test: 55 of 200 jobs lost their image that way and failed); and
+# cache.room_wait, the seconds a staging waits for room while the cache is full of
+# images in use before it gives up for now (the prolog then reschedules).
 SUBDIRS = ("blobs/sha256", "images", "refs", "locks", "pins", "used", "tmp", "quarantine")
-
-
-class Entry:
-    """One cached blob as `status`, `gc` and the sensor see it."""
-
-    __slots__ = ("digest", "size", "last_used", "names", "pinned")
-
-    def __init__(self, digest, size, last_used, names, pinned):
-        self.digest, self.size, self.last_used = digest, size, last_used
-        self.names, self.pinned = names, pinned
 
 
 class Cache:
@@ -64,9 +54,8 @@ class Cache:
     @classmethod
     def from_settings(cls, settings):
         c = settings.values["cache"]
-        # .get: a settings snapshot written before the key existed lacks it.
         return cls(settings.cache_root, c["max_size"], c["low_water"], c["min_free"],
-                   c.get("evict_grace", EVICT_GRACE), c.get("room_wait", ROOM_WAIT))
+                   c["evict_grace"], c["room_wait"])
 
     def _p(self, *parts):
         return os.path.join(self.root, *parts)
@@ -239,10 +228,11 @@ class Cache:
         self.record_use(final)
         return self.path_for(image)
 
-    def sweep_temps(self):
+    def sweep_temps(self, dry_run=False):
         """Remove temp files whose writer is gone: its flock died with it, and so did
         the process named in the file name (the second test keeps live downloads safe
-        where flock is a no-op)."""
+        where flock is a no-op). With dry_run, only name them."""
+        from contextlib import suppress
         removed = []
         try:
             names = os.listdir(self._p("tmp"))
@@ -254,7 +244,8 @@ class Cache:
                 # A command source's private directory (fetch/command.py).
                 if not os.path.exists(path[:-4]) and not _writer_alive(fn[:-4]):
                     import shutil
-                    shutil.rmtree(path, ignore_errors=True)
+                    if not dry_run:
+                        shutil.rmtree(path, ignore_errors=True)
                     removed.append(fn)
                 continue
             try:
@@ -263,11 +254,10 @@ class Cache:
                 # A name-index link on its way into place (_replace_symlink): no
                 # flock to test, the writer's pid in its name tells.
                 if e.errno == errno.ELOOP and not _writer_alive(fn):
-                    try:
-                        os.unlink(path)
+                    with suppress(OSError):
+                        if not dry_run:
+                            os.unlink(path)
                         removed.append(fn)
-                    except OSError:
-                        pass
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -278,13 +268,25 @@ class Cache:
                 os.close(fd)
                 continue
             try:
-                os.unlink(path)
-                removed.append(fn)
-            except OSError:
-                pass
+                with suppress(OSError):
+                    if not dry_run:
+                        os.unlink(path)
+                    removed.append(fn)
             finally:
                 os.close(fd)
         return removed
+
+    def inflight_names(self):
+        """Names of images a live process is downloading now (from tmp/'s temp names,
+        NAME.PID.SIZE.RANDOM.part; image names may hold dots, the rest may not)."""
+        names = set()
+        try:
+            for fn in os.listdir(self._p("tmp")):
+                if fn.endswith(".part") and _writer_alive(fn):
+                    names.add(fn.rsplit(".", 4)[0])
+        except OSError:
+            pass
+        return names
 
     def inflight_bytes(self):
         """Bytes that downloads in progress will still need (from their temp names)."""
@@ -306,6 +308,7 @@ class Cache:
 
     def entries(self):
         """Every complete blob, with its names, size, last use and pin state."""
+        from .eviction import Entry  # dataclasses stay off the warm path
         names = {}
         try:
             for n in os.listdir(self._p("images")):
@@ -333,9 +336,19 @@ class Cache:
                     last = os.stat(self._p("used", de.name)).st_mtime
                 except OSError:
                     last = st.st_mtime
-                out.append(Entry(de.name, st.st_size, last, sorted(names.get(de.name, [])),
+                out.append(Entry(de.name, st.st_size, last, tuple(sorted(names.get(de.name, []))),
                                  self.is_pinned(de.name)))
         return out
+
+    def scan(self):
+        """What eviction and the sensor decide from (sge/eviction.py)."""
+        from .eviction import CacheScan
+        return CacheScan(tuple(self.entries()), self.inflight_bytes(), self.free_bytes(),
+                         time.time())
+
+    def limits(self):
+        from .eviction import Limits
+        return Limits(self.max_size, self.low_water, self.min_free, self.evict_grace)
 
     def used_bytes(self):
         return sum(e.size for e in self.entries())
@@ -346,16 +359,12 @@ class Cache:
 
     # ------------------------------------------------------------ eviction
 
-    def room(self, entries=None, now=None):
+    def room(self):
         """Bytes a new image could have right now, evicting what may be evicted: the
         load sensor reports it (img_cache_room) so that the scheduler can steer a
         cold image away from a host whose cache is full of images in use."""
-        entries = self.entries() if entries is None else entries
-        now = time.time() if now is None else now
-        used = sum(e.size for e in entries) + self.inflight_bytes()
-        free = self.free_bytes()
-        return room_for_new(entries, used, free, self.max_size, self.min_free,
-                            now - self.evict_grace)
+        from .eviction import room_for_new
+        return room_for_new(self.scan(), self.limits())
 
     def wait_for_room(self, need, deadline, log=None, ready=None):
         """make_room(need), waiting while the cache is only *busy* (full of pinned or
@@ -395,33 +404,24 @@ class Cache:
         finally:
             os.close(fd)
 
+    def plan(self, need=0, keep=()):
+        """The eviction `make_room(need)` would do now (`gc --dry-run` prints it)."""
+        from .eviction import plan_eviction
+        return plan_eviction(self.scan(), need, self.limits(), keep)
+
     def _evict(self, need, keep):
-        entries = self.entries()
-        used = sum(e.size for e in entries) + self.inflight_bytes()
-        free = self.free_bytes()
-        over_cap = self.max_size is not None and used + need > self.max_size
-        short = free - need < self.min_free
-        if not over_cap and not short:
-            return []
-        target = used
-        if over_cap:
-            target = self.low_water * self.max_size - need
         evicted = []
-        recent = time.time() - self.evict_grace
-        for e in sorted(entries, key=lambda e: e.last_used):
-            if used <= target and free - need >= self.min_free:
+        for _ in range(5):
+            plan = self.plan(need, keep)
+            # A job may pin an image between the scan and its removal: then plan again.
+            done = [e for e in plan.evict if self._remove_unpinned(e)]
+            evicted += done
+            if len(done) == len(plan.evict):
                 break
-            if e.digest in keep or e.last_used > recent or not self._remove_unpinned(e):
-                continue
-            evicted.append(e)
-            used -= e.size
-            free += e.size
-        if (self.max_size is not None and used + need > self.max_size) or free - need < self.min_free:
+        if not plan.fits:
             from .units import format_size
-            # `used` is now what is held: pinned, just handed out, or still downloading
-            # (another image's download becomes evictable once it is done and used).
-            fits_cap = self.max_size is None or need <= self.max_size
-            if fits_cap and used > 0 and free + used - need >= self.min_free:
+            used, free = plan.used_after, plan.free_after
+            if plan.busy:
                 raise CacheBusy(
                     f"cache {self.root} is full of images in use: {format_size(need)} "
                     f"needed, {format_size(used)} used of {format_size(self.max_size or 0)} "
@@ -483,21 +483,17 @@ class Cache:
         return dest
 
 
-def room_for_new(entries, used, free, max_size, min_free, recent_before):
-    """Pure: the bytes a new image could have if every evictable entry (unpinned, last
-    used before `recent_before`) went. `used` counts downloads in progress too."""
-    evictable = sum(e.size for e in entries if not e.pinned and e.last_used <= recent_before)
-    disk = free - min_free + evictable
-    if max_size is None:
-        return max(0, disk)
-    return max(0, min(max_size - used + evictable, disk))
+def _writer_pid(temp_name):
+    try:
+        return int(temp_name.split(".")[-4])
+    except (ValueError, IndexError):
+        return None
 
 
 def _writer_alive(temp_name):
     """Temp files are named NAME.PID.SIZE.RANDOM.part; is that PID running?"""
-    try:
-        pid = int(temp_name.split(".")[-4])
-    except (ValueError, IndexError):
+    pid = _writer_pid(temp_name)
+    if pid is None:
         return False
     if pid == os.getpid():
         return False
@@ -589,17 +585,6 @@ def _flock(fd, op, timeout, what):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.EROFS):
-            raise
-    finally:
-        os.close(fd)
 
 
 def _replace_symlink(target, link, tmp_dir):

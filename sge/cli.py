@@ -5,6 +5,7 @@ path and must cost little more than starting the interpreter.
 """
 import argparse
 import os
+import time
 import sys
 
 from . import errors
@@ -56,6 +57,12 @@ def _parser():
     from .ge import commands as ge_commands
     ge_commands.add_parsers(sub)
     ge_commands.add_kit_parsers(sub)
+    # `sge-image install --dry-run --config F` as well as `sge-image --config F install`:
+    # SUPPRESS keeps the global one when the subcommand is not given it.
+    for name, parser in sub.choices.items():
+        if not any("--config" in a.option_strings for a in parser._actions):
+            parser.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                                help="site config (as the global --config)")
     return p
 
 
@@ -135,7 +142,8 @@ def cmd_status(args):
                           "max_size": cache.max_size}, indent=2))
         return 0
     used = sum(e.size for e in entries)
-    print(f"cache {cache.root}: {len(entries)} images, {format_size(used)} of "
+    from .units import plural
+    print(f"cache {cache.root}: {plural(len(entries), 'image')}, {format_size(used)} of "
           f"{format_size(cache.max_size)} cap")
     print(f"{'NAME':30} {'SIZE':>10} {'SHA256':14} {'LAST USED':19} {'PINNED':6} CACHED")
     for r in rows:
@@ -148,14 +156,26 @@ def cmd_status(args):
 
 def cmd_gc(args):
     from .cache import Cache
-    from .units import format_size
+    from .units import format_duration, format_size
     settings = load_settings(args)
     cache = Cache.from_settings(settings)
     cache.ensure_layout()
     if args.dry_run:
-        used = cache.used_bytes()
-        print(f"{format_size(used)} used of {format_size(cache.max_size)}; "
-              f"{'over' if used > cache.max_size else 'within'} the cap")
+        # The same plan `gc` would carry out (sge/eviction.py), each line with its reason.
+        for fn in cache.sweep_temps(dry_run=True):
+            print(f"would remove dead temp file {fn} (its writer is gone)")
+        plan = cache.plan(0)
+        for e in plan.evict:
+            age = format_duration(max(0, time.time() - e.last_used))
+            print(f"would evict {','.join(e.names) or '-'} sha256:{e.digest[:12]} "
+                  f"{format_size(e.size)}: least recently used, last used {age} ago")
+        for e, why in plan.kept:
+            print(f"would keep {','.join(e.names) or '-'} sha256:{e.digest[:12]} "
+                  f"{format_size(e.size)}: {why}")
+        cap = format_size(cache.max_size) if cache.max_size else "no"
+        print(f"{format_size(plan.used_after + plan.freed)} used of {cap} cap; "
+              f"{len(plan.evict)} image{'s' if len(plan.evict) != 1 else ''} to evict "
+              f"({format_size(plan.freed)})")
         return 0
     for fn in cache.sweep_temps():
         print(f"removed dead temp file {fn}")
@@ -202,7 +222,8 @@ def cmd_verify(args):
 def cmd_catalog(args):
     from . import config
     settings = config.load(args.config, use_snapshot=False)
-    print(f"{settings.path}: {len(settings.images)} images, ok")
+    from .units import plural
+    print(f"{settings.path}: {plural(len(settings.images), 'image')}, ok")
     return 0
 
 

@@ -16,7 +16,7 @@ from .errors import ConfigError
 from .names import RESERVED_COMPLEXES, explain_invalid, is_valid_name, warm_complex
 
 DEFAULT_PATH = "/etc/sge-image/config.yaml"
-SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSION = 4  # 3: cache.room_wait; 4: the agent section
 
 # section -> key -> (kind, default). Kinds are checked by _coerce.
 SCHEMA = {
@@ -53,9 +53,28 @@ SCHEMA = {
     },
     "sensor": {
         "list_complex": ("bool", False),
+        "report_inflight": ("bool", True),
     },
     "starter": {
         "runtime": ("argv", ["apptainer", "exec"]),
+    },
+    # The node agent (sge/agent/): serves verified blobs to peers, stages parallel jobs.
+    "agent": {
+        "enabled": ("bool", True),
+        "peers": ("bool", True),
+        "port": ("port", 6450),
+        "bind": ("text", ""),
+        "user": ("text", "nobody"),
+        "upload_slots": ("int", 4),
+        "max_connections": ("int", 32),
+        "header_timeout": ("seconds", 10),
+        "idle_timeout": ("seconds", 30),
+        "trust": ("trust", "cluster"),
+        "key_file": ("path", "agent.key"),
+        "seed_wait": ("seconds", 600),
+        "pe_wait": ("seconds", 900),
+        "live_window": ("seconds", 300),
+        "qhost": ("argv", ["qhost"]),
     },
 }
 TOP_KEYS = set(SCHEMA) | {"catalog", "images", "sources"}
@@ -119,9 +138,6 @@ class Settings:
         except OSError:
             return True
 
-    def get(self, section, key):
-        return self.values[section][key]
-
     @property
     def cache_root(self):
         return expand_root(self.values["cache"]["root"])
@@ -133,9 +149,11 @@ class Settings:
         try:
             return self.images[name]
         except KeyError:
-            raise UnknownImage(
-                f"image {name!r} is not in the catalog; `sge-image status --catalog` "
-                f"lists the available images") from None
+            pass
+        hint = _nearest(name, self.images)
+        raise UnknownImage(
+            f"image {name!r} is not in the catalog{hint}; `sge-image status --catalog` "
+            f"lists the available images")
 
     def to_json(self):
         return {"values": self.values, "sources": self.sources,
@@ -232,21 +250,13 @@ def _read_snapshot(path):
 
 
 def _write_snapshot(path, settings, sources):
-    snap = _snapshot_path(path)
-    tmp = f"{snap}.{os.getpid()}.tmp"
+    from .fsutil import atomic_write
+    data = {"version": SNAPSHOT_VERSION, "sources": settings.stamps,
+            "settings": settings.to_json()}
     try:
-        data = {"version": SNAPSHOT_VERSION, "sources": settings.stamps,
-                "settings": settings.to_json()}
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, snap)
+        atomic_write(_snapshot_path(path), json.dumps(data))
     except OSError:
-        # Not writable by this user: fine, the next run parses the YAML again.
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        pass  # not writable by this user: fine, the next run parses the YAML again
 
 
 # ---------------------------------------------------------------- YAML
@@ -284,6 +294,16 @@ class LineDict(dict):
         self.lines = {}
 
 
+def _nearest(name, names):
+    """` (did you mean 'rocky9-cuda'?)` for a misspelt image name, else ''."""
+    import difflib
+    lower = {n.lower(): n for n in names}
+    if name.lower() in lower:
+        return f" (did you mean {lower[name.lower()]!r}?)"
+    close = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.75)
+    return f" (did you mean {lower[close[0]]!r}?)" if close else ""
+
+
 def _parse_file(path):
     yaml, loader_cls = _yaml_loader()
     try:
@@ -298,9 +318,15 @@ def _parse_file(path):
     try:
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as e:
+        # The line the parser stopped at; where the construct it was reading began
+        # (an unclosed quote or bracket) is often the line to fix, so name both.
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 0
-        raise ConfigError(f"{path}:{line}: malformed YAML: {e.problem or e}") from None
+        where = ""
+        if e.context and e.context_mark and e.problem_mark and \
+                e.context_mark.line != e.problem_mark.line:
+            where = f" ({e.context} at line {e.context_mark.line + 1})"
+        raise ConfigError(f"{path}:{line}: malformed YAML: {e.problem or e}{where}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: malformed YAML: {e}") from None
     finally:
@@ -396,6 +422,31 @@ def _coerce(kind, raw):
         if raw is not None and (not isinstance(raw, str) or not raw):
             raise ValueError(f"{raw!r} is not a path")
         return raw
+    if kind == "port":
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:
+            raise ValueError(f"{raw!r} is not a TCP port (1-65535)")
+        return raw
+    if kind == "text":
+        if not isinstance(raw, str):
+            raise ValueError(f"{raw!r} is not text")
+        return raw
+    if kind == "trust":
+        # Who may talk to the agent: `cluster` (the exec hosts Grid Engine lists) or
+        # an explicit list of host names and addresses; never "anyone".
+        if raw == "cluster":
+            return raw
+        if isinstance(raw, str):
+            raw = raw.split()
+        if not isinstance(raw, list) or not raw or not all(isinstance(a, str) and a for a in raw):
+            raise ValueError(f"{raw!r} is not `cluster` or a list of hosts")
+        import ipaddress
+        for a in raw:
+            if "/" in a:
+                try:
+                    ipaddress.ip_network(a, strict=False)
+                except ValueError:
+                    raise ValueError(f"{a!r} is not a network (such as 10.1.0.0/16)") from None
+        return raw
     if kind == "level":
         if raw not in LEVELS:
             raise ValueError(f"{raw!r} is not one of {', '.join(LEVELS)}")
@@ -442,6 +493,11 @@ def parse_catalog(data, path):
             if any(c in u for c in "\0\n\r"):
                 raise ConfigError(f"{eline('url')}: image {name!r}: url contains a control character")
         digest = entry.get("sha256")
+        if isinstance(digest, (int, float)) and not isinstance(digest, bool):
+            # An all-digit digest (or one like 1e5...) is a number to YAML: leading
+            # zeros are gone and the value is no longer the digest.
+            raise ConfigError(f"{eline('sha256')}: image {name!r}: sha256 was read as a number; "
+                              f"quote it: sha256: \"<64 hex digits>\"")
         if digest is not None:
             digest = str(digest).lower()
             if digest.startswith("sha256:"):

@@ -3,9 +3,13 @@
 `transient` says whether retrying later (another host, another minute) may help; the
 prolog turns that into Grid Engine's 99 (reschedule) versus 100 (job error).
 """
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
 
 # Exit codes of `sge-image`; documented in `sge-image --help`.
-EXIT_OK = 0
 EXIT_FAILURE = 1        # unexpected internal error
 EXIT_USAGE = 2          # bad command line, config or catalog
 EXIT_UNKNOWN_IMAGE = 3  # invalid name or not in the catalog
@@ -40,19 +44,21 @@ class NotCached(SgeImageError):
 class FetchError(SgeImageError):
     """A source failed; `transient` is decided by the fetcher that saw the cause."""
 
-    def __init__(self, message, transient=True):
+    status: Optional[int] = None  # the HTTP status of a refusal, where a server gave one
+
+    def __init__(self, message: str, transient: bool = True) -> None:
         super().__init__(message)
         self.transient = transient
 
     @property
-    def exit_code(self):
+    def exit_code(self) -> int:  # type: ignore[override]  # a class constant elsewhere
         return EXIT_TRANSIENT if self.transient else EXIT_PERMANENT
 
 
 class VerifyError(FetchError):
     """Downloaded bytes do not match the catalog (size or sha256)."""
 
-    def __init__(self, message):
+    def __init__(self, message: str) -> None:
         super().__init__(message, transient=False)
 
 

@@ -5,6 +5,8 @@ the prolog will stage and the sensor will report: nothing that can walk out of t
 cache directory (`../x`, `/abs`), split a Grid Engine request (`,` space) or act
 as an operator in one (`| & !`).
 """
+from __future__ import annotations
+
 import re
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -16,11 +18,11 @@ COMPLEX_PREFIX = "img_"
 RESERVED_COMPLEXES = ("img_cache_free", "img_cache_room", "img_sensor_time")
 
 
-def is_valid_name(name):
+def is_valid_name(name: object) -> bool:
     return isinstance(name, str) and NAME_RE.match(name) is not None
 
 
-def explain_invalid(name):
+def explain_invalid(name: object) -> str:
     """One line saying why `name` is not an image name (for the JSV and the CLI)."""
     if not isinstance(name, str) or name == "":
         return "an image name must not be empty"
@@ -31,7 +33,7 @@ def explain_invalid(name):
             f"only, starting with a letter or digit")
 
 
-def warm_complex(name):
+def warm_complex(name: str) -> str:
     """The BOOL complex that says `name` is cached on a host.
 
     Grid Engine complex names allow `.` and `-` (sge_types(5)), so the image name is

@@ -10,11 +10,17 @@ owned by another user, and each message says the command that fixes it.
 Cheap enough for every job: a few lstat calls on the way to the root, its fixed
 subdirectories and the one blob about to be used; never a walk of the cache.
 """
+from __future__ import annotations
+
 import os
 import shlex
 import stat
 
 from .errors import CacheError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Optional, Set
 
 SUBDIRS = ("blobs", "blobs/sha256", "images", "refs", "locks", "pins", "used", "tmp",
            "quarantine", "jobs")
@@ -24,12 +30,12 @@ class UnsafeCache(CacheError):
     """Transient by design: an admin's chmod/chown fixes it, and the job then runs."""
 
 
-def problems(root, blob=None, euid=None):
+def problems(root: str, blob: Optional[str] = None, euid: Optional[int] = None) -> List[str]:
     """What makes the cache at `root` unsafe for `euid` (default: ours), one sentence
     with its fix each; empty when safe. Missing parts are fine: the cache creates
     them with safe modes."""
     euid = os.geteuid() if euid is None else euid
-    out = []
+    out: List[str] = []
     for d in _ancestors(root):
         _check(d, euid, out, ancestor=True)
     _check(root, euid, out, follow=True)
@@ -40,10 +46,10 @@ def problems(root, blob=None, euid=None):
     return out
 
 
-def blob_problems(root, blob, euid=None):
+def blob_problems(root: str, blob: str, euid: Optional[int] = None) -> List[str]:
     """The blob-only part of `problems`, for callers that checked the directories."""
     euid = os.geteuid() if euid is None else euid
-    out = []
+    out: List[str] = []
     _check(blob, euid, out, follow=True, blob=True)
     blobs = os.path.join(root, "blobs", "sha256")
     if out or (os.path.dirname(blob) == blobs and not os.path.islink(blob)):
@@ -55,14 +61,14 @@ def blob_problems(root, blob, euid=None):
     return out
 
 
-def check(root, blob=None):
+def check(root: str, blob: Optional[str] = None) -> None:
     """Raise UnsafeCache naming every problem and its fix; return None when safe."""
     found = problems(root, blob)
     if found:
         raise UnsafeCache(explain(root, found))
 
 
-def explain(root, found):
+def explain(root: str, found: List[str]) -> str:
     who = _user(os.geteuid())
     return (f"refusing to use the cache {root}: other users could change what jobs run. "
             + "; ".join(found)
@@ -70,10 +76,11 @@ def explain(root, found):
               f"chmod -R go-w {shlex.quote(root)})")
 
 
-def _ancestors(root):
+def _ancestors(root: str) -> List[str]:
     """Every directory above the root, as configured and as resolved: whoever can write
     one of them can swap the cache (or a symlink leading to it) for their own."""
-    seen, out = set(), []
+    seen: Set[str] = set()
+    out: List[str] = []
     for start in (os.path.abspath(root), os.path.realpath(root)):
         p = os.path.dirname(start)
         while True:
@@ -87,7 +94,8 @@ def _ancestors(root):
     return out
 
 
-def _check(path, euid, out, follow=False, ancestor=False, blob=False):
+def _check(path: str, euid: int, out: List[str], follow: bool = False, ancestor: bool = False,
+           blob: bool = False) -> None:
     try:
         st = os.stat(path) if follow else os.lstat(path)
     except FileNotFoundError:
@@ -121,7 +129,7 @@ def _check(path, euid, out, follow=False, ancestor=False, blob=False):
                        f"chmod go-w {q}")
 
 
-def _user(uid):
+def _user(uid: int) -> str:
     try:
         import pwd
         return pwd.getpwuid(uid).pw_name

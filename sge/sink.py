@@ -5,21 +5,41 @@ sink.commit(n)`), so a transfer of gigabytes reuses a few megabytes of memory. T
 producer hashes each buffer as it commits it; a second thread writes (hashlib and
 os.write release the GIL), and pushes dirty pages to disk as the file grows so the final
 fsync is short, not a second full pass.
+
+A source whose bytes arrive as a file on the cache's filesystem (the command source)
+hands the file over whole instead (`adopt`): one read pass hashes it, and the file
+itself becomes the temp file, so the image is never copied.
+
+hashlib, queue and threading are imported when a Sink is made: `sge-image pull` imports
+this module for its progress lines, and a pull that finds its image cached (every
+waiter of a storm, once it wakes) should not pay for them.
 """
-import hashlib
+from __future__ import annotations
+
 import os
-import queue
-import threading
 import time
 
 from .errors import CacheFull, FetchError, VerifyError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import queue
+    import threading
+    from typing import Callable, Literal, Optional, TextIO, Tuple, Union
+
+    # sync_file_range(fd, offset, nbytes, flags) -> 0 or -1
+    SyncFileRange = Callable[[int, int, int, int], int]
+    # (bytes received so far, expected total or None)
+    ProgressFn = Callable[[int, Optional[int]], None]
+    # the writer's work: a filled buffer and its length, a drain marker, or stop
+    WorkItem = Union[Tuple[bytearray, int], threading.Event, None]
 
 BUF_SIZE = 1 << 20
 NBUFS = 8
 WRITEBACK_CHUNK = 64 << 20
 
 
-def _sync_file_range():
+def _sync_file_range() -> Optional[SyncFileRange]:
     """Linux sync_file_range(2) through libc, or None: starts writeback without waiting."""
     try:
         import ctypes
@@ -27,38 +47,65 @@ def _sync_file_range():
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         fn = libc.sync_file_range
         fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
-        return fn
+        sfr: SyncFileRange = fn
+        return sfr
     except (OSError, AttributeError):
         return None
 
 
-_SFR = None
+_SFR: Union[SyncFileRange, Literal[False], None] = None  # None: not looked up yet; False: missing
 SFR_WAIT_BEFORE, SFR_WRITE, SFR_WAIT_AFTER = 1, 2, 4
+
+
+def _load_sfr() -> Optional[SyncFileRange]:
+    global _SFR
+    if _SFR is None:
+        _SFR = _sync_file_range() or False
+    return _SFR or None
+
+
+def push_writeback(fd: int, synced: int, end: int, chunk: Optional[int] = None) -> int:
+    """Start writeback of `fd`'s bytes [synced, end) in `chunk`s, waiting for each
+    chunk before the newest: dirty pages stay bounded and the final fsync has little
+    left to do. Returns the new `synced` (unchanged where sync_file_range is missing)."""
+    sfr = _load_sfr()
+    if not sfr:
+        return synced
+    chunk = chunk or WRITEBACK_CHUNK
+    while end - synced >= chunk:
+        sfr(fd, synced, chunk, SFR_WRITE)
+        if synced >= chunk:
+            sfr(fd, synced - chunk, chunk, SFR_WAIT_BEFORE | SFR_WRITE | SFR_WAIT_AFTER)
+        synced += chunk
+    return synced
 
 
 class Sink:
     """Write side of one staging attempt. Not thread-safe for several producers."""
 
-    def __init__(self, fd, path, expected_size=None, expected_sha256=None, progress=None):
-        global _SFR
-        if _SFR is None:
-            _SFR = _sync_file_range() or False
+    def __init__(self, fd: int, path: str, expected_size: Optional[int] = None,
+                 expected_sha256: Optional[str] = None,
+                 progress: Optional[ProgressFn] = None) -> None:
+        import queue
+        import threading
+        _load_sfr()
         self.fd = fd
         self.path = path
         self.expected_size = expected_size
         self.expected_sha256 = expected_sha256
         self.progress = progress
-        self._free = queue.Queue()
+        self._free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(NBUFS):
             self._free.put(bytearray(BUF_SIZE))
-        self._work = queue.Queue()
-        self._error = None
+        self._work: queue.Queue[WorkItem] = queue.Queue()
+        self._error: Optional[OSError] = None
         self._reset_state()
-        self._current = None
+        self._current: Optional[bytearray] = None  # lent by buffer(), until commit()
         self._thread = threading.Thread(target=self._writer, name="sink-writer", daemon=True)
         self._thread.start()
 
-    def _reset_state(self):
+    def _reset_state(self) -> None:
+        import hashlib
         self._hash = hashlib.sha256()
         self.received = 0      # bytes handed to commit()
         self._written = 0      # bytes on disk
@@ -66,48 +113,105 @@ class Sink:
 
     # ------------------------------------------------------------ producer side
 
-    def buffer(self):
+    def buffer(self) -> memoryview:
         """A free buffer to read into (blocks while the writer is behind)."""
         self._raise_writer_error()
         self._current = self._free.get()
         return memoryview(self._current)
 
-    def commit(self, n):
+    def commit(self, n: int) -> None:
+        current = self._current
+        assert current is not None, "commit() without buffer()"
         if n <= 0:
-            self._free.put(self._current)
+            self._free.put(current)
             return
         self.received += n
         if self.expected_size is not None and self.received > self.expected_size:
-            self._free.put(self._current)
+            self._free.put(current)
             raise VerifyError(f"source sent more than the expected {self.expected_size} bytes")
         # Hashing here, not in the writer thread: the writer waits on the disk
         # (sync_file_range) and must not make the hash wait with it.
-        self._hash.update(memoryview(self._current)[:n])
-        self._work.put((self._current, n))
+        self._hash.update(memoryview(current)[:n])
+        self._work.put((current, n))
         self._current = None
         if self.progress:
             self.progress(self.received, self.expected_size)
 
-    def write(self, data):
-        """Convenience for small producers (tests, command output copies)."""
-        mv = memoryview(data)
-        while mv:
-            buf = self.buffer()
-            n = min(len(buf), len(mv))
-            buf[:n] = mv[:n]
-            self.commit(n)
-            mv = mv[n:]
-
-    def reset(self):
+    def reset(self) -> None:
         """Start over from byte 0 (a mirror switch, or a server that ignored Range)."""
         self._drain()
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
         self._reset_state()
 
+    def adopt(self, path: str) -> bool:
+        """Take the finished file at `path` (on the temp file's filesystem) as this
+        sink's bytes: hash it in one read pass (from the page cache, where it was just
+        written), then rename it over the temp file and make the sink's descriptor
+        refer to it, flocked like the temp file was. `finish` verifies as usual and
+        `publish` fsyncs and renames it: the image is never copied.
+
+        Returns False, having changed nothing, if the file cannot be adopted safely:
+        not a regular file of its own (a symlink, a hard link to another name), or
+        still open for writing somewhere (checked with a read lease), since bytes
+        written after the hash would be published unverified. The caller then
+        copies it through the sink instead (`write` of what it reads), which hashes
+        the very bytes it publishes."""
+        import fcntl
+        import stat
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return False
+        rw: Optional[int] = None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not _no_writers(fd):
+                return False
+            if self.expected_size is not None and st.st_size > self.expected_size:
+                raise VerifyError(f"source sent more than the expected {self.expected_size} bytes")
+            # The sink's descriptor must stay writable (a later mirror truncates and
+            # rewrites it); opened only now, or the lease above could not be had.
+            rw = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+            rst = os.fstat(rw)
+            if (rst.st_ino, rst.st_dev) != (st.st_ino, st.st_dev):
+                return False
+            self._drain()
+            fcntl.flock(rw, fcntl.LOCK_EX)
+            self._reset_state()
+            sfr = _load_sfr()
+            if sfr:
+                sfr(fd, 0, 0, SFR_WRITE)  # the disk works while we hash
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            buf = self._free.get()
+            try:
+                mv = memoryview(buf)
+                while True:
+                    n = os.readv(fd, [mv])
+                    if not n:
+                        break
+                    self._hash.update(mv[:n])
+                    self.received += n
+                    if self.progress:
+                        self.progress(self.received, self.expected_size)
+            finally:
+                self._free.put(buf)
+            if self.received != st.st_size or os.fstat(fd).st_size != st.st_size:
+                raise FetchError(f"{os.path.basename(path)} changed while it was hashed",
+                                 transient=True)
+            os.rename(path, self.path)
+            os.dup2(rw, self.fd)  # the old temp file (and its flock) goes with its last fd
+            self._written = self._synced = self.received
+            return True
+        finally:
+            os.close(fd)
+            if rw is not None:
+                os.close(rw)
+
     # ------------------------------------------------------------ writer thread
 
-    def _writer(self):
+    def _writer(self) -> None:
+        import threading
         while True:
             item = self._work.get()
             if item is None:
@@ -124,23 +228,14 @@ class Sink:
                         mv = mv[w:]
                     self._written += n
                     if _SFR and self._written - self._synced >= WRITEBACK_CHUNK:
-                        self._writeback()
+                        self._synced = push_writeback(self.fd, self._synced, self._written)
             except OSError as e:
                 self._error = e
             finally:
                 self._free.put(buf)
 
-    def _writeback(self):
-        # Start writeback of the new chunk, and wait for the previous one: dirty pages
-        # stay bounded and the final fsync has little left to do.
-        start, end = self._synced, self._written
-        _SFR(self.fd, start, end - start, SFR_WRITE)
-        if start >= WRITEBACK_CHUNK:
-            prev = start - WRITEBACK_CHUNK
-            _SFR(self.fd, prev, WRITEBACK_CHUNK, SFR_WAIT_BEFORE | SFR_WRITE | SFR_WAIT_AFTER)
-        self._synced = end
-
-    def _drain(self):
+    def _drain(self) -> None:
+        import threading
         done = threading.Event()
         self._work.put(done)
         while not done.wait(0.5):
@@ -148,7 +243,7 @@ class Sink:
                 break
         self._raise_writer_error()
 
-    def _raise_writer_error(self):
+    def _raise_writer_error(self) -> None:
         e = self._error
         if e is None:
             return
@@ -159,7 +254,7 @@ class Sink:
 
     # ------------------------------------------------------------ finish
 
-    def finish(self, source):
+    def finish(self, source: str) -> str:
         """Wait for the writer, then check size and digest. Returns the hex sha256."""
         self._drain()
         digest = self._hash.hexdigest()
@@ -171,16 +266,35 @@ class Sink:
                               f"{self.expected_sha256[:16]}... (corrupt or changed image)")
         return digest
 
-    def close(self):
+    def close(self) -> None:
         self._work.put(None)
         self._thread.join(timeout=30)
+
+
+def _no_writers(fd: int) -> bool:
+    """True if nothing has the file of `fd` (opened read-only) open for writing: a
+    read lease is granted only then. Taken and dropped at once; where leases are not
+    available the answer is False (copy rather than guess)."""
+    import fcntl
+    import signal
+    try:
+        # Should a writer open the file in the instant the lease is held, its break
+        # is signalled to us: SIGURG, ignored by default, rather than SIGIO, which
+        # would end the process.
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError:
+        return False
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return True
 
 
 class Progress:
     """Progress lines with rate and ETA: redrawn in place on a terminal, a plain line
     every `interval` seconds otherwise (job output files, logs)."""
 
-    def __init__(self, name, stream, interval=10.0, tty=None):
+    def __init__(self, name: str, stream: TextIO, interval: float = 10.0,
+                 tty: Optional[bool] = None) -> None:
         self.name = name
         self.stream = stream
         self.tty = stream.isatty() if tty is None else tty
@@ -188,7 +302,7 @@ class Progress:
         self.start = time.monotonic()
         self.last = self.start
 
-    def __call__(self, done, total):
+    def __call__(self, done: int, total: Optional[int]) -> None:
         now = time.monotonic()
         if now - self.last < self.interval:
             return
@@ -196,7 +310,7 @@ class Progress:
         self.stream.write(self.line(done, total, now) + ("\r" if self.tty else "\n"))
         self.stream.flush()
 
-    def line(self, done, total, now=None):
+    def line(self, done: int, total: Optional[int], now: Optional[float] = None) -> str:
         from .units import format_duration, format_size
         elapsed = max((now or time.monotonic()) - self.start, 1e-6)
         rate = done / elapsed
@@ -207,12 +321,3 @@ class Progress:
         if total and rate > 0:
             text += f", ETA {format_duration((total - done) / rate)}"
         return text
-
-    def done(self, total):
-        if self.tty:
-            self.stream.write("\n")
-        from .units import format_size
-        elapsed = time.monotonic() - self.start
-        self.stream.write(f"sge-image: {self.name}: {format_size(total)} in {elapsed:.1f}s "
-                          f"({format_size(total / max(elapsed, 1e-6))}/s), verified\n")
-        self.stream.flush()

@@ -96,7 +96,14 @@ def _download(image, cache, settings, progress, log, final=False):
     published = False
     try:
         ctx = Context(image, settings.values["fetch"], settings.sources, log)
-        digest = fetch_image(image, sink, ctx)
+        digest = None
+        if settings.values.get("agent", {}).get("peers"):
+            # Other exec hosts' agents first (sge/agent/peers.py): the same sink
+            # verifies their bytes, and None sends us on to the catalog's sources.
+            from .agent.peers import fetch as fetch_from_peers
+            digest = fetch_from_peers(image, sink, ctx, settings)
+        if digest is None:
+            digest = fetch_image(image, sink, ctx)
         path = cache.publish(fd, tmp, digest, image)
         published = True
         log(f"image {image.name}: staged {sink.received} bytes, sha256 {digest[:16]}...")

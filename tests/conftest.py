@@ -53,6 +53,9 @@ def make_config(tmp_path):
                       "read_timeout": 5, "progress_interval": 1, **(fetch or {})},
             "log": {"file": str(tmp_path / "sge-image.log")},
             "images": images or {},
+            # No node agent, no peers (tests/test_agent.py runs those): a pull here
+            # must not ask this machine's Grid Engine for peers.
+            "agent": {"enabled": False},
             **extra,
         }
         path = tmp_path / name

@@ -127,3 +127,48 @@ def test_host_placeholder_in_cache_root(tmp_path):
     path = write(tmp_path, "cache:\n  root: /var/cache/sge-image/{host}\n")
     s = config.load(path, use_snapshot=False)
     assert s.cache_root == "/var/cache/sge-image/" + socket.gethostname().split(".")[0]
+
+
+def test_a_misspelt_image_gets_the_nearest_catalog_name(make_config):
+    from sge import config
+    from sge.errors import UnknownImage
+    cfg = make_config({"rocky9-cuda": {"url": "/x", "sha256": "ab" * 32}})
+    s = config.load(cfg)
+    for typo in ("rocky9-cdua", "Rocky9-CUDA", "rocky9-cud"):
+        with pytest.raises(UnknownImage) as e:
+            s.image(typo)
+        assert "(did you mean 'rocky9-cuda'?)" in str(e.value)
+    with pytest.raises(UnknownImage) as e:
+        s.image("ubuntu")
+    assert "did you mean" not in str(e.value)
+
+
+def test_a_sha256_yaml_read_as_a_number_says_quote_it(tmp_path):
+    from sge import config
+    from sge.errors import ConfigError
+    p = tmp_path / "c.yaml"
+    p.write_text("images:\n  x:\n    url: /x\n    sha256: " + "1" * 64 + "\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(str(p), use_snapshot=False)
+    assert f"{p}:4:" in str(e.value) and "read as a number; quote it" in str(e.value)
+
+
+def test_an_unclosed_quote_names_the_line_it_began_on(tmp_path):
+    from sge import config
+    from sge.errors import ConfigError
+    p = tmp_path / "c.yaml"
+    p.write_text('images:\n  x:\n    url: "/x\n    sha256: abc\n')
+    with pytest.raises(ConfigError) as e:
+        config.load(str(p), use_snapshot=False)
+    assert "malformed YAML" in str(e.value) and "at line 3" in str(e.value)
+
+
+def test_config_may_follow_the_subcommand(make_config):
+    from tests.conftest import ROOT
+    import subprocess
+    import sys
+    cfg = make_config({"rocky9-cuda": {"url": "/x", "sha256": "ab" * 32}})
+    for argv in (["--config", cfg, "catalog", "check"], ["catalog", "check", "--config", cfg]):
+        r = subprocess.run([sys.executable, "-m", "sge.cli", *argv], capture_output=True,
+                           text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin"})
+        assert r.returncode == 0 and r.stdout.strip().endswith("1 image, ok"), r.stderr

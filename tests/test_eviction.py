@@ -129,22 +129,6 @@ def test_an_image_larger_than_the_cap_is_full_not_busy(tmp_path, make_config):
     assert cached_names(cfg) == []
 
 
-def test_room_counts_only_what_eviction_may_take():
-    from sge.cache import Entry, room_for_new
-    now = 1000.0
-    old_free = Entry("a", 30, now - 100, (), False)
-    old_pinned = Entry("b", 20, now - 100, (), True)
-    recent = Entry("c", 10, now - 1, (), False)
-    entries = [old_free, old_pinned, recent]
-    # cap 100, 60 used: 40 free under the cap plus 30 evictable
-    assert room_for_new(entries, 60, 10 ** 9, 100, 0, now - 60) == 70
-    # the disk binds: 15 free minus 5 kept free, plus 30 evictable
-    assert room_for_new(entries, 60, 15, 100, 5, now - 60) == 40
-    # a download in progress (counted in used) takes room too
-    assert room_for_new(entries, 95, 10 ** 9, 100, 0, now - 60) == 35
-    assert room_for_new([old_pinned], 200, 10 ** 9, 100, 0, now) == 0
-
-
 def test_gc_sweeps_dead_temp_files_but_not_live_ones(tmp_path, make_config):
     cfg = make_config({})
     cache = Cache.from_settings(config.load(cfg))
@@ -222,3 +206,30 @@ def test_waiters_for_one_image_stage_it_once(tmp_path, make_config):
     text = log.read_text()
     assert text.count("image img2: staged") == 1, text
     assert "evicted img2" not in text
+
+
+def test_gc_dry_run_prints_the_plan_and_changes_nothing(tmp_path, make_config):
+    cfg = make_config(file_images(tmp_path, 3), cache={"max_size": int(3.5 * MB), "low_water": "30%"})
+    for i in range(3):
+        assert cli(cfg, "pull", f"img{i}", "-q").returncode == 0
+        time.sleep(0.02)
+    # Over the cap now: lower it so gc has work; img0 is pinned by a job.
+    cfg2 = make_config(file_images(tmp_path, 3), cache={"max_size": int(2.5 * MB), "low_water": "50%"},
+                       name="small.yaml")
+    holder = _pin_holder(cfg2, "img0")
+    try:
+        before = cached_names(cfg2)
+        r = cli(cfg2, "gc", "--dry-run")
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert [ln.split()[2] for ln in lines if ln.startswith("would evict")] == ["img1", "img2"]
+        assert any(ln.startswith("would keep img0 ") and ln.endswith("pinned by a running job")
+                   for ln in lines), lines
+        assert "2 images to evict" in lines[-1]
+        assert cached_names(cfg2) == before  # a dry run changes nothing
+        r = cli(cfg2, "gc")
+        assert [ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("evicted")] == \
+            ["img1", "img2"]
+    finally:
+        holder.kill()
+        holder.wait()

@@ -30,6 +30,33 @@ FAKE_PULL = textwrap.dedent('''\
         with open(dest, "wb") as f:
             f.write(random.Random(uri).randbytes(size))
         print("INFO:    Creating SIF file...\\rdone", flush=True)
+        if os.environ.get("FAKE_PULL_INODE"):
+            with open(os.environ["FAKE_PULL_INODE"], "w") as f:
+                f.write(str(os.stat(dest).st_ino))
+    elif kind in ("corrupt", "holdopen", "hardlink"):
+        data = random.Random(uri.replace(kind, "ok", 1)).randbytes(2 << 20)
+        with open(dest, "wb") as f:
+            f.write(data)
+        if kind == "corrupt":  # the right bytes first, then one of them changed in place
+            with open(dest, "r+b") as f:
+                f.seek(12345)
+                f.write(bytes([data[12345] ^ 1]))
+        elif kind == "hardlink":
+            os.link(dest, os.environ["FAKE_PULL_LINK"])
+        else:  # something outlives the command and keeps the file open for writing
+            pid = os.fork()
+            if pid == 0:
+                os.setsid()
+                null = os.open(os.devnull, os.O_RDWR)
+                for i in (0, 1, 2):
+                    os.dup2(null, i)
+                fd = os.open(dest, os.O_WRONLY)
+                with open(os.environ["FAKE_PULL_PIDS"], "w") as f:
+                    f.write(f"{os.getpid()}\\n")
+                time.sleep(60)
+                os._exit(0)
+            while not os.path.exists(os.environ["FAKE_PULL_PIDS"]):
+                time.sleep(0.01)
     elif kind == "notfound":
         print("FATAL:   While making image from oci registry: manifest unknown", flush=True)
         sys.exit(255)
@@ -267,3 +294,117 @@ def test_bad_site_template_is_named(tmp_path):
         run_fetch(tmp_path, "docker://ok/x:1", sha256="1" * 64,
                   sources={"command": {"template": "apptainer pull {uri}"}})
     assert not e.value.transient and "config sources.command.template" in str(e.value)
+
+
+def test_output_file_is_adopted_not_copied(fake, make_config, tmp_path, monkeypatch):
+    """The published blob is the very file the command wrote (same inode): no second
+    copy of the image, and the command's directory is gone."""
+    inode = tmp_path / "inode"
+    monkeypatch.setenv("FAKE_PULL_INODE", str(inode))
+    uri = "docker://ok/library/adopt:1"
+    data = image_bytes(uri)
+    cfg = make_config({"adopt": {"url": uri, "sha256": sha256(data), "size": len(data)}},
+                      sources=fake.sources)
+    r = cli(cfg, "pull", "adopt", "--quiet")
+    assert r.returncode == 0, r.stderr
+    path = r.stdout.strip()
+    with open(path, "rb") as f:
+        assert f.read() == data
+    assert os.stat(path).st_ino == int(inode.read_text())
+    assert os.stat(path).st_mode & 0o777 == 0o444
+    assert "copying it instead" not in (tmp_path / "sge-image.log").read_text()
+    assert not [f for f in cache_files(tmp_path / "cache") if f.startswith("tmp/")]
+
+
+def test_right_bytes_changed_afterwards_are_never_published(tmp_path, fake, make_config):
+    """A command that first writes the catalog's bytes and then changes one of them
+    in place: the file as it is when the command has exited is what gets hashed."""
+    uri = "docker://corrupt/x:1"
+    data = image_bytes("docker://ok/x:1")
+    with pytest.raises(FetchError) as e:
+        run_fetch(tmp_path, uri, sha256=sha256(data), size=len(data), sources=fake.sources)
+    assert not e.value.transient and "does not match the catalog" in str(e.value)
+    cfg = make_config({"bad": {"url": uri, "sha256": sha256(data), "size": len(data)}},
+                      sources=fake.sources)
+    r = cli(cfg, "pull", "bad", "--quiet")
+    assert r.returncode == 6, r.stderr
+    assert not [f for f in cache_files(tmp_path / "cache")
+                if f.startswith(("blobs/", "images/", "tmp/"))]
+
+
+def test_file_still_open_for_writing_is_copied_not_adopted(tmp_path, fake, monkeypatch):
+    """Bytes written after the hash must not reach the cache: a file that something
+    (escaped from the command's group) still holds open for writing is copied
+    through the sink, so what is published is what was hashed."""
+    inode = tmp_path / "inode"
+    monkeypatch.setenv("FAKE_PULL_INODE", str(inode))
+    uri = "docker://holdopen/x:1"
+    data = image_bytes("docker://ok/x:1")
+    try:
+        digest, got, log = run_fetch(tmp_path, uri, sha256=sha256(data), size=len(data),
+                                     sources=fake.sources)
+        assert got == data and digest == sha256(data)
+        assert any("copying it instead of taking it over" in line for line in log)
+    finally:
+        pids = tmp_path / "pids"
+        if pids.exists():
+            pid = int(pids.read_text())
+            os.kill(pid, signal.SIGKILL)
+            wait_dead([pid])
+
+
+def test_hard_linked_output_is_copied_and_the_other_name_untouched(tmp_path, fake,
+                                                                   monkeypatch):
+    other = tmp_path / "elsewhere"
+    monkeypatch.setenv("FAKE_PULL_LINK", str(other))
+    uri = "docker://hardlink/x:1"
+    data = image_bytes("docker://ok/x:1")
+    digest, got, log = run_fetch(tmp_path, uri, sha256=sha256(data), size=len(data),
+                                 sources=fake.sources)
+    assert got == data
+    assert any("copying it instead of taking it over" in line for line in log)
+    assert other.read_bytes() == data and other.stat().st_nlink == 1
+
+
+def test_symlinked_output_is_read_through_not_adopted(tmp_path):
+    """{dest} made a symlink to a file outside: its bytes are copied (as before), the
+    target itself is neither moved nor made read-only."""
+    target = tmp_path / "target.sif"
+    data = os.urandom(MB)
+    target.write_bytes(data)
+    target.chmod(0o640)
+    template = ["ln", "-s", str(target), "{dest}"]
+    digest, got, _ = run_fetch(tmp_path, "docker://ok/x:1", sha256=sha256(data), size=len(data),
+                               sources={"command": {"template": template}})
+    assert got == data
+    assert target.read_bytes() == data and target.stat().st_mode & 0o777 == 0o640
+
+
+def test_next_mirror_after_a_rejected_output_writes_into_the_same_sink(tmp_path, fake):
+    """The command's wrong output is taken over and rejected; the next mirror then
+    restarts the very same temp file, and only its bytes are published."""
+    data = image_bytes("docker://ok/x:1")
+    good = tmp_path / "good.sif"
+    good.write_bytes(data)
+    digest, got, log = run_fetch(tmp_path, ["docker://corrupt/x:1", str(good)],
+                                 sha256=sha256(data), size=len(data), sources=fake.sources)
+    assert got == data and digest == sha256(data)
+    assert any("does not match the catalog" in line for line in log)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the rebuilt environment is root's")
+def test_as_root_the_job_environment_does_not_choose_the_command(tmp_path, monkeypatch):
+    """A root prolog sees the job's environment: `qsub -v PATH=...` must not decide which
+    `apptainer` root runs (sge/rootenv.py). Found in review of the node agent's qhost call."""
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    marker = tmp_path / "ran-as-root"
+    (evil / "sge-test-planted-cmd").write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    os.chmod(evil / "sge-test-planted-cmd", 0o755)
+    monkeypatch.setenv("PATH", f"{evil}:{os.environ['PATH']}")
+    monkeypatch.setenv("SGE_JOB_SPOOL_DIR", str(tmp_path))  # as in a prolog
+    with pytest.raises(FetchError) as e:
+        run_fetch(tmp_path, "docker://ok/x:1", sha256="1" * 64,
+                  sources={"command": {"template": ["sge-test-planted-cmd", "{dest}"]}})
+    assert "cannot run 'sge-test-planted-cmd'" in str(e.value)
+    assert not marker.exists()

@@ -84,14 +84,13 @@ def test_partial_files_locks_and_evicted_images_do_not_count(two_images):
     from sge.cache import Cache
     settings = config.load(two_images)
     cache = Cache.from_settings(settings)
-    # A half-written download of Beta.2 sits in tmp/, its lock in locks/.
-    fd, _ = cache.new_temp("Beta.2", 10000)
-    os.write(fd, b"x" * 5000)
+    # A half-written download of Beta.2 whose writer died sits in tmp/, its lock in locks/.
+    with open(os.path.join(cache.root, "tmp", "Beta.2.999999999.10000.abcd.part"), "wb") as f:
+        f.write(b"x" * 5000)
     open(os.path.join(cache.root, "locks", "Beta.2.lock"), "w").close()
     s = Sensor(two_images)
     v = s.values()
     assert v.get("img_alpha") == "1" and "img_beta.2" not in v
-    os.close(fd)
     # Evicted: gone from the very next report (qmaster then deletes the value).
     entry = [e for e in cache.entries() if "alpha" in e.names][0]
     cache._remove_unpinned(entry)
@@ -164,3 +163,21 @@ def test_supervisor_restarts_a_killed_sensor(two_images):
     assert s.p.poll() is None  # the supervisor, which execd watches, never died
     assert "img_sensor_time" in s.values()
     assert s.quit() == 0
+
+
+def test_an_image_being_downloaded_counts_as_warm(two_images, make_config):
+    """Issue 10: a host pulling an image is visible to the scheduler before the pull
+    completes, so a burst piles onto one download (its tasks wait on the image lock)."""
+    from sge import config
+    from sge.cache import Cache
+    cache = Cache.from_settings(config.load(two_images))
+    fd, tmp = cache.new_temp("Beta.2", 10000)  # this process: a live writer
+    try:
+        os.write(fd, b"x" * 5000)
+        s = Sensor(two_images)
+        assert s.values().get("img_beta.2") == "1"
+        os.unlink(tmp)  # the download failed and cleaned up: no longer warm
+        assert "img_beta.2" not in s.values()
+        s.quit()
+    finally:
+        os.close(fd)

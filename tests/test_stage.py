@@ -254,3 +254,20 @@ def test_lock_wait_limit_is_transient(tmp_path, make_config):
     with cache.image_lock("demo"):
         r = cli(cfg, "pull", "demo", "-q")
     assert r.returncode == EXIT_TRANSIENT and "gave up waiting" in r.stderr
+
+
+def test_atomic_write_replaces_whole_and_leaves_no_temp(tmp_path, monkeypatch):
+    from sge import fsutil
+    p = tmp_path / "state.json"
+    fsutil.atomic_write(str(p), "one")
+    fsutil.atomic_write(str(p), b"two", mode=0o600)
+    assert p.read_bytes() == b"two" and (p.stat().st_mode & 0o777) == 0o600
+    assert sorted(os.listdir(tmp_path)) == ["state.json"]
+
+    # a write that fails before the rename leaves the old file and no temp file
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(fsutil.os, "fsync", no_space)
+    with pytest.raises(OSError):
+        fsutil.atomic_write(str(p), "three")
+    assert p.read_bytes() == b"two" and sorted(os.listdir(tmp_path)) == ["state.json"]

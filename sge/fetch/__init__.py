@@ -6,12 +6,26 @@ tries the image's mirrors in order, retries transient failures with jittered
 exponential backoff, and verifies size and sha256 after every attempt. Modules are
 imported on first use, so a node that only uses http never imports boto3.
 """
+from __future__ import annotations
+
 import importlib
 import random
 import time
 from urllib.parse import urlsplit
 
 from ..errors import FetchError, VerifyError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+
+    from ..config import Image
+    from ..sink import Sink
+
+    LogFn = Callable[[str], None]
+    # A bad option: (its key, what is wrong with it).
+    Problem = Tuple[str, str]
 
 SCHEMES = {
     "": "file", "file": "file",
@@ -26,22 +40,24 @@ class Context:
     """What a fetcher may know besides the URL: timeouts, the image's own source
     options, site-wide source settings, and where to log."""
 
-    def __init__(self, image, fetch_settings, sources=None, log=None):
+    def __init__(self, image: Image, fetch_settings: Mapping[str, Any],
+                 sources: Optional[Mapping[str, Any]] = None,
+                 log: Optional[LogFn] = None) -> None:
         self.image = image
         self.connect_timeout = fetch_settings["connect_timeout"]
         self.read_timeout = fetch_settings["read_timeout"]
         self.command_timeout = fetch_settings.get("command_timeout", 3600)
         self.settings = fetch_settings
-        self.sources = sources or {}
-        self.log = log or (lambda msg: None)
+        self.sources: Mapping[str, Any] = sources or {}
+        self.log: LogFn = log or (lambda msg: None)
 
 
-def scheme_of(url):
+def scheme_of(url: str) -> str:
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
     return scheme
 
 
-def module_for(url):
+def module_for(url: str) -> ModuleType:
     scheme = scheme_of(url)
     try:
         name = SCHEMES[scheme]
@@ -52,7 +68,8 @@ def module_for(url):
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def source_options(ctx, kind, site_keys=None):
+def source_options(ctx: Context, kind: str,
+                   site_keys: Optional[Iterable[str]] = None) -> Dict[str, Any]:
     """Site-wide `sources.KIND` overridden by the image's own `KIND:` options. A bad
     site-wide key is reported here, at fetch, because the site file is not the catalog
     (the catalog's keys are checked at load, with their line)."""
@@ -64,7 +81,8 @@ def source_options(ctx, kind, site_keys=None):
     unknown = sorted(set(site) - keys)
     if unknown:
         hint = "" if site_keys is None else "; the others belong to each image"
-        problem = (unknown[0], f"unknown option (known: {', '.join(sorted(keys))}{hint})")
+        problem: Optional[Problem] = (
+            unknown[0], f"unknown option (known: {', '.join(sorted(keys))}{hint})")
     else:
         check = getattr(mod, "check_options", None)
         problem = check(site) if check else None
@@ -73,7 +91,7 @@ def source_options(ctx, kind, site_keys=None):
     return {**site, **ctx.image.options.get(kind, {})}
 
 
-def redact(url):
+def redact(url: str) -> str:
     """A URL fit for a log line: no user:password."""
     parts = urlsplit(url)
     if parts.password or parts.username:
@@ -84,7 +102,8 @@ def redact(url):
     return url
 
 
-def fetch_image(image, sink, ctx, sleep=time.sleep):
+def fetch_image(image: Image, sink: Sink, ctx: Context,
+                sleep: Callable[[float], None] = time.sleep) -> str:
     """Fill `sink` with `image` from its first working mirror; returns the sha256.
 
     Permanent failures (404, 401, digest mismatch) drop that mirror; transient ones
@@ -94,7 +113,7 @@ def fetch_image(image, sink, ctx, sleep=time.sleep):
     retries = ctx.settings["retries"]
     base, cap = ctx.settings["backoff"], ctx.settings["backoff_max"]
     live = list(image.urls)
-    errors = []
+    errors: List[str] = []
     for attempt in range(retries + 1):
         for url in list(live):
             shown = redact(url)

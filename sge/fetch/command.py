@@ -7,22 +7,32 @@ The template is a list of words, site-wide under `sources: {command: {template: 
 and per image under `command: {template: [...]}` (a plain string is split like a
 shell would split it, but no shell ever runs). Placeholders inside words: {uri} (the
 image's URL), {dest} (the file the command must create), {tmp} (an empty private
-directory for its scratch files). `env: {NAME: value}` adds environment variables.
+directory for its scratch files). `env: {NAME: value}` adds environment variables;
+in a root prolog the command otherwise gets a rebuilt environment, not the job's
+(sge/rootenv.py).
 
 Where {dest} lives: `<sink temp file>.cmd/image`, a private directory beside the
 temp file, so on the cache's filesystem. A directory because the cache's temp sweep
 unlinks files whose writer's flock is gone, and a command's output file has no such
 lock; the directory cannot be unlinked by that sweep, and this module holds a flock
 on it while the command runs, so its own sweep of `*.cmd` leftovers (a stager killed
-with SIGKILL) can tell a live pull from a dead one. The copy into the sink reads a
-file just written (in the page cache) and costs about a second per GiB, next to a
-pull that builds or downloads the image; the image needs twice its size on the cache
-filesystem until the copy is done.
+with SIGKILL) can tell a live pull from a dead one.
+
+The output is not copied: while the command runs, a thread pushes what it has
+written to disk (sync_file_range, as the sink does with its own writes), and when it
+has exited the sink adopts the file (`Sink.adopt`): one read pass hashes it from the
+page cache, then it is renamed over the temp file and verified and published like any
+download. A file that cannot be adopted safely (a symlink, a hard link, or still open
+for writing by something that outlived the command) is copied through the sink
+instead, which hashes exactly the bytes it publishes. Either way a file that is not
+the catalog's bytes is never published.
 
 The command runs in its own process group; a timeout (fetch.command_timeout) or a
 SIGTERM/SIGINT/SIGHUP to the stager kills the whole group, so no orphaned pull keeps
 writing into the cache.
 """
+from __future__ import annotations
+
 import fcntl
 import os
 import re
@@ -32,9 +42,21 @@ import signal
 import subprocess
 import threading
 import time
+from contextlib import suppress
 
 from ..errors import FetchError
 from . import redact, source_options
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+    from ..sink import Sink
+    from . import Context, Problem
+
+    # what signal.signal returns: a handler, SIG_DFL/SIG_IGN, or None (set outside Python)
+    SignalHandler = Union[Callable[[int, Optional[FrameType]], Any], int, signal.Handlers, None]
 
 OPTION_KEYS = {
     "template": "the command as a list of words, with {dest} and {uri}",
@@ -54,7 +76,7 @@ PERMANENT_OUTPUT = re.compile(r"manifest unknown|not found|unauthori[sz]ed|authe
                               re.I)
 
 
-def check_options(options):
+def check_options(options: Mapping[str, Any]) -> Optional[Problem]:
     for key, value in options.items():
         if key == "template":
             try:
@@ -72,7 +94,7 @@ def check_options(options):
     return None
 
 
-def template_words(value):
+def template_words(value: object) -> List[str]:
     if isinstance(value, str):
         value = shlex.split(value)
     if not isinstance(value, list) or not value or not all(isinstance(w, str) and w
@@ -81,13 +103,13 @@ def template_words(value):
     return value
 
 
-def argv_for(template, uri, dest, tmp):
+def argv_for(template: object, uri: str, dest: str, tmp: str) -> List[str]:
     """Substitution word by word: a URI with spaces or `;` stays one argument."""
     return [w.replace("{uri}", uri).replace("{dest}", dest).replace("{tmp}", tmp)
             for w in template_words(template)]
 
 
-def fetch(url, sink, ctx):
+def fetch(url: str, sink: Sink, ctx: Context) -> None:
     opts = source_options(ctx, "command")
     shown = redact(url)
     sweep_leftovers(os.path.dirname(sink.path))
@@ -106,14 +128,20 @@ def fetch(url, sink, ctx):
         scratch = os.path.join(work, "tmp")
         os.mkdir(scratch, 0o700)
         argv = argv_for(opts.get("template", DEFAULT_TEMPLATE), url, dest, scratch)
-        env = dict(os.environ)
-        env.update({k: str(v) for k, v in (opts.get("env") or {}).items()})
-        run(argv, ctx, shown, env, cwd=work)
+        # As root (the prolog) the job's environment must not choose which command
+        # runs or how: a rebuilt environment plus the configured `env` (sge/rootenv.py).
+        from ..rootenv import child_env
+        env = child_env(opts.get("env")) or dict(os.environ)
+        follower = _Writeback(dest)
+        try:
+            run(argv, ctx, shown, env, cwd=work)
+        finally:
+            follower.stop()
         if sink.received:
             sink.reset()
-        copy_into(dest, sink, shown)
+        take_output(dest, sink, shown, ctx)
     except _Signalled as e:
-        caught = e.signum
+        caught: Optional[int] = e.signum
     else:
         caught = None
     finally:
@@ -127,12 +155,13 @@ def fetch(url, sink, ctx):
 class _Signalled(Exception):
     """A termination signal arrived while the command ran (its group is dead)."""
 
-    def __init__(self, signum):
+    def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
 
 
-def run(argv, ctx, shown, env=None, cwd=None):
+def run(argv: Sequence[str], ctx: Context, shown: str, env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None) -> None:
     """Run `argv` in its own process group with output to the log; FetchError on
     failure or timeout, _Signalled on a termination signal (the group is dead)."""
     name = ctx.image.name
@@ -144,11 +173,11 @@ def run(argv, ctx, shown, env=None, cwd=None):
     except OSError as e:
         raise FetchError(f"{shown}: cannot run {argv[0]!r}: {e.strerror} (install it, or set "
                          f"sources.command.template)", transient=False) from None
-    tail = []
+    tail: List[str] = []
     reader = threading.Thread(target=_read_output, args=(proc.stdout, ctx, name, tail),
                               daemon=True)
     reader.start()
-    caught = []
+    caught: List[int] = []
     previous = _trap_signals(proc, caught)
     deadline = time.monotonic() + ctx.command_timeout
     timed_out = False
@@ -179,7 +208,7 @@ def run(argv, ctx, shown, env=None, cwd=None):
         raise FetchError(f"{shown}: {argv[0]} failed ({how}): {last}", transient=transient)
 
 
-def _read_output(stream, ctx, name, tail):
+def _read_output(stream: IO[bytes], ctx: Context, name: str, tail: List[str]) -> None:
     logged = 0
     for raw in iter(lambda: stream.readline(65536), b""):
         # Progress bars redraw with \r: each redraw is a line of its own.
@@ -197,33 +226,30 @@ def _read_output(stream, ctx, name, tail):
     stream.close()
 
 
-def _trap_signals(proc, caught):
+def _trap_signals(proc: subprocess.Popen[bytes],
+                  caught: List[int]) -> Dict[signal.Signals, SignalHandler]:
     """While the command runs, a termination signal kills its group first; only the
     main thread may set handlers (elsewhere the group is still killed in `run`)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: Optional[FrameType]) -> None:
         if not caught:
             caught.append(signum)
-    previous = {}
+    previous: Dict[signal.Signals, SignalHandler] = {}
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        try:
+        with suppress(ValueError, OSError):
             previous[sig] = signal.signal(sig, handler)
-        except (ValueError, OSError):
-            pass
     return previous
 
 
-def _restore_signals(previous):
+def _restore_signals(previous: Dict[signal.Signals, SignalHandler]) -> None:
     for sig, old in previous.items():
-        try:
+        with suppress(ValueError, OSError):
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
-        except (ValueError, OSError):
-            pass
 
 
-def _wait_exit(proc, timeout):
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
     """Whether the leader has exited, waiting up to `timeout`, without reaping it: an
     unreaped leader keeps its pid, so the group id cannot be reused by a stranger
     before `_kill_group` has sent its last signal."""
@@ -239,7 +265,7 @@ def _wait_exit(proc, timeout):
         time.sleep(0.02)
 
 
-def _kill_group(proc, grace=GRACE):
+def _kill_group(proc: subprocess.Popen[bytes], grace: float = GRACE) -> None:
     """SIGTERM to the group (Apptainer removes its scratch files), SIGKILL after `grace`."""
     sigs = [signal.SIGTERM, signal.SIGKILL] if grace else [signal.SIGKILL]
     for sig in sigs:
@@ -251,19 +277,88 @@ def _kill_group(proc, grace=GRACE):
             _wait_exit(proc, grace)
 
 
-def copy_into(dest, sink, shown):
+class _Writeback:
+    """While the command runs: push its output file's dirty pages to disk as it grows,
+    so that the fsync before publishing has little left to do. Follows {dest} by name
+    (a command may write elsewhere and rename it into place); does nothing where
+    sync_file_range is missing."""
+
+    INTERVAL = 0.05
+
+    def __init__(self, path: str) -> None:
+        from ..sink import _load_sfr
+        self.path = path
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        if _load_sfr():
+            self._thread = threading.Thread(target=self._run, name="command-writeback",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        from ..sink import push_writeback
+        fd: Optional[int] = None
+        ino: Optional[int] = None
+        synced = 0
+        try:
+            while not self._stop.wait(self.INTERVAL):
+                try:
+                    st = os.stat(self.path)
+                    if fd is None or st.st_ino != ino:
+                        if fd is not None:
+                            os.close(fd)
+                            fd = None
+                        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                        ino, synced = os.fstat(fd).st_ino, 0
+                    synced = push_writeback(fd, synced, st.st_size)
+                except OSError:
+                    continue  # not there yet, or replaced: try again
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def take_output(dest: str, sink: Sink, shown: str, ctx: Optional[Context] = None) -> None:
+    """The command's output into the sink: adopted where safe, else copied."""
     try:
-        fd = os.open(dest, os.O_RDONLY)
+        st = os.stat(dest)
     except OSError as e:
         raise FetchError(f"{shown}: the command succeeded but wrote no image at {{dest}} "
                          f"({e.strerror}); does the template pass {{dest}} as the output "
                          f"file?", transient=False) from None
+    if st.st_size == 0:
+        raise FetchError(f"{shown}: the command wrote an empty file", transient=False)
     try:
-        if os.fstat(fd).st_size == 0:
+        adopted = sink.adopt(dest)
+    except OSError as e:
+        raise FetchError(f"{shown}: cannot read the command's output: {e.strerror}",
+                         transient=True) from None
+    if not adopted:
+        if ctx is not None:
+            ctx.log(f"image {ctx.image.name}: the command's output is a link or still open for "
+                    f"writing; copying it instead of taking it over")
+        copy_into(dest, sink, shown)
+
+
+def copy_into(dest: str, sink: Sink, shown: str) -> None:
+    try:
+        opened = os.open(dest, os.O_RDONLY)
+    except OSError as e:
+        raise FetchError(f"{shown}: the command succeeded but wrote no image at {{dest}} "
+                         f"({e.strerror}); does the template pass {{dest}} as the output "
+                         f"file?", transient=False) from None
+    fd: Optional[int] = opened  # to close here, until file.copy_into takes it over
+    try:
+        if os.fstat(opened).st_size == 0:
             raise FetchError(f"{shown}: the command wrote an empty file", transient=False)
         from . import file
-        fd, owned = None, fd
-        file.copy_into(owned, sink)  # closes it
+        fd = None
+        file.copy_into(opened, sink)  # closes it
     except OSError as e:
         raise FetchError(f"{shown}: cannot read the command's output: {e.strerror}",
                          transient=True) from None
@@ -272,7 +367,7 @@ def copy_into(dest, sink, shown):
             os.close(fd)
 
 
-def sweep_leftovers(tmpdir):
+def sweep_leftovers(tmpdir: str) -> None:
     """Remove `*.cmd` directories whose stager died (their flock is free)."""
     try:
         names = [n for n in os.listdir(tmpdir) if n.endswith(".cmd")]

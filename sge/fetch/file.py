@@ -1,12 +1,19 @@
 """file:///path and plain paths: images on a shared filesystem or a local disk."""
+from __future__ import annotations
+
 import errno
 import os
 from urllib.parse import unquote, urlsplit
 
 from ..errors import FetchError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..sink import Sink
+    from . import Context
 
-def local_path(url):
+
+def local_path(url: str) -> str:
     if "://" not in url:
         return url
     parts = urlsplit(url)
@@ -15,7 +22,7 @@ def local_path(url):
     return unquote(parts.path)
 
 
-def fetch(url, sink, ctx):
+def fetch(url: str, sink: Sink, ctx: Context) -> None:
     path = local_path(url)
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -30,7 +37,7 @@ def fetch(url, sink, ctx):
         raise FetchError(f"{path}: read failed: {e.strerror}", transient=True) from None
 
 
-def copy_into(fd, sink):
+def copy_into(fd: int, sink: Sink) -> None:
     """Stream an open file into the sink's buffers; closes `fd`."""
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)

@@ -15,12 +15,24 @@ Options (the image's `oras: {...}`; `docker_config` may also be site-wide under
 `sources: {oras: {...}}`): insecure (plain http: only for a registry you run
 yourself), username/password, docker_config, media_type (of the layer to take).
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import re
+from contextlib import suppress
 
 from ..errors import FetchError, VerifyError
 from . import registry_auth, resumable, source_options
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from email.message import Message
+    from http.client import HTTPResponse
+    from typing import Any, Dict, Literal, Mapping, Optional, Tuple, Union
+
+    from ..sink import Sink
+    from . import Context, Problem
 
 OPTION_KEYS = {
     "insecure": "true to talk plain http to this registry",
@@ -52,15 +64,15 @@ _REF = re.compile(
 class Reference:
     __slots__ = ("host", "repo", "tag", "digest", "url")
 
-    def __init__(self, host, repo, tag, digest, url):
+    def __init__(self, host: str, repo: str, tag: str, digest: Optional[str], url: str) -> None:
         self.host, self.repo, self.tag, self.digest, self.url = host, repo, tag, digest, url
 
     @property
-    def ref(self):
+    def ref(self) -> str:
         return f"sha256:{self.digest}" if self.digest else self.tag
 
 
-def parse(url):
+def parse(url: str) -> Reference:
     m = _REF.match(url)
     if not m:
         raise FetchError(f"{url}: not an oras URL (expected oras://REGISTRY/REPO:TAG or "
@@ -69,7 +81,7 @@ def parse(url):
     return Reference(m["host"], m["repo"], m["tag"] or "latest", m["digest"], url)
 
 
-def check_options(options):
+def check_options(options: Mapping[str, Any]) -> Optional[Problem]:
     for key, value in options.items():
         if key == "insecure":
             if not isinstance(value, bool):
@@ -87,26 +99,27 @@ def check_options(options):
 class Registry:
     """One registry, one repository, one pull: remembers the Authorization that worked."""
 
-    def __init__(self, ref, opts, ctx):
+    def __init__(self, ref: Reference, opts: Dict[str, Any], ctx: Context) -> None:
         self.ref, self.opts, self.ctx = ref, opts, ctx
         self.insecure = bool(opts.get("insecure"))
         self.base = f"{'http' if self.insecure else 'https'}://{ref.host}"
-        self.auth = None
-        self.scheme = None
+        self.auth: Optional[str] = None
+        self.scheme: Optional[str] = None
         self.strikes = 0
-        self._creds = False
+        # False until looked up (None: anonymous)
+        self._creds: Union[registry_auth.Credentials, None, Literal[False]] = False
 
     @property
-    def creds(self):
+    def creds(self) -> Optional[registry_auth.Credentials]:
         if self._creds is False:
             self._creds = registry_auth.find_credentials(self.ref.host, self.opts,
                                                          self.ctx.sources, self.ctx.log)
         return self._creds
 
-    def headers(self):
+    def headers(self) -> Dict[str, str]:
         return {"Authorization": self.auth} if self.auth else {}
 
-    def authenticate(self, status, msg, progressed=False):
+    def authenticate(self, status: int, msg: Optional[Message], progressed: bool = False) -> bool:
         """After a 401: new credentials to try (True), or none worth trying (False)."""
         if status != 401:
             return False
@@ -131,14 +144,13 @@ class Registry:
             return True
         return False
 
-    def describe(self, status, reason, resp, body, shown):
+    def describe(self, status: int, reason: str, resp: HTTPResponse, body: bytes,
+                 shown: str) -> FetchError:
         """The registry's JSON `errors` code, and what to do about a 401."""
-        code = message = None
-        try:
+        code = message = None  # from {"errors": [{"code", "message"}]} if the body is that
+        with suppress(ValueError, KeyError, IndexError, TypeError, AttributeError):
             err = json.loads(body)["errors"][0]
             code, message = err.get("code"), err.get("message")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            pass
         head = f"{shown}: HTTP {status} " + (f"{code}" if code else reason or "")
         if message:
             head += f": {message}"
@@ -155,7 +167,7 @@ class Registry:
             return FetchError(f"{head} (registry busy or failing)", transient=True)
         return FetchError(head, transient=False)
 
-    def get_manifest(self):
+    def get_manifest(self) -> Tuple[bytes, str]:
         url = f"{self.base}/v2/{self.ref.repo}/manifests/{self.ref.ref}"
         for _ in range(MAX_AUTH_TRIES):
             headers = {"User-Agent": "sge-image-kit/0.1", "Accept": ACCEPT, **self.headers()}
@@ -187,7 +199,7 @@ class Registry:
                          transient=False)
 
 
-def fetch(url, sink, ctx):
+def fetch(url: str, sink: Sink, ctx: Context) -> None:
     ref = parse(url)
     if ctx.image.sha256 is None and ref.digest != ctx.image.pin:
         # Without a catalog sha256 the entry's identity is its pin: a mirror by tag,
@@ -221,7 +233,7 @@ def fetch(url, sink, ctx):
     blob = f"{reg.base}/v2/{ref.repo}/blobs/sha256:{digest}"
     mark = {"received": sink.received}
 
-    def renew(status, msg):
+    def renew(status: int, msg: Message) -> Optional[Tuple[str, Dict[str, str]]]:
         progressed = sink.received > mark["received"]
         mark["received"] = sink.received
         if reg.authenticate(status, msg, progressed):
@@ -232,7 +244,7 @@ def fetch(url, sink, ctx):
                   shown=url)
 
 
-def pick_layer(url, body, ctype, media_type):
+def pick_layer(url: str, body: bytes, ctype: str, media_type: str) -> Tuple[str, int]:
     """(sha256 hex, size) of the one layer of `media_type`; a clear permanent error for
     an index, an unknown manifest type, or a manifest without (or with several)."""
     try:

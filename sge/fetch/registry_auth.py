@@ -11,6 +11,8 @@ A 401 names its scheme. Basic: send the credentials. Bearer: ask the challenge's
 realm for a token for its service and scope, with the credentials if there are any
 (public repositories on token registries need an anonymous token too).
 """
+from __future__ import annotations
+
 import base64
 import json
 import os
@@ -19,6 +21,12 @@ import subprocess
 from urllib.parse import urlencode, urlsplit
 
 from ..errors import FetchError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
+
+    from . import Context, LogFn
 
 TOKEN_BODY_LIMIT = 1 << 20
 HELPER_TIMEOUT = 60
@@ -29,21 +37,22 @@ _PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*)
 class Credentials:
     __slots__ = ("username", "password", "identity_token", "origin")
 
-    def __init__(self, username=None, password=None, identity_token=None, origin=""):
+    def __init__(self, username: Optional[str] = None, password: Optional[str] = None,
+                 identity_token: Optional[str] = None, origin: str = "") -> None:
         self.username, self.password = username, password
         self.identity_token, self.origin = identity_token, origin
 
-    def basic(self):
+    def basic(self) -> str:
         raw = f"{self.username or ''}:{self.password or ''}".encode()
         return "Basic " + base64.b64encode(raw).decode()
 
 
-def parse_challenge(header):
+def parse_challenge(header: Optional[str]) -> Tuple[Optional[str], Dict[str, str]]:
     """`Bearer realm="...",service="...",scope="..."` -> ("bearer", {params})."""
     if not header:
         return None, {}
     scheme, _, rest = header.strip().partition(" ")
-    params = {}
+    params: Dict[str, str] = {}
     pos = 0
     while pos < len(rest):
         m = _PARAM.match(rest, pos)
@@ -55,7 +64,8 @@ def parse_challenge(header):
     return scheme.lower(), params
 
 
-def find_credentials(host, opts, sources, log=None):
+def find_credentials(host: str, opts: Mapping[str, Any], sources: Mapping[str, Any],
+                     log: Optional[LogFn] = None) -> Optional[Credentials]:
     """Credentials for `host` (`name[:port]`), or None: anonymous."""
     if opts.get("username") is not None:
         return Credentials(opts["username"], opts.get("password", ""), origin="the catalog")
@@ -77,14 +87,14 @@ def find_credentials(host, opts, sources, log=None):
     return None
 
 
-def config_files(opts, sources):
+def config_files(opts: Mapping[str, Any], sources: Mapping[str, Any]) -> List[str]:
     paths = [opts.get("docker_config"), (sources.get("oras") or {}).get("docker_config")]
     if os.environ.get("DOCKER_CONFIG"):
         paths.append(os.environ["DOCKER_CONFIG"])
     home = os.path.expanduser("~")
     paths += [os.path.join(home, ".docker", "config.json"),
               os.path.join(home, ".apptainer", "docker-config.json")]
-    out = []
+    out: List[str] = []
     for p in paths:
         if not p:
             continue
@@ -96,14 +106,14 @@ def config_files(opts, sources):
     return out
 
 
-def _keys_for(host):
+def _keys_for(host: str) -> Set[str]:
     keys = {host, f"https://{host}", f"http://{host}"}
     if host in ("docker.io", "index.docker.io", "registry-1.docker.io"):
         keys |= {DOCKER_HUB, "docker.io", "index.docker.io", "registry-1.docker.io"}
     return keys
 
 
-def _normalize(key):
+def _normalize(key: str) -> str:
     """`https://host:port/v2/` and `host:port` name the same registry."""
     if key == DOCKER_HUB:
         return key
@@ -112,7 +122,8 @@ def _normalize(key):
     return key.split("/", 1)[0]
 
 
-def _from_config(host, data, path, log):
+def _from_config(host: str, data: Dict[str, Any], path: str,
+                 log: Optional[LogFn]) -> Optional[Credentials]:
     keys = _keys_for(host)
     helpers = data.get("credHelpers") or {}
     for key in keys:
@@ -130,7 +141,7 @@ def _from_config(host, data, path, log):
     return None
 
 
-def _from_entry(entry, path):
+def _from_entry(entry: Dict[str, Any], path: str) -> Optional[Credentials]:
     if entry.get("identitytoken"):
         return Credentials(entry.get("username"), identity_token=entry["identitytoken"],
                            origin=path)
@@ -145,7 +156,7 @@ def _from_entry(entry, path):
     return None
 
 
-def _from_helper(name, host, log):
+def _from_helper(name: object, host: str, log: Optional[LogFn]) -> Optional[Credentials]:
     """`docker-credential-NAME get` reads the server on stdin and prints JSON; it
     exits non-zero for "no credentials", which means anonymous, not failure."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
@@ -170,7 +181,8 @@ def _from_helper(name, host, log):
     return Credentials(user, secret, origin=f"docker-credential-{name}")
 
 
-def fetch_token(params, creds, repo, ctx, insecure, shown):
+def fetch_token(params: Mapping[str, str], creds: Optional[Credentials], repo: str,
+                ctx: Context, insecure: bool, shown: str) -> str:
     """A Bearer token for pulling `repo`, from the challenge's realm."""
     from .resumable import open_url, read_limited
     realm = params.get("realm")
@@ -186,7 +198,8 @@ def fetch_token(params, creds, repo, ctx, insecure, shown):
     if params.get("service"):
         query["service"] = params["service"]
     headers = {"User-Agent": "sge-image-kit/0.1", "Accept": "application/json"}
-    method, body = "GET", None
+    method = "GET"
+    body: Optional[bytes] = None
     if creds is not None and creds.identity_token:
         # OAuth2 refresh-token grant, as `docker login` tokens require.
         method = "POST"

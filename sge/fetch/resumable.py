@@ -8,6 +8,8 @@ wording (S3's XML <Code>, a registry's JSON `errors`), and fresh credentials whe
 resume is refused with 401/403 because a token or a presigned URL expired in the
 middle of a long download.
 """
+from __future__ import annotations
+
 import http.client
 import ssl
 from urllib.parse import urljoin, urlsplit
@@ -16,11 +18,26 @@ from ..errors import FetchError, VerifyError
 from . import http as _http
 from . import redact
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from email.message import Message
+    from typing import Callable, Dict, List, Mapping, Optional, Tuple
+
+    from ..sink import Sink
+    from . import Context
+
+    # (status, reason, response, body, shown) -> the source's own error, or None
+    Describe = Callable[[int, str, http.client.HTTPResponse, bytes, str], Optional[FetchError]]
+    # (status, response headers) -> (new URL, new headers), or None: no fresh credentials
+    Renew = Callable[[int, Message], Optional[Tuple[str, Optional[Mapping[str, str]]]]]
+
 ERROR_BODY_LIMIT = 64 << 10
 MAX_RENEWALS = 3
 
 
-def get(url, sink, ctx, headers=None, describe=None, renew=None, shown=None):
+def get(url: str, sink: Sink, ctx: Context, headers: Optional[Mapping[str, str]] = None,
+        describe: Optional[Describe] = None, renew: Optional[Renew] = None,
+        shown: Optional[str] = None) -> None:
     """Fill `sink` from byte `sink.received` with the body of GET `url`.
 
     describe(status, reason, response, body, shown) -> FetchError or None words a
@@ -31,7 +48,7 @@ def get(url, sink, ctx, headers=None, describe=None, renew=None, shown=None):
     """
     headers = dict(headers or {})
     shown = shown or redact(url)
-    state = {"validator": None}
+    state: Dict[str, Optional[str]] = {"validator": None}
     resumes = renewals = 0
     while True:
         offset = sink.received
@@ -59,12 +76,14 @@ def get(url, sink, ctx, headers=None, describe=None, renew=None, shown=None):
 class _Refused(Exception):
     """400/401/403: maybe only an expired token or URL, which `renew` can replace."""
 
-    def __init__(self, status, headers, error):
+    def __init__(self, status: int, headers: Message, error: FetchError) -> None:
         super().__init__(str(error))
         self.status, self.headers, self.error = status, headers, error
 
 
-def _transfer(url, sink, ctx, offset, state, extra, describe, shown):
+def _transfer(url: str, sink: Sink, ctx: Context, offset: int,
+              state: Dict[str, Optional[str]], extra: Mapping[str, str],
+              describe: Optional[Describe], shown: str) -> None:
     headers = {"User-Agent": _http.USER_AGENT, "Accept-Encoding": "identity", **extra}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -101,22 +120,25 @@ def _transfer(url, sink, ctx, offset, state, extra, describe, shown):
         conn.close()
 
 
-def open_url(url, headers, ctx, method="GET", body=None, shown=None):
+def open_url(url: str, headers: Mapping[str, str], ctx: Context, method: str = "GET",
+             body: Optional[bytes] = None,
+             shown: Optional[str] = None) -> Tuple[http.client.HTTPResponse,
+                                                   http.client.HTTPConnection, str]:
     """http.py's request with redirects followed, except that `Authorization` goes
     to the first host only: a registry that redirects a blob to object storage must
     not leak its token there (and S3 rejects a request with both a token and a
     signed URL). Returns (response, connection, final URL)."""
     first = _origin(url)
-    seen = []
+    seen: List[str] = []
     for _ in range(_http.MAX_REDIRECTS + 1):
         conn = _http._connection(url, ctx)
         parts = urlsplit(url)
-        target = url if getattr(conn, "_absolute", False) else (parts.path or "/") + (
+        target = url if conn.absolute else (parts.path or "/") + (
             f"?{parts.query}" if parts.query else "")
         hdrs = dict(headers) if _origin(url) == first else {
             k: v for k, v in headers.items() if k.lower() != "authorization"}
-        if getattr(conn, "_auth", None):
-            hdrs["Authorization"] = conn._auth
+        if conn.auth:
+            hdrs["Authorization"] = conn.auth
         try:
             conn.request(method, target, body=body, headers=hdrs)
             _http._tune(conn, ctx)
@@ -145,12 +167,13 @@ def open_url(url, headers, ctx, method="GET", body=None, shown=None):
                      transient=False)
 
 
-def _origin(url):
+def _origin(url: str) -> Tuple[str, Optional[str], Optional[int]]:
     p = urlsplit(url)
     return (p.scheme, p.hostname, p.port)
 
 
-def refusal(resp, shown, describe=None):
+def refusal(resp: http.client.HTTPResponse, shown: str,
+            describe: Optional[Describe] = None) -> FetchError:
     """A FetchError for a non-2xx answer, worded by the source when it can."""
     body = read_limited(resp, ERROR_BODY_LIMIT)
     error = None
@@ -162,7 +185,7 @@ def refusal(resp, shown, describe=None):
     return error
 
 
-def read_limited(resp, limit):
+def read_limited(resp: http.client.HTTPResponse, limit: int) -> bytes:
     """Up to `limit` bytes of a body (error pages, manifests); never the whole of a
     misdirected multi-GB answer."""
     try:

@@ -19,18 +19,31 @@ One stream, not parallel ranges, because they measured no faster here. A prototy
 (N threads fetching 16 MiB ranges into memory, committed to the sink in order) took
 1 GiB from docker-registry in 1.2 s with 2 streams and 1.7 s with 4, against 1.6 s
 for one stream, all within this 2-core machine's run-to-run noise; from `rclone serve
-s3` the ranged requests took 62-85 s against 4.7 s for one stream. The sink hashes
+s3` the ranged requests took 62-85 s against 4.7 s for one stream, because that server
+reads the whole object to compute its MD5 ETag before the first byte of every GET,
+ranged or not (1.2-1.8 s per GiB, as much for 1 KiB as for the whole object). The sink hashes
 and writes in order on one core (about 1.2 GB/s), which one loopback or LAN stream
 already fills; ranges would need positioned writes and a second pass to hash, and
 pay only where one TCP stream is the bottleneck (a distant endpoint), which a site
 S3 service feeding node-local caches is not. `bench/bench_sources.py --ranges N`
 times N concurrent curl ranges against the S3 server, to re-check on other hardware.
 """
+from __future__ import annotations
+
 import html
 import re
 
 from ..errors import FetchError
 from . import redact, resumable, source_options
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from email.message import Message
+    from http.client import HTTPResponse
+    from typing import Any, Dict, Mapping, Optional, Tuple
+
+    from ..sink import Sink
+    from . import Context, Problem
 
 OPTION_KEYS = {
     "endpoint_url": "the http(s) URL of an S3-compatible service (default: AWS)",
@@ -49,7 +62,7 @@ EXPIRED = {"ExpiredToken", "RequestExpired", "TokenRefreshRequired"}
 BUSY = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Busy"}
 
 
-def check_options(options):
+def check_options(options: Mapping[str, Any]) -> Optional[Problem]:
     """(key, problem) for the first bad value, or None; keys are checked by the caller."""
     for key, value in options.items():
         if key == "anonymous":
@@ -66,7 +79,7 @@ def check_options(options):
     return None
 
 
-def parse(url):
+def parse(url: str) -> Tuple[str, str]:
     rest = url.split("://", 1)[1] if "://" in url else ""
     bucket, _, key = rest.partition("/")
     if not bucket or not key or not re.fullmatch(r"[A-Za-z0-9._-]{1,255}", bucket):
@@ -75,17 +88,17 @@ def parse(url):
     return bucket, key
 
 
-def fetch(url, sink, ctx):
+def fetch(url: str, sink: Sink, ctx: Context) -> None:
     bucket, key = parse(url)
     opts = source_options(ctx, "s3")
     client = _client(url, opts)
-    signed_at = {"received": None}
+    signed_at: Dict[str, Optional[int]] = {"received": None}
 
-    def presign():
+    def presign() -> str:
         signed_at["received"] = sink.received
         return _presign(client, url, bucket, key)
 
-    def renew(status, headers):
+    def renew(status: int, headers: Message) -> Optional[Tuple[str, Dict[str, str]]]:
         # A refusal after progress is an expired URL or token (403 from AWS, 400 from
         # some S3 services): sign again, once per stretch of progress; a refusal
         # before any byte is a real denial.
@@ -93,13 +106,14 @@ def fetch(url, sink, ctx):
             return None
         return presign(), {}
 
-    def describe(status, reason, resp, body, shown):
-        return _describe(url, status, reason, resp, body, opts.get("anonymous"))
+    def describe(status: int, reason: str, resp: HTTPResponse, body: bytes,
+                 shown: str) -> FetchError:
+        return _describe(url, status, reason, resp, body, bool(opts.get("anonymous")))
 
     resumable.get(presign(), sink, ctx, describe=describe, renew=renew, shown=url)
 
 
-def _client(url, opts):
+def _client(url: str, opts: Mapping[str, Any]) -> Any:  # a botocore S3 client
     try:
         import botocore
         import botocore.session
@@ -113,8 +127,8 @@ def _client(url, opts):
         if opts.get("credentials_file"):
             session.set_config_variable("credentials_file", opts["credentials_file"])
         region = opts.get("region") or session.get_config_variable("region") or DEFAULT_REGION
-        cfg = {"signature_version": "s3v4",
-               "s3": {"addressing_style": opts.get("addressing_style", "auto")}}
+        cfg: Dict[str, Any] = {"signature_version": "s3v4",
+                               "s3": {"addressing_style": opts.get("addressing_style", "auto")}}
         if opts.get("anonymous"):
             cfg["signature_version"] = botocore.UNSIGNED
         return session.create_client("s3", region_name=region,
@@ -123,7 +137,7 @@ def _client(url, opts):
         raise FetchError(f"{url}: {e}", transient=False) from None
 
 
-def _presign(client, url, bucket, key):
+def _presign(client: Any, url: str, bucket: str, key: str) -> str:
     from botocore.exceptions import BotoCoreError, NoCredentialsError
     try:
         return client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
@@ -136,7 +150,8 @@ def _presign(client, url, bucket, key):
         raise FetchError(f"{url}: cannot sign the request: {e}", transient=False) from None
 
 
-def _describe(url, status, reason, resp, body, anonymous=False):
+def _describe(url: str, status: int, reason: str, resp: HTTPResponse, body: bytes,
+              anonymous: bool = False) -> FetchError:
     """S3's own words for a refusal: its XML <Code> says a missing key from a missing
     bucket, a wrong key id from a wrong secret, a busy server from a broken one."""
     text = body.decode("utf-8", "replace")
@@ -164,6 +179,6 @@ def _describe(url, status, reason, resp, body, anonymous=False):
     return FetchError(head, transient=False)
 
 
-def _xml(text, tag):
+def _xml(text: str, tag: str) -> Optional[str]:
     m = re.search(rf"<{tag}>([^<]{{0,500}})</{tag}>", text)
     return html.unescape(m.group(1).strip()) if m else None

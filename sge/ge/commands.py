@@ -62,6 +62,17 @@ def add_kit_parsers(sub):
         s.add_argument("args", nargs="*", help=argparse.SUPPRESS)
         s.set_defaults(func=lambda a, m=module: _run_hook(m, a))
 
+    s = sub.add_parser("agent", help="the node agent: serve cached images to peers, stage "
+                                     "parallel jobs (started by the load sensor's supervisor)")
+    s.add_argument("--watch", metavar="PID", help="leave when this process is gone")
+    s.set_defaults(func=_cmd_agent)
+
+
+def _cmd_agent(args):
+    from ..agent.main import main
+    argv = (["--config", args.config] if args.config else [])
+    return main(argv + (["--watch", args.watch] if args.watch else []))
+
 
 def _hooks_dir(args, settings_path):
     import os

@@ -110,10 +110,9 @@ def _load_state(hooks_dir):
 
 
 def _save_state(hooks_dir, state):
-    tmp = os.path.join(hooks_dir, STATE_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(hooks_dir, STATE_FILE))
+    # uninstall restores the cluster from this file: it must survive a crash whole
+    from ..fsutil import atomic_write
+    atomic_write(os.path.join(hooks_dir, STATE_FILE), json.dumps(state, indent=1, sort_keys=True))
 
 
 def check(settings, hooks_dir, python=None, starter=False, jsv=True, out=sys.stdout):
@@ -160,6 +159,9 @@ def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, j
             plan.same(f"launcher {path}")
         else:
             plan.do(f"write launcher {path}", lambda p=path, t=text: _write_exec(p, t))
+
+    # 1b. The node agent's signing key (sge/agent/auth.py): root-only, made once.
+    _install_agent_key(settings, state, plan, hooks_dir)
 
     # 2. Complexes.
     _install_complexes(settings, state, plan, sync)
@@ -235,6 +237,23 @@ def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, j
     out.write(f"{plan.changes} change{'s' if plan.changes != 1 else ''}"
               f"{' planned' if dry_run else ''}\n")
     return 0
+
+
+def _install_agent_key(settings, state, plan, hooks_dir):
+    if not settings.values["agent"]["enabled"]:
+        return
+    from ..agent import auth
+    path = auth.key_path(settings)
+    if os.path.exists(path):
+        plan.same(f"agent key {path}")
+        return
+
+    def create():
+        auth.create_key(path)
+        state["agent_key"] = path
+        if os.path.isdir(hooks_dir):
+            _save_state(hooks_dir, state)
+    plan.do(f"create the agent key {path} (root only)", create)
 
 
 def _install_complexes(settings, state, plan, sync):
@@ -353,6 +372,15 @@ def uninstall(hooks_dir, dry_run=False, out=sys.stdout, wait=180):
             done(lambda s: s.update(complexes=[]))
         plan.do(f"remove complexes {', '.join(sorted(mine))}", remove_complexes)
 
+    if state.get("agent_key"):
+        def remove_key(path=state["agent_key"]):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            done(lambda s: s.pop("agent_key", None))
+        plan.do(f"remove the agent key {state['agent_key']}", remove_key)
+
     def remove_hooks():
         for fn in ("prolog", "loadsensor", "jsv", "starter", STATE_FILE):
             try:
@@ -370,8 +398,5 @@ def uninstall(hooks_dir, dry_run=False, out=sys.stdout, wait=180):
 
 
 def _write_exec(path, text):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+    from ..fsutil import atomic_write
+    atomic_write(path, text, mode=0o755)

@@ -191,10 +191,8 @@ class ImageJsv:
         if self.settings is not None:
             if now - self.checked_at < RELOAD_INTERVAL:
                 return self.settings
-            # Settings.is_stale (where the core provides it) only stats the source
-            # files; otherwise config.load decides, from its snapshot or the YAML.
-            is_stale = getattr(self.settings, "is_stale", None)
-            if is_stale is not None and not is_stale():
+            # Settings.is_stale only stats the source files.
+            if not self.settings.is_stale():
                 self.checked_at = now
                 return self.settings
         try:

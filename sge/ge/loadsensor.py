@@ -27,12 +27,12 @@ LIST_COMPLEX = "images"
 
 
 class Reporter:
-    """What one report needs, precomputed from the settings so that a cycle is a
-    directory listing and a join: no per-image objects, no stat of every blob.
+    """What one report needs, precomputed from the settings so that a cycle is one
+    scan of the cache (the same `CacheScan` eviction plans from: a stat and a pin test
+    per *cached* blob, however large the catalog) and a join.
 
     Blobs are content-addressed and only ever appear complete (renamed in after
-    verification), so a name in blobs/sha256/ is proof enough; their sizes never
-    change, so each is stat'ed once, for the free-space figure.
+    verification), so a name in blobs/sha256/ is proof enough.
     """
 
     def __init__(self, settings, cache, host, log=None):
@@ -45,6 +45,8 @@ class Reporter:
         self.refused = None       # the problems last logged
         self.stamps = settings.stamps
         self.list_complex = settings.values["sensor"]["list_complex"]
+        self.report_inflight = settings.values["sensor"]["report_inflight"]
+        self.lines = {n: f"{host}:{i.complex}:1\n" for n, i in settings.images.items()}
         self.by_digest = {}     # sha256 -> [(name, line)]
         self.by_ref = []        # (ref path, name, line) for source-pinned entries
         for name, image in settings.images.items():
@@ -54,7 +56,6 @@ class Reporter:
             else:
                 self.by_ref.append((cache.path_for(image), name, line))
         self.host = host
-        self.sizes = {}
 
     def is_stale(self):
         try:
@@ -71,8 +72,8 @@ class Reporter:
             if unsafe:
                 return self._refuse(head, unsafe)
         try:
-            with os.scandir(os.path.join(self.cache.root, "blobs", "sha256")) as it:
-                present = [de.name for de in it if de.is_file(follow_symlinks=False)]
+            os.listdir(os.path.join(self.cache.root, "blobs", "sha256"))
+            scan = self.cache.scan()  # the cache as eviction sees it (sge/eviction.py)
         except FileNotFoundError:
             # No cache yet (or it vanished): nothing is warm, but the room a first
             # download would have is known, and worth telling the scheduler.
@@ -84,6 +85,7 @@ class Reporter:
         out, warm = [head], []
         by_digest = self.by_digest
         unsafe = []
+        present = [e.digest for e in scan.entries]
         for digest in present:
             hits = by_digest.get(digest)
             if hits:
@@ -94,7 +96,7 @@ class Reporter:
                     warm.append(name)
         for ref, name, line in self.by_ref:
             try:
-                if os.path.basename(os.readlink(ref)) in self.sizes or os.path.exists(ref):
+                if os.path.exists(ref):
                     if self.check_safety:
                         unsafe += self._blob_problems(ref, None)
                     out.append(line)
@@ -103,40 +105,24 @@ class Reporter:
                 pass
         if unsafe:
             return self._refuse(head, unsafe)
+        if self.report_inflight:
+            # A host pulling an image counts as warm for the scheduler: the soft request
+            # then piles a burst onto the one download here (its tasks wait on the image
+            # lock) rather than starting a download on every host (issue 10).
+            for name in self.cache.inflight_names() - set(warm):
+                if name in self.lines:
+                    out.append(self.lines[name])
+                    warm.append(name)
         if self.refused is not None:
             self.log(f"cache {self.cache.root} is safe again: reporting its images")
             self.refused = None
-        used = self._used(present)
+        from ..eviction import room_for_new
+        used = scan.used - scan.inflight
         out.append(f"{self.host}:{FREE_COMPLEX}:{_free_bytes(self.cache, used)}\n")
-        out.append(f"{self.host}:{ROOM_COMPLEX}:{self._room(present, used)}\n")
+        out.append(f"{self.host}:{ROOM_COMPLEX}:{room_for_new(scan, self.cache.limits())}\n")
         if self.list_complex:
             out.append(_list_line(self.host, sorted(warm)) + "\n")
         return "".join(x for x in out if len(x) <= MAX_LINE + 1)
-
-    def _room(self, present, used):
-        """What a new image could have once evictable images go (img_cache_room): the
-        JSV soft-requests it, so a cold image prefers hosts whose caches are not full
-        of images in use. Pins are tested only for images past their grace period."""
-        from ..cache import Entry, room_for_new
-        cache = self.cache
-        recent = time.time() - cache.evict_grace
-        entries = []
-        for d in present:
-            size = self.sizes.get(d)
-            if size is None:
-                continue
-            try:
-                last = os.stat(os.path.join(cache.root, "used", d)).st_mtime
-            except OSError:
-                last = 0.0
-            pinned = last > recent or cache.is_pinned(d)
-            entries.append(Entry(d, size, last, (), pinned))
-        try:
-            free = cache.free_bytes()
-        except OSError:
-            return 0
-        return room_for_new(entries, used + cache.inflight_bytes(), free, cache.max_size,
-                            cache.min_free, recent)
 
     def _free_before_first_use(self):
         path = self.cache.root
@@ -164,23 +150,6 @@ class Reporter:
             self.log(f"not reporting any image: {security.explain(self.cache.root, unsafe)}")
             self.refused = unsafe
         return head
-
-    def _used(self, present):
-        sizes = self.sizes
-        if len(sizes) != len(present) or any(d not in sizes for d in present):
-            keep = {}
-            blobs = os.path.join(self.cache.root, "blobs", "sha256")
-            for d in present:
-                size = sizes.get(d)
-                if size is None:
-                    try:
-                        size = os.stat(os.path.join(blobs, d)).st_size
-                    except OSError:
-                        continue
-                keep[d] = size
-            self.sizes = sizes = keep
-        return sum(sizes.values())
-
 
 def _free_bytes(cache, used):
     """Room for new images: the smaller of what the cap allows and the disk holds."""

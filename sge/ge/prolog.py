@@ -96,6 +96,7 @@ def _run(name, argv, out):
             _forget_attempts(cache, job)
         else:
             cache.record_use(path)
+        _stage_parallel_hosts(name, settings, out, job)
         _export_path(path)
         return GO
     except SgeImageError as e:
@@ -109,6 +110,20 @@ def _run(name, argv, out):
             return _reschedule_or_fail(cache, job, out, settings.values["prolog"]["max_reschedules"])
         _say(out, f"staging {name!r} failed: {e}")
         return JOB_ERROR
+
+
+def _stage_parallel_hosts(name, settings, out, job):
+    """A parallel job's other hosts run no prolog: ask their agents (sge/agent/pe.py).
+    Raises SgeImageError like staging does, so the same 99/100 rules apply."""
+    agent = settings.values.get("agent")
+    if not agent or not agent["enabled"]:
+        return
+    from ..agent import pe
+    if pe.hostfile_path() is None:
+        return
+    from ..log import Log
+    pe.stage_other_hosts(name, settings, Log.from_settings(settings, echo=out,
+                                                           tag=f"sge-image prolog {job}"))
 
 
 def _job_id():

@@ -127,10 +127,6 @@ def exec_hosts():
     return [h for h in out.split() if h]
 
 
-def queue_attr(queue, attr):
-    return parse_conf(run("-sq", queue)).get(attr)
-
-
 def set_queue_attr(queue, attr, value):
     run("-mattr", "queue", attr, value, queue)
 

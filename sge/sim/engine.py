@@ -59,19 +59,26 @@ import time
 from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from heapq import heapify, heappop, heappush, heapreplace
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import (AbstractSet, Any, Dict, FrozenSet, Iterable, List, Literal, Optional,
+                    Sequence, Set, Tuple, TypedDict, Union, overload)
 
 import numpy as np
 
-from .model import GB, GBIT, INF, Flow, FixedNetwork, HostCache, SharedNetwork, SimConfig
+from .model import (GB, GBIT, INF, FixedNetwork, Flow, HostCache, Network, SharedNetwork,
+                    SimConfig)
 from .events import DL, FINISH, PAIR_BITS, PAIR_MASK, PRESSURE, PREWARM, SCHED, WINDOW
 from .parallel import ParallelJobs
 from .peers import Agent, MixedNet, PeerNet
 from .pressure import CachePressure
-from .policies import Policy, get_policy
+from .policies import Policy, PrewarmConfig, get_policy
 from .workload import Job, WorkloadConfig, generate_jobs, image_sizes, zipf_weights
 
 COLD_REASONS = ("joined", "stale", "warm_full", "no_warm", "lag_miss")
+NO_WARM: FrozenSet[int] = frozenset()  # a job without a warm request sees no warm host
+
+# Load the hosts reported from outside the simulated tasks: (sorted times, one row
+# of per-host values per time), a step function.
+HostLoad = Tuple[Sequence[float], np.ndarray]
 
 
 class Engine(ParallelJobs, CachePressure):
@@ -84,45 +91,47 @@ class Engine(ParallelJobs, CachePressure):
     otherwise when every measured task has started.
     """
 
-    def __init__(self, sim: SimConfig, policy, sizes: Sequence[float], jobs: Iterable[Job], *,
+    def __init__(self, sim: SimConfig, policy: Union[str, Policy], sizes: Sequence[float],
+                 jobs: Iterable[Job], *,
                  slots: Optional[Sequence[int]] = None,
                  initial: Optional[Sequence[Iterable[int]]] = None,
-                 network=None,
+                 network: Optional[Network] = None,
                  report_phase: Optional[Sequence[float]] = None,
                  first_schedule: float = 0.0,
-                 window: Optional[tuple] = None,
+                 window: Optional[Tuple[float, float]] = None,
                  end_when_done: bool = False,
                  max_time: float = INF,
-                 host_load: Optional[tuple] = None,
+                 host_load: Optional[HostLoad] = None,
                  dead_agents: Iterable[int] = (),
-                 lying_agents: Iterable[int] = ()):
+                 lying_agents: Iterable[int] = ()) -> None:
         self.sim = sim
         self.policy: Policy = get_policy(policy)
         # The list is shared with the job stream, which appends the sizes of new
         # image versions as they are released (see WorkloadConfig.new_images_per_day).
         self.sizes = sizes
         NI = self.NI = len(self.sizes)
-        slots = list(slots) if slots is not None else [sim.slots] * sim.hosts
+        self.slots: List[int] = list(slots) if slots is not None else [sim.slots] * sim.hosts
+        slots = self.slots
         H = self.H = len(slots)
-        self.slots = slots
         self.free = list(slots)
         cap = None if sim.cache_cap_gb is None else sim.cache_cap_gb * GB
         self.caches = [HostCache(cap, sim.cache_low_water) for _ in range(H)]
-        self.warm_view: List[set] = [set() for _ in range(NI)]
-        self.hidden: List[set] = [set() for _ in range(NI)]  # complete, not yet reported
+        self.warm_view: List[Set[int]] = [set() for _ in range(NI)]
+        self.hidden: List[Set[int]] = [set() for _ in range(NI)]  # complete, not yet reported
         if initial is not None:
             for h, imgs in enumerate(initial):
                 for img in imgs:
                     self.caches[h].add_present(img, self.sizes[img])
                     self.warm_view[img].add(h)
-        self.net = network if network is not None else SharedNetwork(
+        self.net: Network = network if network is not None else SharedNetwork(
             sim.host_link_gbit * GBIT, None if sim.registry_gbit is None else sim.registry_gbit * GBIT)
-        self.agent = None
+        self.agent: Optional[Agent] = None
         self.inflight_vis = sim.report_inflight_as_warm or self.policy.agent
         if self.policy.agent:
-            self.net = MixedNet(self.net, PeerNet(sim.host_link_gbit * GBIT,
-                                                  sim.peer_upload_gbit * GBIT))
-            self.agent = Agent(self, dead_agents, lying_agents)
+            mixed = MixedNet(self.net, PeerNet(sim.host_link_gbit * GBIT,
+                                               sim.peer_upload_gbit * GBIT))
+            self.net = mixed
+            self.agent = Agent(self, mixed, dead_agents, lying_agents)
         self.wait_room = sim.cache_pressure == "wait"
         if sim.cache_pressure not in ("wait", "overflow"):
             raise ValueError(f"cache_pressure: 'wait' or 'overflow', not {sim.cache_pressure!r}")
@@ -140,9 +149,8 @@ class Engine(ParallelJobs, CachePressure):
         self.W0, self.W1 = float(window[0]), float(window[1])
         self.end_when_done = end_when_done
         self.max_time = max_time
-        # Load from outside the simulated tasks, as the hosts reported it:
-        # (sorted times, one row of per-host values per time), a step function.
-        self.ext_t, self.ext_v = (None, None) if host_load is None else host_load
+        # Load from outside the simulated tasks, as the hosts reported it.
+        self.ext_load = host_load
 
         # load average state per host: executing tasks x, average e0 at time tc
         self.x = [0] * H
@@ -156,8 +164,9 @@ class Engine(ParallelJobs, CachePressure):
         self.ring_n = 0  # rows written so far; a task's FINISH carries its run's number
         self.inv_slots = np.array([1.0 / s for s in slots])
 
-        self.heap: list = []
-        self.vis: list = []  # (visible at, seq, host, image, +1/-1)
+        self.heap: List[Tuple[float, int, int, int]] = []  # (time, kind, a, b)
+        # (visible at, seq, host, image, +1/-1)
+        self.vis: List[Tuple[float, int, int, int, int]] = []
         self.vis_seq = 0
         # Pending jobs, one FIFO list per (image, hard request): a hard job whose
         # warm hosts are all full lets every later one of its list be skipped.
@@ -166,22 +175,22 @@ class Engine(ParallelJobs, CachePressure):
         self.qhead: Dict[int, int] = {}
         self.fid = 0
         self.dl_token = 0
-        self.dl_next = None
+        self.dl_next: Optional[float] = None
         self.running = 0  # dispatched, not yet ended
 
         # pre-warm daemon
         self.pre = self.policy.prewarm
-        self.pre_sub: deque = deque()
+        self.pre_sub: deque[Tuple[float, int, int]] = deque()  # (submit, image, tasks)
         self.pre_cnt = [0] * NI
-        self.pre_queue: deque = deque()
-        self.pre_queued: set = set()
+        self.pre_queue: deque[Tuple[int, int]] = deque()  # (host, image)
+        self.pre_queued: Set[Tuple[int, int]] = set()
         self.pre_inflight = 0
-        self.pre_set: set = set()
+        self.pre_set: Set[int] = set()
 
         # measurements
         self.in_window = self.W0 <= 0.0
-        self.init_present: Optional[List[frozenset]] = None
-        self.needed: set = set()
+        self.init_present: List[FrozenSet[int]] = []  # per host, set at the window start
+        self.needed: Set[int] = set()
         self.egress = 0.0
         self.downloads = 0
         self.pre_bytes = 0.0
@@ -207,7 +216,7 @@ class Engine(ParallelJobs, CachePressure):
         self.pe_jobs = 0           # measured parallel jobs
         self.pe_missing = 0        # ... that started with the image missing on a host
         self.end_time = 0.0
-        self._censored = None
+        self._censored: Optional[int] = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -238,6 +247,14 @@ class Engine(ParallelJobs, CachePressure):
             self.dl_token += 1
             self.dl_next = nt
             heappush(self.heap, (nt, DL, self.dl_token, 0))
+
+    @overload
+    def _start_pull(self, h: int, img: int, t: float, prewarm: bool,
+                    kind: Literal[0] = 0) -> Flow: ...
+
+    @overload
+    def _start_pull(self, h: int, img: int, t: float, prewarm: bool,
+                    kind: int) -> Optional[Flow]: ...
 
     def _start_pull(self, h: int, img: int, t: float, prewarm: bool,
                     kind: int = 0) -> Optional[Flow]:
@@ -343,13 +360,12 @@ class Engine(ParallelJobs, CachePressure):
             if agent is not None:
                 agent.finished(fl, t)
         if self.pre is not None:
-            self._pre_pump(t)
+            self._pre_pump(t, self.pre)
         self._resched_dl()
 
     # ------------------------------------------------------------------ pre-warm
 
-    def _pre_tick(self, t: float) -> None:
-        pre = self.pre
+    def _pre_tick(self, t: float, pre: PrewarmConfig) -> None:
         sub, cnt = self.pre_sub, self.pre_cnt
         while sub and sub[0][0] < t - pre.window_s:
             _, img, n = sub.popleft()
@@ -367,11 +383,11 @@ class Engine(ParallelJobs, CachePressure):
                     continue
                 self.pre_queued.add((h, img))
                 self.pre_queue.append((h, img))
-        self._pre_pump(t)
+        self._pre_pump(t, pre)
 
-    def _pre_pump(self, t: float) -> None:
+    def _pre_pump(self, t: float, pre: PrewarmConfig) -> None:
         q = self.pre_queue
-        while q and self.pre_inflight < self.pre.max_inflight:
+        while q and self.pre_inflight < pre.max_inflight:
             h, img = q.popleft()
             self.pre_queued.discard((h, img))
             c = self.caches[h]
@@ -433,9 +449,10 @@ class Engine(ParallelJobs, CachePressure):
                 load = x
         else:
             load = np.zeros(H)
-        if self.ext_t is not None:
-            i = bisect_right(self.ext_t, t) - 1
-            load = load + self.ext_v[max(i, 0)]
+        if self.ext_load is not None:
+            ext_t, ext_v = self.ext_load
+            i = bisect_right(ext_t, t) - 1
+            load = load + ext_v[max(i, 0)]
         D = sim.load_adjustment_decay
         if sim.job_load_adjustment > 0 and D > 0:
             w = 1.0 - (t - self.ring_t) / D
@@ -484,7 +501,7 @@ class Engine(ParallelJobs, CachePressure):
         # their place in `oh`; `nxt` skips the others (union-find "next alive").
         # Hosts dispatched to (and still free) sit in `bl`, sorted by current key.
         nxt = list(range(norder + 1))
-        bl: list = []
+        bl: List[Tuple[float, int]] = []
         touched = set()
         gp = 0
         sim = self.sim
@@ -494,7 +511,7 @@ class Engine(ParallelJobs, CachePressure):
         for h, n in pe_cnt.items():
             cnt[h] += n
         ndisp_pe = sum(pe_cnt.values())
-        wstate: Dict[int, list] = {}
+        wstate: Dict[int, List[Any]] = {}  # image: [heap of (key, host)] or [None, walk position]
         dead = set()  # images whose reported-warm hosts are all full in this run
         soft = self.policy.soft
         maxpt = sim.max_pending_tasks_per_job
@@ -532,7 +549,7 @@ class Engine(ParallelJobs, CachePressure):
             if maxpt and quota > maxpt:
                 quota = maxpt
             st = None
-            S = None
+            S: AbstractSet[int] = NO_WARM
             if soft or job.hard:
                 S = warm_view[img]
                 if S:
@@ -665,7 +682,7 @@ class Engine(ParallelJobs, CachePressure):
                     if job.measured:
                         if fl is not None:
                             c_joined[img] += 1
-                        elif S is not None and h in S:
+                        elif h in S:
                             c_stale[img] += 1
                         elif S:
                             c_full[img] += 1
@@ -730,7 +747,7 @@ class Engine(ParallelJobs, CachePressure):
                 self.held_img[img] += 1
         self.peak_img[:] = self.busy_img
 
-    def run(self) -> dict:
+    def run(self) -> Dict[str, Any]:
         sim = self.sim
         heap = self.heap
         interval = sim.schedule_interval
@@ -739,7 +756,8 @@ class Engine(ParallelJobs, CachePressure):
         else:
             heappush(heap, (self.W0, WINDOW, 0, 0))
         heappush(heap, (self.first_schedule, SCHED, 0, 0))
-        if self.pre is not None:
+        pre = self.pre
+        if pre is not None:
             heappush(heap, (self.first_schedule, PREWARM, 0, 0))
         free, caches, busy_img = self.free, self.caches, self.busy_img
         lfr = sim.load_from_running
@@ -780,8 +798,9 @@ class Engine(ParallelJobs, CachePressure):
             elif kind == WINDOW:
                 self._snapshot()
             elif kind == PREWARM:
-                self._pre_tick(t)
-                heappush(heap, (t + self.pre.interval_s, PREWARM, 0, 0))
+                if pre is not None:  # only scheduled with a pre-warm policy
+                    self._pre_tick(t, pre)
+                    heappush(heap, (t + pre.interval_s, PREWARM, 0, 0))
             elif kind == PRESSURE:
                 self._requeue(a, b, t)
         self.end_time = t
@@ -807,7 +826,7 @@ class Engine(ParallelJobs, CachePressure):
                 n += k
         return n
 
-    def result(self) -> dict:
+    def result(self) -> Dict[str, Any]:
         sizes = self.sizes
         if self._censored is None:
             self._censored = self._censor()
@@ -884,8 +903,8 @@ def initial_caches(sim: SimConfig, wl: WorkloadConfig, sizes: Sequence[float]) -
     return out
 
 
-def simulate(policy="soft", sim: Optional[SimConfig] = None,
-             workload: Optional[WorkloadConfig] = None) -> dict:
+def simulate(policy: Union[str, Policy] = "soft", sim: Optional[SimConfig] = None,
+             workload: Optional[WorkloadConfig] = None) -> Dict[str, Any]:
     """Run one policy on the seeded workload; return the raw result dict
     (see `report.summarize`)."""
     sim = sim or SimConfig()
@@ -905,7 +924,39 @@ def simulate(policy="soft", sim: Optional[SimConfig] = None,
 
 # ---------------------------------------------------------------------- calibration
 
-SCENARIO_SETTINGS = {
+class ScenarioSettings(TypedDict):
+    """A scenario's ``settings`` (JSON values; see `SCENARIO_SETTINGS`)."""
+
+    schedule_interval: float
+    first_schedule: float
+    load_report_time: float
+    report_phase: Union[float, Dict[str, float]]
+    job_load_adjustment: float
+    load_adjustment_decay: float
+    max_pending_tasks_per_job: int
+    load_from_running: bool
+    load_avg_tau: float
+    host_load: Optional[Dict[str, Union[float, List[List[float]]]]]
+    report_inflight_as_warm: bool
+    cache_cap_gb: Optional[float]
+    cache_low_water: float
+    host_link_gbit: float
+    registry_gbit: Optional[float]
+    max_time: float
+    peer_upload_gbit: float
+    peer_upload_slots: int
+    peer_pipeline: bool
+    pipeline_lag_s: float
+    peer_seed: bool
+    peer_redirect: bool
+    peer_timeout_s: float
+    dead_agents: List[str]
+    lying_agents: List[str]
+    cache_pressure: str
+    pressure_wait_s: float
+
+
+SCENARIO_SETTINGS: ScenarioSettings = {
     # scheduler and sensor (SGE defaults)
     "schedule_interval": 15.0,
     "first_schedule": 0.0,
@@ -946,7 +997,7 @@ SCENARIO_SETTINGS = {
 }
 
 
-def run_scenario(scenario: dict) -> dict:
+def run_scenario(scenario: Dict[str, Any]) -> Dict[str, Any]:
     """Run an explicit small scenario; return per-host placements and pulls.
 
     Meant for calibration: build the same cluster on a real Grid Engine (hosts
@@ -999,8 +1050,10 @@ def run_scenario(scenario: dict) -> dict:
                                     # the hosts holding the image at t=0
          "end_time": 330.0}
     """
-    st = dict(SCENARIO_SETTINGS)
-    st.update(scenario.get("settings") or {})
+    st = SCENARIO_SETTINGS.copy()
+    given = scenario.get("settings")  # JSON, of the types ScenarioSettings names
+    if given:
+        st.update(given)
     hosts = scenario["hosts"]
     names = [h["name"] for h in hosts]
     if len(set(names)) != len(names):
@@ -1037,7 +1090,7 @@ def run_scenario(scenario: dict) -> dict:
     else:
         phase = [float(rp)] * len(hosts)
     initial = [[img_ix[i] for i in h.get("warm", ())] for h in hosts]
-    host_load = None
+    host_load: Optional[HostLoad] = None
     if st["host_load"]:
         steps = {n: (v if isinstance(v, (list, tuple)) else [[0.0, v]])
                  for n, v in st["host_load"].items()}
@@ -1055,7 +1108,8 @@ def run_scenario(scenario: dict) -> dict:
             rows.append(row)
         host_load = (times, np.array(rows))
 
-    jobs, records = [], []
+    jobs: List[Job] = []
+    records: List[List[Dict[str, Any]]] = []
     entries = sorted(enumerate(scenario["jobs"]), key=lambda e: float(e[1].get("submit", 0.0)))
     for ji, spec in entries:
         n = int(spec.get("tasks", 1))

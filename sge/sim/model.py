@@ -65,7 +65,13 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from dataclasses import dataclass, fields
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Tuple
+
+if TYPE_CHECKING:
+    from .workload import Job
+
+    # A task waiting for a pull: (runtime, job, dispatch time, task index, run number).
+    Waiter = Tuple[float, Job, float, int, int]
 
 GB = 1e9
 GBIT = 1e9 / 8.0  # bytes per second in one Gbit/s
@@ -81,7 +87,7 @@ class SimConfig:
     cache_cap_gb: Optional[float] = 200.0
     cache_low_water: float = 0.8
     host_link_gbit: float = 10.0
-    registry_gbit: float = 100.0
+    registry_gbit: Optional[float] = 100.0  # None: no registry limit
     schedule_interval: float = 15.0
     load_report_time: float = 40.0
     load_avg_tau: float = 300.0
@@ -113,7 +119,7 @@ class SimConfig:
     seed: int = 1
 
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -135,7 +141,8 @@ class HostCache:
         self.pins: Dict[int, int] = {}
         self.used = 0.0
         self.cap = cap_bytes
-        self.low = None if cap_bytes is None else cap_bytes * low_water
+        # Only read once a pull would break the cap, so never without a cap.
+        self.low = INF if cap_bytes is None else cap_bytes * low_water
         self.overflows = 0
         self.blocked: List["Flow"] = []  # pulls waiting for room (cache_pressure="wait")
 
@@ -193,13 +200,14 @@ class Flow:
         self.k = 0
         self.vf = 0.0
         self.done = False
-        self.waiters: list = []
+        self.waiters: List[Waiter] = []
         self.prewarm = prewarm
         self.t_done = INF
         self.kind = kind          # 0 task pull, 1 pre-warm, 2 seed staging for peers
         self.src = -1             # -1: the origin; else the peer host serving it
-        self.parent = None        # the peer's own pull in flight that this one streams from
-        self.children: list = []  # pulls streaming from this one while it runs
+        # the peer's own pull in flight that this one streams from
+        self.parent: Optional[Flow] = None
+        self.children: List[Flow] = []  # pulls streaming from this one while it runs
         self.parked = False       # all bytes the parent had are here: waits for it
         self.deferred = False     # waits for the parent to finish before starting
         self.state = 0            # 0 running, 1 verified, 2 failed
@@ -209,6 +217,19 @@ class Flow:
         self.blocked = False      # waits for cache room
         self.inpeer = False
         self.depth = 0            # pulls in flight between this one and a whole copy
+
+
+class Network(Protocol):
+    """What the engine needs of a network model (shared, fixed, or with peers)."""
+
+    @property
+    def active(self) -> int: ...
+
+    def add(self, t: float, fl: Flow) -> None: ...
+
+    def next_time(self) -> float: ...
+
+    def pop_done(self, t: float) -> List[Flow]: ...
 
 
 class SharedNetwork:
@@ -230,7 +251,7 @@ class SharedNetwork:
         self.tu = 0.0
         self.V = [0.0]
         self.rate = [0.0]
-        self.heap: List[list] = [[]]
+        self.heap: List[List[Tuple[float, int, Flow]]] = [[]]
         self.n = [0]
         self.on_host: Dict[int, List[Flow]] = {}
         self.active = 0
@@ -297,7 +318,7 @@ class SharedNetwork:
         self.active += 1
         self._rates()
 
-    def _top(self, k: int):
+    def _top(self, k: int) -> Optional[Tuple[float, int, Flow]]:
         h = self.heap[k]
         while h:
             vf, _, fl = h[0]
@@ -367,7 +388,7 @@ class FixedNetwork:
 
     def __init__(self, durations: Dict[int, float]):
         self.durations = durations
-        self.heap: list = []
+        self.heap: List[Tuple[float, int, Flow]] = []
         self.active = 0
 
     def add(self, t: float, fl: Flow) -> None:

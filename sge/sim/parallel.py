@@ -10,16 +10,63 @@ k x s slot-tasks (slots, pins, load, FINISH events) and one latency.
 from __future__ import annotations
 
 from heapq import heappush
-from typing import Dict, List
+from typing import TYPE_CHECKING, Dict, FrozenSet, List, Set, Tuple
 
 from .events import FINISH, PAIR_BITS
 from .workload import Job
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .model import Flow, HostCache, SimConfig
+    from .policies import Policy
+
+
+def _shape(job: Job) -> Tuple[int, int]:
+    """(hosts, slots per host) of a parallel job: only those reach this part."""
+    assert job.pe is not None
+    return job.pe
 
 
 class ParallelJobs:
     """Engine part: placement, staging and start of parallel jobs."""
 
-    def _ring_row(self, cnt, t: float) -> None:
+    if TYPE_CHECKING:  # the engine's state and methods this part uses
+        sim: SimConfig
+        policy: Policy
+        H: int
+        slots: List[int]
+        free: List[int]
+        caches: List[HostCache]
+        warm_view: List[Set[int]]
+        heap: List[Tuple[float, int, int, int]]
+        ring: np.ndarray
+        ring_t: np.ndarray
+        ring_i: int
+        ring_n: int
+        running: int
+        busy_img: List[int]
+        peak_img: List[int]
+        placements: List[int]
+        place_img: List[Dict[int, int]]
+        in_window: bool
+        init_present: List[FrozenSet[int]]
+        needed: Set[int]
+        lat: List[float]
+        m_started: int
+        img_tot: List[int]
+        img_warm: List[int]
+        wait_s: float
+        pe_pending: List[Job]
+        pe_missing: int
+
+        def _keys(self, t: float) -> np.ndarray: ...
+
+        def _start_pull(self, h: int, img: int, t: float, prewarm: bool) -> Flow: ...
+
+        def _load_step(self, h: int, t: float, d: int) -> None: ...
+
+    def _ring_row(self, cnt: Dict[int, int], t: float) -> None:
         """Record this run's dispatches per host (for the load adjustment)."""
         if not cnt:
             return
@@ -40,20 +87,21 @@ class ParallelJobs:
         ``hosts`` hosts, chosen by the same queue sort (soft request met, then
         load, then seq_no); one that does not fit waits and later ones may pass
         it (no reservation).  Returns the slots taken per host."""
-        free, key = self.free, None
+        free = self.free
+        key: List[float] = []  # hosts' sort keys, computed once a job may fit
         taken: Dict[int, int] = {}
         left = []
         adj = self.sim.job_load_adjustment if self.sim.load_adjustment_decay > 0 else 0.0
         cands: Dict[int, List[int]] = {}  # per slot count: hosts with that many free
         for job in self.pe_pending:
-            k, sp = job.pe
+            k, sp = _shape(job)
             cand = cands.get(sp)
             if cand is None:
                 cand = cands[sp] = [h for h in range(self.H) if free[h] >= sp]
             if len(cand) < k:
                 left.append(job)
                 continue
-            if key is None:
+            if not key:
                 key = self._keys(t).tolist()
             warm = self.warm_view[job.img] if self.policy.soft else ()
             hosts = sorted(cand, key=lambda h: (h not in warm, key[h], h))[:k]
@@ -70,7 +118,7 @@ class ParallelJobs:
     def _pe_stage(self, job: Job, hosts: List[int], t: float) -> None:
         """Book the job's slots and pins; with the agent stage the image on every
         host before the start, else only the master's prolog pulls it."""
-        k, sp = job.pe
+        k, sp = _shape(job)
         img = job.img
         job.next = 1
         job.pe_hosts = hosts
@@ -113,7 +161,7 @@ class ParallelJobs:
             self._pe_start(job, t)
 
     def _pe_start(self, job: Job, t: float) -> None:
-        k, sp = job.pe
+        k, sp = _shape(job)
         img, rt = job.img, job.runtimes[0]
         missing = sum(1 for h in job.pe_hosts if img not in self.caches[h].present)
         run = job.pe_run << PAIR_BITS

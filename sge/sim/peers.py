@@ -30,9 +30,15 @@ cold day, and only copies between exec hosts take it out of the path.
 from __future__ import annotations
 
 import heapq
-from typing import Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Dict, Iterable, List, Literal, Optional, Set, Tuple, Union
 
-from .model import INF, Flow
+from .model import INF, Flow, Network
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+# A peer that can serve an image: it has the whole copy, or a pull of it in flight.
+Usable = Union[Tuple[Literal[True], None], Tuple[Literal[False], Flow]]
 
 SEED_RANKS = 16  # the seed ranking kept per image (fallbacks after dead seeds)
 
@@ -128,10 +134,10 @@ class MixedNet:
     """The origin's network model plus peer transfers plus timed events
     (a pipelined copy's last chunk, a dead peer's timeout), one interface."""
 
-    def __init__(self, origin, peer: PeerNet):
+    def __init__(self, origin: Network, peer: PeerNet) -> None:
         self.origin = origin
         self.peer = peer
-        self.later_heap: list = []
+        self.later_heap: List[Tuple[float, int, Flow]] = []
         self.seq = 0
 
     @property
@@ -169,8 +175,10 @@ class MixedNet:
 class Agent:
     """Source choice and failure handling for the engine's pulls (see module doc)."""
 
-    def __init__(self, eng, dead=(), lying=()):
+    def __init__(self, eng: Engine, net: MixedNet, dead: Iterable[int] = (),
+                 lying: Iterable[int] = ()) -> None:
         self.eng = eng
+        self.net = net  # the engine's network: origin, peers and timed events
         sim = eng.sim
         self.slots = sim.peer_upload_slots
         self.pipeline = sim.peer_pipeline
@@ -180,7 +188,7 @@ class Agent:
         self.timeout = sim.peer_timeout_s
         self.up_used = [0] * eng.H
         self.tree: Dict[int, Set[int]] = {}     # image -> hosts along the seed's chain
-        self.excl: Dict[tuple, Set[int]] = {}   # (host, image) -> peers that failed it
+        self.excl: Dict[Tuple[int, int], Set[int]] = {}  # (host, image) -> peers that failed it
         self.ranks: Dict[int, List[int]] = {}
         self.dead = set(dead)
         self.lying = set(lying)
@@ -193,7 +201,7 @@ class Agent:
 
     # ---------------------------------------------------------------- choice
 
-    def _usable(self, s: int, img: int, h: int):
+    def _usable(self, s: int, img: int, h: int) -> Optional[Usable]:
         """(complete?, flow in flight) if s can serve img to h now, else None.
 
         A pull in flight serves only while its bytes move (not waiting on a
@@ -204,7 +212,7 @@ class Agent:
         f = c.inflight.get(img)
         if f is None or f.blocked or f.timeout or f.deferred:
             return None
-        p = f
+        p: Optional[Flow] = f
         while p is not None:
             if p.host == h:
                 return None
@@ -294,13 +302,13 @@ class Agent:
         fl.src = -1
         fl.parent = None
         self.eng._origin_started(fl, t)
-        self.eng.net.add(t, fl)
+        self.net.add(t, fl)
 
     def _from_dead(self, fl: Flow, s: int, t: float) -> None:
         fl.src = s
         fl.parent = None
         fl.timeout = True
-        self.eng.net.later(t + self.timeout, fl)
+        self.net.later(t + self.timeout, fl)
 
     def _from_peer(self, fl: Flow, s: int, parent: Optional[Flow], t: float) -> None:
         if s in self.dead:
@@ -321,7 +329,7 @@ class Agent:
             self.peer_bytes += fl.size
             self.peer_transfers += 1
         eng.peer_pulls[fl.host] += 1
-        eng.net.add(t, fl)
+        self.net.add(t, fl)
 
     # ---------------------------------------------------------------- outcomes
 
@@ -355,13 +363,13 @@ class Agent:
                 self.route(ch, t)
             elif ch.parked:
                 ch.parked = False
-                self.eng.net.later(t + self.lag, ch)
+                self.net.later(t + self.lag, ch)
 
     def _fail(self, fl: Flow, t: float, exclude: bool) -> None:
         """fl cannot be used: drop it, fail what streamed from it, pull again."""
         eng = self.eng
         if fl.inpeer:
-            eng.net.peer.remove(t, fl)
+            self.net.peer.remove(t, fl)
         if fl.src >= 0 and not fl.timeout and not fl.deferred:
             self.up_used[fl.src] -= 1
         if exclude:

@@ -33,7 +33,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ POLICIES: Dict[str, Policy] = {p.name: p for p in (NONE, SOFT, HARD, SOFT_PREWAR
 DEFAULT_POLICY = "soft"
 
 
-def get_policy(policy) -> Policy:
+def get_policy(policy: Union[str, Policy]) -> Policy:
     if isinstance(policy, Policy):
         return policy
     try:

@@ -11,14 +11,38 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from heapq import heappush
-from typing import Dict
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
 from .events import PRESSURE
 from .workload import Job
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .model import Flow, HostCache, SimConfig
+
 
 class CachePressure:
     """Engine part: waiting pulls (``HostCache.blocked``) and their bounded wait."""
+
+    if TYPE_CHECKING:  # the engine's state and methods this part uses
+        sim: SimConfig
+        free: List[int]
+        caches: List[HostCache]
+        heap: List[Tuple[float, int, int, int]]
+        ring: np.ndarray
+        ring_t: np.ndarray
+        ring_n: int
+        running: int
+        busy_img: List[int]
+        wait_s: float
+        requeued: int
+        pending: Dict[int, List[Job]]
+        qhead: Dict[int, int]
+
+        def _evicted(self, h: int, e: int, t: float) -> None: ...
+
+        def _launch(self, fl: Flow, t: float) -> None: ...
 
     def _unblock(self, h: int, t: float) -> None:
         """A pin dropped on h: start the pulls that were waiting for room."""
@@ -48,7 +72,8 @@ class CachePressure:
             c.blocked.remove(fl)
             del c.inflight[img]
         nrow = len(self.ring_t)
-        back: Dict[int, list] = {}
+        # id(job): (job, [(task index, runtime)])
+        back: Dict[int, Tuple[Job, List[Tuple[int, float]]]] = {}
         for rt, job, tdisp, i, run in fl.waiters:
             self.free[h] += 1
             self.running -= 1
@@ -59,7 +84,7 @@ class CachePressure:
             if job.measured:
                 self.wait_s += t - tdisp
             self.requeued += 1
-            back.setdefault(id(job), [job, []])[1].append((i, rt))
+            back.setdefault(id(job), (job, []))[1].append((i, rt))
         if pe:
             fl.waiters = pe
         for job, tasks in back.values():

@@ -28,7 +28,7 @@ Definitions (all over the measured window; tasks are those submitted in it):
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 GOAL_EGRESS_RATIO = 1.05
 GOAL_WARM_TOP10 = 0.90
@@ -55,7 +55,7 @@ def _percentiles(values: Sequence[float], qs: Sequence[float]) -> List[float]:
         return out
 
 
-def summarize(res: dict, top: int = 10) -> dict:
+def summarize(res: Dict[str, Any], top: int = 10) -> Dict[str, Any]:
     """Headline numbers of one run (small, picklable: no per-task lists)."""
     tasks, warm = res["img_tasks"], res["img_warm"]
     order = sorted(range(len(tasks)), key=lambda i: (-tasks[i], i))
@@ -124,7 +124,7 @@ COLUMNS = (
 )
 
 
-def format_table(summaries: List[dict]) -> str:
+def format_table(summaries: List[Dict[str, Any]]) -> str:
     """The headline table: one row per policy."""
     head, rows = [], []
     for key, fmt, title in COLUMNS:
@@ -136,7 +136,7 @@ def format_table(summaries: List[dict]) -> str:
     return "\n".join([line, "-" * len(line)] + rows)
 
 
-def format_details(summaries: List[dict]) -> str:
+def format_details(summaries: List[Dict[str, Any]]) -> str:
     """Second table: where the cold starts of the top-10 images come from."""
     lines = ["policy         pulls  evict  prewarm TB  pack TB  unstarted  | top-10 cold starts: "
              "joined  stale  warm_full  no_warm  (lag_miss)"]
@@ -149,7 +149,7 @@ def format_details(summaries: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(summaries: List[dict], path: str, title: Optional[str] = None) -> str:
+def plot(summaries: List[Dict[str, Any]], path: str, title: Optional[str] = None) -> str:
     """Write a PNG: start latency percentiles, egress vs lower bound, warm share."""
     import matplotlib
     matplotlib.use("Agg")
@@ -218,7 +218,7 @@ def plot(summaries: List[dict], path: str, title: Optional[str] = None) -> str:
 
 # ---------------------------------------------------------------------- node agent
 
-def format_agent_table(rows: List[dict]) -> str:
+def format_agent_table(rows: List[Dict[str, Any]]) -> str:
     """Before/after: one row per (scenario, origin, policy); rows carry
     "scenario" and "origin_gbit" beside the summary."""
     head = (f"{'scenario':<14} {'origin':>6} {'policy':<6} {'origin TB':>9} {'1 copy TB':>9} "
@@ -234,7 +234,7 @@ def format_agent_table(rows: List[dict]) -> str:
     return "\n".join(out)
 
 
-def agent_goals(rows: List[dict], policy: str = "agent") -> List[str]:
+def agent_goals(rows: List[Dict[str, Any]], policy: str = "agent") -> List[str]:
     """The issue's goals for the agent rows, one line each."""
     lines = []
     steady = {r["origin_gbit"]: r for r in rows
@@ -257,18 +257,18 @@ def agent_goals(rows: List[dict], policy: str = "agent") -> List[str]:
     return lines
 
 
-def plot_agent(rows: List[dict], path: str, title: Optional[str] = None) -> str:
+def plot_agent(rows: List[Dict[str, Any]], path: str, title: Optional[str] = None) -> str:
     """Before/after per scenario and origin: origin egress per copy, start latency, idle slots."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cases = []
+    cases: List[Tuple[str, float]] = []
     for r in rows:
-        key = (r["scenario"], r["origin_gbit"])
-        if key not in cases:
-            cases.append(key)
-    pols = []
+        case = (r["scenario"], r["origin_gbit"])
+        if case not in cases:
+            cases.append(case)
+    pols: List[str] = []
     for r in rows:
         if r["policy"] not in pols:
             pols.append(r["policy"])
@@ -284,11 +284,11 @@ def plot_agent(rows: List[dict], path: str, title: Optional[str] = None) -> str:
         bars = ax.bar([i + (j - (len(pols) - 1) / 2) * w for i in x], [max(v, 1e-3) for v in vals],
                       w, label="before (soft)" if p == "soft" else f"after ({p})")
         for b, (s, g) in zip(bars, cases):
-            r = by.get((s, g, p))
-            if r:
-                txt = f"{r['egress_tb']:.2f} TB"
-                if r["copy_tb"] > 0:
-                    txt += f"\n{r['origin_per_copy']:.1f}x"
+            row = by.get((s, g, p))
+            if row:
+                txt = f"{row['egress_tb']:.2f} TB"
+                if row["copy_tb"] > 0:
+                    txt += f"\n{row['origin_per_copy']:.1f}x"
                 ax.annotate(txt, (b.get_x() + b.get_width() / 2, b.get_height()),
                             ha="center", va="bottom", fontsize=7)
     copies = [next((r["copy_tb"] for r in rows if (r["scenario"], r["origin_gbit"]) == c), 0)

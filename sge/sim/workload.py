@@ -40,7 +40,7 @@ import bisect
 import math
 import random
 from dataclasses import dataclass, fields
-from typing import Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .model import GB
 
@@ -82,7 +82,7 @@ class WorkloadConfig:
         return (b - a) / math.log(b / a)
 
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -100,11 +100,13 @@ class Job:
         self.next = 0          # index of the next task to dispatch
         self.hard = False      # JSV turned the image request into a hard one
         self.measured = False  # submitted inside the measured window
-        self.recs = None       # per-task records (calibration scenarios only)
+        # per-task records (calibration scenarios only)
+        self.recs: Optional[List[Dict[str, Any]]] = None
         self.seq = 0           # admission order (set by the engine)
-        self.pe = None         # parallel job: (hosts, slots per host); one task
+        # parallel job: (hosts, slots per host); one task
+        self.pe: Optional[Tuple[int, int]] = None
         self.gate = 0          # hosts of a PE job still waiting for the image
-        self.pe_hosts = ()
+        self.pe_hosts: Sequence[int] = ()
         self.pe_t = 0.0
         self.pe_run = 0
         self.pe_warm = False
@@ -143,8 +145,10 @@ def generate_jobs(cfg: WorkloadConfig, seed: int,
     pe_rng = random.Random(seed * 7727 + 29)  # its own stream: PE jobs change nothing else
     current = list(range(cfg.n_images))  # popularity rank -> image id
     rel_rate = cfg.new_images_per_day / 86400.0
-    if rel_rate > 0 and sizes is None:
-        raise ValueError("new_images_per_day needs the sizes list to extend")
+    if sizes is None:
+        if rel_rate > 0:
+            raise ValueError("new_images_per_day needs the sizes list to extend")
+        sizes = []  # never extended: no releases
     next_rel = rel_rng.expovariate(rel_rate) if rel_rate > 0 else math.inf
     rate = cfg.task_rate
     single_rate = rate * (1.0 - cfg.burst_share)

@@ -33,7 +33,7 @@ def build_kit_venv():
         subprocess.run(["/usr/bin/python3", "-m", "venv", KIT_VENV], check=True)
     subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", ROOT],
                    check=True, capture_output=True)
-    deps = subprocess.run([py, "-c", "import yaml, psutil, filelock"], capture_output=True)
+    deps = subprocess.run([py, "-c", "import yaml"], capture_output=True)
     if deps.returncode != 0:
         subprocess.run([py, "-m", "pip", "install", "-q", ROOT], check=True, capture_output=True)
     return py
@@ -117,6 +117,9 @@ def make_kit(cluster, images, extra=None, starter_runtime=None):
         "log": {"file": os.path.join(work, "sge-image.log")},
         "prolog": {"max_reschedules": 3},
         "images": catalog,
+        # The node agent is off unless a test asks for it (tests/ge/test_agent_e2e.py):
+        # these tests count downloads per host.
+        "agent": {"enabled": False},
         **(extra or {}),
     }
     if starter_runtime:

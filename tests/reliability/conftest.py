@@ -44,6 +44,7 @@ def write_config(path, root, images, cache=None, fetch=None, log=None, **extra):
                   "read_timeout": 30, "progress_interval": 1, **(fetch or {})},
         "log": {"file": str(log or os.path.join(os.path.dirname(str(path)), "sge-image.log"))},
         "images": images,
+        "agent": {"enabled": False},  # peers have their own trials (tests/test_agent.py)
         **extra,
     }
     with open(path, "w") as f:

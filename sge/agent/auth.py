@@ -1,0 +1,113 @@
+"""Signed staging requests: only root on a cluster host may make an agent stage.
+
+`install` writes a random key that only root can read (mode 0600). A request names
+the image, the host it is addressed to, a timestamp and a random nonce, and carries
+an HMAC-SHA256 of all of them. The agent refuses a request whose MAC is wrong, whose
+timestamp is more than `WINDOW` seconds off, whose nonce it has already seen in that
+window (a captured request replayed), or that was addressed to another host (a
+request for node1 replayed to node2).
+"""
+import hashlib
+import hmac
+import os
+import stat
+import time
+
+WINDOW = 60.0           # seconds a signed request stays valid
+MAX_NONCES = 100_000    # nonces remembered within the window; beyond: refuse (flood)
+KEY_BYTES = 32
+
+
+class AuthError(Exception):
+    pass
+
+
+def key_path(settings):
+    path = settings.values["agent"]["key_file"]
+    if not os.path.isabs(path):
+        path = os.path.join(os.path.dirname(os.path.abspath(settings.path)), path)
+    return path
+
+
+def read_key(path):
+    """The key, refused unless it is a root-owned file no one else can read or write:
+    a key others can read lets them forge requests."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o077:
+            raise AuthError(f"{path}: the agent key must be a file of root's, mode 0600")
+        key = os.read(fd, 4096).strip()
+    finally:
+        os.close(fd)
+    if len(key) < 32:
+        raise AuthError(f"{path}: the agent key is too short")
+    return key
+
+
+def create_key(path):
+    """Write a fresh key (0600, root's); an existing one is kept."""
+    if os.path.exists(path):
+        return False
+    from ..fsutil import atomic_write
+    atomic_write(path, os.urandom(KEY_BYTES).hex() + "\n", mode=0o600)
+    return True
+
+
+def _message(fields):
+    return "\n".join(["sge-image-stage"] + [str(f) for f in fields]).encode()
+
+
+def sign(key, name, host, source="-", now=None, nonce=None):
+    """-> the request fields: name host source ts nonce mac (one line, space
+    separated). `source` names a host that has the image ("-": none known), such as a
+    parallel job's master: the agent tries it first (its bytes are verified like any)."""
+    ts = f"{now if now is not None else time.time():.3f}"
+    nonce = nonce or os.urandom(16).hex()
+    mac = hmac.new(key, _message([name, host, source, ts, nonce]), hashlib.sha256).hexdigest()
+    return f"{name} {host} {source} {ts} {nonce} {mac}"
+
+
+class Verifier:
+    """Checks signed requests for one host; remembers nonces for the window."""
+
+    def __init__(self, key, hosts, clock=time.time):
+        self.key = key
+        self.hosts = {h.lower() for h in hosts}   # names this host answers to
+        self.clock = clock
+        self.seen = {}                             # nonce -> expiry
+
+    def check(self, line):
+        """-> (image name, source host or None), or AuthError saying why the request
+        is refused."""
+        parts = line.split()
+        if len(parts) != 6:
+            raise AuthError("malformed request")
+        name, host, source, ts, nonce, mac = parts
+        try:
+            t = float(ts)
+        except ValueError:
+            raise AuthError("malformed timestamp") from None
+        if len(nonce) != 32 or len(mac) != 64:
+            raise AuthError("malformed nonce or mac")
+        want = hmac.new(self.key, _message([name, host, source, ts, nonce]),
+                        hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(want, mac):
+            raise AuthError("bad signature")
+        now = self.clock()
+        if abs(now - t) > WINDOW:
+            raise AuthError("request expired (or the clocks differ by more than a minute)")
+        if host.lower() not in self.hosts:
+            raise AuthError(f"request addressed to host {host!r}, not this one")
+        self._expire(now)
+        if nonce in self.seen:
+            raise AuthError("replayed request")
+        if len(self.seen) >= MAX_NONCES:
+            raise AuthError("too many requests")
+        self.seen[nonce] = now + 2 * WINDOW
+        return name, (None if source == "-" else source)
+
+    def _expire(self, now):
+        if len(self.seen) < 1024:
+            return
+        self.seen = {n: e for n, e in self.seen.items() if e > now}

@@ -1,0 +1,151 @@
+"""Who is who: this host's names and address, the cluster's live hosts, and who may
+connect to the agent. Grid Engine already knows the exec hosts and what each has
+cached (the load sensor's values in `qhost -F`): one qhost call per cold staging, or
+per minute for the trust list, is all the agent asks of qmaster.
+"""
+import hashlib
+import os
+import socket
+import threading
+import time
+
+REFRESH_MIN = 10.0      # seconds between qhost calls for an unknown peer address
+REFRESH_EVERY = 60.0
+
+
+def my_names():
+    """The names this host answers to: Grid Engine's (HOST, set by execd for the load
+    sensor), the kernel's, and their short forms."""
+    names = {socket.gethostname()}
+    if os.environ.get("HOST"):
+        names.add(os.environ["HOST"])
+    names |= {n.split(".")[0] for n in names if not _is_address(n)}
+    return {n.lower() for n in names if n}
+
+
+def _is_address(name):
+    try:
+        socket.inet_aton(name)
+        return name.count(".") == 3
+    except OSError:
+        return False
+
+
+def my_host():
+    # Not $HOST: in a prolog the job owner's environment could set it, and this name
+    # picks the address our requests are sent from.
+    return socket.gethostname()
+
+
+def address_of(host):
+    """IPv4 address of a host name (what peers connect to), or None."""
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return None
+
+
+def is_me(host):
+    mine = my_names()
+    return host.lower() in mine or (not _is_address(host) and host.split(".")[0].lower() in mine)
+
+
+def reader(argv=("qhost",)):
+    """read(complexes) -> {host: HostView}, running `argv -F complexes` (the site's
+    qhost, or a wrapper of it)."""
+    def read(complexes):
+        import subprocess
+        from ..ge import qhost
+        r = subprocess.run(list(argv) + ["-F", ",".join(complexes)], capture_output=True,
+                           text=True, timeout=60, stdin=subprocess.DEVNULL, env=_command_env())
+        if r.returncode != 0:
+            raise OSError(f"{argv[0]} failed: {(r.stderr or r.stdout).strip()[:300]}")
+        return qhost.parse(r.stdout)
+    return read
+
+
+def _command_env():
+    """qhost as root runs with sge/rootenv.py's rebuilt environment; a site whose qhost
+    is not on the system path names it in `agent.qhost`."""
+    from ..rootenv import child_env
+    return child_env(always=True)
+
+
+def live_hosts(complex_name, window, read=None):
+    """-> (live host names, those of them reporting `complex_name`), from `qhost -F`.
+    Live: its sensor reported within `window` seconds (a host whose execd is down
+    keeps its last values in qhost for a while; its timestamp goes stale)."""
+    read = read or reader()
+    hosts = read([complex_name, "img_sensor_time"])
+    now = time.time()
+    live = [h for h, v in hosts.items()
+            if v.sensor_time is not None and now - v.sensor_time <= window]
+    have = [h for h in live if hosts[h].has(complex_name)]
+    return sorted(live), have
+
+
+def seed_for(digest, hosts):
+    """Rendezvous hashing: every host computes the same seed for an image from the
+    same host list, and a host joining or leaving moves only its own share."""
+    best, seed = None, None
+    for h in hosts:
+        score = hashlib.sha256(f"{digest}:{h.lower()}".encode()).digest()
+        if best is None or score > best:
+            best, seed = score, h
+    return seed
+
+
+class Trust:
+    """allowed(ip) for the server: a fixed list of hosts, addresses and networks
+    (`10.1.0.0/16`), or `cluster`, the
+    exec hosts qhost lists (re-read at most every REFRESH_MIN seconds when an unknown
+    address knocks, so a flood of strangers cannot flood qmaster)."""
+
+    def __init__(self, setting, read=None):
+        self.setting = setting
+        self.read = read
+        self.addresses = set()
+        self.networks = []
+        self.loaded = 0.0
+        self.lock = threading.Lock()
+        if setting != "cluster":
+            import ipaddress
+            self.networks = [ipaddress.ip_network(x, strict=False) for x in setting if "/" in x]
+            self.addresses = _resolve_all([x for x in setting if "/" not in x])
+            self.loaded = float("inf")
+
+    def __call__(self, ip):
+        if ip in self.addresses:
+            return True
+        if self.setting != "cluster":
+            if self.networks:
+                import ipaddress
+                addr = ipaddress.ip_address(ip)
+                return any(addr in n for n in self.networks)
+            return False
+        with self.lock:
+            now = time.monotonic()
+            if now - self.loaded < REFRESH_MIN and ip not in self.addresses:
+                return False
+            if now - self.loaded >= REFRESH_MIN:
+                self._refresh(now)
+            return ip in self.addresses
+
+    def _refresh(self, now):
+        try:
+            hosts = (self.read or reader())(["img_sensor_time"])
+            self.addresses = _resolve_all(hosts)
+        except Exception:
+            pass  # qmaster unreachable: keep the last list
+        self.loaded = now
+
+
+def _resolve_all(names):
+    out = set()
+    for n in names:
+        try:
+            for info in socket.getaddrinfo(n, None, socket.AF_INET):
+                out.add(info[4][0])
+        except OSError:
+            continue
+    return out

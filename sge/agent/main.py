@@ -1,0 +1,335 @@
+"""`sge-image agent`: the node agent process, one per exec host.
+
+The load sensor's supervisor (loadsensor/sge-image-loadsensor), which execd starts as
+root and which never exits except on `quit`, starts this and restarts it when it dies;
+`--watch PID` names that supervisor, and the agent leaves when it is gone (uninstall
+removes the load sensor, execd quits it, the agent follows).
+
+Privilege split. As root it binds the port, reads the signing key and forks:
+- the child drops to `agent.user` (nobody) and serves HTTP (sge/agent/server.py): a
+  bug there reads world-readable blobs at worst;
+- the parent stays root and only answers one-line requests from the child over a
+  socketpair: check a signed "stage NAME" (sge/agent/auth.py), look the name up in
+  the catalog, and run the normal staging code (sge.stage.ensure) in a thread. The
+  key never enters the unprivileged process.
+If either side dies the other follows, and the supervisor starts a fresh pair.
+"""
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+import re
+
+_HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,254}\Z")
+FAILED_TTL = 10.0
+REFUSAL_LOG_EVERY = 10.0   # seconds a failed staging is reported before a new request retries it
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    from .. import config
+    from ..ge.hookargs import config_arg
+    from ..log import Log
+    path = config_arg(argv)
+    watch = _watch_arg(argv)
+    settings = config.load(path)
+    log = Log.from_settings(settings, tag="sge-image agent")
+    agent = settings.values["agent"]
+    if not agent["enabled"]:
+        return _idle(settings, watch)
+    from . import hosts
+    host = hosts.my_host()
+    addr = agent["bind"] or hosts.address_of(host)
+    if not addr:
+        log(f"cannot resolve this host's name {host!r}; set agent.bind")
+        return _idle(settings, watch)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((addr, agent["port"]))
+    except OSError as e:
+        log(f"cannot listen on {addr}:{agent['port']}: {e.strerror}")
+        sock.close()
+        time.sleep(10)
+        return 1
+    sock.listen(128)
+    from ..cache import Cache
+    cache = Cache.from_settings(settings)
+    try:
+        cache.ensure_layout()
+    except Exception as e:
+        log(f"cache not ready: {e}")
+    verifier = _verifier(settings, log)
+    parent_end, child_end = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        parent_end.close()
+        code = 1
+        try:
+            code = _serve(sock, child_end, settings, cache, log)
+        finally:
+            os._exit(code)
+    child_end.close()
+    sock.close()
+    log(f"listening on {addr}:{agent['port']} (server pid {pid} as {agent['user']})")
+    stager = Stager(settings, path, verifier, log)
+    _watch_supervisor(watch, pid)
+    try:
+        stager.loop(parent_end)
+    finally:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+    if watch is not None and not _alive(watch):
+        return 0  # leaving with the supervisor (the watch thread stopped the server)
+    return 1  # the server died: the supervisor starts a fresh pair
+
+
+def _watch_arg(argv):
+    for i, a in enumerate(argv):
+        if a == "--watch" and i + 1 < len(argv) and argv[i + 1].isdigit():
+            return int(argv[i + 1])
+    return None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _idle(settings, watch):
+    """Disabled (or no address): stay put without serving until the config changes
+    or the supervisor is gone; exiting at once would only be restarted every second."""
+    while watch is None or _alive(watch):
+        if settings.is_stale():
+            return 0
+        time.sleep(5)
+    return 0
+
+
+def _watch_supervisor(watch, child):
+    if watch is None:
+        return
+
+    def run():
+        while _alive(watch):
+            time.sleep(1)
+        try:
+            os.kill(child, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        os._exit(0)
+    threading.Thread(target=run, daemon=True, name="watch").start()
+
+
+def _verifier(settings, log):
+    from . import auth, hosts
+    try:
+        key = auth.read_key(auth.key_path(settings))
+    except (OSError, auth.AuthError) as e:
+        log(f"no staging requests accepted: {e}")
+        return None
+    return auth.Verifier(key, hosts.my_names())
+
+
+# ---------------------------------------------------------------- unprivileged side
+
+def _serve(sock, pipe, settings, cache, log):
+    from . import hosts
+    from .server import BlobServer
+    agent = settings.values["agent"]
+    _drop_privileges(agent["user"])
+    # After the drop: a change of credentials clears the parent-death signal.
+    _die_with_parent()
+    root_side = _RootSide(pipe)
+    # The log file is root's: the server's lines go through the root side.
+    server = BlobServer(sock, os.path.join(cache.root, "blobs", "sha256"),
+                        hosts.Trust(agent["trust"], hosts.reader(agent["qhost"])),
+                        agent["upload_slots"],
+                        agent["max_connections"], agent["header_timeout"],
+                        agent["idle_timeout"], stage=root_side.stage, log=root_side.log)
+    signal.signal(signal.SIGTERM, lambda s, f: os._exit(0))
+    threading.Thread(target=root_side.watch_eof, daemon=True).start()
+    server.serve_forever()
+    return 0
+
+
+def _die_with_parent():
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:
+        os._exit(0)
+
+
+def _drop_privileges(user):
+    if os.getuid() != 0:
+        return
+    import pwd
+    pw = pwd.getpwnam(user)
+    if pw.pw_uid == 0:
+        raise SystemExit("agent.user must not be root")
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    if os.getuid() == 0 or os.geteuid() == 0:
+        raise SystemExit("could not drop root")
+
+
+class _RootSide:
+    """The child's end of the socketpair: one request, one answer line, in turn."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.rfile = pipe.makefile("rb")
+        self.lock = threading.Lock()
+
+    def stage(self, line, ip):
+        with self.lock:
+            self.pipe.sendall(f"S {ip} {line}\n".encode())
+            reply = self.rfile.readline(1 << 16)
+        if not reply:
+            os._exit(1)
+        answer = json.loads(reply)
+        return answer.pop("http", 200), answer
+
+    def log(self, msg):
+        with self.lock:
+            self.pipe.sendall(("L " + msg.replace("\n", " ") + "\n").encode())
+
+    def watch_eof(self):
+        # The root side closes its end only by dying: follow it.
+        import select
+        while True:
+            r, _, _ = select.select([], [], [self.pipe], 5)
+            try:
+                if self.pipe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                    os._exit(0)
+            except BlockingIOError:
+                pass
+            except OSError:
+                os._exit(0)
+            time.sleep(1)
+
+
+# ---------------------------------------------------------------- root side
+
+class Stager:
+    """Answers the server's requests: log lines, and signed staging requests."""
+
+    def __init__(self, settings, path, verifier, log):
+        self.settings = settings
+        self.path = path
+        self.verifier = verifier
+        self.log = log
+        self.states = {}    # name -> {"state", "message", "transient", "t"}
+        self.refused, self.refusal_logged = 0, float("-inf")
+        self.lock = threading.Lock()
+        from . import peers
+        peers.DELEGATE = False  # see peers.py: a requested staging never delegates
+
+    def loop(self, pipe):
+        rfile = pipe.makefile("rb")
+        while True:
+            line = rfile.readline(8192)
+            if not line:
+                return
+            text = line.decode("ascii", "replace").rstrip("\n")
+            if text.startswith("L "):
+                self.log(text[2:])
+                continue
+            if text.startswith("S "):
+                _, ip, request = (text.split(" ", 2) + ["", ""])[:3]
+                try:
+                    answer = self.handle(request, ip)
+                except Exception as e:  # never leave the server without an answer
+                    answer = {"http": 500, "state": "failed", "transient": True,
+                              "message": f"{type(e).__name__}"}
+                if len(answer.get("message", "")) > 2000:
+                    answer["message"] = answer["message"][:2000] + "..."
+                pipe.sendall((json.dumps(answer) + "\n").encode())
+
+    def handle(self, request, ip):
+        from .auth import AuthError
+        if self.verifier is None:
+            return {"http": 403, "state": "refused", "message": "this agent has no key"}
+        try:
+            name, source = self.verifier.check(request)
+        except AuthError as e:
+            self._log_refusal(f"refused a staging request from {ip}: {e}")
+            return {"http": 403, "state": "refused", "message": str(e)}
+        settings = self._settings()
+        from ..errors import SgeImageError
+        try:
+            image = settings.image(name)
+        except SgeImageError as e:
+            return {"http": 404, "state": "failed", "transient": False, "message": str(e)}
+        from ..cache import Cache
+        if Cache.from_settings(settings).lookup(image):
+            return {"state": "ready"}
+        with self.lock:
+            st = self.states.get(name)
+            if st and (st["state"] == "staging" or time.monotonic() - st["t"] < FAILED_TTL):
+                return {k: v for k, v in st.items() if k != "t"}
+            self.states[name] = {"state": "staging", "t": time.monotonic()}
+        self.log(f"staging {name} for {ip}" + (f" (from {source})" if source else ""))
+        from . import peers
+        if source and _HOST_RE.match(source):
+            peers.HINTS[name] = source
+        threading.Thread(target=self._stage, args=(name, settings), daemon=True).start()
+        return {"state": "staging"}
+
+    def _log_refusal(self, line):
+        """One line per REFUSAL_LOG_EVERY seconds, with a count of the rest: a flood of
+        forged requests must not fill the disk with the log."""
+        now = time.monotonic()
+        self.refused += 1
+        if now - self.refusal_logged >= REFUSAL_LOG_EVERY:
+            more = f" ({self.refused - 1} more refused since the last such line)" \
+                if self.refused > 1 else ""
+            self.log(line + more)
+            self.refused, self.refusal_logged = 0, now
+
+    def _settings(self):
+        if self.settings.is_stale():
+            from .. import config
+            try:
+                self.settings = config.load(self.path)
+            except Exception as e:
+                self.log(f"config reload failed, keeping the old one: {e}")
+        return self.settings
+
+    def _stage(self, name, settings):
+        from ..errors import SgeImageError
+        from ..stage import ensure
+        try:
+            ensure(name, settings, log=self.log)
+            with self.lock:
+                self.states.pop(name, None)
+            return
+        except SgeImageError as e:
+            st = {"state": "failed", "transient": bool(e.transient), "busy": bool(e.busy),
+                  "message": str(e)}
+        except Exception as e:
+            st = {"state": "failed", "transient": True, "message": f"{type(e).__name__}: {e}"}
+        self.log(f"staging {name} failed: {st['message']}")
+        with self.lock:
+            self.states[name] = {**st, "t": time.monotonic()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

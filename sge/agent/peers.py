@@ -1,0 +1,192 @@
+"""Fetch an image from other exec hosts' agents before the catalog's sources.
+
+Order: a live host that already reports the image (its agent serves the verified
+blob), then the image's seed host, chosen by rendezvous hashing over the live hosts,
+which is asked to stage the image and waited for: when three cold hosts start the
+same image in the same second, all three pick the same seed, the seed pulls from the
+origin once and the others copy from it. Every peer byte goes through the sink that
+verifies an origin download; a peer that is busy, slow, dead or lying costs one
+attempt and `fetch` returns None, and the caller goes to the origin.
+
+A staging that a peer asked for never delegates again (`DELEGATE` is False in the
+agent): two hosts that disagree on the seed cannot wait on each other.
+"""
+import http.client
+import json
+import random
+import time
+
+from ..errors import CacheFull, FetchError, SgeImageError
+from . import hosts as _hosts
+
+DELEGATE = True
+HINTS: "dict[str, str]" = {}   # image name -> a host said to have it (a parallel job's master), tried first
+MAX_HAVE_TRIES = 3
+MAX_SEEDS = 3
+POLL_MIN, POLL_MAX = 0.25, 2.0
+
+
+def fetch(image, sink, ctx, settings):
+    """Fill `sink` with `image` from a peer and return its verified sha256, or None."""
+    agent = settings.values.get("agent")
+    if not agent or not agent["enabled"] or not agent["peers"] or not image.sha256:
+        return None
+    hint = HINTS.pop(image.name, None)
+    if hint and not _hosts.is_me(hint):
+        # The host that asked us has it (a parallel job's master): the load sensor
+        # may not report it for another load_report_time.
+        digest = get_blob(hint, image, sink, ctx, agent)
+        if digest:
+            return digest
+    try:
+        live, have = _hosts.live_hosts(image.complex, agent["live_window"],
+                                       _hosts.reader(agent.get("qhost", ["qhost"])))
+    except Exception as e:  # no qhost, qmaster down: the origin it is
+        ctx.log(f"image {image.name}: no peer list ({type(e).__name__}: {e}); using the sources")
+        return None
+    others = [h for h in have if not _hosts.is_me(h)]
+    random.shuffle(others)
+    tried = set()
+    for host in others[:MAX_HAVE_TRIES]:
+        tried.add(host)
+        digest = get_blob(host, image, sink, ctx, agent)
+        if digest:
+            return digest
+    if not DELEGATE:
+        return None
+    # A seed that dies or cannot be reached is dropped and the seed chosen again among
+    # the rest: the hosts that waited on it agree on the next one, so a killed seed
+    # costs one more origin download, not one per waiting host.
+    candidates = [h for h in live if h not in tried]
+    for _ in range(MAX_SEEDS):
+        seed = _hosts.seed_for(image.sha256, candidates)
+        if seed is None or _hosts.is_me(seed):
+            return None
+        outcome = _await_seed(seed, image, ctx, settings)
+        if outcome == "ready":
+            digest = get_blob(seed, image, sink, ctx, agent)
+            if digest:
+                return digest
+        elif outcome == "stop":
+            return None
+        candidates.remove(seed)
+    return None
+
+
+def _await_seed(seed, image, ctx, settings):
+    """Ask the seed's agent to stage the image and wait until it has it: "ready";
+    "next" when the seed is dead, unreachable, failed for now or too slow (another
+    seed may do); "stop" when asking any seed is pointless (no key, refused, or the
+    image's sources refuse it for good)."""
+    from .auth import key_path, read_key
+    agent = settings.values["agent"]
+    try:
+        key = read_key(key_path(settings))
+    except Exception as e:
+        ctx.log(f"image {image.name}: cannot sign a staging request ({e}); using the sources")
+        return "stop"
+    deadline = time.monotonic() + agent["seed_wait"]
+    delay = POLL_MIN
+    asked = False
+    while time.monotonic() < deadline:
+        try:
+            answer = stage_request(seed, image.name, key, agent, ctx.connect_timeout)
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            ctx.log(f"image {image.name}: seed host {seed} unreachable ({e})")
+            return "next"
+        state = answer.get("state")
+        if state == "ready":
+            return "ready"
+        if state != "staging":
+            ctx.log(f"image {image.name}: seed host {seed}: {state}: {answer.get('message', '')}")
+            return "next" if state == "failed" and answer.get("transient") else "stop"
+        if not asked:
+            ctx.log(f"image {image.name}: waiting for seed host {seed} to stage it")
+            asked = True
+        time.sleep(delay)
+        delay = min(POLL_MAX, delay * 1.5)
+    ctx.log(f"image {image.name}: seed host {seed} did not finish within "
+            f"{agent['seed_wait']:.0f}s")
+    return "next"
+
+
+def stage_request(host, name, key, agent, timeout=10.0, source="-"):
+    """One signed staging request to `host`'s agent -> its answer (a dict with
+    `state`: ready, staging, failed or refused)."""
+    from .auth import sign
+    body = sign(key, name, host, source).encode()
+    conn = _connection(host, agent, timeout)
+    try:
+        conn.request("POST", "/stage", body=body,
+                     headers={"Content-Type": "text/plain", "Content-Length": str(len(body))})
+        resp = conn.getresponse()
+        data = resp.read(64 << 10)
+    finally:
+        conn.close()
+    answer = json.loads(data.decode() or "{}")
+    if not isinstance(answer, dict):
+        raise ValueError("malformed answer")
+    if resp.status >= 400 and "state" not in answer:
+        answer = {"state": "refused", "message": f"HTTP {resp.status}"}
+    return answer
+
+
+def get_blob(host, image, sink, ctx, agent):
+    """GET the blob from `host`'s agent into the sink and verify it -> sha256, or None
+    (after logging why) with the sink emptied for the next source."""
+    from ..fetch import http as _http
+    shown = f"peer {host}"
+    try:
+        if sink.received:
+            sink.reset()
+        conn = _connection(host, agent, ctx.connect_timeout)
+        try:
+            conn.request("GET", f"/blobs/sha256/{image.sha256}",
+                         headers={"User-Agent": _http.USER_AGENT})
+            _http._tune(conn, ctx)
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise FetchError(f"{shown}: HTTP {resp.status} {resp.reason}"
+                                 + (" (busy)" if resp.status == 503 else ""))
+            length = resp.getheader("Content-Length")
+            if image.size is not None and length != str(image.size):
+                raise FetchError(f"{shown}: offers {length} bytes, expected {image.size}")
+            _http._stream(resp, sink, ctx, shown)
+        finally:
+            conn.close()
+        digest = sink.finish(shown)
+        ctx.log(f"image {image.name}: {sink.received} bytes from {shown}, verified")
+        return digest
+    except CacheFull:
+        raise  # the disk, not the peer: the caller evicts and retries
+    except _http._Interrupted as e:
+        ctx.log(f"image {image.name}: {shown}: {e}")
+    except SgeImageError as e:
+        ctx.log(f"image {image.name}: {e}")
+    except (OSError, http.client.HTTPException) as e:
+        ctx.log(f"image {image.name}: {shown}: {type(e).__name__}: {e}")
+    try:
+        sink.reset()
+    except SgeImageError:
+        raise
+    return None
+
+
+def _connection(host, agent, timeout):
+    """A plain connection to `host`'s agent (never through a proxy), sent from this
+    host's own address: agents trust cluster hosts by address, and a host with
+    several addresses must speak from the one its name resolves to."""
+    addr = _hosts.address_of(host)
+    if addr is None:
+        raise OSError(f"cannot resolve host {host}")
+    src = _hosts.address_of(_hosts.my_host())
+    conn = http.client.HTTPConnection(addr, agent["port"], timeout=timeout,
+                                      source_address=(src, 0) if src else None)
+    try:
+        conn.connect()
+    except OSError as e:
+        if src is None or e.errno != 99:  # EADDRNOTAVAIL: our name is not ours here
+            raise
+        conn = http.client.HTTPConnection(addr, agent["port"], timeout=timeout)
+        conn.connect()
+    return conn

@@ -1,0 +1,326 @@
+"""The agent's HTTP side: verified blobs to peers, staging requests to the root side.
+
+It listens on a port anyone on the network can reach, so it accepts as little as it
+can: `GET`/`HEAD /blobs/sha256/<64 hex>` (the exact digest, nothing decoded, no
+listing, no names), `POST /stage` (a signed line the root side checks), and nothing
+else. One request per connection. Each bound is there for a reason:
+- the request head must arrive whole within `header_timeout` and fit in 8 KiB: a
+  client sending a byte a minute (slow loris) or an endless header holds no thread;
+- at most `max_connections` handler threads; one more is told 503 and closed;
+- at most `upload_slots` blobs in flight; one more gets 503 + Retry-After, and the
+  client tries another peer or the origin;
+- a transfer stalled for `idle_timeout` is dropped;
+- the blob is opened with O_NOFOLLOW below the blobs directory and must be a regular
+  file: a symlink planted there leads nowhere.
+Serving wrong bytes cannot hurt a client (it verifies every byte), but serving a file
+outside the cache would leak it: hence the exact-digest path and O_NOFOLLOW.
+"""
+import errno
+import json
+import os
+import re
+import socket
+import stat
+import threading
+
+MAX_HEAD = 8192
+MAX_STAGE_BODY = 512
+BLOB_PATH = re.compile(r"/blobs/sha256/([0-9a-f]{64})")
+REQUEST_LINE = re.compile(rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|TRACE|CONNECT|PATCH) (\S{1,2048}) HTTP/1\.[01]")
+RETRY_AFTER = 2
+REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 403: "Forbidden",
+           404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+           411: "Length Required", 413: "Content Too Large", 416: "Range Not Satisfiable",
+           431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+
+
+class _Reject(Exception):
+    def __init__(self, status, headers=None):
+        self.status = status
+        self.headers = headers or {}
+
+
+class BlobServer:
+    """Serve `blobs_dir` on the listening socket `sock`.
+
+    allowed(ip) -> bool decides who may talk at all; stage(line, ip) -> (status, dict)
+    forwards a signed staging request (None: this agent stages nothing).
+    """
+
+    def __init__(self, sock, blobs_dir, allowed, upload_slots=4, max_connections=32,
+                 header_timeout=10.0, idle_timeout=30.0, stage=None, log=None):
+        self.sock = sock
+        self.blobs_dir = blobs_dir
+        self.allowed = allowed
+        self.slots = threading.BoundedSemaphore(max(1, upload_slots))
+        self.max_connections = max(1, max_connections)
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.stage = stage
+        self.log = log or (lambda msg: None)
+        self._active = 0
+        self._lock = threading.Lock()
+        self.served = 0         # blobs sent whole (for the log and the tests)
+
+    def serve_forever(self):
+        while True:
+            try:
+                conn, addr = self.sock.accept()
+            except OSError as e:
+                if e.errno in (errno.EBADF, errno.EINVAL):
+                    return  # closed: shutting down
+                continue  # EMFILE, ECONNABORTED: keep serving
+            with self._lock:
+                full = self._active >= self.max_connections
+                if not full:
+                    self._active += 1
+            if full:
+                _busy_and_close(conn)
+                continue
+            t = threading.Thread(target=self._connection, args=(conn, addr), daemon=True)
+            try:
+                t.start()
+            except RuntimeError:  # cannot start a thread: treat as busy
+                with self._lock:
+                    self._active -= 1
+                _busy_and_close(conn)
+
+    def _connection(self, conn, addr):
+        try:
+            conn.settimeout(self.header_timeout)
+            try:
+                if not self.allowed(addr[0]):
+                    raise _Reject(403)
+                self._request(conn, addr[0])
+            except _Reject as r:
+                _respond(conn, r.status, r.headers)
+                _linger(conn)
+            except (OSError, ValueError):
+                pass  # the client went away or stalled: nothing to tell it
+        finally:
+            with self._lock:
+                self._active -= 1
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _request(self, conn, ip):
+        import time
+        deadline = time.monotonic() + self.header_timeout
+        head, rest = _read_head(conn, deadline)
+        lines = head.split(b"\r\n")
+        m = REQUEST_LINE.fullmatch(lines[0])
+        if not m:
+            raise _Reject(400)
+        method, target = m.group(1).decode(), m.group(2).decode("ascii", "replace")
+        headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                raise _Reject(400)
+            headers[name.decode("latin-1").lower()] = value.strip().decode("latin-1")
+        if target == "/stage":
+            if method != "POST":
+                raise _Reject(405, {"Allow": "POST"})
+            return self._stage(conn, ip, headers, rest, deadline)
+        blob = BLOB_PATH.fullmatch(target)
+        if not blob:
+            raise _Reject(404)
+        if method not in ("GET", "HEAD"):
+            raise _Reject(405, {"Allow": "GET, HEAD"})
+        return self._blob(conn, ip, blob.group(1), method, headers.get("range"))
+
+    # ------------------------------------------------------------ blobs
+
+    def _blob(self, conn, ip, digest, method, range_header):
+        if not self.slots.acquire(blocking=False):
+            raise _Reject(503, {"Retry-After": str(RETRY_AFTER)})
+        try:
+            fd = _open_blob(self.blobs_dir, digest)
+            if fd is None:
+                raise _Reject(404)
+            with os.fdopen(fd, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                start, end = 0, size - 1
+                status, extra = 200, {}
+                if range_header is not None:
+                    r = parse_range(range_header, size)
+                    if r == "unsatisfiable":
+                        raise _Reject(416, {"Content-Range": f"bytes */{size}"})
+                    if r is not None:
+                        start, end = r
+                        status = 206
+                        extra["Content-Range"] = f"bytes {start}-{end}/{size}"
+                count = end - start + 1 if size else 0
+                _respond(conn, status, {"Content-Length": str(count), "Accept-Ranges": "bytes",
+                                        "ETag": f'"{digest}"',
+                                        "Content-Type": "application/octet-stream", **extra},
+                         length_set=True)
+                if method == "HEAD" or count == 0:
+                    return
+                conn.settimeout(self.idle_timeout)
+                _tune_send(conn)
+                sent = conn.sendfile(f, start, count)
+                if sent == count and status == 200:
+                    self.served += 1
+                    self.log(f"served blob {digest[:16]}... ({count} bytes) to {ip}")
+        finally:
+            self.slots.release()
+
+    # ------------------------------------------------------------ staging
+
+    def _stage(self, conn, ip, headers, rest, deadline):
+        import time
+        if self.stage is None:
+            raise _Reject(404)
+        try:
+            length = int(headers.get("content-length", ""))
+        except ValueError:
+            raise _Reject(411) from None
+        if not 0 < length <= MAX_STAGE_BODY:
+            raise _Reject(413)
+        body = rest
+        while len(body) < length:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Reject(408)
+            conn.settimeout(left)
+            chunk = conn.recv(length - len(body))
+            if not chunk:
+                return
+            body += chunk
+        try:
+            line = body[:length].decode("ascii")
+        except UnicodeDecodeError:
+            raise _Reject(400) from None
+        if "\n" in line.strip() or "\r" in line:
+            raise _Reject(400)
+        status, answer = self.stage(line.strip(), ip)
+        data = json.dumps(answer).encode()
+        _respond(conn, status, {"Content-Type": "application/json",
+                                "Content-Length": str(len(data))}, body=data, length_set=True)
+
+
+def _read_head(conn, deadline):
+    """-> (head without the blank line, bytes after it). The whole head must come
+    within the deadline, however slowly each byte arrives."""
+    import time
+    data = b""
+    while True:
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            return data[:end], data[end + 4:]
+        if len(data) > MAX_HEAD:
+            raise _Reject(431)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Reject(408)
+        conn.settimeout(left)
+        try:
+            chunk = conn.recv(4096)
+        except (socket.timeout, TimeoutError):
+            raise _Reject(408) from None
+        if not chunk:
+            raise OSError("client closed")
+        data += chunk
+
+
+def _open_blob(blobs_dir, digest):
+    """An fd of the blob, or None: no symlink is followed at the last step, and only a
+    regular file is served (a directory, fifo or device planted there is not)."""
+    try:
+        dfd = os.open(blobs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fd = os.open(digest, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dfd)
+    except OSError:
+        return None
+    finally:
+        os.close(dfd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def parse_range(value, size):
+    """A single `bytes=` range -> (start, end) inclusive; None to ignore the header
+    (multiple ranges or a form we do not take: RFC 9110 lets a server send the whole
+    body); "unsatisfiable" for a range wholly past the end."""
+    value = value.strip()
+    if not value.startswith("bytes=") or "," in value:
+        return None
+    first, sep, last = value[6:].strip().partition("-")
+    if not sep:
+        return None
+    first, last = first.strip(), last.strip()
+    if not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+        return None
+    if first == "":
+        if last == "":
+            return None
+        n = int(last)
+        if n == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - n), size - 1
+    start = int(first)
+    if start >= size:
+        return "unsatisfiable"
+    end = int(last) if last else size - 1
+    if end < start:
+        return None
+    return start, min(end, size - 1)
+
+
+def _tune_send(conn):
+    try:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    except OSError:
+        pass
+
+
+def _respond(conn, status, headers=None, body=b"", length_set=False):
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", "Connection: close",
+             "Server: sge-image-agent"]
+    headers = dict(headers or {})
+    if not length_set:
+        headers["Content-Length"] = str(len(body))
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+
+
+def _linger(conn, limit=256 << 10, seconds=1.0):
+    """Close gently after an error: closing with unread request bytes makes the kernel
+    send a reset, which can destroy the error response before the client reads it."""
+    import time
+    deadline = time.monotonic() + seconds  # in total: a trickling client gets no more
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        got = 0
+        while got < limit:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            conn.settimeout(left)
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            got += len(chunk)
+    except OSError:
+        pass
+
+
+def _busy_and_close(conn):
+    """Too many connections: a short 503 without waiting on the client."""
+    try:
+        conn.setblocking(False)
+        conn.send(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+                  b"Retry-After: 2\r\nContent-Length: 0\r\n\r\n")
+    except OSError:
+        pass
+    finally:
+        conn.close()
