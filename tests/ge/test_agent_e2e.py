@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.conftest import payload
-from tests.ge.kit import MB, WORK, make_kit
+from tests.ge.kit import MB, kit_work, make_kit
 
 PORT = 6450
 PE = "imgpe"
@@ -41,7 +41,7 @@ def kit(ge_cluster):
     images = {"cold": {"size": 24 * MB, "seed": 101}, "pe": {"size": 8 * MB, "seed": 102},
               "kill": {"size": 24 * MB,
                        "seed": _seed_payload("kill", 24 * MB, hosts[1], hosts)}}
-    qhost = os.path.join(WORK, "qhost-pinned")
+    qhost = os.path.join(kit_work(ge_cluster), "qhost-pinned")
     k = make_kit(ge_cluster, images, extra={"agent": {"enabled": True, "seed_wait": 120,
                                                         "pe_wait": 120, "qhost": [qhost]}})
     k.script("qhost-pinned", QHOST_PINNED)
