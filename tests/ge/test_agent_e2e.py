@@ -163,7 +163,10 @@ def pe(kit):
         f.write(f"pe_name {PE}\nslots 999\nuser_lists NONE\nxuser_lists NONE\n"
                 "start_proc_args NONE\nstop_proc_args NONE\nallocation_rule $round_robin\n"
                 "control_slaves FALSE\njob_is_first_task TRUE\nurgency_slots min\n"
-                "accounting_summary FALSE\nqsort_args NONE\n")
+                "accounting_summary FALSE\n")
+        # Open Cluster Scheduler 9 has no qsort_args and requires three attributes more
+        f.write("qsort_args NONE\n" if c.flavor == "soge" else
+                "ign_sreq_on_mhost FALSE\nmaster_forks_slaves FALSE\ndaemon_forks_slaves FALSE\n")
     _remove_pe(c)  # left over by a run that died
     c.run(["qconf", "-Ap", path])
     c.run(["qconf", "-aattr", "queue", "pe_list", PE, "all.q"])
