@@ -6,10 +6,18 @@
 #   bash scripts/demo.sh          run it (about a minute on a fresh machine, plus apt)
 #   bash scripts/demo.sh --keep   ... and leave the kit installed, to try qsub yourself
 #   bash scripts/demo.sh --undo   remove everything it changed on this machine
+#
+# GE_FLAVOR=ocs runs it all on Open Cluster Scheduler 9.1.4 (built from source on the
+# first run) instead of Son of Grid Engine 8.1.9 (GE_FLAVOR=soge, the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIT=$(pwd)
-DEMO=/var/tmp/sge-image-kit-demo
+export GE_FLAVOR=${GE_FLAVOR:-soge}
+case "$GE_FLAVOR" in
+  soge) DEMO=/var/tmp/sge-image-kit-demo; ENGINE="Son of Grid Engine 8.1.9" ;;
+  ocs) DEMO=/var/tmp/sge-image-kit-demo-ocs; ENGINE="Open Cluster Scheduler 9.1.4" ;;
+  *) echo "demo: GE_FLAVOR must be soge or ocs"; exit 2 ;;
+esac
 VENV=/opt/sge-image-kit/venv
 TASKS=${TASKS:-50}
 
@@ -26,8 +34,13 @@ if [ "${1:-}" = "--undo" ]; then
   bash scripts/ge-cluster.sh down --purge
   # the test suite's work dirs too (issue: --undo left them)
   rm -rf "$DEMO" /opt/sge-image-kit /var/tmp/sge-image-kit-test /var/tmp/sge-image-kit-test-*
-  echo "demo: undone (Grid Engine purged, /etc/hosts restored, $DEMO, /opt/sge-image-kit and the"
-  echo "      tests' work dirs removed)."
+  if [ "$GE_FLAVOR" = ocs ]; then
+    echo "demo: undone (the OCS cluster stopped and its cell removed, $DEMO, /opt/sge-image-kit and the"
+    echo "      tests' work dirs removed; the built OCS tree stays in /var/lib/sge-image-kit-ocs as a build cache)."
+  else
+    echo "demo: undone (Grid Engine purged, /etc/hosts restored, $DEMO, /opt/sge-image-kit and the"
+    echo "      tests' work dirs removed)."
+  fi
   echo "      Debian packages installed by scripts/setup.sh stay; remove them with apt-get if wanted."
   exit 0
 fi
@@ -41,10 +54,10 @@ flock 9
 say "1/6 packages and the kit's virtualenv"
 [ -n "${DEMO_SKIP_SETUP:-}" ] || bash scripts/setup.sh
 
-say "2/6 a three-host Grid Engine cluster on this machine"
+say "2/6 a three-host Grid Engine cluster on this machine ($ENGINE)"
 bash scripts/ge-cluster.sh up
-eval "$(bash scripts/ge-cluster.sh env)"
 export PATH=/usr/bin:/usr/sbin:$PATH
+eval "$(bash scripts/ge-cluster.sh env)"
 HOSTS=$(bash scripts/ge-cluster.sh hosts)
 
 say "3/6 a real SIF image (busybox in squashfs), served by nginx on 127.0.0.1"
@@ -178,6 +191,6 @@ fi
 cat <<EOF
 
 What this changed on the machine: Debian packages (scripts/setup.sh, Grid Engine), marked lines in
-/etc/hosts for node1..node3, a running three-host Grid Engine, /opt/sge-image-kit and $DEMO.
+/etc/hosts for node1..node3, a running three-host $ENGINE, /opt/sge-image-kit and $DEMO.
 Undo all of it with:  bash scripts/demo.sh --undo
 EOF

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# ge-cluster.sh - a real multi-host Son of Grid Engine 8.1.9 cluster on ONE
-# machine (Debian bookworm gridengine-* packages), for tests, CI and the demo.
+# ge-cluster.sh - a real multi-host Grid Engine cluster on ONE machine, for
+# tests, CI and the demo: Son of Grid Engine 8.1.9 (Debian bookworm's
+# gridengine-* packages) or, with GE_FLAVOR=ocs, Open Cluster Scheduler 9.1.4
+# built from source (scripts/ge-cluster-ocs.sh). Both can run at once.
 #
 #   ge-cluster.sh up            install + configure + start (idempotent)
 #   ge-cluster.sh down          stop execds and qmaster (packages stay)
@@ -9,6 +11,7 @@
 #   ge-cluster.sh status        qmaster/execd processes, qhost, qstat -f
 #   ge-cluster.sh env           print export lines: eval "$(ge-cluster.sh env)"
 #   ge-cluster.sh hosts         print the exec host names, one per line
+#   ge-cluster.sh build         only install (soge) or build and cache (ocs) the engine
 #
 # Layout: qmaster runs on this machine's own host name (admin + submit host,
 # no execd). Each exec host is a loopback address named in /etc/hosts, served
@@ -17,12 +20,13 @@
 # hosts. Only 127.0.0.0/8 addresses are ever used.
 #
 # Environment knobs:
+#   GE_FLAVOR  soge (default) or ocs
 #   GE_HOSTS   "name:127.0.0.x ..."  (default "node1:127.0.0.11 node2:127.0.0.12 node3:127.0.0.13")
 #   GE_SLOTS   slots per exec host in all.q (default 4)
 #   GE_LOAD_REPORT_TIME  global load_report_time (default 00:00:05)
 #   GE_GID_BASE first gid of the per-host gid_range blocks (default 30000)
 #   GE_WORK    scratch dir for generated config, logs, the built shim
-#              (default /var/tmp/sge-image-kit-cluster; never the git tree)
+#              (default /var/tmp/sge-image-kit-cluster[-ocs]; never the git tree)
 #   GE_TIMEOUT seconds to wait for a daemon to come up (default 90)
 # shellcheck disable=SC2015,SC2086  # "a && b || c" and word splitting are intended
 set -euo pipefail
@@ -31,7 +35,12 @@ GE_HOSTS=${GE_HOSTS:-"node1:127.0.0.11 node2:127.0.0.12 node3:127.0.0.13"}
 GE_SLOTS=${GE_SLOTS:-4}
 GE_LOAD_REPORT_TIME=${GE_LOAD_REPORT_TIME:-00:00:05}
 GE_GID_BASE=${GE_GID_BASE:-30000}
-GE_WORK=${GE_WORK:-/var/tmp/sge-image-kit-cluster}
+GE_FLAVOR=${GE_FLAVOR:-soge}
+case "$GE_FLAVOR" in
+  soge) GE_WORK=${GE_WORK:-/var/tmp/sge-image-kit-cluster} ;;
+  ocs) GE_WORK=${GE_WORK:-/var/tmp/sge-image-kit-cluster-ocs} ;;
+  *) echo "ge-cluster: ERROR: GE_FLAVOR must be soge or ocs, not '$GE_FLAVOR'" >&2; exit 2 ;;
+esac
 GE_TIMEOUT=${GE_TIMEOUT:-90}
 
 export SGE_ROOT=/var/lib/gridengine SGE_CELL=default
@@ -48,6 +57,8 @@ SPOOLDB=$SPOOL/spooldb
 QMASTER_EXE=/usr/lib/gridengine/sge_qmaster
 EXECD_EXE=/usr/lib/gridengine/sge_execd
 SHEPHERD_EXE=/usr/lib/gridengine/sge_shepherd
+QMASTER_CMD=/usr/sbin/sge_qmaster
+EXECD_CMD=/usr/sbin/sge_execd
 MARK="# sge-image-kit"
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SHIM_SRC=$SCRIPT_DIR/bindshim.c
@@ -297,7 +308,7 @@ start_qmaster() {
   log "starting sge_qmaster on $HOST ($HOST_IP)"
   # bound to the host's loopback address instead of 0.0.0.0: nothing listens
   # on a real interface
-  "${DAEMON_ENV[@]}" GE_BIND_IP="$HOST_IP" LD_PRELOAD="$SHIM_NAME" /usr/sbin/sge_qmaster \
+  "${DAEMON_ENV[@]}" GE_BIND_IP="$HOST_IP" LD_PRELOAD="$SHIM_NAME" "$QMASTER_CMD" \
       > "$LOGS/qmaster-start.log" 2>&1 || { cat "$LOGS/qmaster-start.log" >&2; die "sge_qmaster failed to start"; }
   wait_for "$GE_TIMEOUT" qmaster_answers \
     || { tail -20 "$QSPOOL/messages" >&2 2>/dev/null; die "qmaster did not answer within $GE_TIMEOUT s"; }
@@ -484,10 +495,12 @@ start_execd() { # start_execd NAME IP
   # address of its connections, which the qmaster reverse-resolves).
   # shellcheck disable=SC2016  # expanded by the inner sh
   "${DAEMON_ENV[@]}" unshare --uts /bin/sh -c \
-      'hostname "$1" && GE_BIND_IP="$2" LD_PRELOAD="$3" exec /usr/sbin/sge_execd' \
-      sh "$h" "$ip" "$SHIM_NAME" > "$LOGS/execd-$h.log" 2>&1 \
+      'hostname "$1" && GE_BIND_IP="$2" LD_PRELOAD="$3" exec "$4"' \
+      sh "$h" "$ip" "$SHIM_NAME" "$EXECD_CMD" > "$LOGS/execd-$h.log" 2>&1 \
     || { cat "$LOGS/execd-$h.log" >&2; die "sge_execd for $h failed to start"; }
 }
+
+execd_port() { getent services sge_execd | awk '{split($2, a, "/"); print a[1]}'; }
 
 # hosts (among the arguments) that are not ready: no load report at the
 # qmaster, or (hosts in $FRESH) the execd does not answer qping yet - after a
@@ -495,7 +508,7 @@ start_execd() { # start_execd NAME IP
 FRESH=" "
 hosts_not_ready() {
   local h port
-  port=$(getent services sge_execd | awk '{split($2, a, "/"); print a[1]}')
+  port=$(execd_port)
   for h in $(qhost 2>/dev/null | awk -v want=" $* " '
       NR > 3 && index(want, " " $1 " ") && $7 != "-" { ok[$1] = 1 }
       END { n = split(want, w, " "); for (i = 1; i <= n; i++) if (!(w[i] in ok)) print w[i] }'); do
@@ -517,7 +530,7 @@ listens() {
 
 ensure_execds() {
   local i h pid missing end bg=() port
-  port=$(getent services sge_execd | awk '{split($2, a, "/"); print a[1]}')
+  port=$(execd_port)
   for i in "${!H_NAMES[@]}"; do
     h=${H_NAMES[$i]}
     pid=$(execd_pid "$h")
@@ -669,7 +682,12 @@ cmd_env() {
 
 cmd_hosts() { parse_hosts; printf '%s\n' "${H_NAMES[@]}"; }
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+cmd_build() { setup_work; take_lock; parse_hosts; resolve_master; ensure_packages; }
+
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+
+# The other engine redefines what differs (paths, build, cell setup, env).
+[ "$GE_FLAVOR" = soge ] || . "$SCRIPT_DIR/ge-cluster-$GE_FLAVOR.sh"
 
 [ "$(id -u)" = 0 ] || case "${1:-}" in env|hosts|status|""|-h|--help|help) ;; *) die "must run as root";; esac
 case "${1:-}" in
@@ -678,6 +696,7 @@ case "${1:-}" in
   status) cmd_status ;;
   env) cmd_env ;;
   hosts) cmd_hosts ;;
+  build) cmd_build ;;
   -h|--help|help) usage ;;
   *) usage >&2; exit 2 ;;
 esac

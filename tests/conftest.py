@@ -22,6 +22,12 @@ def sha256(data):
     return hashlib.sha256(data).hexdigest()
 
 
+def pytest_addoption(parser):
+    parser.addoption("--ge-flavor", dest="ge_flavor", default=None,
+                     help="Grid Engine engines for tests/ge, comma-separated: soge,ocs "
+                          "(default: both, or $GE_FLAVORS)")
+
+
 @pytest.fixture
 def http_server(tmp_path):
     root = tmp_path / "srv"

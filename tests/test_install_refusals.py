@@ -41,7 +41,9 @@ def fake(tmp_path, make_config):
     cfg = make_config({"demo": {"url": "file:///x", "sha256": sha256(data)}})
 
     def run(*args):
-        env = dict(os.environ, FAKE_QCONF_DIR=str(d), PATH=f"{d / 'bin'}:{os.environ['PATH']}")
+        # no Grid Engine of this machine (the tests/ge sessions leave SGE_ROOT set)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SGE_")}
+        env.update(FAKE_QCONF_DIR=str(d), PATH=f"{d / 'bin'}:{os.environ['PATH']}")
         return subprocess.run([sys.executable, "-m", "sge.cli", "--config", cfg, *args,
                                "--hooks-dir", str(tmp_path / "hooks")],
                               capture_output=True, text=True, env=env, cwd=ROOT)

@@ -134,6 +134,39 @@ def test_other_entries_stay_byte_identical_and_in_order(config):
         "PARAM l_soft arch=lx*,q=a=,tmp=TRUE,img_demo=true"]
 
 
+def test_ocs_sends_global_requests_twice_and_takes_corrections_by_classic_name(config):
+    """Open Cluster Scheduler 9: `-l image=demo,h_rt=100` arrives as `global_l_hard` AND
+    `l_hard`; the answer corrects `l_hard` only (OCS applies it to the global scope)."""
+    assert one(config, {"global_l_hard": "image=demo,h_rt=100", "l_hard": "image=demo,h_rt=100"}) == [
+        "PARAM l_hard h_rt=100", "PARAM l_soft img_demo=true", "ENV ADD SGE_IMAGE demo",
+        INFO_DEMO, CORRECT_DEMO]
+
+
+def test_ocs_master_scope_image_is_mapped(config):
+    """Open Cluster Scheduler 9: `qsub -pe P 4 -scope master -l image=demo,h_vmem=1G`. No
+    host reports `image`, so left there the job would pend forever; the master task's
+    host is the one whose prolog stages the image."""
+    assert one(config, {"master_l_hard": "image=demo,h_vmem=1G", "pe_name": "mpi"}) == [
+        "PARAM l_soft img_demo=true", "PARAM master_l_hard h_vmem=1G",
+        "ENV ADD SGE_IMAGE demo", INFO_DEMO, CORRECT_DEMO]
+    assert one(config, {"master_l_hard": "image=demo"})[:2] == [
+        "PARAM l_soft img_demo=true", "PARAM master_l_hard "]
+
+
+def test_ocs_slave_scope_image_is_rejected(config):
+    """Open Cluster Scheduler 9: no prolog runs for slave tasks, so `-scope slave -l
+    image=demo` could never be staged: rejected with one line that says what to use."""
+    [result] = one(config, {"slave_l_hard": "image=demo"})
+    assert result.startswith("RESULT STATE REJECT ") and "-scope master" in result
+
+
+def test_ocs_image_in_two_scopes_counts_once(config):
+    assert one(config, {"l_hard": "image=demo", "master_l_hard": "image=demo"})[:3] == [
+        "PARAM l_hard ", "PARAM l_soft img_demo=true", "PARAM master_l_hard "]
+    assert one(config, {"l_hard": "image=demo", "master_l_hard": "image=other"})[0].startswith(
+        "RESULT STATE REJECT sge-image: a job can use one image")
+
+
 def test_image_in_soft_list_is_treated_like_hard(config):
     assert one(config, {"l_hard": "h_rt=10", "l_soft": "arch=lx*,image=demo"}) == [
         "PARAM l_soft arch=lx*,img_demo=true", "ENV ADD SGE_IMAGE demo", INFO_DEMO, CORRECT_DEMO]

@@ -12,6 +12,13 @@ that asks for an image it
   one, so jobs wait for a host that has the image),
 * sets `SGE_IMAGE=NAME` in the job environment for the prolog that stages it.
 
+Open Cluster Scheduler (9.x) adds request scopes for parallel jobs: `-scope master -l
+image=NAME` arrives as `PARAM master_l_hard` and is mapped like `-l image` (only the
+master task's host runs the prolog, so that is where the image is staged); `-scope
+slave -l image=NAME` is rejected, because no prolog runs for slave tasks. Global
+requests arrive twice there, as `global_l_hard` and `l_hard`; corrections are sent
+under the classic names, which OCS applies to the global scope.
+
 Jobs without an image pass unchanged, without the catalog being read at all.
 
 Decisions:
@@ -45,6 +52,9 @@ from .jsv_protocol import CORRECT, JsvLoop, Result, clean_text
 # The requestable `image` complex and its shortcut. Grid Engine compares complex
 # names without case, so `-l IMAGE=x` is the same request.
 IMAGE_COMPLEXES = ("image", "img")
+# Open Cluster Scheduler's per-scope hard requests (`qsub -scope master|slave -l ...`).
+MASTER_HARD = "master_l_hard"
+SLAVE_HARD = "slave_l_hard"
 ENV_VAR = "SGE_IMAGE"
 DEFAULT_TIMEOUT = 5.0
 MAX_TIMEOUT = 8.0       # qmaster's JSV_CMD_TIMEOUT is 10 s
@@ -81,8 +91,13 @@ def map_image(params, env, settings):
     the job asks for an image; may raise CatalogUnavailable). No I/O of its own."""
     hard = split_resources(params.get("l_hard", ""))
     soft = split_resources(params.get("l_soft", ""))
+    master = split_resources(params.get(MASTER_HARD, ""))
+    if any(is_image_entry(e) for e in split_resources(params.get(SLAVE_HARD, ""))):
+        return Result.reject(f"{TAG}: -scope slave -l image: images are staged by the prolog, "
+                             f"which runs on the master task's host only; request it with "
+                             f"-l image=NAME or -scope master -l image=NAME")
     asked = []
-    for entries in (hard, soft):  # `-soft -l image=x` counts the same as `-l image=x`
+    for entries in (hard, soft, master):  # `-soft -l image=x` counts the same as `-l image=x`
         for e in entries:
             if is_image_entry(e):
                 value = e.partition("=")[2]
@@ -128,6 +143,7 @@ def map_image(params, env, settings):
     cx = warm_complex(image.name)
     new_hard = [e for e in hard if not is_image_entry(e)]
     new_soft = [e for e in soft if not is_image_entry(e)]
+    new_master = [e for e in master if not is_image_entry(e)]
     in_hard = any(resource_name(e) == cx for e in new_hard)
     in_soft = any(resource_name(e) == cx for e in new_soft)
     want = f"{cx}=true"
@@ -143,6 +159,8 @@ def map_image(params, env, settings):
         changes.append(("l_hard", ",".join(new_hard)))  # "" deletes the list
     if new_soft != soft:
         changes.append(("l_soft", ",".join(new_soft)))
+    if new_master != master:
+        changes.append((MASTER_HARD, ",".join(new_master)))
     env_changes = [("ADD", ENV_VAR, name)] if env.get(ENV_VAR) != name else []
     if not changes and not env_changes:
         return Result.accept()  # already mapped, e.g. by the client JSV

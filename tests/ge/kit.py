@@ -20,6 +20,12 @@ WORK = "/var/tmp/sge-image-kit-test"
 MB = 1 << 20
 
 
+def kit_work(cluster):
+    """The kit's work dir (config, install state, caches) for this cluster's engine: one
+    per engine, so a leftover install is undone on the cluster it was made on."""
+    return WORK if cluster.flavor == "soge" else f"{WORK}-{cluster.flavor}"
+
+
 def build_kit_venv():
     """A fresh install of this checkout (not editable: hooks must not read the checkout)."""
     py = os.path.join(KIT_VENV, "bin", "python3")
@@ -90,24 +96,25 @@ class Kit:
 def make_kit(cluster, images, extra=None, starter_runtime=None):
     """Fresh work dir, image server, config and venv; returns an uninstalled Kit."""
     python = build_kit_venv()
-    if os.path.exists(os.path.join(WORK, "hooks", "install-state.json")):
+    work = kit_work(cluster)
+    if os.path.exists(os.path.join(work, "hooks", "install-state.json")):
         # A run that died before its teardown: undo its install first.
-        subprocess.run([python, "-I", "-m", "sge.cli", "--config", os.path.join(WORK, "config.yaml"),
+        subprocess.run([python, "-I", "-m", "sge.cli", "--config", os.path.join(work, "config.yaml"),
                         "uninstall"], capture_output=True, timeout=300)
-    shutil.rmtree(WORK, ignore_errors=True)
-    os.makedirs(os.path.join(WORK, "srv"))
-    os.chmod(WORK, 0o755)
-    server = Server(os.path.join(WORK, "srv"))
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(os.path.join(work, "srv"))
+    os.chmod(work, 0o755)
+    server = Server(os.path.join(work, "srv"))
     catalog = {}
     for name, spec in images.items():
         data = payload(spec.get("size", MB), seed=spec.get("seed", hash(name) & 0xFFFF))
         digest = server.add_file(f"{name}.sif", data)
         catalog[name] = {"url": server.url(f"{name}.sif"), "sha256": digest, "size": len(data)}
     cfg = {
-        "cache": {"root": os.path.join(WORK, "cache", "{host}"), "max_size": "1G", "min_free": 0},
+        "cache": {"root": os.path.join(work, "cache", "{host}"), "max_size": "1G", "min_free": 0},
         "fetch": {"retries": 0, "backoff": 0.1, "connect_timeout": 3, "read_timeout": 10,
                   "progress_interval": 1},
-        "log": {"file": os.path.join(WORK, "sge-image.log")},
+        "log": {"file": os.path.join(work, "sge-image.log")},
         "prolog": {"max_reschedules": 3},
         "images": catalog,
         # The node agent is off unless a test asks for it (tests/ge/test_agent_e2e.py):
@@ -117,11 +124,11 @@ def make_kit(cluster, images, extra=None, starter_runtime=None):
     }
     if starter_runtime:
         cfg["starter"] = {"runtime": starter_runtime}
-    path = os.path.join(WORK, "config.yaml")
+    path = os.path.join(work, "config.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)
     os.chmod(path, 0o644)
-    kit = Kit(cluster, WORK, server, path, python)
+    kit = Kit(cluster, work, server, path, python)
     kit.images = catalog
     return kit
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.conftest import payload
-from tests.ge.kit import MB, WORK, make_kit
+from tests.ge.kit import MB, kit_work, make_kit
 
 PORT = 6450
 PE = "imgpe"
@@ -41,7 +41,7 @@ def kit(ge_cluster):
     images = {"cold": {"size": 24 * MB, "seed": 101}, "pe": {"size": 8 * MB, "seed": 102},
               "kill": {"size": 24 * MB,
                        "seed": _seed_payload("kill", 24 * MB, hosts[1], hosts)}}
-    qhost = os.path.join(WORK, "qhost-pinned")
+    qhost = os.path.join(kit_work(ge_cluster), "qhost-pinned")
     k = make_kit(ge_cluster, images, extra={"agent": {"enabled": True, "seed_wait": 120,
                                                         "pe_wait": 120, "qhost": [qhost]}})
     k.script("qhost-pinned", QHOST_PINNED)
@@ -163,7 +163,10 @@ def pe(kit):
         f.write(f"pe_name {PE}\nslots 999\nuser_lists NONE\nxuser_lists NONE\n"
                 "start_proc_args NONE\nstop_proc_args NONE\nallocation_rule $round_robin\n"
                 "control_slaves FALSE\njob_is_first_task TRUE\nurgency_slots min\n"
-                "accounting_summary FALSE\nqsort_args NONE\n")
+                "accounting_summary FALSE\n")
+        # Open Cluster Scheduler 9 has no qsort_args and requires three attributes more
+        f.write("qsort_args NONE\n" if c.flavor == "soge" else
+                "ign_sreq_on_mhost FALSE\nmaster_forks_slaves FALSE\ndaemon_forks_slaves FALSE\n")
     _remove_pe(c)  # left over by a run that died
     c.run(["qconf", "-Ap", path])
     c.run(["qconf", "-aattr", "queue", "pe_list", PE, "all.q"])

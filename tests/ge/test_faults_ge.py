@@ -12,20 +12,18 @@ import time
 import psutil
 import pytest
 
-from tests.ge.conftest import SCRIPT
-from tests.ge.kit import MB, cluster_snapshot, make_kit
+from tests.ge.kit import MB, cluster_snapshot, kit_work, make_kit
 from tests.httpserver import Fault
 from tests.reliability.conftest import cache_problems, settled_problems
 
 IMAGES = {"slow": {"size": 6 * MB}, "slowf": {"size": 6 * MB}, "slow2": {"size": 6 * MB},
           "warm3": {}, "capped": {}, "quick": {}}
-ESPOOL = "/var/spool/gridengine/execd"
 MARK = "sge-image-faults-mark"
 
 
 @pytest.fixture(scope="module")
 def kit(ge_cluster):
-    runtime = os.path.join("/var/tmp/sge-image-kit-test", "fake-apptainer")
+    runtime = os.path.join(kit_work(ge_cluster), "fake-apptainer")
     k = make_kit(ge_cluster, IMAGES, starter_runtime=[runtime, "exec"])
     # After make_kit, which first undoes the install of a run that died: the cluster
     # as this module found it is what it must leave.
@@ -153,13 +151,13 @@ def test_execd_killed_during_staging_and_restarted(kit):
     jid = c.qsub(["-l", "image=slow2", "-l", "hostname=node2", "-o", f"{out}/o", "-j", "y",
                   "-b", "y", "/bin/sh", "-c", 'test -r "$SGE_IMAGE_PATH" && echo ran'])
     _wait_for_part(kit, "node2")
-    with open(os.path.join(ESPOOL, "node2", "execd.pid")) as f:
+    with open(os.path.join(c.execd_spool("node2"), "execd.pid")) as f:
         execd = int(f.read().strip())
     proc = psutil.Process(execd)
     proc.kill()
     proc.wait(10)
     # The shepherd (and its prolog) outlive the execd; bring the execd back.
-    up = subprocess.run([str(SCRIPT), "up"], capture_output=True, text=True, timeout=600)
+    up = c.script("up", timeout=600)
     assert up.returncode == 0, up.stderr[-2000:]
     c.wait_done(jid, timeout=240)
     rec = c.qacct(jid)[-1]

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.ge.kit import cluster_snapshot, make_kit
+from tests.ge.kit import cluster_snapshot, kit_work, make_kit
 
 IMAGES = {"demo": {"size": 4 << 20}, "warm": {}, "flaky": {}, "gone": {}}
 
@@ -13,7 +13,7 @@ IMAGES = {"demo": {"size": 4 << 20}, "warm": {}, "flaky": {}, "gone": {}}
 @pytest.fixture(scope="module")
 def kit(ge_cluster):
     before = cluster_snapshot(ge_cluster)
-    runtime = os.path.join("/var/tmp/sge-image-kit-test", "fake-apptainer")
+    runtime = os.path.join(kit_work(ge_cluster), "fake-apptainer")
     k = make_kit(ge_cluster, IMAGES, starter_runtime=[runtime, "exec"])
     k.script("fake-apptainer", '#!/bin/sh\n# stands in for `apptainer exec IMAGE CMD...`\n'
              '[ "$1" = exec ] || exit 64\nimg=$2; shift 2\n'
@@ -92,6 +92,31 @@ def test_cluster_status_and_prewarm(kit):
     r = kit.sge_image("prewarm", "warm", "--all")
     assert "nothing to do" in r.stdout
     assert kit.cluster.queue_errors() == []
+
+
+def test_ocs_request_scopes_for_parallel_jobs(kit):
+    """Open Cluster Scheduler 9 only: `-scope master -l image=demo` is mapped like `-l
+    image=demo` (left in place it would pend forever: no host reports `image`), and
+    `-scope slave -l image=demo` is refused at submit (no prolog runs for slave tasks)."""
+    c = kit.cluster
+    if c.flavor != "ocs":
+        pytest.skip("request scopes (qsub -scope) exist in Open Cluster Scheduler only")
+    jid = c.qsub(["-h", "-pe", "make", "1", "-scope", "master", "-l", "image=demo,h_rt=600",
+                  "-b", "y", "/bin/true"])
+    try:
+        info = {}
+        for line in c.run(["qstat", "-j", str(jid)]).stdout.splitlines():
+            key, _, value = line.partition(":")
+            info[key.strip()] = value.strip()
+        assert info.get("master_hard_resource_list") == "h_rt=600", info
+        assert info.get("soft_resource_list") == "img_demo=true", info
+        assert "SGE_IMAGE=demo" in info.get("env_list", ""), info
+    finally:
+        c.run(["qdel", str(jid)], check=False)
+    r = c.run(["qsub", "-pe", "make", "2", "-scope", "slave", "-l", "image=demo", "-b", "y",
+               "/bin/true"], check=False)
+    assert r.returncode != 0
+    assert "-scope master" in r.stderr + r.stdout
 
 
 def test_unknown_image_is_rejected_at_submit(kit):

@@ -6,13 +6,14 @@ Figures (reschedules, downloads, makespan against the arrays run one after the o
 are printed for RELIABILITY.md; they are not asserted.
 """
 import os
+import shutil
 import subprocess
 import time
 
 import psutil
 import pytest
 
-from tests.ge.kit import MB, WORK, cluster_snapshot, make_kit
+from tests.ge.kit import MB, cluster_snapshot, kit_work, make_kit
 
 IMAGES = {"left": {"size": 24 * MB, "seed": 1}, "right": {"size": 24 * MB, "seed": 2}}
 TASKS = 30
@@ -21,7 +22,7 @@ TASKS = 30
 @pytest.fixture(scope="module")
 def kit(ge_cluster):
     k = make_kit(ge_cluster, IMAGES, extra={"cache": {
-        "root": os.path.join(WORK, "cache", "{host}"), "min_free": 0,
+        "root": os.path.join(kit_work(ge_cluster), "cache", "{host}"), "min_free": 0,
         "max_size": "40M",      # holds one image, never both
         "evict_grace": 15,      # shortened from 60 s; the mechanism is the same
         "room_wait": 120}})
@@ -177,7 +178,10 @@ def test_qrsh_job_sees_its_image(kit):
     """Interactive jobs (issue 9): `qrsh -l image=NAME` runs the prolog like a batch job,
     and the command sees a readable SGE_IMAGE_PATH."""
     c = kit.cluster
-    r = c.run(["qrsh", "-now", "y", "-l", "image=left", "/bin/sh", "-c",
+    # -noshell: the command's argv as given, on both engines. Without it Open Cluster
+    # Scheduler 9.1.4 runs the login shell with `-c` and the arguments joined by spaces,
+    # so `sh -c 'a && b'` runs as `sh -c a && b` (measured).
+    r = c.run(["qrsh", "-now", "y", "-noshell", "-l", "image=left", "/bin/sh", "-c",
                'test -r "$SGE_IMAGE_PATH" && echo "IMAGE $(hostname) $SGE_IMAGE_PATH"'],
               check=False, timeout=300)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("IMAGE ")]
@@ -207,12 +211,17 @@ def test_qrsh_inherit_reaches_every_host_of_a_parallel_job(kit, tmp_path):
     the shepherd and the job)."""
     c = kit.cluster
     pe = tmp_path / "kit_lab_pe"
-    pe.write_text(PE)
+    # OCS 9 has no qsort_args and requires the three attributes SoGE 8.1.9 lacks.
+    pe.write_text(PE if c.flavor == "soge" else PE.replace(
+        "qsort_args         NONE\n",
+        "ign_sreq_on_mhost  FALSE\nmaster_forks_slaves FALSE\ndaemon_forks_slaves FALSE\n"))
+    # The job's login shell resets PATH: name this engine's qrsh (the lab has both).
+    qrsh = shutil.which("qrsh", path=c.env["PATH"])
     c.qconf("-Ap", str(pe))
     try:
         c.qconf("-aattr", "queue", "pe_list", "kit_lab_pe", "all.q")
         job = kit.script("pe.sh", '#!/bin/sh\nfor h in $(awk \'{print $1}\' "$PE_HOSTFILE"); do\n'
-                         '  echo "TASK $h $(qrsh -inherit "$h" hostname)"\ndone\n')
+                         f'  echo "TASK $h $({qrsh} -inherit "$h" hostname)"\ndone\n')
         out = kit.out("pe")
         jid = c.qsub(["-pe", "kit_lab_pe", str(len(c.hosts)), "-o", f"{out}/pe.out", "-j", "y", job])
         c.wait_done(jid, timeout=300)
