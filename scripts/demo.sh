@@ -99,9 +99,8 @@ say "4/6 the kit, installed for every user Grid Engine runs it as, and wired in"
 cat > "$DEMO/qhost-pinned" <<'WRAP'
 #!/bin/sh
 ip=$(getent hosts "$(hostname)" | awk '{print $1; exit}')
-GE_BIND_IP=$ip LD_PRELOAD=SHIM exec qhost "$@"
+GE_BIND_IP=$ip LD_PRELOAD=libsge-image-kit-bindshim.so exec qhost "$@"
 WRAP
-sed -i "s|SHIM|${GE_WORK:-/var/tmp/sge-image-kit-cluster}/bindshim.so|" "$DEMO/qhost-pinned"
 chmod 755 "$DEMO/qhost-pinned"
 cat > "$DEMO/config.yaml" <<EOF
 cache:

@@ -22,7 +22,38 @@ def child_env(extra=None, always=False):
             return None
         env = dict(os.environ)
     else:
-        env = {"PATH": SAFE_PATH, "LANG": "C", "HOME": "/root"}
+        env = {"PATH": ":".join(_ge_bin_dirs() + [SAFE_PATH]), "LANG": "C", "HOME": "/root"}
         env.update({k: os.environ[k] for k in GE_VARS if k in os.environ})
     env.update({k: str(v) for k, v in (extra or {}).items()})
     return env
+
+
+def _ge_bin_dirs():
+    """Grid Engine's own command directories ($SGE_ROOT/bin/<arch>: Open Cluster
+    Scheduler installs qhost there, not on the system path), only where only root can
+    have put what is in them: SGE_ROOT comes from the job's environment too."""
+    root = os.environ.get("SGE_ROOT")
+    if not root or not os.path.isabs(root):
+        return []
+    base = os.path.join(root, "bin")
+    try:
+        arches = sorted(os.listdir(base))
+    except OSError:
+        return []
+    return [d for d in (os.path.join(base, a) for a in arches) if _root_only(d)]
+
+
+def _root_only(path):
+    """`path` and every directory above it belong to root and nobody else may write."""
+    import stat
+    while True:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        if stat.S_ISLNK(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent

@@ -410,3 +410,25 @@ def test_as_root_the_job_environment_does_not_choose_the_command(tmp_path, monke
                   sources={"command": {"template": ["sge-test-planted-cmd", "{dest}"]}})
     assert "cannot run 'sge-test-planted-cmd'" in str(e.value)
     assert not marker.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root-owned directories")
+def test_grid_engine_bin_dirs_join_root_path_only_when_root_owns_them(tmp_path, monkeypatch):
+    """Open Cluster Scheduler's qhost lives in $SGE_ROOT/bin/<arch>; SGE_ROOT comes from
+    the job's environment, so only a directory chain only root can write counts."""
+    import shutil
+    from sge import rootenv
+    base = "/opt/sge-image-kit-test-root"
+    shutil.rmtree(base, ignore_errors=True)
+    os.makedirs(f"{base}/bin/lx-amd64", mode=0o755)
+    try:
+        monkeypatch.setenv("SGE_ROOT", base)
+        monkeypatch.setenv("SGE_JOB_SPOOL_DIR", str(tmp_path))
+        assert rootenv.child_env()["PATH"].split(":")[0] == f"{base}/bin/lx-amd64"
+        os.chmod(f"{base}/bin", 0o777)  # anyone could plant a qhost there now
+        assert f"{base}/bin/lx-amd64" not in rootenv.child_env()["PATH"]
+        (tmp_path / "bin" / "x").mkdir(parents=True)  # a job owner's own "SGE_ROOT"
+        monkeypatch.setenv("SGE_ROOT", str(tmp_path))
+        assert rootenv.child_env()["PATH"] == rootenv.SAFE_PATH
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

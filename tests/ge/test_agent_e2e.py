@@ -20,7 +20,7 @@ PE = "imgpe"
 # (scripts/bindshim.c); a real exec host needs nothing of the kind.
 QHOST_PINNED = """#!/bin/sh
 ip=$(getent hosts "$(hostname)" | awk '{print $1; exit}')
-GE_BIND_IP=$ip LD_PRELOAD=/var/tmp/sge-image-kit-cluster/bindshim.so exec qhost "$@"
+GE_BIND_IP=$ip LD_PRELOAD=libsge-image-kit-bindshim.so exec qhost "$@"
 """
 
 
