@@ -308,9 +308,48 @@ class Cache:
 
     # ------------------------------------------------------------ listing
 
-    def entries(self):
-        """Every complete blob, with its names, size, last use and pin state."""
+    def entries(self, names=True, sizes=None):
+        """Every complete blob, with its names, size, last use and pin state.
+
+        One pass, sized for the load sensor's every cycle over thousands of blobs:
+        `names=False` skips the name index; `sizes` (digest -> size, kept by the caller)
+        saves a stat per blob, since a content-addressed blob never changes; pins come
+        from one read of /proc/locks rather than a lock attempt per blob."""
         from .eviction import Entry  # dataclasses stay off the warm path
+        index = self._names() if names else {}
+        pinned = self._pinned_digests()
+        out = []
+        try:
+            it = os.scandir(self._p("blobs", "sha256"))
+        except OSError:
+            return out
+        used_dir = self._p("used")
+        stat_ = os.stat
+        with it:
+            for de in it:
+                size = sizes.get(de.name) if sizes is not None else None
+                if size is None:
+                    try:
+                        st = de.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if not stat.S_ISREG(st.st_mode):
+                        continue
+                    size = st.st_size
+                    if sizes is not None:
+                        sizes[de.name] = size
+                try:
+                    last = stat_(f"{used_dir}/{de.name}").st_mtime
+                except OSError:
+                    last = 0.0
+                is_pinned = (de.name in pinned if pinned is not None
+                             else self.is_pinned(de.name))
+                out.append(Entry(de.name, size, last,
+                                 tuple(sorted(index[de.name])) if de.name in index else (),
+                                 is_pinned))
+        return out
+
+    def _names(self):
         names = {}
         try:
             for n in os.listdir(self._p("images")):
@@ -321,32 +360,45 @@ class Cache:
                 names.setdefault(os.path.basename(target), []).append(n)
         except OSError:
             pass
-        out = []
+        return names
+
+    def _pinned_digests(self):
+        """Digests whose pin file someone holds a flock on, from /proc/locks (matched
+        by device and inode), or None where that cannot be read (then per blob)."""
         try:
-            it = os.scandir(self._p("blobs", "sha256"))
+            with open("/proc/locks") as f:
+                held = set()
+                for line in f:
+                    parts = line.split()
+                    if len(parts) < 6 or "->" in parts[1] or parts[1] != "FLOCK":
+                        continue  # a blocked waiter holds nothing; POSIX locks are not pins
+                    held.add(parts[5])
         except OSError:
-            return out
-        with it:
-            for de in it:
-                try:
-                    st = de.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                try:
-                    last = os.stat(self._p("used", de.name)).st_mtime
-                except OSError:
-                    last = st.st_mtime
-                out.append(Entry(de.name, st.st_size, last, tuple(sorted(names.get(de.name, []))),
-                                 self.is_pinned(de.name)))
+            return None
+        if not held:
+            return set()
+        out = set()
+        try:
+            with os.scandir(self._p("pins")) as it:
+                for de in it:
+                    if not de.name.endswith(".pin"):
+                        continue
+                    try:
+                        st = de.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+                    if key in held:
+                        out.add(de.name[:-4])
+        except OSError:
+            return set()
         return out
 
-    def scan(self):
+    def scan(self, names=True, sizes=None):
         """What eviction and the sensor decide from (sge/eviction.py)."""
         from .eviction import CacheScan
-        return CacheScan(tuple(self.entries()), self.inflight_bytes(), self.free_bytes(),
-                         time.time())
+        return CacheScan(tuple(self.entries(names, sizes)), self.inflight_bytes(),
+                         self.free_bytes(), time.time())
 
     def limits(self):
         from .eviction import Limits

@@ -68,8 +68,8 @@ def test_reports_full_state_each_cycle(two_images, tmp_path):
     v = s.values()
     assert v["img_alpha"] == "1" and "img_beta.2" not in v
     assert int(v["img_cache_free"]) == (1 << 30) - 10000  # the cap binds before the disk
-    # evict_grace 0 in the test config: alpha could be evicted at once, so all is room
-    assert int(v["img_cache_room"]) == 1 << 30
+    # room enough for the largest catalog image without evicting: that figure is the room
+    assert int(v["img_cache_room"]) == (1 << 30) - 10000
     assert cli(two_images, "pull", "Beta.2", "-q").returncode == 0
     assert s.values()["img_beta.2"] == "1"
     # Host name is the one execd gives ($HOST), on every line.
@@ -181,3 +181,24 @@ def test_an_image_being_downloaded_counts_as_warm(two_images, make_config):
         s.quit()
     finally:
         os.close(fd)
+
+
+def test_room_counts_what_eviction_may_take_once_the_cache_is_tight(tmp_path, make_config):
+    """Below the largest catalog image the sensor scans the cache as eviction sees it:
+    an image out of its grace period counts as room, a recent one does not."""
+    images = {}
+    for i, name in enumerate(["alpha", "beta"]):
+        data = payload(10000, seed=i)
+        (tmp_path / f"{name}.sif").write_bytes(data)
+        images[name] = {"url": str(tmp_path / f"{name}.sif"), "sha256": sha256(data), "size": 10000}
+    cfg = make_config(images, cache={"max_size": 15000})
+    assert cli(cfg, "pull", "alpha", "-q").returncode == 0
+    s = Sensor(cfg)
+    v = s.values()
+    assert int(v["img_cache_free"]) == 5000
+    assert int(v["img_cache_room"]) == 15000  # evict_grace 0: alpha may go at once
+    s.quit()
+    cfg2 = make_config(images, cache={"max_size": 15000, "evict_grace": 3600}, name="grace.yaml")
+    s = Sensor(cfg2)
+    assert int(s.values()["img_cache_room"]) == 5000  # alpha was just used: it stays
+    s.quit()
