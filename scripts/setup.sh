@@ -32,7 +32,7 @@ fi
 # line that raised it): drop the whole box, keep anything else pip says.
 .venv/bin/python -m pip install -q -e '.[test,bench]' 2>&1 \
   | awk '/^[[:space:]]*!![[:space:]]*$/ {box = !box; next}
-         box || /[Ww]arning/ || /WheelFile\(/ || /^[[:space:]]*$/ {next} {print}' || true
+         box || tolower($0) ~ /warning/ || /WheelFile\(/ || /^[[:space:]]*$/ {next} {print}' || true
 .venv/bin/python -c 'import sge, yaml, psutil, filelock, pytest, hypothesis, boto3' \
   || { echo "setup: the virtualenv is incomplete" >&2; exit 1; }
 echo "setup: ok"
