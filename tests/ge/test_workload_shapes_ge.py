@@ -181,6 +181,12 @@ def test_qrsh_job_sees_its_image(kit):
     # -noshell: the command's argv as given, on both engines. Without it Open Cluster
     # Scheduler 9.1.4 runs the login shell with `-c` and the arguments joined by spaces,
     # so `sh -c 'a && b'` runs as `sh -c a && b` (measured).
+    # The image is staged on every host first: on Son of Grid Engine 8.1.9 a `qrsh -now y`
+    # job whose prolog was still downloading left its queue instance in error (seen in
+    # the full suite, not understood yet; RELIABILITY.md, "Not covered"). Warm, the
+    # prolog takes the path every interactive job takes once the image is there.
+    for h in c.hosts:
+        kit.sge_image("pull", "left", "-q", host=h)
     r = c.run(["qrsh", "-now", "y", "-noshell", "-l", "image=left", "/bin/sh", "-c",
                'test -r "$SGE_IMAGE_PATH" && echo "IMAGE $(hostname) $SGE_IMAGE_PATH"'],
               check=False, timeout=300)
