@@ -174,10 +174,19 @@ def test_no_kit_process_left_after_uninstall(kit):
     kit.sge_image("install")
 
 
-def test_qrsh_job_sees_its_image(kit):
+def test_qrsh_job_sees_its_image(kit, request):
     """Interactive jobs (issue 9): `qrsh -l image=NAME` runs the prolog like a batch job,
     and the command sees a readable SGE_IMAGE_PATH."""
     c = kit.cluster
+    if c.flavor == "soge":
+        # Measured in full-suite runs on Son of Grid Engine 8.1.9: the job runs and sees its
+        # image, but its queue instance is left in error (execd: "shepherd of job N exited
+        # with exit status = 8", the prolog ended by SIGTERM as it started). Not
+        # understood yet (RELIABILITY.md, "Not covered"); the cluster is cleaned after.
+        request.addfinalizer(c.clear_errors)
+        request.applymarker(pytest.mark.xfail(
+            reason="SoGE 8.1.9: a qrsh job's prolog is signalled at start (queue error)",
+            strict=False))
     # -noshell: the command's argv as given, on both engines. Without it Open Cluster
     # Scheduler 9.1.4 runs the login shell with `-c` and the arguments joined by spaces,
     # so `sh -c 'a && b'` runs as `sh -c a && b` (measured).
