@@ -286,26 +286,10 @@ cmd_down_ocs_purge() {
 }
 
 cmd_down() {
-  local purge=0 f pid h pids="" names=""
+  local purge=0
   case "${1:-}" in --purge) purge=1;; "") ;; *) die "usage: $0 down [--purge]";; esac
   setup_work; take_lock
-  for f in "$ESPOOL"/*/execd.pid; do
-    [ -r "$f" ] || continue
-    pid=$(pidfile_pid "$f"); h=$(basename "$(dirname "$f")")
-    is_proc "$pid" "$EXECD_EXE" || continue
-    pids="$pids $pid"; names="$names $h"
-  done
-  if [ -n "$pids" ]; then
-    log "stopping execds:$names"
-    if qmaster_answers; then
-      for h in $names; do timeout 15 qconf -kej "$h" > /dev/null 2>&1 || true; done
-    fi
-    for pid in $pids; do
-      wait_for 20 sh -c "! kill -0 $pid" || stop_pid "$pid" "$EXECD_EXE" 10
-    done
-  fi
-  kill_orphan_shepherds
-  stop_qmaster
+  stop_daemons
   [ $purge = 0 ] || cmd_down_ocs_purge
   log "down"
 }

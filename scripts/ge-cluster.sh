@@ -619,10 +619,10 @@ kill_orphan_shepherds() {
   done
 }
 
-cmd_down() {
-  local purge=0 f pid h pids="" names=""
-  case "${1:-}" in --purge) purge=1;; "") ;; *) die "usage: $0 down [--purge]";; esac
-  setup_work; take_lock
+# stop_daemons : every execd (and its jobs), orphaned shepherds, then qmaster; both
+# engines' `down` use it
+stop_daemons() {
+  local f pid h pids="" names=""
   # execd deletes its pid file on exit: collect PIDs before stopping
   for f in "$ESPOOL"/*/execd.pid; do
     [ -r "$f" ] || continue
@@ -642,6 +642,13 @@ cmd_down() {
   fi
   kill_orphan_shepherds
   stop_qmaster
+}
+
+cmd_down() {
+  local purge=0
+  case "${1:-}" in --purge) purge=1;; "") ;; *) die "usage: $0 down [--purge]";; esac
+  setup_work; take_lock
+  stop_daemons
   if [ $purge = 1 ]; then
     rm -f "$SHIM_SYS"
     log "purging packages and Grid Engine state"
