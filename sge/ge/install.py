@@ -194,8 +194,10 @@ def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, j
     attrs = {"prolog": f"root@{os.path.join(hooks_dir, 'prolog')}"}
     if starter:
         attrs["starter_method"] = os.path.join(hooks_dir, "starter")
+    qtypes = {}
     for queue in queues:
         conf = qconf.parse_conf(qconf.run("-sq", queue))
+        qtypes[queue] = conf.get("qtype", "")
         for attr, value in attrs.items():
             current = conf.get(attr, "NONE")
             if current == value:
@@ -212,6 +214,11 @@ def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, j
                 qconf.set_queue_attr(queue, attr, value)
                 _save_state(hooks_dir, state)
             plan.do(f"set {attr} of queue {queue} to {value}", set_attr)
+
+    # Interactive jobs meet shepherd bugs once a queue has a prolog (engine_quirks.py):
+    # the admin is told which queues and what users must do, before anything breaks.
+    for line in _interactive_warnings(qtypes):
+        out.write(line + "\n")
 
     # 5. Server-side JSV.
     if jsv:
@@ -237,6 +244,13 @@ def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, j
     out.write(f"{plan.changes} change{'s' if plan.changes != 1 else ''}"
               f"{' planned' if dry_run else ''}\n")
     return 0
+
+
+def _interactive_warnings(qtypes):
+    from . import engine_quirks, install_check
+    first = (qconf.run("-help", check=False).splitlines() or [""])[0]
+    return engine_quirks.interactive_prolog_warnings(
+        engine_quirks.identify(first), install_check.admin_user(), qtypes)
 
 
 def _install_agent_key(settings, state, plan, hooks_dir):
