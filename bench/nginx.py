@@ -13,7 +13,8 @@ def free_port():
 
 
 class Nginx:
-    def __init__(self, root, workdir):
+    def __init__(self, root, workdir, limit_rate=None):
+        """limit_rate: bytes per second per connection (a slow origin), or None."""
         self.root = root
         self.dir = workdir
         self.port = free_port()
@@ -32,6 +33,7 @@ http {{
     server {{
         listen 127.0.0.1:{self.port};
         root {root};
+        {f"limit_rate {int(limit_rate)};" if limit_rate else ""}
     }}
 }}
 """)

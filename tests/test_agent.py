@@ -83,9 +83,17 @@ def test_serves_the_blob_whole_and_by_range(world):
 def test_server_runs_as_nobody_after_binding(world):
     put_blob(world, A, world.data)
     p = world.start(A)
-    children = [int(c) for c in open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()]
+    # The port listens before the fork (the root side binds it): on a loaded machine
+    # the server child may not exist yet, or not have dropped root yet.
+    deadline = time.monotonic() + 20
+    while True:
+        children = [int(c) for c in open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()]
+        uids = [line for line in open(f"/proc/{children[0]}/status")
+                if line.startswith("Uid:")][0] if len(children) == 1 else ""
+        if set(uids.split()[1:]) == {"65534"} or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(children) == 1
-    uids = [line for line in open(f"/proc/{children[0]}/status") if line.startswith("Uid:")][0]
     assert set(uids.split()[1:]) == {"65534"}
     assert os.stat(f"/proc/{p.pid}").st_uid == 0  # the root side that stages
 

@@ -10,8 +10,10 @@ Privilege split. As root it binds the port, reads the signing key and forks:
   bug there reads world-readable blobs at worst;
 - the parent stays root and only answers one-line requests from the child over a
   socketpair: check a signed "stage NAME" (sge/agent/auth.py), look the name up in
-  the catalog, and run the normal staging code (sge.stage.ensure) in a thread. The
-  key never enters the unprivileged process.
+  the catalog, and run the normal staging code (sge.stage.ensure) in a thread; and
+  open the temp file of a download in progress for an exact digest
+  (sge/agent/inflight.py), handing the server a read-only descriptor of it. The key
+  never enters the unprivileged process, and temp files stay root's and 0600.
 If either side dies the other follows, and the supervisor starts a fresh pair.
 """
 import json
@@ -158,7 +160,8 @@ def _serve(sock, pipe, settings, cache, log):
                         hosts.Trust(agent["trust"], hosts.reader(agent["qhost"])),
                         agent["upload_slots"],
                         agent["max_connections"], agent["header_timeout"],
-                        agent["idle_timeout"], stage=root_side.stage, log=root_side.log)
+                        agent["idle_timeout"], stage=root_side.stage, log=root_side.log,
+                        inflight=root_side.inflight)
     signal.signal(signal.SIGTERM, lambda s, f: os._exit(0))
     threading.Thread(target=root_side.watch_eof, daemon=True).start()
     server.serve_forever()
@@ -207,6 +210,27 @@ class _RootSide:
         answer = json.loads(reply)
         return answer.pop("http", 200), answer
 
+    def inflight(self, digest):
+        """-> (read-only fd, expected size) of this host's download of `digest` in
+        progress, or None. The descriptor comes with the answer (SCM_RIGHTS)."""
+        with self.lock:
+            self.pipe.sendall(f"I {digest}\n".encode())
+            # The answer is read from the socket itself, not self.rfile: a buffered
+            # read would take the bytes and drop the descriptor that came with them.
+            data, fds = b"", []
+            while not data.endswith(b"\n"):
+                chunk, got, _, _ = socket.recv_fds(self.pipe, 64, 1)
+                if not chunk:
+                    os._exit(1)
+                data += chunk
+                fds += got
+        parts = data.split()
+        if len(fds) == 1 and len(parts) == 2 and parts[0] == b"1" and parts[1].isdigit():
+            return fds[0], int(parts[1])
+        for fd in fds:
+            os.close(fd)
+        return None
+
     def log(self, msg):
         with self.lock:
             self.pipe.sendall(("L " + msg.replace("\n", " ") + "\n").encode())
@@ -252,6 +276,9 @@ class Stager:
             if text.startswith("L "):
                 self.log(text[2:])
                 continue
+            if text.startswith("I "):
+                self._inflight(pipe, text[2:])
+                continue
             if text.startswith("S "):
                 _, ip, request = (text.split(" ", 2) + ["", ""])[:3]
                 try:
@@ -262,6 +289,25 @@ class Stager:
                 if len(answer.get("message", "")) > 2000:
                     answer["message"] = answer["message"][:2000] + "..."
                 pipe.sendall((json.dumps(answer) + "\n").encode())
+
+    def _inflight(self, pipe, digest):
+        """Answer `1 SIZE` with the temp file's descriptor, or `0`."""
+        from .inflight import open_temp
+        found = None
+        if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
+            try:
+                settings = self._settings()
+                found = open_temp(settings.cache_root, settings.images, digest)
+            except Exception as e:  # never leave the server without an answer
+                self.log(f"cannot look for a download of {digest[:16]}... in progress: {e}")
+        if found is None:
+            pipe.sendall(b"0\n")
+            return
+        fd, size = found
+        try:
+            socket.send_fds(pipe, [f"1 {size}\n".encode()], [fd])
+        finally:
+            os.close(fd)
 
     def handle(self, request, ip):
         from .auth import AuthError

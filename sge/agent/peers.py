@@ -1,12 +1,15 @@
 """Fetch an image from other exec hosts' agents before the catalog's sources.
 
-Order: a live host that already reports the image (its agent serves the verified
-blob), then the image's seed host, chosen by rendezvous hashing over the live hosts,
-which is asked to stage the image and waited for: when three cold hosts start the
-same image in the same second, all three pick the same seed, the seed pulls from the
-origin once and the others copy from it. Every peer byte goes through the sink that
-verifies an origin download; a peer that is busy, slow, dead or lying costs one
-attempt and `fetch` returns None, and the caller goes to the origin.
+Order: a live host that reports the image and holds it whole (its agent serves the
+verified blob), then one that reports it while still downloading it (its agent streams
+the download in progress, sge/agent/inflight.py), then the image's seed host, chosen
+by rendezvous hashing over the live hosts, which is asked to stage the image: when
+three cold hosts start the same image in the same second, all three pick the same
+seed, the seed pulls from the origin once and the others stream from its download as
+it lands (or copy the blob once it is done). Every peer byte goes through the sink
+that verifies an origin download; a peer that is busy, slow, dead or lying, or whose
+download in progress stops short, costs one attempt and `fetch` returns None, and the
+caller goes to the origin.
 
 A staging that a peer asked for never delegates again (`DELEGATE` is False in the
 agent): two hosts that disagree on the seed cannot wait on each other.
@@ -23,6 +26,7 @@ DELEGATE = True
 HINTS: "dict[str, str]" = {}   # image name -> a host said to have it (a parallel job's master), tried first
 MAX_HAVE_TRIES = 3
 MAX_SEEDS = 3
+MAX_STREAM_TRIES = 3    # streams from a seed's download in progress, per seed
 POLL_MIN, POLL_MAX = 0.25, 2.0
 
 
@@ -47,9 +51,20 @@ def fetch(image, sink, ctx, settings):
     others = [h for h in have if not _hosts.is_me(h)]
     random.shuffle(others)
     tried = set()
+    # qhost does not tell a whole blob from a download in progress (the load sensor
+    # reports both): ask for whole blobs first, then stream from the hosts that had
+    # none (404), which are likely mid-download.
+    missing = []
     for host in others[:MAX_HAVE_TRIES]:
         tried.add(host)
-        digest = get_blob(host, image, sink, ctx, agent)
+        status = {}
+        digest = get_blob(host, image, sink, ctx, agent, status=status)
+        if digest:
+            return digest
+        if status.get("code") == 404:
+            missing.append(host)
+    for host in missing:
+        digest = get_blob(host, image, sink, ctx, agent, inflight=True)
         if digest:
             return digest
     if not DELEGATE:
@@ -62,7 +77,21 @@ def fetch(image, sink, ctx, settings):
         seed = _hosts.seed_for(image.sha256, candidates)
         if seed is None or _hosts.is_me(seed):
             return None
-        outcome = _await_seed(seed, image, ctx, settings)
+        streams = []
+
+        def stream(seed=seed, streams=streams):
+            # The seed's download in progress, as it lands: a 404 (not begun yet:
+            # waiting for its lock or for room) is free; a stream cut short counts.
+            if len(streams) >= MAX_STREAM_TRIES:
+                return None
+            status = {}
+            digest = get_blob(seed, image, sink, ctx, agent, inflight=True, status=status)
+            if not digest and status.get("code") != 404:
+                streams.append(status.get("code"))
+            return digest
+        outcome = _await_seed(seed, image, ctx, settings, stream)
+        if isinstance(outcome, tuple):
+            return outcome[1]
         if outcome == "ready":
             digest = get_blob(seed, image, sink, ctx, agent)
             if digest:
@@ -73,11 +102,12 @@ def fetch(image, sink, ctx, settings):
     return None
 
 
-def _await_seed(seed, image, ctx, settings):
+def _await_seed(seed, image, ctx, settings, stream=None):
     """Ask the seed's agent to stage the image and wait until it has it: "ready";
-    "next" when the seed is dead, unreachable, failed for now or too slow (another
-    seed may do); "stop" when asking any seed is pointless (no key, refused, or the
-    image's sources refuse it for good)."""
+    ("done", sha256) when `stream()` got it from the seed's download in progress
+    meanwhile; "next" when the seed is dead, unreachable, failed for now or too slow
+    (another seed may do); "stop" when asking any seed is pointless (no key, refused,
+    or the image's sources refuse it for good)."""
     from .auth import key_path, read_key
     agent = settings.values["agent"]
     try:
@@ -103,6 +133,9 @@ def _await_seed(seed, image, ctx, settings):
         if not asked:
             ctx.log(f"image {image.name}: waiting for seed host {seed} to stage it")
             asked = True
+        digest = stream() if stream else None
+        if digest:
+            return ("done", digest)
         time.sleep(delay)
         delay = min(POLL_MAX, delay * 1.5)
     ctx.log(f"image {image.name}: seed host {seed} did not finish within "
@@ -131,9 +164,11 @@ def stage_request(host, name, key, agent, timeout=10.0, source="-"):
     return answer
 
 
-def get_blob(host, image, sink, ctx, agent):
+def get_blob(host, image, sink, ctx, agent, inflight=False, status=None):
     """GET the blob from `host`'s agent into the sink and verify it -> sha256, or None
-    (after logging why) with the sink emptied for the next source."""
+    (after logging why) with the sink emptied for the next source. With `inflight`,
+    a download in progress on that host will do too. `status`, a dict, gets the
+    answer's HTTP status as "code" (404: the host has no such blob)."""
     from ..fetch import httpwire as wire
     shown = f"peer {host}"
     try:
@@ -141,10 +176,18 @@ def get_blob(host, image, sink, ctx, agent):
             sink.reset()
         conn = _connection(host, agent, ctx.connect_timeout)
         try:
-            conn.request("GET", f"/blobs/sha256/{image.sha256}",
-                         headers={"User-Agent": wire.USER_AGENT})
+            headers = {"User-Agent": wire.USER_AGENT}
+            if inflight:
+                headers["X-Sge-Image-Inflight"] = "1"
+            conn.request("GET", f"/blobs/sha256/{image.sha256}", headers=headers)
             wire._tune(conn, ctx)
             resp = conn.getresponse()
+            if status is not None:
+                status["code"] = resp.status
+            if resp.getheader("X-Sge-Image-Inflight") == "1":
+                shown += " (download in progress)"
+            if resp.status == 404 and inflight:
+                return None  # not begun there yet: nothing to log on every poll
             if resp.status != 200:
                 raise FetchError(f"{shown}: HTTP {resp.status} {resp.reason}"
                                  + (" (busy)" if resp.status == 503 else ""))

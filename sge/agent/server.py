@@ -11,7 +11,11 @@ else. One request per connection. Each bound is there for a reason:
   client tries another peer or the origin;
 - a transfer stalled for `idle_timeout` is dropped;
 - the blob is opened with O_NOFOLLOW below the blobs directory and must be a regular
-  file: a symlink planted there leads nowhere.
+  file: a symlink planted there leads nowhere;
+- a client that sends `X-Sge-Image-Inflight: 1` also takes a blob this host is still
+  downloading (sge/agent/inflight.py): the root side opens the temp file and hands
+  over a read-only descriptor, and the bytes are sent as they land, holding an upload
+  slot, never waiting more than `idle_timeout` for the next ones.
 Serving wrong bytes cannot hurt a client (it verifies every byte), but serving a file
 outside the cache would leak it: hence the exact-digest path and O_NOFOLLOW.
 """
@@ -48,7 +52,8 @@ class BlobServer:
     """
 
     def __init__(self, sock, blobs_dir, allowed, upload_slots=4, max_connections=32,
-                 header_timeout=10.0, idle_timeout=30.0, stage=None, log=None):
+                 header_timeout=10.0, idle_timeout=30.0, stage=None, log=None,
+                 inflight=None):
         self.sock = sock
         self.blobs_dir = blobs_dir
         self.allowed = allowed
@@ -58,6 +63,8 @@ class BlobServer:
         self.idle_timeout = idle_timeout
         self.stage = stage
         self.log = log or (lambda msg: None)
+        # inflight(digest) -> (fd, expected size) of a download in progress, or None
+        self.inflight = inflight
         self._active = 0
         self._lock = threading.Lock()
         self.served = 0         # blobs sent whole (for the log and the tests)
@@ -129,17 +136,21 @@ class BlobServer:
             raise _Reject(404)
         if method not in ("GET", "HEAD"):
             raise _Reject(405, {"Allow": "GET, HEAD"})
-        return self._blob(conn, ip, blob.group(1), method, headers.get("range"))
+        return self._blob(conn, ip, blob.group(1), method, headers.get("range"),
+                          headers.get("x-sge-image-inflight") == "1")
 
     # ------------------------------------------------------------ blobs
 
-    def _blob(self, conn, ip, digest, method, range_header):
+    def _blob(self, conn, ip, digest, method, range_header, inflight=False):
         if not self.slots.acquire(blocking=False):
             raise _Reject(503, {"Retry-After": str(RETRY_AFTER)})
         try:
             fd = _open_blob(self.blobs_dir, digest)
             if fd is None:
-                raise _Reject(404)
+                found = self.inflight(digest) if inflight and self.inflight else None
+                if found is None:
+                    raise _Reject(404)
+                return self._inflight(conn, ip, digest, method, range_header, *found)
             with os.fdopen(fd, "rb", buffering=0) as f:
                 size = os.fstat(f.fileno()).st_size
                 start, end = 0, size - 1
@@ -167,6 +178,39 @@ class BlobServer:
                     self.log(f"served blob {digest[:16]}... ({count} bytes) to {ip}")
         finally:
             self.slots.release()
+
+    def _inflight(self, conn, ip, digest, method, range_header, fd, size):
+        """A download in progress here, from its temp file's descriptor: the headers
+        promise the expected size; the body follows the writer (inflight.follow)."""
+        from .inflight import Abandoned, follow
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            start, status, extra = 0, 200, {}
+            if range_header is not None:
+                r = parse_range(range_header, size)
+                if r == "unsatisfiable":
+                    raise _Reject(416, {"Content-Range": f"bytes */{size}"})
+                if r is not None and r[1] == size - 1:  # open-ended ranges only
+                    start, status = r[0], 206
+                    extra["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+            _respond(conn, status, {"Content-Length": str(size - start),
+                                    "Accept-Ranges": "bytes", "X-Sge-Image-Inflight": "1",
+                                    "Content-Type": "application/octet-stream", **extra},
+                     length_set=True)
+            if method == "HEAD" or size == start:
+                return
+            conn.settimeout(self.idle_timeout)
+            _tune_send(conn)
+            try:
+                follow(conn, f, start, size, self.idle_timeout)
+            except Abandoned as e:
+                # Closing short is the message: the client's body is truncated, it
+                # verifies nothing of it into a publish and tries another source.
+                self.log(f"stopped serving blob {digest[:16]}... in progress to {ip}: {e}")
+                return
+            if status == 200:
+                self.served += 1
+                self.log(f"served blob {digest[:16]}... ({size} bytes) to {ip} "
+                         f"while it was downloaded")
 
     # ------------------------------------------------------------ staging
 

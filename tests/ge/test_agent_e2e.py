@@ -157,7 +157,8 @@ def test_cold_array_makes_one_origin_download_for_the_cluster(kit, request):
         assert _verified(kit, h, "cold"), h
     log = open(os.path.join(kit.work, "sge-image.log")).read()
     print(f"hosts {sorted(ran_on)}; origin downloads 1; peer transfers "
-          f"{log.count('from peer')}")
+          f"{log.count('from peer')}, of them streamed from a download in progress "
+          f"{log.count('(download in progress), verified')}")
     assert c.queue_errors() == []
 
 
