@@ -78,7 +78,8 @@ SCHEMA = {
     },
 }
 TOP_KEYS = set(SCHEMA) | {"catalog", "images", "sources"}
-IMAGE_KEYS = {"url", "sha256", "size", "description", "s3", "oras", "command"}
+# An entry's own keys; each source that takes options adds its name (sge/fetch).
+IMAGE_KEYS = {"url", "sha256", "size", "description"}
 LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -462,6 +463,8 @@ def _coerce(kind, raw):
 
 def parse_catalog(data, path):
     """NAME -> {url, sha256, size} mapping -> {name: Image}; every error names its line."""
+    from .fetch import OPTION_SOURCES, check_options
+    image_keys = IMAGE_KEYS | set(OPTION_SOURCES)
     images = {}
     seen_complex = {}
     for name, entry in data.items():
@@ -480,10 +483,10 @@ def parse_catalog(data, path):
         if not isinstance(entry, dict):
             raise ConfigError(f"{at}: image {name!r}: expected a mapping with url, sha256, size")
         eline = lambda key, e=entry: f"{path}:{e.lines.get(key, line)}"  # noqa: E731
-        extra = sorted(set(entry) - IMAGE_KEYS)
+        extra = sorted(set(entry) - image_keys)
         if extra:
             raise ConfigError(f"{eline(extra[0])}: image {name!r}: unknown key {extra[0]!r} "
-                              f"(known: {', '.join(sorted(IMAGE_KEYS))})")
+                              f"(known: {', '.join(sorted(image_keys))})")
         urls = entry.get("url")
         if isinstance(urls, str):
             urls = [urls]
@@ -514,11 +517,11 @@ def parse_catalog(data, path):
         description = entry.get("description", "")
         if not isinstance(description, str):
             raise ConfigError(f"{eline('description')}: image {name!r}: description must be text")
-        options = {k: entry[k] for k in ("s3", "oras", "command") if k in entry}
+        options = {k: entry[k] for k in OPTION_SOURCES if k in entry}
         for k, v in options.items():
             if not isinstance(v, dict):
                 raise ConfigError(f"{eline(k)}: image {name!r}: {k!r} must be a mapping of options")
-            problem = _check_source_options(k, v)
+            problem = check_options(k, v)
             if problem:
                 lines = getattr(v, "lines", {})
                 where = f"{path}:{lines[problem[0]]}" if problem[0] in lines else eline(k)
@@ -535,15 +538,3 @@ def parse_catalog(data, path):
         images[name] = image
     return images
 
-
-def _check_source_options(kind, options):
-    """(key, problem) for a bad per-source option, or None. Each fetcher module names
-    its keys in OPTION_KEYS and may check values in check_options: a misspelt
-    `enpoint_url:` fails at load with its line, not at the first cold pull."""
-    import importlib
-    mod = importlib.import_module(f".fetch.{kind}", __package__)
-    unknown = sorted(set(options) - set(mod.OPTION_KEYS))
-    if unknown:
-        return unknown[0], f"unknown option (known: {', '.join(sorted(mod.OPTION_KEYS))})"
-    check = getattr(mod, "check_options", None)
-    return check(options) if check else None
