@@ -53,9 +53,9 @@ class Cache:
 
     @classmethod
     def from_settings(cls, settings):
-        c = settings.values["cache"]
-        return cls(settings.cache_root, c["max_size"], c["low_water"], c["min_free"],
-                   c["evict_grace"], c["room_wait"])
+        c = settings.cache
+        return cls(settings.cache_root, c.max_size, c.low_water, c.min_free,
+                   c.evict_grace, c.room_wait)
 
     def _p(self, *parts):
         return os.path.join(self.root, *parts)

@@ -91,7 +91,7 @@ def cmd_pull(args):
     settings = load_settings(args)
     progress = None
     if not args.quiet:
-        progress = Progress(args.name, sys.stderr, settings.values["fetch"]["progress_interval"])
+        progress = Progress(args.name, sys.stderr, settings.fetch.progress_interval)
     log = Log.from_settings(settings, echo=None if args.quiet else sys.stderr)
     path = ensure(args.name, settings, progress, log)
     print(path)

@@ -7,7 +7,12 @@ The prolog and `sge-image path` run on every job, and importing PyYAML alone cos
 more than a bare interpreter start, so a validated copy of the settings is kept as
 JSON beside the config file (`.NAME.snapshot.json`) and used while the YAML files
 it came from are unchanged (same mtime, size and inode).
+
+The validated values become read-only sections with typed attributes
+(`settings.fetch.read_timeout`); SCHEMA holds every default, and nothing else does.
 """
+from __future__ import annotations
+
 import json
 import os
 import socket
@@ -15,11 +20,15 @@ import socket
 from .errors import ConfigError
 from .names import RESERVED_COMPLEXES, explain_invalid, is_valid_name, warm_complex
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
 DEFAULT_PATH = "/etc/sge-image/config.yaml"
-SNAPSHOT_VERSION = 4  # 3: cache.room_wait; 4: the agent section
+SNAPSHOT_VERSION = 5  # 3: cache.room_wait; 4: the agent section; 5: no log.level
 
 # section -> key -> (kind, default). Kinds are checked by _coerce.
-SCHEMA = {
+SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
     "cache": {
         "root": ("path", "/var/cache/sge-image"),
         "max_size": ("size", "200G"),
@@ -42,7 +51,6 @@ SCHEMA = {
     },
     "log": {
         "file": ("optpath", None),
-        "level": ("level", "info"),
     },
     "jsv": {
         "strict": ("bool", False),
@@ -80,7 +88,115 @@ SCHEMA = {
 TOP_KEYS = set(SCHEMA) | {"catalog", "images", "sources"}
 # An entry's own keys; each source that takes options adds its name (sge/fetch).
 IMAGE_KEYS = {"url", "sha256", "size", "description"}
-LEVELS = ("debug", "info", "warning", "error")
+
+
+class Section:
+    """The read-only settings of one SCHEMA section, its keys as attributes. A key
+    missing from `values` takes its SCHEMA default (tests build partial sections)."""
+
+    __slots__: Tuple[str, ...] = ()
+    NAME = ""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        schema = SCHEMA[self.NAME]
+        for key in self.__slots__:
+            value = values[key] if key in values else _coerce(*schema[key])
+            # a list from YAML or the JSON snapshot: a tuple, so that nothing edits it
+            object.__setattr__(self, key, tuple(value) if isinstance(value, list) else value)
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise AttributeError(f"settings are read-only ({self.NAME}.{key})")
+
+    def __delattr__(self, key: str) -> None:
+        raise AttributeError(f"settings are read-only ({self.NAME}.{key})")
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {key: getattr(self, key) for key in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.as_dict()!r})"
+
+
+class CacheSettings(Section):
+    NAME = "cache"
+    __slots__ = tuple(SCHEMA[NAME])
+    root: str
+    max_size: int
+    low_water: float
+    lock_wait: float
+    min_free: int
+    evict_grace: float
+    room_wait: float
+
+
+class FetchSettings(Section):
+    NAME = "fetch"
+    __slots__ = tuple(SCHEMA[NAME])
+    connect_timeout: float
+    read_timeout: float
+    retries: int
+    backoff: float
+    backoff_max: float
+    progress_interval: float
+    low_speed_limit: int
+    low_speed_time: float
+    command_timeout: float
+
+
+class LogSettings(Section):
+    NAME = "log"
+    __slots__ = tuple(SCHEMA[NAME])
+    file: Optional[str]
+
+
+class JsvSettings(Section):
+    NAME = "jsv"
+    __slots__ = tuple(SCHEMA[NAME])
+    strict: bool
+    timeout: float
+
+
+class PrologSettings(Section):
+    NAME = "prolog"
+    __slots__ = tuple(SCHEMA[NAME])
+    max_reschedules: int
+
+
+class SensorSettings(Section):
+    NAME = "sensor"
+    __slots__ = tuple(SCHEMA[NAME])
+    list_complex: bool
+    report_inflight: bool
+
+
+class StarterSettings(Section):
+    NAME = "starter"
+    __slots__ = tuple(SCHEMA[NAME])
+    runtime: Tuple[str, ...]
+
+
+class AgentSettings(Section):
+    NAME = "agent"
+    __slots__ = tuple(SCHEMA[NAME])
+    enabled: bool
+    peers: bool
+    port: int
+    bind: str
+    user: str
+    upload_slots: int
+    max_connections: int
+    header_timeout: float
+    idle_timeout: float
+    trust: Union[str, Tuple[str, ...]]   # "cluster" or hosts, addresses and networks
+    key_file: str
+    seed_wait: float
+    pe_wait: float
+    live_window: float
+    qhost: Tuple[str, ...]
+
+
+SECTIONS = (CacheSettings, FetchSettings, LogSettings, JsvSettings, PrologSettings,
+            SensorSettings, StarterSettings, AgentSettings)
 
 
 class Image:
@@ -122,14 +238,25 @@ class Image:
 
 
 class Settings:
-    """Validated settings: `section.key` attributes plus `images` (name -> Image)."""
+    """Validated settings: one read-only section per SCHEMA section (`settings.cache`,
+    `settings.fetch`, ...), the site-wide `sources` options, and `images` (name -> Image)."""
 
-    def __init__(self, values, images, path=None, sources=None):
-        self.values = values
+    def __init__(self, values: Mapping[str, Mapping[str, Any]], images: Dict[str, Image],
+                 path: Optional[str] = None,
+                 sources: Optional[Dict[str, Any]] = None) -> None:
+        self.cache = CacheSettings(values.get("cache", {}))
+        self.fetch = FetchSettings(values.get("fetch", {}))
+        self.log = LogSettings(values.get("log", {}))
+        self.jsv = JsvSettings(values.get("jsv", {}))
+        self.prolog = PrologSettings(values.get("prolog", {}))
+        self.sensor = SensorSettings(values.get("sensor", {}))
+        self.starter = StarterSettings(values.get("starter", {}))
+        self.agent = AgentSettings(values.get("agent", {}))
         self.images = images
         self.path = path
-        self.sources = sources or {}
-        self.stamps = []  # (path, mtime, size, inode) of the files these came from
+        self.sources: Dict[str, Any] = sources or {}
+        # [path, mtime, size, inode] of the files these came from
+        self.stamps: List[List[Any]] = []
 
     def is_stale(self):
         """True once a file these settings came from has changed (long-lived hooks
@@ -141,7 +268,7 @@ class Settings:
 
     @property
     def cache_root(self):
-        return expand_root(self.values["cache"]["root"])
+        return expand_root(self.cache.root)
 
     def image(self, name):
         from .errors import UnknownImage
@@ -157,7 +284,8 @@ class Settings:
             f"lists the available images")
 
     def to_json(self):
-        return {"values": self.values, "sources": self.sources,
+        values = {sec.NAME: getattr(self, sec.NAME).as_dict() for sec in SECTIONS}
+        return {"values": values, "sources": self.sources,
                 "images": {n: i.to_json() for n, i in self.images.items()}}
 
     @classmethod
@@ -447,10 +575,6 @@ def _coerce(kind, raw):
                     ipaddress.ip_network(a, strict=False)
                 except ValueError:
                     raise ValueError(f"{a!r} is not a network (such as 10.1.0.0/16)") from None
-        return raw
-    if kind == "level":
-        if raw not in LEVELS:
-            raise ValueError(f"{raw!r} is not one of {', '.join(LEVELS)}")
         return raw
     if kind == "argv":
         if isinstance(raw, str):

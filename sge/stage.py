@@ -59,7 +59,7 @@ def _stage(image, cache, settings, progress, log):
 
 def _stage_locked(image, cache, settings, progress, log):
     cache.ensure_layout()
-    with cache.image_lock(image.name, settings.values["cache"]["lock_wait"],
+    with cache.image_lock(image.name, settings.cache.lock_wait,
                           ready=lambda: cache.lookup(image)):
         path = cache.lookup(image)
         if path is not None:
@@ -95,9 +95,9 @@ def _download(image, cache, settings, progress, log, final=False):
     sink = Sink(fd, tmp, image.size, image.sha256, progress)
     published = False
     try:
-        ctx = Context(image, settings.values["fetch"], settings.sources, log)
+        ctx = Context(image, settings.fetch, settings.sources, log)
         digest = None
-        if settings.values.get("agent", {}).get("peers"):
+        if settings.agent.peers:
             # Other exec hosts' agents first (sge/agent/peers.py): the same sink
             # verifies their bytes, and None sends us on to the catalog's sources.
             from .agent.peers import fetch as fetch_from_peers

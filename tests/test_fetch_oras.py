@@ -348,8 +348,9 @@ def test_token_realm_over_plain_http_needs_insecure(tmp_path, oci, artifact):
     from sge.fetch import registry_auth
     from sge.fetch import Context
     from sge.config import Image
+    from sge.config import FetchSettings
     from tests.servers_oci_s3 import FETCH_SETTINGS
-    ctx = Context(Image("x", ["oras://h/r:t"], "1" * 64), FETCH_SETTINGS)
+    ctx = Context(Image("x", ["oras://h/r:t"], "1" * 64), FetchSettings(FETCH_SETTINGS))
     with pytest.raises(FetchError) as e:
         registry_auth.fetch_token({"realm": oci["tokens"].realm}, None, "lab/tool", ctx,
                                   insecure=False, shown="oras://h/r:t")
@@ -486,6 +487,7 @@ def test_token_is_not_sent_to_the_host_a_blob_redirects_to(tmp_path):
     from sge.fetch import Context
     from sge.config import Image
     from sge.sink import Sink
+    from sge.config import FetchSettings
     from tests.servers_oci_s3 import FETCH_SETTINGS
     seen = []
     storage = _serve(type("S", (_Recorder,), {"seen": seen}))
@@ -496,7 +498,7 @@ def test_token_is_not_sent_to_the_host_a_blob_redirects_to(tmp_path):
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
     sink = Sink(fd, str(path))
     try:
-        ctx = Context(Image("x", ["oras://h/r:t"], "1" * 64), FETCH_SETTINGS)
+        ctx = Context(Image("x", ["oras://h/r:t"], "1" * 64), FetchSettings(FETCH_SETTINGS))
         resumable.get(f"http://127.0.0.1:{registry.server_address[1]}/v2/r/blobs/x", sink, ctx,
                       headers={"Authorization": "Bearer secret-token"})
         sink.finish("test")

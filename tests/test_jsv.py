@@ -469,7 +469,9 @@ class FakeSettings:
     def __init__(self, names, strict=False):
         from sge.config import Image
         self.images = {n: Image(n, ["file:///x"], DIGEST) for n in names}
-        self.values = {"jsv": {"strict": strict, "timeout": 5.0}}
+        from sge.config import CacheSettings, JsvSettings
+        self.jsv = JsvSettings({"strict": strict, "timeout": 5.0})
+        self.cache = CacheSettings({})
 
     def image(self, name):
         from sge.config import Settings

@@ -23,7 +23,7 @@ class AuthError(Exception):
 
 
 def key_path(settings):
-    path = settings.values["agent"]["key_file"]
+    path = settings.agent.key_file
     if not os.path.isabs(path):
         path = os.path.join(os.path.dirname(os.path.abspath(settings.path)), path)
     return path

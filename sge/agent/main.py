@@ -38,21 +38,21 @@ def main(argv=None):
     watch = _watch_arg(argv)
     settings = config.load(path)
     log = Log.from_settings(settings, tag="sge-image agent")
-    agent = settings.values["agent"]
-    if not agent["enabled"]:
+    agent = settings.agent
+    if not agent.enabled:
         return _idle(settings, watch)
     from . import hosts
     host = hosts.my_host()
-    addr = agent["bind"] or hosts.address_of(host)
+    addr = agent.bind or hosts.address_of(host)
     if not addr:
         log(f"cannot resolve this host's name {host!r}; set agent.bind")
         return _idle(settings, watch)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((addr, agent["port"]))
+        sock.bind((addr, agent.port))
     except OSError as e:
-        log(f"cannot listen on {addr}:{agent['port']}: {e.strerror}")
+        log(f"cannot listen on {addr}:{agent.port}: {e.strerror}")
         sock.close()
         time.sleep(10)
         return 1
@@ -75,7 +75,7 @@ def main(argv=None):
             os._exit(code)
     child_end.close()
     sock.close()
-    log(f"listening on {addr}:{agent['port']} (server pid {pid} as {agent['user']})")
+    log(f"listening on {addr}:{agent.port} (server pid {pid} as {agent.user})")
     stager = Stager(settings, path, verifier, log)
     _watch_supervisor(watch, pid)
     try:
@@ -148,17 +148,17 @@ def _verifier(settings, log):
 def _serve(sock, pipe, settings, cache, log):
     from . import hosts
     from .server import BlobServer
-    agent = settings.values["agent"]
-    _drop_privileges(agent["user"])
+    agent = settings.agent
+    _drop_privileges(agent.user)
     # After the drop: a change of credentials clears the parent-death signal.
     _die_with_parent()
     root_side = _RootSide(pipe)
     # The log file is root's: the server's lines go through the root side.
     server = BlobServer(sock, os.path.join(cache.root, "blobs", "sha256"),
-                        hosts.Trust(agent["trust"], hosts.reader(agent["qhost"])),
-                        agent["upload_slots"],
-                        agent["max_connections"], agent["header_timeout"],
-                        agent["idle_timeout"], stage=root_side.stage, log=root_side.log)
+                        hosts.Trust(agent.trust, hosts.reader(agent.qhost)),
+                        agent.upload_slots,
+                        agent.max_connections, agent.header_timeout,
+                        agent.idle_timeout, stage=root_side.stage, log=root_side.log)
     signal.signal(signal.SIGTERM, lambda s, f: os._exit(0))
     threading.Thread(target=root_side.watch_eof, daemon=True).start()
     server.serve_forever()

@@ -45,9 +45,9 @@ def hostfile_path():
 def stage_other_hosts(name, settings, log, sleep=time.sleep):
     """Stage `name` on every other host of this parallel job; raises FetchError
     (transient or not) when that cannot be done. No-op for other jobs."""
-    agent = settings.values["agent"]
+    agent = settings.agent
     path = hostfile_path()
-    if not path or not agent["enabled"]:
+    if not path or not agent.enabled:
         return []
     from . import hosts as _hosts
     others = [h for h in hostfile_hosts(path) if not _hosts.is_me(h)]
@@ -63,12 +63,12 @@ def stage_other_hosts(name, settings, log, sleep=time.sleep):
     log(f"parallel job: staging {name} on {', '.join(others)}")
     pending = {h: "not asked yet" for h in others}
     busy = set()  # hosts whose caches are full of images in use: waiting, not failing
-    deadline = time.monotonic() + agent["pe_wait"]
+    deadline = time.monotonic() + agent.pe_wait
     while True:
         for host in list(pending):
             try:
                 answer = stage_request(host, name, key, agent,
-                                       settings.values["fetch"]["connect_timeout"],
+                                       settings.fetch.connect_timeout,
                                        source=_hosts.my_host())
             except Exception as e:  # agent restarting, host busy: ask again
                 pending[host] = f"agent unreachable ({type(e).__name__}: {e})"
@@ -96,5 +96,5 @@ def stage_other_hosts(name, settings, log, sleep=time.sleep):
                                 f"{', '.join(sorted(pending))} are full of images in use")
             raise FetchError(f"parallel job: {name!r} not on "
                              + "; ".join(f"{h} ({why})" for h, why in pending.items())
-                             + f" after {agent['pe_wait']:.0f}s", transient=True)
+                             + f" after {agent.pe_wait:.0f}s", transient=True)
         sleep(1.0)

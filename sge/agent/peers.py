@@ -28,8 +28,8 @@ POLL_MIN, POLL_MAX = 0.25, 2.0
 
 def fetch(image, sink, ctx, settings):
     """Fill `sink` with `image` from a peer and return its verified sha256, or None."""
-    agent = settings.values.get("agent")
-    if not agent or not agent["enabled"] or not agent["peers"] or not image.sha256:
+    agent = settings.agent
+    if not agent.enabled or not agent.peers or not image.sha256:
         return None
     hint = HINTS.pop(image.name, None)
     if hint and not _hosts.is_me(hint):
@@ -39,8 +39,8 @@ def fetch(image, sink, ctx, settings):
         if digest:
             return digest
     try:
-        live, have = _hosts.live_hosts(image.complex, agent["live_window"],
-                                       _hosts.reader(agent.get("qhost", ["qhost"])))
+        live, have = _hosts.live_hosts(image.complex, agent.live_window,
+                                       _hosts.reader(agent.qhost))
     except Exception as e:  # no qhost, qmaster down: the origin it is
         ctx.log(f"image {image.name}: no peer list ({type(e).__name__}: {e}); using the sources")
         return None
@@ -79,13 +79,13 @@ def _await_seed(seed, image, ctx, settings):
     seed may do); "stop" when asking any seed is pointless (no key, refused, or the
     image's sources refuse it for good)."""
     from .auth import key_path, read_key
-    agent = settings.values["agent"]
+    agent = settings.agent
     try:
         key = read_key(key_path(settings))
     except Exception as e:
         ctx.log(f"image {image.name}: cannot sign a staging request ({e}); using the sources")
         return "stop"
-    deadline = time.monotonic() + agent["seed_wait"]
+    deadline = time.monotonic() + agent.seed_wait
     delay = POLL_MIN
     asked = False
     while time.monotonic() < deadline:
@@ -106,7 +106,7 @@ def _await_seed(seed, image, ctx, settings):
         time.sleep(delay)
         delay = min(POLL_MAX, delay * 1.5)
     ctx.log(f"image {image.name}: seed host {seed} did not finish within "
-            f"{agent['seed_wait']:.0f}s")
+            f"{agent.seed_wait:.0f}s")
     return "next"
 
 
@@ -180,13 +180,13 @@ def _connection(host, agent, timeout):
     if addr is None:
         raise OSError(f"cannot resolve host {host}")
     src = _hosts.address_of(_hosts.my_host())
-    conn = http.client.HTTPConnection(addr, agent["port"], timeout=timeout,
+    conn = http.client.HTTPConnection(addr, agent.port, timeout=timeout,
                                       source_address=(src, 0) if src else None)
     try:
         conn.connect()
     except OSError as e:
         if src is None or e.errno != 99:  # EADDRNOTAVAIL: our name is not ours here
             raise
-        conn = http.client.HTTPConnection(addr, agent["port"], timeout=timeout)
+        conn = http.client.HTTPConnection(addr, agent.port, timeout=timeout)
         conn.connect()
     return conn

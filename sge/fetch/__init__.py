@@ -20,7 +20,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import AbstractSet, Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
-    from ..config import Image
+    from ..config import FetchSettings, Image
     from ..sink import Sink
 
     LogFn = Callable[[str], None]
@@ -81,13 +81,13 @@ class Context:
     """What a fetcher may know besides the URL: timeouts, the image's own source
     options, site-wide source settings, and where to log."""
 
-    def __init__(self, image: Image, fetch_settings: Mapping[str, Any],
+    def __init__(self, image: Image, fetch_settings: FetchSettings,
                  sources: Optional[Mapping[str, Any]] = None,
                  log: Optional[LogFn] = None) -> None:
         self.image = image
-        self.connect_timeout = fetch_settings["connect_timeout"]
-        self.read_timeout = fetch_settings["read_timeout"]
-        self.command_timeout = fetch_settings.get("command_timeout", 3600)
+        self.connect_timeout = fetch_settings.connect_timeout
+        self.read_timeout = fetch_settings.read_timeout
+        self.command_timeout = fetch_settings.command_timeout
         self.settings = fetch_settings
         self.sources: Mapping[str, Any] = sources or {}
         self.log: LogFn = log or (lambda msg: None)
@@ -168,8 +168,8 @@ def fetch_image(image: Image, sink: Sink, ctx: Context,
     are retried `retries` times with backoff. The raised error is transient if any
     mirror failed only transiently: a later run may succeed.
     """
-    retries = ctx.settings["retries"]
-    base, cap = ctx.settings["backoff"], ctx.settings["backoff_max"]
+    retries = ctx.settings.retries
+    base, cap = ctx.settings.backoff, ctx.settings.backoff_max
     live = list(image.urls)
     errors: List[str] = []
     for attempt in range(retries + 1):

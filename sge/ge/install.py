@@ -34,7 +34,7 @@ def kit_complexes(settings):
         (ROOM_COMPLEX, "imgroom", "MEMORY", "<=", "YES", "NO", "0", "0"),
         (TIME_COMPLEX, "imgtime", "INT", "<=", "NO", "NO", "0", "0"),
     ]
-    if settings.values["sensor"]["list_complex"]:
+    if settings.sensor.list_complex:
         rows.append((LIST_COMPLEX, "imgs", "RESTRING", "==", "YES", "NO", "NONE", "0"))
     for name in sorted(settings.images):
         cx = settings.images[name].complex
@@ -240,7 +240,7 @@ def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, j
 
 
 def _install_agent_key(settings, state, plan, hooks_dir):
-    if not settings.values["agent"]["enabled"]:
+    if not settings.agent.enabled:
         return
     from ..agent import auth
     path = auth.key_path(settings)

@@ -124,8 +124,8 @@ def map_image(params, env, settings):
     try:
         site = settings()
         image = site.image(name)
-        strict = bool(site.values["jsv"]["strict"])
-        cap = site.values.get("cache", {}).get("max_size")
+        strict = site.jsv.strict
+        cap = site.cache.max_size
     except UnknownImage as e:
         return Result.reject(f"{TAG}: {origin}: {e}")
     except CatalogUnavailable as e:
@@ -214,7 +214,7 @@ class ImageJsv:
         from ..log import Log
         self.log = Log.from_settings(settings, tag="sge-image-jsv")
         if self.loop is not None:
-            self.loop.timeout = effective_timeout(settings.values["jsv"]["timeout"])
+            self.loop.timeout = effective_timeout(settings.jsv.timeout)
         self.checked_at = now
         self.settings = settings
 

@@ -44,8 +44,8 @@ class Reporter:
         self.safe_blobs = set()   # checked once: only root can change a safe blob
         self.refused = None       # the problems last logged
         self.stamps = settings.stamps
-        self.list_complex = settings.values["sensor"]["list_complex"]
-        self.report_inflight = settings.values["sensor"]["report_inflight"]
+        self.list_complex = settings.sensor.list_complex
+        self.report_inflight = settings.sensor.report_inflight
         self.lines = {n: f"{host}:{i.complex}:1\n" for n, i in settings.images.items()}
         self.by_digest = {}     # sha256 -> [(name, line)]
         self.by_ref = []        # (ref path, name, line) for source-pinned entries

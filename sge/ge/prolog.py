@@ -91,7 +91,7 @@ def _run(name, argv, out):
             from ..log import Log
             from ..sink import Progress
             log = Log.from_settings(settings, echo=out, tag=f"sge-image prolog {job}")
-            progress = Progress(name, out, settings.values["fetch"]["progress_interval"], tty=False)
+            progress = Progress(name, out, settings.fetch.progress_interval, tty=False)
             path = ensure(name, settings, progress, log)
             _forget_attempts(cache, job)
         else:
@@ -107,7 +107,7 @@ def _run(name, argv, out):
             return RESCHEDULE
         if e.transient:
             _say(out, f"staging {name!r} failed, will retry: {e}")
-            return _reschedule_or_fail(cache, job, out, settings.values["prolog"]["max_reschedules"])
+            return _reschedule_or_fail(cache, job, out, settings.prolog.max_reschedules)
         _say(out, f"staging {name!r} failed: {e}")
         return JOB_ERROR
 
@@ -115,8 +115,7 @@ def _run(name, argv, out):
 def _stage_parallel_hosts(name, settings, out, job):
     """A parallel job's other hosts run no prolog: ask their agents (sge/agent/pe.py).
     Raises SgeImageError like staging does, so the same 99/100 rules apply."""
-    agent = settings.values.get("agent")
-    if not agent or not agent["enabled"]:
+    if not settings.agent.enabled:
         return
     from ..agent import pe
     if pe.hostfile_path() is None:

@@ -63,7 +63,7 @@ def main(argv=None):
         return EXIT_NO_IMAGE
     os.set_inheritable(pin_fd, True)  # the pin lives as long as the exec'd runtime
     os.environ["SGE_IMAGE_PATH"] = path
-    runtime = settings.values["starter"]["runtime"]
+    runtime = settings.starter.runtime
     return _exec([*runtime, path, *command])
 
 
