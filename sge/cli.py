@@ -3,6 +3,8 @@
 Subcommands import what they need when they run: `sge-image path` is on every job's
 path and must cost little more than starting the interpreter.
 """
+from __future__ import annotations
+
 import argparse
 import os
 import time
