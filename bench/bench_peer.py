@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from bench.bench_core import machine, make_image  # noqa: E402
-from tests.agentkit import free_port  # noqa: E402
+from tests.support.agentkit import free_port  # noqa: E402
 
 PY = sys.executable
 SERVER, CLIENT = "127.0.0.31", "127.0.0.1"

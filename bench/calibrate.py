@@ -9,7 +9,7 @@ in ``sge.sim.run_scenario``, and compares where the tasks ran and which host pul
 which image.
 
 Real side: the kit is built and installed the way ``tests/ge/test_kit_e2e.py`` does
-it (``tests.ge.kit.make_kit``), images come from the rate-limited test HTTP server
+it (``tests.support.gekit.make_kit``), images come from the rate-limited test HTTP server
 on 127.0.0.1 (a pull takes a few seconds), one image is pulled onto one host before
 the run and reported by the load sensor (so the soft request has something to
 prefer), then the scenario's arrays and single jobs of short ``sleep`` tasks are
@@ -290,9 +290,9 @@ def median(xs, default=0.0):
 # ---------------------------------------------------------------------- real run
 
 def run_real(args, jobs, t_start):
-    from tests.ge.conftest import GECluster
-    from tests.ge.kit import cluster_snapshot, make_kit
-    from tests.httpserver import Fault
+    from tests.support.gecluster import GECluster
+    from tests.support.gekit import cluster_snapshot, make_kit
+    from tests.support.httpserver import Fault
 
     hosts = cluster_up(args.slots)
     print(f"[{time.time() - t_start:5.0f}s] cluster up: {' '.join(hosts)} ({args.slots} slots each)",
@@ -302,7 +302,7 @@ def run_real(args, jobs, t_start):
         raise SystemExit("the cluster has jobs already; refusing to measure on a busy cluster")
     warm_host = args.warm_host or hosts[len(hosts) // 2]
     warm_image = list(IMAGES)[0]
-    from tests.ge.kit import WORK
+    from tests.support.gekit import WORK
     leftover = os.path.exists(os.path.join(WORK, "hooks", "install-state.json"))
     # make_kit first undoes a kit install a killed run left behind: compare with after that
     kit = make_kit(cluster, {n: {"size": int(IMAGES[n][0] * MB)} for n in IMAGES})

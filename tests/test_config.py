@@ -164,7 +164,7 @@ def test_an_unclosed_quote_names_the_line_it_began_on(tmp_path):
 
 
 def test_config_may_follow_the_subcommand(make_config):
-    from tests.conftest import ROOT
+    from tests.support.common import ROOT
     import subprocess
     import sys
     cfg = make_config({"rocky9-cuda": {"url": "/x", "sha256": "ab" * 32}})

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.common import ROOT
 
 SCRIPT = os.path.join(ROOT, "scripts", "ge-cluster.sh")
 SRC = os.path.join(os.path.dirname(ROOT), "shared", "ocs")

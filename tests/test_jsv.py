@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from sge.ge import jsv as jsvmod
 from sge.ge.jsv_protocol import MAX_OUT_LINE, Result, clean_text
-from tests.conftest import ROOT
+from tests.support.common import ROOT
 
 DIGEST = "ab" * 32
 COMMANDS = ("SEND", "STARTED", "PARAM", "ENV", "LOG", "RESULT")

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.conftest import payload
-from tests.ge.kit import MB, kit_work, make_kit
+from tests.support.common import payload
+from tests.support.gekit import MB, kit_work, make_kit
 
 PORT = 6450
 PE = "imgpe"
@@ -210,7 +210,7 @@ def test_killing_the_seed_mid_download_still_ends_verified_everywhere(kit):
     """The other hosts wait on the seed (hosts[1]) while it pulls from a slow origin;
     its agent is killed mid-pull. They fall back (to the origin, or to the restarted
     seed) and every task still gets a verified image."""
-    from tests.httpserver import Fault
+    from tests.support.httpserver import Fault
     c = kit.cluster
     seed = c.hosts[1]
     others = [h for h in c.hosts if h != seed]
