@@ -3,7 +3,7 @@
 
     python bench/calibrate.py [--tasks 300 --seed 1 --out bench/out]   (as root)
 
-Runs one small scenario twice, on the real test cluster (``scripts/ge-cluster.sh``:
+Runs one small scenario twice, on the real test cluster (``lab/ge-cluster.sh``:
 qmaster + exec hosts node1..node3, schedule_interval 1 s, load_report_time 5 s) and
 in ``sge.sim.run_scenario``, and compares where the tasks ran and which host pulled
 which image.
@@ -69,7 +69,7 @@ sys.path.insert(0, REPO)
 from sge.sim import run_scenario  # noqa: E402
 
 LOCK = "/var/tmp/sge-image-kit-ge.lock"
-CLUSTER = os.path.join(REPO, "scripts", "ge-cluster.sh")
+CLUSTER = os.path.join(REPO, "lab", "ge-cluster.sh")
 SENSOR_TIME = "img_sensor_time"
 MB = 1 << 20
 
@@ -696,7 +696,7 @@ def parse_args(argv=None):
     ap.add_argument("--replay", metavar="JSON",
                     help="skip the cluster: simulate again against the real side of an earlier "
                          "calibration*.json (for changes to the simulator)")
-    # the cluster's settings (scripts/ge-cluster.sh); the simulator is given the same
+    # the cluster's settings (lab/ge-cluster.sh); the simulator is given the same
     ap.add_argument("--schedule-interval", type=float, default=1.0)
     ap.add_argument("--load-report-time", type=float, default=5.0)
     ap.add_argument("--sim-interval", type=float, default=0.1,

@@ -1,6 +1,6 @@
 """Session fixture ``ge_cluster``: a real multi-host Grid Engine cluster on this machine.
 
-``scripts/ge-cluster.sh up`` installs and starts Grid Engine (qmaster on this host, one
+``lab/ge-cluster.sh up`` installs and starts Grid Engine (qmaster on this host, one
 execd per exec host on its own loopback address). The fixture leaves the cluster running
 afterwards: the next ``up`` is a fast no-op.
 
@@ -56,13 +56,13 @@ def ge_flavor(request):
 @pytest.fixture(scope="session")
 def ge_cluster(_cluster_lock, ge_flavor):
     if os.geteuid() != 0:
-        pytest.skip("ge_cluster needs root: scripts/ge-cluster.sh installs packages, "
+        pytest.skip("ge_cluster needs root: lab/ge-cluster.sh installs packages, "
                     "edits /etc/hosts and starts Grid Engine daemons")
     flavor_env = {**os.environ, "GE_FLAVOR": ge_flavor}
     proc = subprocess.run([str(SCRIPT), "up"], capture_output=True, text=True, timeout=UP_TIMEOUT,
                           env=flavor_env)
     if proc.returncode != 0:
-        pytest.fail(f"GE_FLAVOR={ge_flavor} scripts/ge-cluster.sh up exited {proc.returncode}\n"
+        pytest.fail(f"GE_FLAVOR={ge_flavor} lab/ge-cluster.sh up exited {proc.returncode}\n"
                     f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}", pytrace=False)
     # The kit's own commands (sge-image install, qconf, qsub) find this engine through
     # the process environment: set it for the session of this flavour, restore after.

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "ge-cluster.sh"
+SCRIPT = REPO / "lab" / "ge-cluster.sh"
 FLAVORS = ("soge", "ocs")
 # a first 'up' installs packages; apt may wait up to 900 s for the dpkg lock
 UP_TIMEOUT = 1800
@@ -47,7 +47,7 @@ class GECluster:
         return self.run(["qconf", *args]).stdout
 
     def script(self, *args: str, timeout: float = UP_TIMEOUT) -> subprocess.CompletedProcess:
-        """Run ``scripts/ge-cluster.sh ARGS`` for this cluster's flavour."""
+        """Run ``lab/ge-cluster.sh ARGS`` for this cluster's flavour."""
         return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "GE_FLAVOR": self.flavor})
 
