@@ -11,6 +11,8 @@ attempt and `fetch` returns None, and the caller goes to the origin.
 A staging that a peer asked for never delegates again (`DELEGATE` is False in the
 agent): two hosts that disagree on the seed cannot wait on each other.
 """
+from __future__ import annotations
+
 import http.client
 import json
 import random
@@ -19,6 +21,15 @@ import time
 from ..errors import CacheFull, FetchError, SgeImageError
 from . import hosts as _hosts
 
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, Optional
+
+    from ..config import AgentSettings, Image, Settings
+    from ..fetch import Context
+    from ..sink import Sink
+
 DELEGATE = True
 HINTS: "dict[str, str]" = {}   # image name -> a host said to have it (a parallel job's master), tried first
 MAX_HAVE_TRIES = 3
@@ -26,7 +37,7 @@ MAX_SEEDS = 3
 POLL_MIN, POLL_MAX = 0.25, 2.0
 
 
-def fetch(image, sink, ctx, settings):
+def fetch(image: Image, sink: Sink, ctx: Context, settings: Settings) -> Optional[str]:
     """Fill `sink` with `image` from a peer and return its verified sha256, or None."""
     agent = settings.agent
     if not agent.enabled or not agent.peers or not image.sha256:
@@ -73,7 +84,7 @@ def fetch(image, sink, ctx, settings):
     return None
 
 
-def _await_seed(seed, image, ctx, settings):
+def _await_seed(seed: str, image: Image, ctx: Context, settings: Settings) -> str:
     """Ask the seed's agent to stage the image and wait until it has it: "ready";
     "next" when the seed is dead, unreachable, failed for now or too slow (another
     seed may do); "stop" when asking any seed is pointless (no key, refused, or the
@@ -110,7 +121,8 @@ def _await_seed(seed, image, ctx, settings):
     return "next"
 
 
-def stage_request(host, name, key, agent, timeout=10.0, source="-"):
+def stage_request(host: str, name: str, key: bytes, agent: AgentSettings, timeout: float = 10.0,
+                  source: str = "-") -> Dict[str, Any]:
     """One signed staging request to `host`'s agent -> its answer (a dict with
     `state`: ready, staging, failed or refused)."""
     from .auth import sign
@@ -131,7 +143,8 @@ def stage_request(host, name, key, agent, timeout=10.0, source="-"):
     return answer
 
 
-def get_blob(host, image, sink, ctx, agent):
+def get_blob(host: str, image: Image, sink: Sink, ctx: Context,
+             agent: AgentSettings) -> Optional[str]:
     """GET the blob from `host`'s agent into the sink and verify it -> sha256, or None
     (after logging why) with the sink emptied for the next source."""
     from ..fetch import httpwire as wire
@@ -172,7 +185,7 @@ def get_blob(host, image, sink, ctx, agent):
     return None
 
 
-def _connection(host, agent, timeout):
+def _connection(host: str, agent: AgentSettings, timeout: float) -> http.client.HTTPConnection:
     """A plain connection to `host`'s agent (never through a proxy), sent from this
     host's own address: agents trust cluster hosts by address, and a host with
     several addresses must speak from the one its name resolves to."""

@@ -15,6 +15,8 @@ else. One request per connection. Each bound is there for a reason:
 Serving wrong bytes cannot hurt a client (it verifies every byte), but serving a file
 outside the cache would leak it: hence the exact-digest path and O_NOFOLLOW.
 """
+from __future__ import annotations
+
 import errno
 import json
 import os
@@ -22,6 +24,14 @@ import re
 import socket
 import stat
 import threading
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Mapping, Optional, Tuple, Union
+
+    # stage(request line, client ip) -> (HTTP status, answer)
+    StageFn = Callable[[str, str], Tuple[int, Dict[str, object]]]
 
 MAX_HEAD = 8192
 MAX_STAGE_BODY = 512
@@ -35,7 +45,7 @@ REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 403: "Forbidde
 
 
 class _Reject(Exception):
-    def __init__(self, status, headers=None):
+    def __init__(self, status: int, headers: Optional[Dict[str, str]] = None) -> None:
         self.status = status
         self.headers = headers or {}
 
@@ -47,8 +57,11 @@ class BlobServer:
     forwards a signed staging request (None: this agent stages nothing).
     """
 
-    def __init__(self, sock, blobs_dir, allowed, upload_slots=4, max_connections=32,
-                 header_timeout=10.0, idle_timeout=30.0, stage=None, log=None):
+    def __init__(self, sock: socket.socket, blobs_dir: str, allowed: Callable[[str], bool],
+                 upload_slots: int = 4, max_connections: int = 32,
+                 header_timeout: float = 10.0, idle_timeout: float = 30.0,
+                 stage: Optional[StageFn] = None,
+                 log: Optional[Callable[[str], None]] = None) -> None:
         self.sock = sock
         self.blobs_dir = blobs_dir
         self.allowed = allowed
@@ -57,12 +70,12 @@ class BlobServer:
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.stage = stage
-        self.log = log or (lambda msg: None)
+        self.log: Callable[[str], None] = log or (lambda msg: None)
         self._active = 0
         self._lock = threading.Lock()
         self.served = 0         # blobs sent whole (for the log and the tests)
 
-    def serve_forever(self):
+    def serve_forever(self) -> None:
         while True:
             try:
                 conn, addr = self.sock.accept()
@@ -85,7 +98,7 @@ class BlobServer:
                     self._active -= 1
                 _busy_and_close(conn)
 
-    def _connection(self, conn, addr):
+    def _connection(self, conn: socket.socket, addr: Tuple[str, int]) -> None:
         try:
             conn.settimeout(self.header_timeout)
             try:
@@ -105,7 +118,7 @@ class BlobServer:
             except OSError:
                 pass
 
-    def _request(self, conn, ip):
+    def _request(self, conn: socket.socket, ip: str) -> None:
         import time
         deadline = time.monotonic() + self.header_timeout
         head, rest = _read_head(conn, deadline)
@@ -114,7 +127,7 @@ class BlobServer:
         if not m:
             raise _Reject(400)
         method, target = m.group(1).decode(), m.group(2).decode("ascii", "replace")
-        headers = {}
+        headers: Dict[str, str] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
             if not sep or not name or name != name.strip():
@@ -133,7 +146,8 @@ class BlobServer:
 
     # ------------------------------------------------------------ blobs
 
-    def _blob(self, conn, ip, digest, method, range_header):
+    def _blob(self, conn: socket.socket, ip: str, digest: str, method: str,
+              range_header: Optional[str]) -> None:
         if not self.slots.acquire(blocking=False):
             raise _Reject(503, {"Retry-After": str(RETRY_AFTER)})
         try:
@@ -143,10 +157,11 @@ class BlobServer:
             with os.fdopen(fd, "rb", buffering=0) as f:
                 size = os.fstat(f.fileno()).st_size
                 start, end = 0, size - 1
-                status, extra = 200, {}
+                status = 200
+                extra: Dict[str, str] = {}
                 if range_header is not None:
                     r = parse_range(range_header, size)
-                    if r == "unsatisfiable":
+                    if isinstance(r, str):  # "unsatisfiable"
                         raise _Reject(416, {"Content-Range": f"bytes */{size}"})
                     if r is not None:
                         start, end = r
@@ -170,7 +185,8 @@ class BlobServer:
 
     # ------------------------------------------------------------ staging
 
-    def _stage(self, conn, ip, headers, rest, deadline):
+    def _stage(self, conn: socket.socket, ip: str, headers: Mapping[str, str], rest: bytes,
+               deadline: float) -> None:
         import time
         if self.stage is None:
             raise _Reject(404)
@@ -202,7 +218,7 @@ class BlobServer:
                                 "Content-Length": str(len(data))}, body=data, length_set=True)
 
 
-def _read_head(conn, deadline):
+def _read_head(conn: socket.socket, deadline: float) -> Tuple[bytes, bytes]:
     """-> (head without the blank line, bytes after it). The whole head must come
     within the deadline, however slowly each byte arrives."""
     import time
@@ -226,7 +242,7 @@ def _read_head(conn, deadline):
         data += chunk
 
 
-def _open_blob(blobs_dir, digest):
+def _open_blob(blobs_dir: str, digest: str) -> Optional[int]:
     """An fd of the blob, or None: no symlink is followed at the last step, and only a
     regular file is served (a directory, fifo or device planted there is not)."""
     try:
@@ -247,7 +263,7 @@ def _open_blob(blobs_dir, digest):
     return fd
 
 
-def parse_range(value, size):
+def parse_range(value: str, size: int) -> Union[None, str, Tuple[int, int]]:
     """A single `bytes=` range -> (start, end) inclusive; None to ignore the header
     (multiple ranges or a form we do not take: RFC 9110 lets a server send the whole
     body); "unsatisfiable" for a range wholly past the end."""
@@ -276,14 +292,15 @@ def parse_range(value, size):
     return start, min(end, size - 1)
 
 
-def _tune_send(conn):
+def _tune_send(conn: socket.socket) -> None:
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     except OSError:
         pass
 
 
-def _respond(conn, status, headers=None, body=b"", length_set=False):
+def _respond(conn: socket.socket, status: int, headers: Optional[Mapping[str, str]] = None,
+             body: bytes = b"", length_set: bool = False) -> None:
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", "Connection: close",
              "Server: sge-image-agent"]
     headers = dict(headers or {})
@@ -293,7 +310,7 @@ def _respond(conn, status, headers=None, body=b"", length_set=False):
     conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
 
-def _linger(conn, limit=256 << 10, seconds=1.0):
+def _linger(conn: socket.socket, limit: int = 256 << 10, seconds: float = 1.0) -> None:
     """Close gently after an error: closing with unread request bytes makes the kernel
     send a reset, which can destroy the error response before the client reads it."""
     import time
@@ -314,7 +331,7 @@ def _linger(conn, limit=256 << 10, seconds=1.0):
         pass
 
 
-def _busy_and_close(conn):
+def _busy_and_close(conn: socket.socket) -> None:
     """Too many connections: a short 503 without waiting on the client."""
     try:
         conn.setblocking(False)
