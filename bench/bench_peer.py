@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from bench.bench_core import machine, make_image  # noqa: E402
-from tests.agentkit import free_port  # noqa: E402
+from tests.support.agentkit import free_port  # noqa: E402
 
 PY = sys.executable
 SERVER, CLIENT = "127.0.0.31", "127.0.0.1"
@@ -49,8 +49,8 @@ image = settings.image("demo")
 cache = Cache.from_settings(settings)
 fd, tmp = cache.new_temp("demo", image.size)
 sink = Sink(fd, tmp, image.size, image.sha256)
-ctx = Context(image, settings.values["fetch"], settings.sources)
-digest = peers.get_blob(sys.argv[2], image, sink, ctx, settings.values["agent"])
+ctx = Context(image, settings.fetch, settings.sources)
+digest = peers.get_blob(sys.argv[2], image, sink, ctx, settings.agent)
 sink.close()
 os.fsync(fd)  # durable, as curl + fsync and a publish are
 os.close(fd)

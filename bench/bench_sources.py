@@ -42,7 +42,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from bench.bench_core import make_image, med, page_cache, rounds_of  # noqa: E402
 from bench.nginx import Nginx  # noqa: E402
-from tests import servers_oci_s3 as servers  # noqa: E402
+from tests.support import servers_oci_s3 as servers  # noqa: E402
 
 PY = sys.executable
 GOAL = 1.2

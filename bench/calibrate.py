@@ -3,13 +3,13 @@
 
     python bench/calibrate.py [--tasks 300 --seed 1 --out bench/out]   (as root)
 
-Runs one small scenario twice, on the real test cluster (``scripts/ge-cluster.sh``:
+Runs one small scenario twice, on the real test cluster (``lab/ge-cluster.sh``:
 qmaster + exec hosts node1..node3, schedule_interval 1 s, load_report_time 5 s) and
 in ``sge.sim.run_scenario``, and compares where the tasks ran and which host pulled
 which image.
 
 Real side: the kit is built and installed the way ``tests/ge/test_kit_e2e.py`` does
-it (``tests.ge.kit.make_kit``), images come from the rate-limited test HTTP server
+it (``tests.support.gekit.make_kit``), images come from the rate-limited test HTTP server
 on 127.0.0.1 (a pull takes a few seconds), one image is pulled onto one host before
 the run and reported by the load sensor (so the soft request has something to
 prefer), then the scenario's arrays and single jobs of short ``sleep`` tasks are
@@ -69,7 +69,7 @@ sys.path.insert(0, REPO)
 from sge.sim import run_scenario  # noqa: E402
 
 LOCK = "/var/tmp/sge-image-kit-ge.lock"
-CLUSTER = os.path.join(REPO, "scripts", "ge-cluster.sh")
+CLUSTER = os.path.join(REPO, "lab", "ge-cluster.sh")
 SENSOR_TIME = "img_sensor_time"
 MB = 1 << 20
 
@@ -290,9 +290,9 @@ def median(xs, default=0.0):
 # ---------------------------------------------------------------------- real run
 
 def run_real(args, jobs, t_start):
-    from tests.ge.conftest import GECluster
-    from tests.ge.kit import cluster_snapshot, make_kit
-    from tests.httpserver import Fault
+    from tests.support.gecluster import GECluster
+    from tests.support.gekit import cluster_snapshot, make_kit
+    from tests.support.httpserver import Fault
 
     hosts = cluster_up(args.slots)
     print(f"[{time.time() - t_start:5.0f}s] cluster up: {' '.join(hosts)} ({args.slots} slots each)",
@@ -302,7 +302,7 @@ def run_real(args, jobs, t_start):
         raise SystemExit("the cluster has jobs already; refusing to measure on a busy cluster")
     warm_host = args.warm_host or hosts[len(hosts) // 2]
     warm_image = list(IMAGES)[0]
-    from tests.ge.kit import WORK
+    from tests.support.gekit import WORK
     leftover = os.path.exists(os.path.join(WORK, "hooks", "install-state.json"))
     # make_kit first undoes a kit install a killed run left behind: compare with after that
     kit = make_kit(cluster, {n: {"size": int(IMAGES[n][0] * MB)} for n in IMAGES})
@@ -696,7 +696,7 @@ def parse_args(argv=None):
     ap.add_argument("--replay", metavar="JSON",
                     help="skip the cluster: simulate again against the real side of an earlier "
                          "calibration*.json (for changes to the simulator)")
-    # the cluster's settings (scripts/ge-cluster.sh); the simulator is given the same
+    # the cluster's settings (lab/ge-cluster.sh); the simulator is given the same
     ap.add_argument("--schedule-interval", type=float, default=1.0)
     ap.add_argument("--load-report-time", type=float, default=5.0)
     ap.add_argument("--sim-interval", type=float, default=0.1,

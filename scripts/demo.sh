@@ -25,13 +25,13 @@ say() { printf '\n== %s\n' "$*"; }
 
 if [ "${1:-}" = "--undo" ]; then
   if [ -x "$VENV/bin/sge-image" ] && [ -f "$DEMO/config.yaml" ]; then
-    eval "$(bash scripts/ge-cluster.sh env)" || true
+    eval "$(bash lab/ge-cluster.sh env)" || true
     # quiet: "nothing to uninstall" is the normal case here, not an error
     "$VENV/bin/sge-image" --config "$DEMO/config.yaml" uninstall >/dev/null 2>&1 \
       && echo "demo: the kit is uninstalled" || true
   fi
   [ -f "$DEMO/nginx/nginx.pid" ] && kill "$(cat "$DEMO/nginx/nginx.pid")" 2>/dev/null || true
-  bash scripts/ge-cluster.sh down --purge
+  bash lab/ge-cluster.sh down --purge
   # the test suite's work dirs too (issue: --undo left them)
   rm -rf "$DEMO" /opt/sge-image-kit /var/tmp/sge-image-kit-test /var/tmp/sge-image-kit-test-*
   if [ "$GE_FLAVOR" = ocs ]; then
@@ -55,10 +55,10 @@ say "1/6 packages and the kit's virtualenv"
 [ -n "${DEMO_SKIP_SETUP:-}" ] || bash scripts/setup.sh
 
 say "2/6 a three-host Grid Engine cluster on this machine ($ENGINE)"
-bash scripts/ge-cluster.sh up
+bash lab/ge-cluster.sh up
 export PATH=/usr/bin:/usr/sbin:$PATH
-eval "$(bash scripts/ge-cluster.sh env)"
-HOSTS=$(bash scripts/ge-cluster.sh hosts)
+eval "$(bash lab/ge-cluster.sh env)"
+HOSTS=$(bash lab/ge-cluster.sh hosts)
 
 say "3/6 a real SIF image (busybox in squashfs), served by nginx on 127.0.0.1"
 if [ -f "$DEMO/config.yaml" ] && [ -x "$VENV/bin/sge-image" ]; then
@@ -95,7 +95,7 @@ say "4/6 the kit, installed for every user Grid Engine runs it as, and wired in"
 "$VENV/bin/python3" -m pip install -q "$KIT" 2>&1 | grep -vi warning || true
 # The exec hosts share this machine: a client in node2's namespace would reach qmaster
 # from 127.0.0.1 and be refused, so the agents' qhost pins its source address the way
-# the execds are pinned (scripts/bindshim.c). A real exec host needs no such wrapper.
+# the execds are pinned (lab/bindshim.c). A real exec host needs no such wrapper.
 cat > "$DEMO/qhost-pinned" <<'WRAP'
 #!/bin/sh
 ip=$(getent hosts "$(hostname)" | awk '{print $1; exit}')
@@ -178,7 +178,7 @@ echo "demo: done in $(awk -v a="$(date +%s.%N)" -v b="$T0" 'BEGIN{printf "%.0f",
 if [ "${1:-}" = "--keep" ]; then
   cat <<EOF
 The kit stays installed. Try it yourself:
-  eval "\$(bash scripts/ge-cluster.sh env)"; qsub -l image=demo $DEMO/job.sh; qsub -l image=nope $DEMO/job.sh
+  eval "\$(bash lab/ge-cluster.sh env)"; qsub -l image=demo $DEMO/job.sh; qsub -l image=nope $DEMO/job.sh
   $VENV/bin/sge-image --config $DEMO/config.yaml status --catalog
 (The test suite needs the cluster without it: $VENV/bin/sge-image --config $DEMO/config.yaml uninstall)
 EOF

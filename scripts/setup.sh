@@ -2,7 +2,7 @@
 # Install everything the tests, benchmarks and demo need on a fresh Debian machine,
 # as root: Debian packages, and a virtualenv (.venv) with the kit and its test tools.
 # Idempotent: a second run only checks. Grid Engine itself is installed and started
-# by scripts/ge-cluster.sh (the tests and the demo call it).
+# by lab/ge-cluster.sh (the tests and the demo call it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite, on a fresh Debian machine as root: installs what it needs
 # (scripts/setup.sh), then runs pytest; the Grid Engine tests bring up a real
-# three-host cluster themselves (scripts/ge-cluster.sh) and leave it running: each
+# three-host cluster themselves (lab/ge-cluster.sh) and leave it running: each
 # tests/ge test runs on Son of Grid Engine and on Open Cluster Scheduler (built from
 # ../shared/ocs once; `--ge-flavor soge` runs one engine only).
 set -euo pipefail
@@ -24,6 +24,6 @@ for a in "$@"; do
 done
 [ -n "$paths" ] || ge=1   # no paths: the whole suite
 if [ "$ge" = 1 ] && [ "$(id -u)" = 0 ]; then
-  case ",$flavors," in *,ocs,*) GE_FLAVOR=ocs bash scripts/ge-cluster.sh build ;; esac
+  case ",$flavors," in *,ocs,*) GE_FLAVOR=ocs bash lab/ge-cluster.sh build ;; esac
 fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -18,6 +18,8 @@ download per node) and protect pinned blobs from eviction.
 
 Only `lookup` runs on the warm path: one `stat`, no lock, no hashing.
 """
+from __future__ import annotations
+
 import errno
 import fcntl
 import os
@@ -27,6 +29,15 @@ from contextlib import contextmanager
 
 from .errors import CacheBusy, CacheError, CacheFull, LockTimeout
 from .fsutil import fsync_dir as _fsync_dir
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+
+    from .config import Image, Settings
+    from .eviction import CacheScan, Entry, EvictionPlan, Limits
+
+    LogFn = Callable[[str], None]
 
 DIR_MODE = 0o755
 BLOB_MODE = 0o444
@@ -42,8 +53,8 @@ SUBDIRS = ("blobs/sha256", "images", "refs", "locks", "pins", "used", "tmp", "qu
 
 
 class Cache:
-    def __init__(self, root, max_size=None, low_water=0.8, min_free=0, evict_grace=0,
-                 room_wait=0):
+    def __init__(self, root: str, max_size: Optional[int] = None, low_water: float = 0.8,
+                 min_free: int = 0, evict_grace: float = 0, room_wait: float = 0) -> None:
         self.root = root
         self.max_size = max_size
         self.low_water = low_water
@@ -52,26 +63,26 @@ class Cache:
         self.room_wait = room_wait
 
     @classmethod
-    def from_settings(cls, settings):
-        c = settings.values["cache"]
-        return cls(settings.cache_root, c["max_size"], c["low_water"], c["min_free"],
-                   c["evict_grace"], c["room_wait"])
+    def from_settings(cls, settings: Settings) -> Cache:
+        c = settings.cache
+        return cls(settings.cache_root, c.max_size, c.low_water, c.min_free,
+                   c.evict_grace, c.room_wait)
 
-    def _p(self, *parts):
+    def _p(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
 
-    def blob_path(self, digest):
+    def blob_path(self, digest: str) -> str:
         return self._p("blobs", "sha256", digest)
 
-    def path_for(self, image):
+    def path_for(self, image: Image) -> str:
         """Where `image` lives once cached (a blob, or a ref for source-pinned entries)."""
         if image.sha256:
             return self.blob_path(image.sha256)
-        return self._p("refs", image.pin)
+        return self._p("refs", image.pin or "")
 
     # ------------------------------------------------------------ warm path
 
-    def lookup(self, image):
+    def lookup(self, image: Image) -> Optional[str]:
         """The cached file of `image`, or None. A stat: complete files only ever
         appear by rename, so existence with the right size means complete."""
         path = self.path_for(image)
@@ -83,7 +94,7 @@ class Cache:
             return None
         return path
 
-    def record_use(self, path):
+    def record_use(self, path: str) -> None:
         """Best effort: a job owner cannot touch root's cache, and need not.
 
         Also makes sure the blob's pin file exists: the starter runs as the job owner,
@@ -101,7 +112,7 @@ class Cache:
             pass
         self._ensure_pin_file(digest)
 
-    def _ensure_pin_file(self, digest):
+    def _ensure_pin_file(self, digest: str) -> None:
         try:
             os.close(_open_pin(self._p("pins", f"{digest}.pin")))
         except CacheError:
@@ -109,7 +120,7 @@ class Cache:
 
     # ------------------------------------------------------------ layout
 
-    def ensure_layout(self):
+    def ensure_layout(self) -> None:
         try:
             for sub in SUBDIRS:
                 _makedirs(self._p(sub))
@@ -122,7 +133,8 @@ class Cache:
     # ------------------------------------------------------------ locks
 
     @contextmanager
-    def image_lock(self, name, timeout=None, ready=None):
+    def image_lock(self, name: str, timeout: Optional[float] = None,
+                   ready: Optional[Callable[[], object]] = None) -> Iterator[bool]:
         """The per-image staging lock. Yields True when the caller must stage.
 
         The first caller takes it exclusively. The others wait *shared*, blocking in
@@ -147,7 +159,7 @@ class Cache:
         finally:
             os.close(fd)  # releases the lock; the file stays (see module docstring)
 
-    def pin(self, image):
+    def pin(self, image: Image) -> Tuple[str, int]:
         """Take a shared lock on `image`'s blob so eviction leaves it alone; returns
         (path, fd) and closing fd releases it. The kernel drops it when the holder
         dies, so a killed job never leaks a pin."""
@@ -168,14 +180,14 @@ class Cache:
         return path, fd
 
     @contextmanager
-    def pinned(self, image):
+    def pinned(self, image: Image) -> Iterator[str]:
         path, fd = self.pin(image)
         try:
             yield path
         finally:
             os.close(fd)
 
-    def is_pinned(self, digest):
+    def is_pinned(self, digest: str) -> bool:
         path = self._p("pins", f"{digest}.pin")
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -191,7 +203,7 @@ class Cache:
 
     # ------------------------------------------------------------ staging
 
-    def new_temp(self, name, expected_size=None):
+    def new_temp(self, name: str, expected_size: Optional[int] = None) -> Tuple[int, str]:
         """A unique temp file in the cache's filesystem, flocked by its writer so that
         `sweep_temps` can tell a live download from a dead one."""
         self.ensure_layout()
@@ -206,7 +218,7 @@ class Cache:
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd, path
 
-    def publish(self, fd, tmp_path, digest, image):
+    def publish(self, fd: int, tmp_path: str, digest: str, image: Image) -> str:
         """Make a verified temp file the blob `digest`: read-only, fsynced, renamed,
         directory fsynced. Returns the image path.
 
@@ -218,7 +230,7 @@ class Cache:
         os.fsync(fd)
         target = os.path.join("..", "blobs", "sha256", digest)
         _replace_symlink(target, self._p("images", image.name), self._p("tmp"))
-        if not image.sha256:
+        if not image.sha256 and image.pin is not None:
             _replace_symlink(target, self._p("refs", image.pin), self._p("tmp"))
         _fsync_dir(self._p("images"))
         self._ensure_pin_file(digest)  # before the blob appears: a job may pin it at once
@@ -228,12 +240,12 @@ class Cache:
         self.record_use(final)
         return self.path_for(image)
 
-    def sweep_temps(self, dry_run=False):
+    def sweep_temps(self, dry_run: bool = False) -> List[str]:
         """Remove temp files whose writer is gone: its flock died with it, and so did
         the process named in the file name (the second test keeps live downloads safe
         where flock is a no-op). With dry_run, only name them."""
         from contextlib import suppress
-        removed = []
+        removed: List[str] = []
         try:
             names = os.listdir(self._p("tmp"))
         except OSError:
@@ -278,10 +290,10 @@ class Cache:
                 os.close(fd)
         return removed
 
-    def inflight_names(self):
+    def inflight_names(self) -> Set[str]:
         """Names of images a live process is downloading now (from tmp/'s temp names,
         NAME.PID.SIZE.RANDOM.part; image names may hold dots, the rest may not)."""
-        names = set()
+        names: Set[str] = set()
         try:
             for fn in os.listdir(self._p("tmp")):
                 if fn.endswith(".part") and _writer_alive(fn):
@@ -290,7 +302,7 @@ class Cache:
             pass
         return names
 
-    def inflight_bytes(self):
+    def inflight_bytes(self) -> int:
         """Bytes that downloads in progress will still need (from their temp names)."""
         total = 0
         try:
@@ -308,7 +320,8 @@ class Cache:
 
     # ------------------------------------------------------------ listing
 
-    def entries(self, names=True, sizes=None):
+    def entries(self, names: bool = True,
+                sizes: Optional[Dict[str, int]] = None) -> List[Entry]:
         """Every complete blob, with its names, size, last use and pin state.
 
         One pass, sized for the load sensor's every cycle over thousands of blobs:
@@ -318,7 +331,7 @@ class Cache:
         from .eviction import Entry  # dataclasses stay off the warm path
         index = self._names() if names else {}
         pinned = self._pinned_digests()
-        out = []
+        out: List[Entry] = []
         try:
             it = os.scandir(self._p("blobs", "sha256"))
         except OSError:
@@ -349,8 +362,8 @@ class Cache:
                                  is_pinned))
         return out
 
-    def _names(self):
-        names = {}
+    def _names(self) -> Dict[str, List[str]]:
+        names: Dict[str, List[str]] = {}
         try:
             for n in os.listdir(self._p("images")):
                 try:
@@ -362,12 +375,12 @@ class Cache:
             pass
         return names
 
-    def _pinned_digests(self):
+    def _pinned_digests(self) -> Optional[Set[str]]:
         """Digests whose pin file someone holds a flock on, from /proc/locks (matched
         by device and inode), or None where that cannot be read (then per blob)."""
         try:
             with open("/proc/locks") as f:
-                held = set()
+                held: Set[str] = set()
                 for line in f:
                     parts = line.split()
                     if len(parts) < 6 or "->" in parts[1] or parts[1] != "FLOCK":
@@ -377,7 +390,7 @@ class Cache:
             return None
         if not held:
             return set()
-        out = set()
+        out: Set[str] = set()
         try:
             with os.scandir(self._p("pins")) as it:
                 for de in it:
@@ -394,33 +407,34 @@ class Cache:
             return set()
         return out
 
-    def scan(self, names=True, sizes=None):
+    def scan(self, names: bool = True, sizes: Optional[Dict[str, int]] = None) -> CacheScan:
         """What eviction and the sensor decide from (sge/eviction.py)."""
         from .eviction import CacheScan
         return CacheScan(tuple(self.entries(names, sizes)), self.inflight_bytes(),
                          self.free_bytes(), time.time())
 
-    def limits(self):
+    def limits(self) -> Limits:
         from .eviction import Limits
         return Limits(self.max_size, self.low_water, self.min_free, self.evict_grace)
 
-    def used_bytes(self):
+    def used_bytes(self) -> int:
         return sum(e.size for e in self.entries())
 
-    def free_bytes(self):
+    def free_bytes(self) -> int:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 
     # ------------------------------------------------------------ eviction
 
-    def room(self):
+    def room(self) -> int:
         """Bytes a new image could have right now, evicting what may be evicted: the
         load sensor reports it (img_cache_room) so that the scheduler can steer a
         cold image away from a host whose cache is full of images in use."""
         from .eviction import room_for_new
         return room_for_new(self.scan(), self.limits())
 
-    def wait_for_room(self, need, deadline, log=None, ready=None):
+    def wait_for_room(self, need: int, deadline: float, log: Optional[LogFn] = None,
+                      ready: Optional[Callable[[], object]] = None) -> List[Entry]:
         """make_room(need), waiting while the cache is only *busy* (full of pinned or
         just-handed-out images) until `deadline` (time.monotonic()); raises CacheBusy
         after it. A full cache is a scheduling condition, not a failure: tasks of a
@@ -446,7 +460,7 @@ class Cache:
                 # a short poll, bounded by the deadline.
                 time.sleep(min(max(left, 0.05), 1.0))
 
-    def make_room(self, need, keep=()):
+    def make_room(self, need: int, keep: Sequence[str] = ()) -> List[Entry]:
         """Before a download of `need` bytes: if it would break the cap (or leave the
         filesystem with less than min_free), evict least-recently-used unpinned blobs
         down to the low-water mark. Returns the evicted entries."""
@@ -458,13 +472,13 @@ class Cache:
         finally:
             os.close(fd)
 
-    def plan(self, need=0, keep=()):
+    def plan(self, need: int = 0, keep: Sequence[str] = ()) -> EvictionPlan:
         """The eviction `make_room(need)` would do now (`gc --dry-run` prints it)."""
         from .eviction import plan_eviction
         return plan_eviction(self.scan(), need, self.limits(), keep)
 
-    def _evict(self, need, keep):
-        evicted = []
+    def _evict(self, need: int, keep: Sequence[str]) -> List[Entry]:
+        evicted: List[Entry] = []
         for _ in range(5):
             plan = self.plan(need, keep)
             # A job may pin an image between the scan and its removal: then plan again.
@@ -488,7 +502,7 @@ class Cache:
                 f"was handed to a starting job less than {self.evict_grace:g}s ago")
         return evicted
 
-    def _remove_unpinned(self, entry):
+    def _remove_unpinned(self, entry: Entry) -> bool:
         """Delete a blob unless a job pins it; holding the pin lock exclusively while
         deleting makes a concurrent `pinned()` wait and then see it gone."""
         fd = _open_pin(self._p("pins", f"{entry.digest}.pin"))
@@ -502,7 +516,7 @@ class Cache:
         finally:
             os.close(fd)
 
-    def _unlink_blob(self, digest, to=None):
+    def _unlink_blob(self, digest: str, to: Optional[str] = None) -> None:
         # The blob goes before its names, for the reason publish() puts them first.
         if to:
             os.replace(self.blob_path(digest), to)
@@ -529,7 +543,7 @@ class Cache:
             except OSError:
                 pass
 
-    def quarantine(self, digest):
+    def quarantine(self, digest: str) -> str:
         """Move a bad blob out of the way (kept for inspection, no longer served)."""
         self.ensure_layout()
         dest = self._p("quarantine", f"{digest}.{int(time.time())}")
@@ -537,7 +551,7 @@ class Cache:
         return dest
 
 
-def sweep_command_dirs(tmpdir):
+def sweep_command_dirs(tmpdir: str) -> None:
     """Remove the command source's `*.cmd` directories in `tmpdir` whose stager is gone
     (the rule sweep_temps applies to them too)."""
     import shutil
@@ -551,7 +565,7 @@ def sweep_command_dirs(tmpdir):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _dir_is_dead(path, temp_name):
+def _dir_is_dead(path: str, temp_name: str) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
@@ -565,14 +579,14 @@ def _dir_is_dead(path, temp_name):
     return not _writer_alive(temp_name)
 
 
-def _writer_pid(temp_name):
+def _writer_pid(temp_name: str) -> Optional[int]:
     try:
         return int(temp_name.split(".")[-4])
     except (ValueError, IndexError):
         return None
 
 
-def _writer_alive(temp_name):
+def _writer_alive(temp_name: str) -> bool:
     """Temp files are named NAME.PID.SIZE.RANDOM.part; is that PID running?"""
     pid = _writer_pid(temp_name)
     if pid is None:
@@ -588,7 +602,7 @@ def _writer_alive(temp_name):
     return True
 
 
-def _open_pin(path):
+def _open_pin(path: str) -> int:
     # Pin files are opened read-only by job owners: create them world-readable.
     try:
         return _open_created(path, os.O_RDONLY)
@@ -596,7 +610,7 @@ def _open_pin(path):
         raise CacheError(f"cannot create pin file {path}: {e.strerror}") from None
 
 
-def _open_created(path, flags):
+def _open_created(path: str, flags: int) -> int:
     """Open `path`, creating it with FILE_MODE whatever the process umask (a root
     prolog started with umask 077 made pin files job owners could not open)."""
     try:
@@ -614,7 +628,7 @@ def _open_created(path, flags):
     return fd
 
 
-def _makedirs(path):
+def _makedirs(path: str) -> None:
     """os.makedirs with DIR_MODE for every directory it creates, whatever the umask
     (makedirs applies the umask, and gives the parents it creates not even `mode`: under
     umask 0 a fresh cache root was world-writable, under 077 unreadable to jobs)."""
@@ -630,14 +644,14 @@ def _makedirs(path):
     os.chmod(path, DIR_MODE)
 
 
-def _left(deadline):
+def _left(deadline: Optional[float]) -> Optional[float]:
     if deadline is None:
         return None
     import time
     return max(deadline - time.monotonic(), 0.001)
 
 
-def _flock(fd, op, timeout, what):
+def _flock(fd: int, op: int, timeout: Optional[float], what: str) -> None:
     """Blocking flock, bounded by `timeout` with an interval timer: the waiter sleeps
     in the kernel and wakes within microseconds of release (no polling loop)."""
     try:
@@ -654,7 +668,7 @@ def _flock(fd, op, timeout, what):
     class _Expired(Exception):
         pass
 
-    def _alarm(signum, frame):
+    def _alarm(signum: int, frame: object) -> None:
         raise _Expired()
 
     old = signal.signal(signal.SIGALRM, _alarm)
@@ -669,7 +683,7 @@ def _flock(fd, op, timeout, what):
         signal.signal(signal.SIGALRM, old)
 
 
-def _replace_symlink(target, link, tmp_dir):
+def _replace_symlink(target: str, link: str, tmp_dir: str) -> None:
     """Atomically (re)point `link`. The new link is made in tmp/ (same filesystem),
     named like a temp file (NAME.PID.0.RANDOM.new) so that, if its writer dies before
     the rename, sweep_temps removes it: made beside `link`, it was a stray name in the

@@ -3,12 +3,20 @@
 Subcommands import what they need when they run: `sge-image path` is on every job's
 path and must cost little more than starting the interpreter.
 """
+from __future__ import annotations
+
 import argparse
 import os
 import time
 import sys
 
 from . import errors
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional
+
+    from .config import Settings
 
 EXIT_CODES = """exit codes:
   0  success
@@ -23,7 +31,7 @@ EXIT_CODES = """exit codes:
   7  `verify` found a corrupt image and quarantined it"""
 
 
-def _parser():
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sge-image", description="Node-local container image cache for Grid Engine.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,7 +74,7 @@ def _parser():
     return p
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     try:
@@ -79,26 +87,26 @@ def main(argv=None):
         return 130
 
 
-def load_settings(args):
+def load_settings(args: argparse.Namespace) -> Settings:
     from . import config
     return config.load(args.config)
 
 
-def cmd_pull(args):
+def cmd_pull(args: argparse.Namespace) -> int:
     from .sink import Progress
     from .stage import ensure
     from .log import Log
     settings = load_settings(args)
     progress = None
     if not args.quiet:
-        progress = Progress(args.name, sys.stderr, settings.values["fetch"]["progress_interval"])
+        progress = Progress(args.name, sys.stderr, settings.fetch.progress_interval)
     log = Log.from_settings(settings, echo=None if args.quiet else sys.stderr)
     path = ensure(args.name, settings, progress, log)
     print(path)
     return 0
 
 
-def cmd_path(args):
+def cmd_path(args: argparse.Namespace) -> int:
     from .cache import Cache
     settings = load_settings(args)
     image = settings.image(args.name)
@@ -111,7 +119,7 @@ def cmd_path(args):
     return 0
 
 
-def cmd_status(args):
+def cmd_status(args: argparse.Namespace) -> int:
     import json
     import time
     from .cache import Cache
@@ -123,7 +131,7 @@ def cmd_status(args):
     cache = Cache.from_settings(settings)
     entries = cache.entries()
     by_digest = {e.digest: e for e in entries}
-    rows = []
+    rows: List[Dict[str, Any]] = []
     for e in sorted(entries, key=lambda e: -e.last_used):
         rows.append({"name": ",".join(e.names) or "-", "size": e.size, "sha256": e.digest,
                      "last_used": e.last_used, "pinned": e.pinned, "cached": True})
@@ -133,18 +141,19 @@ def cmd_status(args):
             if name in cached_names:
                 continue
             path = cache.lookup(img)
-            e = by_digest.get(os.path.basename(os.path.realpath(path))) if path else None
+            hit = by_digest.get(os.path.basename(os.path.realpath(path))) if path else None
             rows.append({"name": name, "size": img.size, "sha256": img.sha256 or "",
-                         "last_used": e.last_used if e else None, "pinned": bool(e and e.pinned),
-                         "cached": e is not None})
+                         "last_used": hit.last_used if hit else None,
+                         "pinned": bool(hit and hit.pinned), "cached": hit is not None})
     if args.json:
         print(json.dumps({"root": cache.root, "images": rows,
                           "max_size": cache.max_size}, indent=2))
         return 0
     used = sum(e.size for e in entries)
     from .units import plural
+    cap = format_size(cache.max_size) if cache.max_size else "no"
     print(f"cache {cache.root}: {plural(len(entries), 'image')}, {format_size(used)} of "
-          f"{format_size(cache.max_size)} cap")
+          f"{cap} cap")
     print(f"{'NAME':30} {'SIZE':>10} {'SHA256':14} {'LAST USED':19} {'PINNED':6} CACHED")
     for r in rows:
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_used"])) if r["last_used"] else "-"
@@ -154,7 +163,7 @@ def cmd_status(args):
     return 0
 
 
-def cmd_gc(args):
+def cmd_gc(args: argparse.Namespace) -> int:
     from .cache import Cache
     from .units import format_duration, format_size
     settings = load_settings(args)
@@ -181,11 +190,12 @@ def cmd_gc(args):
         print(f"removed dead temp file {fn}")
     for e in cache.make_room(0):
         print(f"evicted {','.join(e.names) or '-'} sha256:{e.digest[:12]} {format_size(e.size)}")
-    print(f"{format_size(cache.used_bytes())} used of {format_size(cache.max_size)}")
+    cap = format_size(cache.max_size) if cache.max_size else "no"
+    print(f"{format_size(cache.used_bytes())} used of {cap} cap")
     return 0
 
 
-def cmd_verify(args):
+def cmd_verify(args: argparse.Namespace) -> int:
     import hashlib
     from .cache import Cache
     settings = load_settings(args)
@@ -219,7 +229,7 @@ def cmd_verify(args):
     return errors.EXIT_CORRUPT if bad else 0
 
 
-def cmd_catalog(args):
+def cmd_catalog(args: argparse.Namespace) -> int:
     from . import config
     settings = config.load(args.config, use_snapshot=False)
     from .units import plural

@@ -7,7 +7,12 @@ The prolog and `sge-image path` run on every job, and importing PyYAML alone cos
 more than a bare interpreter start, so a validated copy of the settings is kept as
 JSON beside the config file (`.NAME.snapshot.json`) and used while the YAML files
 it came from are unchanged (same mtime, size and inode).
+
+The validated values become read-only sections with typed attributes
+(`settings.fetch.read_timeout`); SCHEMA holds every default, and nothing else does.
 """
+from __future__ import annotations
+
 import json
 import os
 import socket
@@ -15,11 +20,15 @@ import socket
 from .errors import ConfigError
 from .names import RESERVED_COMPLEXES, explain_invalid, is_valid_name, warm_complex
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
 DEFAULT_PATH = "/etc/sge-image/config.yaml"
-SNAPSHOT_VERSION = 4  # 3: cache.room_wait; 4: the agent section
+SNAPSHOT_VERSION = 5  # 3: cache.room_wait; 4: the agent section; 5: no log.level
 
 # section -> key -> (kind, default). Kinds are checked by _coerce.
-SCHEMA = {
+SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
     "cache": {
         "root": ("path", "/var/cache/sge-image"),
         "max_size": ("size", "200G"),
@@ -42,7 +51,6 @@ SCHEMA = {
     },
     "log": {
         "file": ("optpath", None),
-        "level": ("level", "info"),
     },
     "jsv": {
         "strict": ("bool", False),
@@ -78,8 +86,117 @@ SCHEMA = {
     },
 }
 TOP_KEYS = set(SCHEMA) | {"catalog", "images", "sources"}
-IMAGE_KEYS = {"url", "sha256", "size", "description", "s3", "oras", "command"}
-LEVELS = ("debug", "info", "warning", "error")
+# An entry's own keys; each source that takes options adds its name (sge/fetch).
+IMAGE_KEYS = {"url", "sha256", "size", "description"}
+
+
+class Section:
+    """The read-only settings of one SCHEMA section, its keys as attributes. A key
+    missing from `values` takes its SCHEMA default (tests build partial sections)."""
+
+    __slots__: Tuple[str, ...] = ()
+    NAME = ""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        schema = SCHEMA[self.NAME]
+        for key in self.__slots__:
+            value = values[key] if key in values else _coerce(*schema[key])
+            # a list from YAML or the JSON snapshot: a tuple, so that nothing edits it
+            object.__setattr__(self, key, tuple(value) if isinstance(value, list) else value)
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise AttributeError(f"settings are read-only ({self.NAME}.{key})")
+
+    def __delattr__(self, key: str) -> None:
+        raise AttributeError(f"settings are read-only ({self.NAME}.{key})")
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {key: getattr(self, key) for key in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.as_dict()!r})"
+
+
+class CacheSettings(Section):
+    NAME = "cache"
+    __slots__ = tuple(SCHEMA[NAME])
+    root: str
+    max_size: int
+    low_water: float
+    lock_wait: float
+    min_free: int
+    evict_grace: float
+    room_wait: float
+
+
+class FetchSettings(Section):
+    NAME = "fetch"
+    __slots__ = tuple(SCHEMA[NAME])
+    connect_timeout: float
+    read_timeout: float
+    retries: int
+    backoff: float
+    backoff_max: float
+    progress_interval: float
+    low_speed_limit: int
+    low_speed_time: float
+    command_timeout: float
+
+
+class LogSettings(Section):
+    NAME = "log"
+    __slots__ = tuple(SCHEMA[NAME])
+    file: Optional[str]
+
+
+class JsvSettings(Section):
+    NAME = "jsv"
+    __slots__ = tuple(SCHEMA[NAME])
+    strict: bool
+    timeout: float
+
+
+class PrologSettings(Section):
+    NAME = "prolog"
+    __slots__ = tuple(SCHEMA[NAME])
+    max_reschedules: int
+
+
+class SensorSettings(Section):
+    NAME = "sensor"
+    __slots__ = tuple(SCHEMA[NAME])
+    list_complex: bool
+    report_inflight: bool
+
+
+class StarterSettings(Section):
+    NAME = "starter"
+    __slots__ = tuple(SCHEMA[NAME])
+    runtime: Tuple[str, ...]
+
+
+class AgentSettings(Section):
+    NAME = "agent"
+    __slots__ = tuple(SCHEMA[NAME])
+    enabled: bool
+    peers: bool
+    port: int
+    bind: str
+    user: str
+    upload_slots: int
+    max_connections: int
+    header_timeout: float
+    idle_timeout: float
+    trust: Union[str, Tuple[str, ...]]   # "cluster" or hosts, addresses and networks
+    key_file: str
+    seed_wait: float
+    pe_wait: float
+    live_window: float
+    qhost: Tuple[str, ...]
+
+
+SECTIONS = (CacheSettings, FetchSettings, LogSettings, JsvSettings, PrologSettings,
+            SensorSettings, StarterSettings, AgentSettings)
 
 
 class Image:
@@ -87,20 +204,22 @@ class Image:
 
     __slots__ = ("name", "urls", "sha256", "size", "description", "options")
 
-    def __init__(self, name, urls, sha256=None, size=None, description="", options=None):
+    def __init__(self, name: str, urls: Iterable[str], sha256: Optional[str] = None,
+                 size: Optional[int] = None, description: str = "",
+                 options: Optional[Dict[str, Dict[str, Any]]] = None) -> None:
         self.name = name
         self.urls = list(urls)
         self.sha256 = sha256
         self.size = size
         self.description = description
-        self.options = options or {}
+        self.options: Dict[str, Dict[str, Any]] = options or {}
 
     @property
-    def complex(self):
+    def complex(self) -> str:
         return warm_complex(self.name)
 
     @property
-    def pin(self):
+    def pin(self) -> Optional[str]:
         """Identity of an entry that has no sha256 but a source that pins one
         (`oras://r/x@sha256:...`): the first such pin, else None."""
         for url in self.urls:
@@ -108,29 +227,40 @@ class Image:
                 return url.rsplit("@sha256:", 1)[1]
         return None
 
-    def to_json(self):
+    def to_json(self) -> Dict[str, Any]:
         return {"urls": self.urls, "sha256": self.sha256, "size": self.size,
                 "description": self.description, "options": self.options}
 
     @classmethod
-    def from_json(cls, name, d):
+    def from_json(cls, name: str, d: Mapping[str, Any]) -> Image:
         return cls(name, d["urls"], d["sha256"], d["size"], d["description"], d["options"])
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Image({self.name!r}, sha256={self.sha256 and self.sha256[:12]!r})"
 
 
 class Settings:
-    """Validated settings: `section.key` attributes plus `images` (name -> Image)."""
+    """Validated settings: one read-only section per SCHEMA section (`settings.cache`,
+    `settings.fetch`, ...), the site-wide `sources` options, and `images` (name -> Image)."""
 
-    def __init__(self, values, images, path=None, sources=None):
-        self.values = values
+    def __init__(self, values: Mapping[str, Mapping[str, Any]], images: Dict[str, Image],
+                 path: Optional[str] = None,
+                 sources: Optional[Dict[str, Any]] = None) -> None:
+        self.cache = CacheSettings(values.get("cache", {}))
+        self.fetch = FetchSettings(values.get("fetch", {}))
+        self.log = LogSettings(values.get("log", {}))
+        self.jsv = JsvSettings(values.get("jsv", {}))
+        self.prolog = PrologSettings(values.get("prolog", {}))
+        self.sensor = SensorSettings(values.get("sensor", {}))
+        self.starter = StarterSettings(values.get("starter", {}))
+        self.agent = AgentSettings(values.get("agent", {}))
         self.images = images
         self.path = path
-        self.sources = sources or {}
-        self.stamps = []  # (path, mtime, size, inode) of the files these came from
+        self.sources: Dict[str, Any] = sources or {}
+        # [path, mtime, size, inode] of the files these came from
+        self.stamps: List[List[Any]] = []
 
-    def is_stale(self):
+    def is_stale(self) -> bool:
         """True once a file these settings came from has changed (long-lived hooks
         such as the load sensor and the JSV reload then)."""
         try:
@@ -139,10 +269,10 @@ class Settings:
             return True
 
     @property
-    def cache_root(self):
-        return expand_root(self.values["cache"]["root"])
+    def cache_root(self) -> str:
+        return expand_root(self.cache.root)
 
-    def image(self, name):
+    def image(self, name: str) -> Image:
         from .errors import UnknownImage
         if not is_valid_name(name):
             raise UnknownImage(explain_invalid(name))
@@ -155,17 +285,18 @@ class Settings:
             f"image {name!r} is not in the catalog{hint}; `sge-image status --catalog` "
             f"lists the available images")
 
-    def to_json(self):
-        return {"values": self.values, "sources": self.sources,
+    def to_json(self) -> Dict[str, Any]:
+        values = {sec.NAME: getattr(self, sec.NAME).as_dict() for sec in SECTIONS}
+        return {"values": values, "sources": self.sources,
                 "images": {n: i.to_json() for n, i in self.images.items()}}
 
     @classmethod
-    def from_json(cls, d, path):
+    def from_json(cls, d: Mapping[str, Any], path: str) -> Settings:
         images = {n: Image.from_json(n, v) for n, v in d["images"].items()}
         return cls(d["values"], images, path, d["sources"])
 
 
-def expand_root(root):
+def expand_root(root: str) -> str:
     """`{host}` in cache.root becomes the short host name, so one shared config can
     give each exec host (or each simulated host in tests) its own cache."""
     if "{host}" in root:
@@ -173,11 +304,11 @@ def expand_root(root):
     return root
 
 
-def config_path(explicit=None):
+def config_path(explicit: Optional[str] = None) -> str:
     return explicit or os.environ.get("SGE_IMAGE_CONFIG") or DEFAULT_PATH
 
 
-def load(path=None, use_snapshot=True):
+def load(path: Optional[str] = None, use_snapshot: bool = True) -> Settings:
     """Load and validate settings; `path` as `config_path` resolves it."""
     path = os.path.abspath(config_path(path))
     if use_snapshot:
@@ -191,7 +322,7 @@ def load(path=None, use_snapshot=True):
     return settings
 
 
-def prepare_snapshot(path=None):
+def prepare_snapshot(path: Optional[str] = None) -> None:
     """Make sure a fresh snapshot exists, parsing the YAML in a child process.
 
     For long-lived hooks (the load sensor): a YAML parse of a 10,000-image catalog
@@ -210,28 +341,29 @@ def prepare_snapshot(path=None):
 
 # ---------------------------------------------------------------- snapshot
 
-def _snapshot_path(path):
+def _snapshot_path(path: str) -> str:
     d, base = os.path.split(path)
     return os.path.join(d, f".{base}.snapshot.json")
 
 
-def _stamp(path):
+def _stamp(path: str) -> List[Any]:
     st = os.stat(path)
     return [path, st.st_mtime_ns, st.st_size, st.st_ino]
 
 
-def _read_snapshot(path):
+def _read_snapshot(path: str) -> Optional[Settings]:
     snap = _snapshot_path(path)
     try:
-        fd = os.open(snap, os.O_RDONLY | os.O_NOFOLLOW)
+        opened = os.open(snap, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
+    fd: Optional[int] = opened  # None once the file object owns it
     try:
-        st = os.fstat(fd)
+        st = os.fstat(opened)
         # A snapshot someone else could have written must not steer a root prolog.
         if st.st_uid != os.stat(path).st_uid or st.st_mode & 0o022:
             return None
-        with os.fdopen(fd, "rb") as f:
+        with os.fdopen(opened, "rb") as f:
             fd = None
             data = json.loads(f.read())
         if data.get("version") != SNAPSHOT_VERSION:
@@ -249,7 +381,7 @@ def _read_snapshot(path):
             os.close(fd)
 
 
-def _write_snapshot(path, settings, sources):
+def _write_snapshot(path: str, settings: Settings, sources: List[str]) -> None:
     from .fsutil import atomic_write
     data = {"version": SNAPSHOT_VERSION, "sources": settings.stamps,
             "settings": settings.to_json()}
@@ -261,13 +393,13 @@ def _write_snapshot(path, settings, sources):
 
 # ---------------------------------------------------------------- YAML
 
-def _yaml_loader():
+def _yaml_loader() -> Tuple[Any, Any]:
     import yaml
 
     class LineLoader(yaml.SafeLoader):
         """Keeps the line of every mapping key, and refuses duplicate keys."""
 
-    def construct_mapping(loader, node, deep=False):
+    def construct_mapping(loader: Any, node: Any, deep: bool = False) -> LineDict:
         mapping = LineDict()
         mapping.line = node.start_mark.line + 1
         for key_node, value_node in node.value:
@@ -288,13 +420,15 @@ def _yaml_loader():
 
 
 class LineDict(dict):
-    def __init__(self):
+    """A YAML mapping that knows its line and the line of each of its keys."""
+
+    def __init__(self) -> None:
         super().__init__()
         self.line = 0
-        self.lines = {}
+        self.lines: Dict[str, int] = {}
 
 
-def _nearest(name, names):
+def _nearest(name: str, names: Iterable[str]) -> str:
     """` (did you mean 'rocky9-cuda'?)` for a misspelt image name, else ''."""
     import difflib
     lower = {n.lower(): n for n in names}
@@ -304,7 +438,7 @@ def _nearest(name, names):
     return f" (did you mean {lower[close[0]]!r}?)" if close else ""
 
 
-def _parse_file(path):
+def _parse_file(path: str) -> LineDict:
     yaml, loader_cls = _yaml_loader()
     try:
         with open(path, encoding="utf-8") as f:
@@ -333,12 +467,12 @@ def _parse_file(path):
         loader.dispose()
     if data is None:
         data = LineDict()
-    if not isinstance(data, dict):
+    if not isinstance(data, LineDict):
         raise ConfigError(f"{path}:1: expected a mapping of settings, got {type(data).__name__}")
     return data
 
 
-def _load_yaml(path):
+def _load_yaml(path: str) -> Tuple[Settings, List[str]]:
     data = _parse_file(path)
     sources = [path]
     where = lambda key, d=data: f"{path}:{d.lines.get(key, d.line)}"  # noqa: E731
@@ -346,10 +480,10 @@ def _load_yaml(path):
     if unknown:
         raise ConfigError(f"{where(unknown[0])}: unknown key {unknown[0]!r} "
                           f"(known: {', '.join(sorted(TOP_KEYS))})")
-    values = {}
+    values: Dict[str, Dict[str, Any]] = {}
     for section, keys in SCHEMA.items():
-        given = data.get(section) or LineDict()
-        if not isinstance(given, dict):
+        given: Any = data.get(section) or LineDict()
+        if not isinstance(given, LineDict):
             raise ConfigError(f"{where(section)}: {section!r} must be a mapping")
         extra = sorted(set(given) - set(keys))
         if extra:
@@ -376,7 +510,7 @@ def _load_yaml(path):
         if not isinstance(cat_path, str) or not cat_path:
             raise ConfigError(f"{where('catalog')}: 'catalog' must be the path of a YAML file")
         cat_path = os.path.join(os.path.dirname(path), cat_path)
-        cat = _parse_file(cat_path)
+        cat: Any = _parse_file(cat_path)
         if set(cat) == {"images"} and isinstance(cat["images"], dict):
             cat = cat["images"]  # a catalog file may wrap its mapping in `images:` too
         images = parse_catalog(cat, cat_path)
@@ -389,14 +523,15 @@ def _load_yaml(path):
     return Settings(values, images, path, dict(src)), sources
 
 
-def _check_cache_values(values, path, data):
+def _check_cache_values(values: Mapping[str, Mapping[str, Any]], path: str,
+                        data: LineDict) -> None:
     root = values["cache"]["root"]
     if not os.path.isabs(root):
         line = data.get("cache", LineDict()).lines.get("root", 0) if isinstance(data.get("cache"), dict) else 0
         raise ConfigError(f"{path}:{line}: cache.root must be an absolute path, got {root!r}")
 
 
-def _coerce(kind, raw):
+def _coerce(kind: str, raw: Any) -> Any:
     from .units import parse_share, parse_size
     if kind == "size":
         return parse_size(raw)
@@ -447,10 +582,6 @@ def _coerce(kind, raw):
                 except ValueError:
                     raise ValueError(f"{a!r} is not a network (such as 10.1.0.0/16)") from None
         return raw
-    if kind == "level":
-        if raw not in LEVELS:
-            raise ValueError(f"{raw!r} is not one of {', '.join(LEVELS)}")
-        return raw
     if kind == "argv":
         if isinstance(raw, str):
             raw = raw.split()
@@ -460,10 +591,12 @@ def _coerce(kind, raw):
     raise AssertionError(kind)
 
 
-def parse_catalog(data, path):
+def parse_catalog(data: Mapping[str, Any], path: str) -> Dict[str, Image]:
     """NAME -> {url, sha256, size} mapping -> {name: Image}; every error names its line."""
-    images = {}
-    seen_complex = {}
+    from .fetch import OPTION_SOURCES, check_options
+    image_keys = IMAGE_KEYS | set(OPTION_SOURCES)
+    images: Dict[str, Image] = {}
+    seen_complex: Dict[str, str] = {}
     for name, entry in data.items():
         line = data.lines.get(name, 0) if isinstance(data, LineDict) else 0
         at = f"{path}:{line}"
@@ -480,10 +613,10 @@ def parse_catalog(data, path):
         if not isinstance(entry, dict):
             raise ConfigError(f"{at}: image {name!r}: expected a mapping with url, sha256, size")
         eline = lambda key, e=entry: f"{path}:{e.lines.get(key, line)}"  # noqa: E731
-        extra = sorted(set(entry) - IMAGE_KEYS)
+        extra = sorted(set(entry) - image_keys)
         if extra:
             raise ConfigError(f"{eline(extra[0])}: image {name!r}: unknown key {extra[0]!r} "
-                              f"(known: {', '.join(sorted(IMAGE_KEYS))})")
+                              f"(known: {', '.join(sorted(image_keys))})")
         urls = entry.get("url")
         if isinstance(urls, str):
             urls = [urls]
@@ -514,11 +647,11 @@ def parse_catalog(data, path):
         description = entry.get("description", "")
         if not isinstance(description, str):
             raise ConfigError(f"{eline('description')}: image {name!r}: description must be text")
-        options = {k: entry[k] for k in ("s3", "oras", "command") if k in entry}
+        options = {k: entry[k] for k in OPTION_SOURCES if k in entry}
         for k, v in options.items():
             if not isinstance(v, dict):
                 raise ConfigError(f"{eline(k)}: image {name!r}: {k!r} must be a mapping of options")
-            problem = _check_source_options(k, v)
+            problem = check_options(k, v)
             if problem:
                 lines = getattr(v, "lines", {})
                 where = f"{path}:{lines[problem[0]]}" if problem[0] in lines else eline(k)
@@ -535,15 +668,3 @@ def parse_catalog(data, path):
         images[name] = image
     return images
 
-
-def _check_source_options(kind, options):
-    """(key, problem) for a bad per-source option, or None. Each fetcher module names
-    its keys in OPTION_KEYS and may check values in check_options: a misspelt
-    `enpoint_url:` fails at load with its line, not at the first cold pull."""
-    import importlib
-    mod = importlib.import_module(f".fetch.{kind}", __package__)
-    unknown = sorted(set(options) - set(mod.OPTION_KEYS))
-    if unknown:
-        return unknown[0], f"unknown option (known: {', '.join(sorted(mod.OPTION_KEYS))})"
-    check = getattr(mod, "check_options", None)
-    return check(options) if check else None

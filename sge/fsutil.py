@@ -6,11 +6,18 @@ fsynced, `os.replace` over the target, then the directory fsynced so the rename 
 is durable. As pip's `adjacent_tmp_file` + `replace` do. Images do not come through
 here: the cache publishes them through its own verifying path (sge/cache.py).
 """
+from __future__ import annotations
+
 import os
 from contextlib import suppress
 
 
-def fsync_dir(path):
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Union
+
+
+def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -22,17 +29,16 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def atomic_write(path, data, mode=0o644):
+def atomic_write(path: str, data: Union[str, bytes], mode: int = 0o644) -> None:
     """Replace `path` with `data` (str or bytes), crash-safe. The temp name carries the
     pid, so two writers never share a temp file (the install state used a fixed .tmp)."""
-    if isinstance(data, str):
-        data = data.encode()
+    raw = data.encode() if isinstance(data, str) else data
     tmp = f"{path}.{os.getpid()}.{os.urandom(3).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         try:
             os.fchmod(fd, mode)  # whatever the umask
-            view = memoryview(data)
+            view = memoryview(raw)
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)

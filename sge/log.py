@@ -24,7 +24,7 @@ class Log:
     @classmethod
     def from_settings(cls, settings: Settings, echo: Optional[TextIO] = None,
                       tag: str = "sge-image") -> Log:
-        return cls(settings.values["log"]["file"], echo, tag)
+        return cls(settings.log.file, echo, tag)
 
     def __call__(self, msg: str) -> None:
         if self.echo is not None:

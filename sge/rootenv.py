@@ -6,13 +6,21 @@ rebuilt environment instead: the system path, a C locale, and Grid Engine's own
 variables so its clients find their cell. Sites add what a command needs (proxies,
 registry credentials) explicitly in the config.
 """
+from __future__ import annotations
+
 import os
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, List, Mapping, Optional
 
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 GE_VARS = ("SGE_ROOT", "SGE_CELL", "SGE_QMASTER_PORT", "SGE_EXECD_PORT")
 
 
-def child_env(extra=None, always=False):
+def child_env(extra: Optional[Mapping[str, object]] = None,
+              always: bool = False) -> Optional[Dict[str, str]]:
     """None (inherit), or a rebuilt environment when running as root inside a job's
     environment (a prolog: Grid Engine sets SGE_JOB_SPOOL_DIR there), or as root at all
     with `always`. An admin's own `sge-image pull` keeps the admin's environment."""
@@ -28,7 +36,7 @@ def child_env(extra=None, always=False):
     return env
 
 
-def _ge_bin_dirs():
+def _ge_bin_dirs() -> List[str]:
     """Grid Engine's own command directories ($SGE_ROOT/bin/<arch>: Open Cluster
     Scheduler installs qhost there, not on the system path), only where only root can
     have put what is in them: SGE_ROOT comes from the job's environment too."""
@@ -43,7 +51,7 @@ def _ge_bin_dirs():
     return [d for d in (os.path.join(base, a) for a in arches) if _root_only(d)]
 
 
-def _root_only(path):
+def _root_only(path: str) -> bool:
     """`path` and every directory above it belong to root and nobody else may write."""
     import stat
     while True:

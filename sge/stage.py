@@ -6,12 +6,24 @@ callers sleep in the kernel and wake when it is released), a re-check, eviction 
 cap needs it, a download into a private temp file verified by size and sha256, and an
 atomic publish. A killed download leaves only a temp file, swept by the next cold path.
 """
+from __future__ import annotations
+
 import os
 
 from .cache import Cache
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Optional
 
-def ensure(name, settings, progress=None, log=None):
+    from .config import Image, Settings
+    from .sink import Progress
+
+    LogFn = Callable[[str], None]
+
+
+def ensure(name: str, settings: Settings, progress: Optional[Progress] = None,
+           log: Optional[LogFn] = None) -> str:
     image = settings.image(name)
     cache = Cache.from_settings(settings)
     path = cache.lookup(image)
@@ -21,11 +33,12 @@ def ensure(name, settings, progress=None, log=None):
     return stage(image, cache, settings, progress, log)
 
 
-def stage(image, cache, settings, progress=None, log=None):
+def stage(image: Image, cache: Cache, settings: Settings, progress: Optional[Progress] = None,
+          log: Optional[LogFn] = None) -> str:
     from .log import Log
-    log = log or Log.from_settings(settings)
+    logfn: LogFn = log or Log.from_settings(settings)
     try:
-        return _stage(image, cache, settings, progress, log)
+        return _stage(image, cache, settings, progress, logfn)
     except OSError as e:
         # Out of space or inodes outside the sink's writes (a lock, pin or temp file,
         # a name-index link): the same transient "disk full", not an internal error
@@ -38,7 +51,8 @@ def stage(image, cache, settings, progress=None, log=None):
                         f"{image.name!r} ({e.strerror}: {e.filename})") from None
 
 
-def _stage(image, cache, settings, progress, log):
+def _stage(image: Image, cache: Cache, settings: Settings, progress: Optional[Progress],
+           log: LogFn) -> str:
     """One staging, waiting (up to cache.room_wait) while the cache is only busy.
 
     The wait happens outside the image lock, so that every task of the image on this
@@ -57,9 +71,10 @@ def _stage(image, cache, settings, progress, log):
                             ready=lambda: cache.lookup(image) is not None)
 
 
-def _stage_locked(image, cache, settings, progress, log):
+def _stage_locked(image: Image, cache: Cache, settings: Settings,
+                  progress: Optional[Progress], log: LogFn) -> str:
     cache.ensure_layout()
-    with cache.image_lock(image.name, settings.values["cache"]["lock_wait"],
+    with cache.image_lock(image.name, settings.cache.lock_wait,
                           ready=lambda: cache.lookup(image)):
         path = cache.lookup(image)
         if path is not None:
@@ -77,16 +92,17 @@ def _stage_locked(image, cache, settings, progress, log):
 
 
 class _RetryAfterEviction(Exception):
-    def __init__(self, received):
+    def __init__(self, received: int) -> None:
         self.received = received
 
 
-def _evict(cache, image, need, log):
+def _evict(cache: Cache, image: Image, need: int, log: LogFn) -> None:
     for e in cache.make_room(need):
         log(f"evicted {', '.join(e.names) or e.digest[:12]} ({e.size} bytes, least recently used)")
 
 
-def _download(image, cache, settings, progress, log, final=False):
+def _download(image: Image, cache: Cache, settings: Settings, progress: Optional[Progress],
+              log: LogFn, final: bool = False) -> str:
     from .errors import CacheFull
     from .fetch import Context, fetch_image
     from .sink import Sink
@@ -95,9 +111,9 @@ def _download(image, cache, settings, progress, log, final=False):
     sink = Sink(fd, tmp, image.size, image.sha256, progress)
     published = False
     try:
-        ctx = Context(image, settings.values["fetch"], settings.sources, log)
+        ctx = Context(image, settings.fetch, settings.sources, log)
         digest = None
-        if settings.values.get("agent", {}).get("peers"):
+        if settings.agent.peers:
             # Other exec hosts' agents first (sge/agent/peers.py): the same sink
             # verifies their bytes, and None sends us on to the catalog's sources.
             from .agent.peers import fetch as fetch_from_peers

@@ -1,25 +1,9 @@
-"""Shared fixtures: a real HTTP server, site configs in temp dirs, CLI runner."""
-import hashlib
-import os
-import random
-import subprocess
-import sys
-
+"""Shared fixtures: a real HTTP server, site configs in temp dirs. The helpers they and
+the benchmarks share are in tests/support."""
 import pytest
 import yaml
 
-from tests.httpserver import Server
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def payload(size, seed=0):
-    """Deterministic incompressible bytes."""
-    return random.Random(seed).randbytes(size)
-
-
-def sha256(data):
-    return hashlib.sha256(data).hexdigest()
+from tests.support.httpserver import Server
 
 
 def pytest_addoption(parser):
@@ -62,24 +46,3 @@ def make_config(tmp_path):
         path.write_text(yaml.safe_dump(cfg))
         return str(path)
     return make
-
-
-def cli(config, *args, timeout=120, **kw):
-    """Run `sge-image --config CONFIG ARGS` in a new interpreter."""
-    return subprocess.run([sys.executable, "-m", "sge.cli", "--config", config, *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kw)
-
-
-def cli_popen(config, *args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "sge.cli", "--config", config, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            **kw)
-
-
-def cache_files(root):
-    """Every file under the cache root, relative, for 'nothing partial' assertions."""
-    out = []
-    for d, _, files in os.walk(root):
-        for f in files:
-            out.append(os.path.relpath(os.path.join(d, f), root))
-    return sorted(out)

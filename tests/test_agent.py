@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tests.agentkit import AgentWorld, body_of, free_port, raw, status_of
-from tests.conftest import payload
+from tests.support.agentkit import AgentWorld, body_of, free_port, raw, status_of
+from tests.support.common import payload
 
 A, B, STRANGER = "127.0.0.21", "127.0.0.22", "127.0.0.29"
 MB = 1 << 20
@@ -365,7 +365,7 @@ def test_the_agent_follows_its_supervisor(world):
     p = subprocess.Popen([sys.executable, "-m", "sge.agent", "--config", cfg, "--watch", str(sup.pid)],
                          env=world.env(A), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     world.procs.append(p)
-    from tests.agentkit import wait_listening
+    from tests.support.agentkit import wait_listening
     wait_listening(A, world.port, p)
     child = int(open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()[0])
     sup.kill()

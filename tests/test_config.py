@@ -38,8 +38,8 @@ images:
     sha256: sha256:{DIGEST.upper()}
 """)
     s = config.load(path, use_snapshot=False)
-    assert s.values["cache"]["max_size"] == 200 << 30
-    assert s.values["cache"]["low_water"] == 0.8
+    assert s.cache.max_size == 200 << 30
+    assert s.cache.low_water == 0.8
     img = s.image("rocky9-cuda")
     assert img.size == 4831838208 and img.sha256 == DIGEST and img.complex == "img_rocky9-cuda"
     assert s.image("mirrored").urls == ["http://a.example/x.sif", "file:///srv/x.sif"]
@@ -164,7 +164,7 @@ def test_an_unclosed_quote_names_the_line_it_began_on(tmp_path):
 
 
 def test_config_may_follow_the_subcommand(make_config):
-    from tests.conftest import ROOT
+    from tests.support.common import ROOT
     import subprocess
     import sys
     cfg = make_config({"rocky9-cuda": {"url": "/x", "sha256": "ab" * 32}})
@@ -172,3 +172,47 @@ def test_config_may_follow_the_subcommand(make_config):
         r = subprocess.run([sys.executable, "-m", "sge.cli", *argv], capture_output=True,
                            text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin"})
         assert r.returncode == 0 and r.stdout.strip().endswith("1 image, ok"), r.stderr
+
+
+def test_sections_are_typed_read_only_and_default_from_the_schema(tmp_path):
+    s = config.load(write(tmp_path, "fetch:\n  retries: 7\nstarter:\n  runtime: apptainer run\n"),
+                    use_snapshot=False)
+    assert s.fetch.retries == 7
+    assert s.fetch.read_timeout == config.SCHEMA["fetch"]["read_timeout"][1]
+    assert s.starter.runtime == ("apptainer", "run")
+    with pytest.raises(AttributeError, match="read-only"):
+        s.fetch.retries = 0
+    with pytest.raises(AttributeError):
+        s.fetch.colour = "blue"
+    # every SCHEMA section has its class, and its class every key with a type
+    assert [sec.NAME for sec in config.SECTIONS] == list(config.SCHEMA)
+    for sec in config.SECTIONS:
+        assert set(sec.__slots__) == set(sec.__annotations__) == set(config.SCHEMA[sec.NAME])
+        assert getattr(s, sec.NAME).as_dict().keys() == config.SCHEMA[sec.NAME].keys()
+
+
+def test_sections_survive_the_snapshot(tmp_path):
+    path = write(tmp_path, "agent:\n  trust: [10.1.0.0/16, node1]\ncache:\n  root: /c/{host}\n")
+    fresh = config.load(path)
+    again = config.load(path)
+    assert again.stamps and again.to_json() == fresh.to_json()
+    assert again.agent.trust == ("10.1.0.0/16", "node1")
+    assert again.cache.root == "/c/{host}"
+
+
+def test_settings_and_catalog_import_no_source_module(tmp_path):
+    """Loading the settings (YAML or snapshot) must not import a fetcher: the s3 one
+    brings botocore, and the prolog's warm path loads the settings on every job."""
+    import subprocess
+    import sys
+    path = write(tmp_path, f"images:\n  a:\n    url: s3://b/k\n    sha256: {DIGEST}\n"
+                           f"    s3: {{region: eu-west-1}}\n")
+    code = ("import sys; from sge import config; config.load(sys.argv[1]); "
+            "print(' '.join(m for m in sys.modules if m.startswith(('sge.fetch', 'boto'))))")
+
+    def loaded():
+        return subprocess.run([sys.executable, "-c", code, path], capture_output=True,
+                              text=True, check=True).stdout.split()
+    # the YAML: the catalog's s3 options are checked by the s3 module, without botocore
+    assert not [m for m in loaded() if m.startswith("boto")]
+    assert loaded() == []  # the snapshot

@@ -9,7 +9,7 @@ import pytest
 
 from sge import config
 from sge.cache import Cache
-from tests.conftest import ROOT, cli, payload, sha256
+from tests.support.common import ROOT, cli, payload, sha256
 
 MB = 1 << 20
 
@@ -100,7 +100,7 @@ def test_a_busy_cache_waits_for_room_then_stages(tmp_path, make_config):
         assert cli(cfg, "pull", f"img{i}", "-q").returncode == 0
     holders = [_pin_holder(cfg, "img0"), _pin_holder(cfg, "img1")]
     try:
-        from tests.conftest import cli_popen
+        from tests.support.common import cli_popen
         waiter = cli_popen(cfg, "pull", "img2")
         deadline = time.monotonic() + 30
         log = tmp_path / "sge-image.log"
@@ -187,7 +187,7 @@ def test_waiters_for_one_image_stage_it_once(tmp_path, make_config):
     holders = [_pin_holder(cfg, "img0"), _pin_holder(cfg, "img1")]
     log = tmp_path / "sge-image.log"
     try:
-        from tests.conftest import cli_popen
+        from tests.support.common import cli_popen
         waiters = [cli_popen(cfg, "pull", "img2", "-q") for _ in range(2)]
         deadline = time.monotonic() + 30
         while log.read_text().count("waiting up to") < 2:

@@ -12,8 +12,8 @@ import pytest
 
 from sge.errors import FetchError
 from sge.fetch import command
-from tests.conftest import ROOT, cache_files, cli, sha256
-from tests.servers_oci_s3 import run_fetch
+from tests.support.common import ROOT, cache_files, cli, sha256
+from tests.support.servers_oci_s3 import run_fetch
 
 MB = 1 << 20
 
@@ -223,7 +223,7 @@ def test_termination_signal_kills_the_group_first(tmp_path, fake):
     driver.write_text(textwrap.dedent(f'''\
         import sys
         sys.path.insert(0, {ROOT!r})
-        from tests.servers_oci_s3 import run_fetch
+        from tests.support.servers_oci_s3 import run_fetch
         run_fetch({str(tmp_path)!r}, "docker://hang/x:1", sha256="1" * 64,
                   sources={{"command": {{"template": {fake.template!r}}}}})
         '''))

@@ -4,9 +4,9 @@ pieces, dropped again for one too slow to fill it, and the bytes are right eithe
 import pytest
 
 from sge.fetch import http, httpwire
-from tests.conftest import payload, sha256
-from tests.httpserver import Fault
-from tests.servers_oci_s3 import run_fetch
+from tests.support.common import payload, sha256
+from tests.support.httpserver import Fault
+from tests.support.servers_oci_s3 import run_fetch
 
 MB = 1 << 20
 

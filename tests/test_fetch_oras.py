@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from sge.errors import FetchError
-from tests.conftest import cli, payload, sha256
-from tests.servers_oci_s3 import (OCI_MANIFEST, PASSWORD, SIF_MEDIA_TYPE, USER, HTPASSWD, Registry,
+from tests.support.common import cli, payload, sha256
+from tests.support.servers_oci_s3 import (OCI_MANIFEST, PASSWORD, SIF_MEDIA_TYPE, USER, HTPASSWD, Registry,
                                   TokenServer, blob_file, push_oras, push_raw, put_manifest,
                                   run_fetch)
 
@@ -348,8 +348,9 @@ def test_token_realm_over_plain_http_needs_insecure(tmp_path, oci, artifact):
     from sge.fetch import registry_auth
     from sge.fetch import Context
     from sge.config import Image
-    from tests.servers_oci_s3 import FETCH_SETTINGS
-    ctx = Context(Image("x", ["oras://h/r:t"], "1" * 64), FETCH_SETTINGS)
+    from sge.config import FetchSettings
+    from tests.support.servers_oci_s3 import FETCH_SETTINGS
+    ctx = Context(Image("x", ["oras://h/r:t"], "1" * 64), FetchSettings(FETCH_SETTINGS))
     with pytest.raises(FetchError) as e:
         registry_auth.fetch_token({"realm": oci["tokens"].realm}, None, "lab/tool", ctx,
                                   insecure=False, shown="oras://h/r:t")
@@ -486,7 +487,8 @@ def test_token_is_not_sent_to_the_host_a_blob_redirects_to(tmp_path):
     from sge.fetch import Context
     from sge.config import Image
     from sge.sink import Sink
-    from tests.servers_oci_s3 import FETCH_SETTINGS
+    from sge.config import FetchSettings
+    from tests.support.servers_oci_s3 import FETCH_SETTINGS
     seen = []
     storage = _serve(type("S", (_Recorder,), {"seen": seen}))
     # "localhost" is another origin than 127.0.0.1, though the same loopback.
@@ -496,7 +498,7 @@ def test_token_is_not_sent_to_the_host_a_blob_redirects_to(tmp_path):
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
     sink = Sink(fd, str(path))
     try:
-        ctx = Context(Image("x", ["oras://h/r:t"], "1" * 64), FETCH_SETTINGS)
+        ctx = Context(Image("x", ["oras://h/r:t"], "1" * 64), FetchSettings(FETCH_SETTINGS))
         resumable.get(f"http://127.0.0.1:{registry.server_address[1]}/v2/r/blobs/x", sink, ctx,
                       headers={"Authorization": "Bearer secret-token"})
         sink.finish("test")
@@ -515,7 +517,7 @@ def test_token_is_not_sent_to_the_host_a_blob_redirects_to(tmp_path):
 def test_mirrors_across_schemes(tmp_path, oci, artifact, monkeypatch):
     """An image's URLs of different schemes are tried in order: a missing S3 bucket
     (permanent), a dead registry (transient), then a working registry."""
-    from tests.servers_oci_s3 import S3Server
+    from tests.support.servers_oci_s3 import S3Server
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     s3 = S3Server(str(tmp_path / "s3"))
     try:

@@ -6,8 +6,8 @@ import time
 import pytest
 
 from sge.errors import FetchError
-from tests.conftest import cli, payload, sha256
-from tests.servers_oci_s3 import S3_KEY_ID, S3_SECRET, S3Server, run_fetch
+from tests.support.common import cli, payload, sha256
+from tests.support.servers_oci_s3 import S3_KEY_ID, S3_SECRET, S3Server, run_fetch
 
 MB = 1 << 20
 

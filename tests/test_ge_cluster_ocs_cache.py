@@ -1,4 +1,4 @@
-"""scripts/ge-cluster.sh with GE_FLAVOR=ocs: the built Open Cluster Scheduler tree is
+"""lab/ge-cluster.sh with GE_FLAVOR=ocs: the built Open Cluster Scheduler tree is
 cached under a key of the source tarball, the patch and the build options, so a second
 `up` reuses it and a changed source or patch builds a new one. (`env` computes the key
 without building anything.)"""
@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.common import ROOT
 
-SCRIPT = os.path.join(ROOT, "scripts", "ge-cluster.sh")
+SCRIPT = os.path.join(ROOT, "lab", "ge-cluster.sh")
 SRC = os.path.join(os.path.dirname(ROOT), "shared", "ocs")
 
 

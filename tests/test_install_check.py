@@ -96,7 +96,7 @@ def site(public):
 def _private_python(tmp_path):
     """An interpreter behind a directory only root may search, as a venv built from
     a Python under root's home has."""
-    from tests.conftest import ROOT
+    from tests.support.common import ROOT
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     os.chmod(private, 0o700)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, payload, sha256
+from tests.support.common import ROOT, payload, sha256
 
 FAKE_QCONF = r'''#!/bin/sh
 # Serves canned qconf answers from $FAKE_QCONF_DIR; records every call.

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from sge.ge import jsv as jsvmod
 from sge.ge.jsv_protocol import MAX_OUT_LINE, Result, clean_text
-from tests.conftest import ROOT
+from tests.support.common import ROOT
 
 DIGEST = "ab" * 32
 COMMANDS = ("SEND", "STARTED", "PARAM", "ENV", "LOG", "RESULT")
@@ -469,7 +469,9 @@ class FakeSettings:
     def __init__(self, names, strict=False):
         from sge.config import Image
         self.images = {n: Image(n, ["file:///x"], DIGEST) for n in names}
-        self.values = {"jsv": {"strict": strict, "timeout": 5.0}}
+        from sge.config import CacheSettings, JsvSettings
+        self.jsv = JsvSettings({"strict": strict, "timeout": 5.0})
+        self.cache = CacheSettings({})
 
     def image(self, name):
         from sge.config import Settings

@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import ROOT, cli, payload, sha256
+from tests.support.common import ROOT, cli, payload, sha256
 
 SUPERVISOR = os.path.join(ROOT, "loadsensor", "sge-image-loadsensor")
 

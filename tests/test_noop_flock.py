@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from sge import config
-from tests.conftest import ROOT, cli_popen, payload, sha256
-from tests.httpserver import Fault
+from tests.support.common import ROOT, cli_popen, payload, sha256
+from tests.support.httpserver import Fault
 
 SHIM = r"""
 #include <sys/file.h>

@@ -9,8 +9,8 @@ import pytest
 from sge import config
 from sge.cache import Cache
 from sge.errors import EXIT_NOT_CACHED, EXIT_PERMANENT, EXIT_TRANSIENT, EXIT_UNKNOWN_IMAGE
-from tests.conftest import cache_files, cli, cli_popen, payload, sha256
-from tests.httpserver import Fault
+from tests.support.common import cache_files, cli, cli_popen, payload, sha256
+from tests.support.httpserver import Fault
 
 MB = 1 << 20
 

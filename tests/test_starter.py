@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from sge.ge.starter import job_command
-from tests.conftest import ROOT, cli, payload, sha256
+from tests.support.common import ROOT, cli, payload, sha256
 
 
 def test_scripts_run_through_the_requested_shell():

@@ -7,11 +7,20 @@ timestamp is more than `WINDOW` seconds off, whose nonce it has already seen in 
 window (a captured request replayed), or that was addressed to another host (a
 request for node1 replayed to node2).
 """
+from __future__ import annotations
+
 import hashlib
 import hmac
 import os
 import stat
 import time
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+
+    from ..config import Settings
 
 WINDOW = 60.0           # seconds a signed request stays valid
 MAX_NONCES = 100_000    # nonces remembered within the window; beyond: refuse (flood)
@@ -22,14 +31,15 @@ class AuthError(Exception):
     pass
 
 
-def key_path(settings):
-    path = settings.values["agent"]["key_file"]
+def key_path(settings: Settings) -> str:
+    path = settings.agent.key_file
     if not os.path.isabs(path):
-        path = os.path.join(os.path.dirname(os.path.abspath(settings.path)), path)
+        from ..config import config_path
+        path = os.path.join(os.path.dirname(os.path.abspath(settings.path or config_path())), path)
     return path
 
 
-def read_key(path):
+def read_key(path: str) -> bytes:
     """The key, refused unless it is a root-owned file no one else can read or write:
     a key others can read lets them forge requests."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -45,7 +55,7 @@ def read_key(path):
     return key
 
 
-def create_key(path):
+def create_key(path: str) -> bool:
     """Write a fresh key (0600, root's); an existing one is kept."""
     if os.path.exists(path):
         return False
@@ -54,11 +64,12 @@ def create_key(path):
     return True
 
 
-def _message(fields):
+def _message(fields: Sequence[object]) -> bytes:
     return "\n".join(["sge-image-stage"] + [str(f) for f in fields]).encode()
 
 
-def sign(key, name, host, source="-", now=None, nonce=None):
+def sign(key: bytes, name: str, host: str, source: str = "-", now: Optional[float] = None,
+         nonce: Optional[str] = None) -> str:
     """-> the request fields: name host source ts nonce mac (one line, space
     separated). `source` names a host that has the image ("-": none known), such as a
     parallel job's master: the agent tries it first (its bytes are verified like any)."""
@@ -71,13 +82,14 @@ def sign(key, name, host, source="-", now=None, nonce=None):
 class Verifier:
     """Checks signed requests for one host; remembers nonces for the window."""
 
-    def __init__(self, key, hosts, clock=time.time):
+    def __init__(self, key: bytes, hosts: Iterable[str],
+                 clock: Callable[[], float] = time.time) -> None:
         self.key = key
         self.hosts = {h.lower() for h in hosts}   # names this host answers to
         self.clock = clock
-        self.seen = {}                             # nonce -> expiry
+        self.seen: Dict[str, float] = {}           # nonce -> expiry
 
-    def check(self, line):
+    def check(self, line: str) -> Tuple[str, Optional[str]]:
         """-> (image name, source host or None), or AuthError saying why the request
         is refused."""
         parts = line.split()
@@ -107,7 +119,7 @@ class Verifier:
         self.seen[nonce] = now + 2 * WINDOW
         return name, (None if source == "-" else source)
 
-    def _expire(self, now):
+    def _expire(self, now: float) -> None:
         if len(self.seen) < 1024:
             return
         self.seen = {n: e for n, e in self.seen.items() if e > now}

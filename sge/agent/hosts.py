@@ -3,17 +3,30 @@ connect to the agent. Grid Engine already knows the exec hosts and what each has
 cached (the load sensor's values in `qhost -F`): one qhost call per cold staging, or
 per minute for the trust list, is all the agent asks of qmaster.
 """
+from __future__ import annotations
+
 import hashlib
 import os
 import socket
 import threading
 import time
 
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ipaddress
+    from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+
+    from ..ge.qhost import HostView
+
+    # read(complexes) -> {host: what its load sensor reported}
+    Reader = Callable[[Sequence[str]], Dict[str, HostView]]
+
 REFRESH_MIN = 10.0      # seconds between qhost calls for an unknown peer address
 REFRESH_EVERY = 60.0
 
 
-def my_names():
+def my_names() -> Set[str]:
     """The names this host answers to: Grid Engine's (HOST, set by execd for the load
     sensor), the kernel's, and their short forms."""
     names = {socket.gethostname()}
@@ -23,7 +36,7 @@ def my_names():
     return {n.lower() for n in names if n}
 
 
-def _is_address(name):
+def _is_address(name: str) -> bool:
     try:
         socket.inet_aton(name)
         return name.count(".") == 3
@@ -31,13 +44,13 @@ def _is_address(name):
         return False
 
 
-def my_host():
+def my_host() -> str:
     # Not $HOST: in a prolog the job owner's environment could set it, and this name
     # picks the address our requests are sent from.
     return socket.gethostname()
 
 
-def address_of(host):
+def address_of(host: str) -> Optional[str]:
     """IPv4 address of a host name (what peers connect to), or None."""
     try:
         return socket.gethostbyname(host)
@@ -45,15 +58,15 @@ def address_of(host):
         return None
 
 
-def is_me(host):
+def is_me(host: str) -> bool:
     mine = my_names()
     return host.lower() in mine or (not _is_address(host) and host.split(".")[0].lower() in mine)
 
 
-def reader(argv=("qhost",)):
+def reader(argv: Sequence[str] = ("qhost",)) -> Reader:
     """read(complexes) -> {host: HostView}, running `argv -F complexes` (the site's
     qhost, or a wrapper of it)."""
-    def read(complexes):
+    def read(complexes: Sequence[str]) -> Dict[str, HostView]:
         import subprocess
         from ..ge import qhost
         r = subprocess.run(list(argv) + ["-F", ",".join(complexes)], capture_output=True,
@@ -64,19 +77,19 @@ def reader(argv=("qhost",)):
     return read
 
 
-def _command_env():
+def _command_env() -> Optional[Dict[str, str]]:
     """qhost as root runs with sge/rootenv.py's rebuilt environment; a site whose qhost
     is not on the system path names it in `agent.qhost`."""
     from ..rootenv import child_env
     return child_env(always=True)
 
 
-def live_hosts(complex_name, window, read=None):
+def live_hosts(complex_name: str, window: float,
+               read: Optional[Reader] = None) -> Tuple[List[str], List[str]]:
     """-> (live host names, those of them reporting `complex_name`), from `qhost -F`.
     Live: its sensor reported within `window` seconds (a host whose execd is down
     keeps its last values in qhost for a while; its timestamp goes stale)."""
-    read = read or reader()
-    hosts = read([complex_name, "img_sensor_time"])
+    hosts = (read or reader())([complex_name, "img_sensor_time"])
     now = time.time()
     live = [h for h, v in hosts.items()
             if v.sensor_time is not None and now - v.sensor_time <= window]
@@ -84,10 +97,11 @@ def live_hosts(complex_name, window, read=None):
     return sorted(live), have
 
 
-def seed_for(digest, hosts):
+def seed_for(digest: str, hosts: Iterable[str]) -> Optional[str]:
     """Rendezvous hashing: every host computes the same seed for an image from the
     same host list, and a host joining or leaving moves only its own share."""
-    best, seed = None, None
+    best: Optional[bytes] = None
+    seed: Optional[str] = None
     for h in hosts:
         score = hashlib.sha256(f"{digest}:{h.lower()}".encode()).digest()
         if best is None or score > best:
@@ -101,11 +115,11 @@ class Trust:
     exec hosts qhost lists (re-read at most every REFRESH_MIN seconds when an unknown
     address knocks, so a flood of strangers cannot flood qmaster)."""
 
-    def __init__(self, setting, read=None):
+    def __init__(self, setting: Union[str, Sequence[str]], read: Optional[Reader] = None) -> None:
         self.setting = setting
         self.read = read
-        self.addresses = set()
-        self.networks = []
+        self.addresses: Set[str] = set()
+        self.networks: List[Union[ipaddress.IPv4Network, ipaddress.IPv6Network]] = []
         self.loaded = 0.0
         self.lock = threading.Lock()
         if setting != "cluster":
@@ -114,7 +128,7 @@ class Trust:
             self.addresses = _resolve_all([x for x in setting if "/" not in x])
             self.loaded = float("inf")
 
-    def __call__(self, ip):
+    def __call__(self, ip: str) -> bool:
         if ip in self.addresses:
             return True
         if self.setting != "cluster":
@@ -131,7 +145,7 @@ class Trust:
                 self._refresh(now)
             return ip in self.addresses
 
-    def _refresh(self, now):
+    def _refresh(self, now: float) -> None:
         try:
             hosts = (self.read or reader())(["img_sensor_time"])
             self.addresses = _resolve_all(hosts)
@@ -140,12 +154,12 @@ class Trust:
         self.loaded = now
 
 
-def _resolve_all(names):
-    out = set()
+def _resolve_all(names: Iterable[str]) -> Set[str]:
+    out: Set[str] = set()
     for n in names:
         try:
             for info in socket.getaddrinfo(n, None, socket.AF_INET):
-                out.add(info[4][0])
+                out.add(str(info[4][0]))
         except OSError:
             continue
     return out

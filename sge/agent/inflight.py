@@ -17,6 +17,8 @@ Two halves, one per side of the agent's privilege split:
 Bytes served this way are not yet verified by the writer; the client verifies every
 byte itself (sge/sink.py), as it does for a complete blob.
 """
+from __future__ import annotations
+
 import errno
 import fcntl
 import os
@@ -25,8 +27,15 @@ import time
 
 POLL_MIN, POLL_MAX = 0.005, 0.1
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from typing import BinaryIO, Callable, Dict, Optional, Tuple
 
-def open_temp(cache_root, images, digest):
+    from ..config import Image
+
+
+def open_temp(cache_root: str, images: Dict[str, Image], digest: str) -> Optional[Tuple[int, int]]:
     """-> (fd, expected size) of the live download of `digest` furthest along, or None.
     `images`: the catalog (name -> Image)."""
     sizes = {img.name: img.size for img in images.values()
@@ -61,7 +70,7 @@ def open_temp(cache_root, images, digest):
     return best[:2] if best else None
 
 
-def _open_live(dfd, fn, size):
+def _open_live(dfd: int, fn: str, size: int) -> Optional[int]:
     try:
         fd = os.open(fn, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                      dir_fd=dfd)
@@ -75,7 +84,7 @@ def _open_live(dfd, fn, size):
     return fd
 
 
-def writer_alive(fd):
+def writer_alive(fd: int) -> bool:
     """True while the file's writer holds its exclusive flock (cache.new_temp takes it
     for the whole download, and it goes with the writer's last descriptor)."""
     try:
@@ -90,7 +99,8 @@ class Abandoned(Exception):
     """The download being followed will not reach its size: end the response short."""
 
 
-def follow(conn, f, start, size, idle_timeout, clock=time.monotonic):
+def follow(conn: socket.socket, f: BinaryIO, start: int, size: int, idle_timeout: float,
+           clock: Callable[[], float] = time.monotonic) -> int:
     """Send `f`'s bytes [start, size) on `conn` as the writer appends them. Returns the
     bytes sent; raises Abandoned when the writer is gone short of `size`, starts the
     file over, or adds nothing for `idle_timeout` seconds."""

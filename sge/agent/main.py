@@ -16,6 +16,8 @@ Privilege split. As root it binds the port, reads the signing key and forks:
   never enters the unprivileged process, and temp files stay root's and 0600.
 If either side dies the other follows, and the supervisor starts a fresh pair.
 """
+from __future__ import annotations
+
 import json
 import os
 import signal
@@ -26,12 +28,23 @@ import time
 
 import re
 
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional, Tuple
+
+    from ..cache import Cache
+    from ..config import Settings
+    from .auth import Verifier
+
+    LogFn = Callable[[str], None]
+
 _HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,254}\Z")
 FAILED_TTL = 10.0
 REFUSAL_LOG_EVERY = 10.0   # seconds a failed staging is reported before a new request retries it
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from .. import config
     from ..ge.hookargs import config_arg
@@ -40,21 +53,21 @@ def main(argv=None):
     watch = _watch_arg(argv)
     settings = config.load(path)
     log = Log.from_settings(settings, tag="sge-image agent")
-    agent = settings.values["agent"]
-    if not agent["enabled"]:
+    agent = settings.agent
+    if not agent.enabled:
         return _idle(settings, watch)
     from . import hosts
     host = hosts.my_host()
-    addr = agent["bind"] or hosts.address_of(host)
+    addr = agent.bind or hosts.address_of(host)
     if not addr:
         log(f"cannot resolve this host's name {host!r}; set agent.bind")
         return _idle(settings, watch)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((addr, agent["port"]))
+        sock.bind((addr, agent.port))
     except OSError as e:
-        log(f"cannot listen on {addr}:{agent['port']}: {e.strerror}")
+        log(f"cannot listen on {addr}:{agent.port}: {e.strerror}")
         sock.close()
         time.sleep(10)
         return 1
@@ -77,7 +90,7 @@ def main(argv=None):
             os._exit(code)
     child_end.close()
     sock.close()
-    log(f"listening on {addr}:{agent['port']} (server pid {pid} as {agent['user']})")
+    log(f"listening on {addr}:{agent.port} (server pid {pid} as {agent.user})")
     stager = Stager(settings, path, verifier, log)
     _watch_supervisor(watch, pid)
     try:
@@ -93,14 +106,14 @@ def main(argv=None):
     return 1  # the server died: the supervisor starts a fresh pair
 
 
-def _watch_arg(argv):
+def _watch_arg(argv: List[str]) -> Optional[int]:
     for i, a in enumerate(argv):
         if a == "--watch" and i + 1 < len(argv) and argv[i + 1].isdigit():
             return int(argv[i + 1])
     return None
 
 
-def _alive(pid):
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
         return True
@@ -110,7 +123,7 @@ def _alive(pid):
         return True
 
 
-def _idle(settings, watch):
+def _idle(settings: Settings, watch: Optional[int]) -> int:
     """Disabled (or no address): stay put without serving until the config changes
     or the supervisor is gone; exiting at once would only be restarted every second."""
     while watch is None or _alive(watch):
@@ -120,12 +133,13 @@ def _idle(settings, watch):
     return 0
 
 
-def _watch_supervisor(watch, child):
+def _watch_supervisor(watch: Optional[int], child: int) -> None:
     if watch is None:
         return
+    supervisor = watch
 
-    def run():
-        while _alive(watch):
+    def run() -> None:
+        while _alive(supervisor):
             time.sleep(1)
         try:
             os.kill(child, signal.SIGTERM)
@@ -135,7 +149,7 @@ def _watch_supervisor(watch, child):
     threading.Thread(target=run, daemon=True, name="watch").start()
 
 
-def _verifier(settings, log):
+def _verifier(settings: Settings, log: LogFn) -> Optional[Verifier]:
     from . import auth, hosts
     try:
         key = auth.read_key(auth.key_path(settings))
@@ -147,20 +161,21 @@ def _verifier(settings, log):
 
 # ---------------------------------------------------------------- unprivileged side
 
-def _serve(sock, pipe, settings, cache, log):
+def _serve(sock: socket.socket, pipe: socket.socket, settings: Settings, cache: Cache,
+           log: LogFn) -> int:
     from . import hosts
     from .server import BlobServer
-    agent = settings.values["agent"]
-    _drop_privileges(agent["user"])
+    agent = settings.agent
+    _drop_privileges(agent.user)
     # After the drop: a change of credentials clears the parent-death signal.
     _die_with_parent()
     root_side = _RootSide(pipe)
     # The log file is root's: the server's lines go through the root side.
     server = BlobServer(sock, os.path.join(cache.root, "blobs", "sha256"),
-                        hosts.Trust(agent["trust"], hosts.reader(agent["qhost"])),
-                        agent["upload_slots"],
-                        agent["max_connections"], agent["header_timeout"],
-                        agent["idle_timeout"], stage=root_side.stage, log=root_side.log,
+                        hosts.Trust(agent.trust, hosts.reader(agent.qhost)),
+                        agent.upload_slots,
+                        agent.max_connections, agent.header_timeout,
+                        agent.idle_timeout, stage=root_side.stage, log=root_side.log,
                         inflight=root_side.inflight)
     signal.signal(signal.SIGTERM, lambda s, f: os._exit(0))
     threading.Thread(target=root_side.watch_eof, daemon=True).start()
@@ -168,7 +183,7 @@ def _serve(sock, pipe, settings, cache, log):
     return 0
 
 
-def _die_with_parent():
+def _die_with_parent() -> None:
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
@@ -179,7 +194,7 @@ def _die_with_parent():
         os._exit(0)
 
 
-def _drop_privileges(user):
+def _drop_privileges(user: str) -> None:
     if os.getuid() != 0:
         return
     import pwd
@@ -196,21 +211,21 @@ def _drop_privileges(user):
 class _RootSide:
     """The child's end of the socketpair: one request, one answer line, in turn."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe: socket.socket) -> None:
         self.pipe = pipe
         self.rfile = pipe.makefile("rb")
         self.lock = threading.Lock()
 
-    def stage(self, line, ip):
+    def stage(self, line: str, ip: str) -> Tuple[int, Dict[str, Any]]:
         with self.lock:
             self.pipe.sendall(f"S {ip} {line}\n".encode())
             reply = self.rfile.readline(1 << 16)
         if not reply:
             os._exit(1)
-        answer = json.loads(reply)
+        answer: Dict[str, Any] = json.loads(reply)
         return answer.pop("http", 200), answer
 
-    def inflight(self, digest):
+    def inflight(self, digest: str) -> Optional[Tuple[int, int]]:
         """-> (read-only fd, expected size) of this host's download of `digest` in
         progress, or None. The descriptor comes with the answer (SCM_RIGHTS)."""
         with self.lock:
@@ -231,11 +246,11 @@ class _RootSide:
             os.close(fd)
         return None
 
-    def log(self, msg):
+    def log(self, msg: str) -> None:
         with self.lock:
             self.pipe.sendall(("L " + msg.replace("\n", " ") + "\n").encode())
 
-    def watch_eof(self):
+    def watch_eof(self) -> None:
         # The root side closes its end only by dying: follow it.
         import select
         while True:
@@ -255,18 +270,19 @@ class _RootSide:
 class Stager:
     """Answers the server's requests: log lines, and signed staging requests."""
 
-    def __init__(self, settings, path, verifier, log):
+    def __init__(self, settings: Settings, path: Optional[str], verifier: Optional[Verifier],
+                 log: LogFn) -> None:
         self.settings = settings
         self.path = path
         self.verifier = verifier
         self.log = log
-        self.states = {}    # name -> {"state", "message", "transient", "t"}
+        self.states: Dict[str, Dict[str, Any]] = {}    # name -> {"state", "message", "transient", "t"}
         self.refused, self.refusal_logged = 0, float("-inf")
         self.lock = threading.Lock()
         from . import peers
         peers.DELEGATE = False  # see peers.py: a requested staging never delegates
 
-    def loop(self, pipe):
+    def loop(self, pipe: socket.socket) -> None:
         rfile = pipe.makefile("rb")
         while True:
             line = rfile.readline(8192)
@@ -290,7 +306,7 @@ class Stager:
                     answer["message"] = answer["message"][:2000] + "..."
                 pipe.sendall((json.dumps(answer) + "\n").encode())
 
-    def _inflight(self, pipe, digest):
+    def _inflight(self, pipe: socket.socket, digest: str) -> None:
         """Answer `1 SIZE` with the temp file's descriptor, or `0`."""
         from .inflight import open_temp
         found = None
@@ -309,7 +325,7 @@ class Stager:
         finally:
             os.close(fd)
 
-    def handle(self, request, ip):
+    def handle(self, request: str, ip: str) -> Dict[str, Any]:
         from .auth import AuthError
         if self.verifier is None:
             return {"http": 403, "state": "refused", "message": "this agent has no key"}
@@ -339,7 +355,7 @@ class Stager:
         threading.Thread(target=self._stage, args=(name, settings), daemon=True).start()
         return {"state": "staging"}
 
-    def _log_refusal(self, line):
+    def _log_refusal(self, line: str) -> None:
         """One line per REFUSAL_LOG_EVERY seconds, with a count of the rest: a flood of
         forged requests must not fill the disk with the log."""
         now = time.monotonic()
@@ -350,7 +366,7 @@ class Stager:
             self.log(line + more)
             self.refused, self.refusal_logged = 0, now
 
-    def _settings(self):
+    def _settings(self) -> Settings:
         if self.settings.is_stale():
             from .. import config
             try:
@@ -359,7 +375,7 @@ class Stager:
                 self.log(f"config reload failed, keeping the old one: {e}")
         return self.settings
 
-    def _stage(self, name, settings):
+    def _stage(self, name: str, settings: Settings) -> None:
         from ..errors import SgeImageError
         from ..stage import ensure
         try:
@@ -368,7 +384,7 @@ class Stager:
                 self.states.pop(name, None)
             return
         except SgeImageError as e:
-            st = {"state": "failed", "transient": bool(e.transient), "busy": bool(e.busy),
+            st: Dict[str, Any] = {"state": "failed", "transient": bool(e.transient), "busy": bool(e.busy),
                   "message": str(e)}
         except Exception as e:
             st = {"state": "failed", "transient": True, "message": f"{type(e).__name__}: {e}"}

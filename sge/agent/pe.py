@@ -8,19 +8,28 @@ prolog's rules: a permanent failure on any host (the image's sources refuse it) 
 job error; anything else that keeps a host from the image (an agent down, a full
 disk, the wait running out) is transient, a reschedule.
 """
+from __future__ import annotations
+
 import os
 import time
 
 from ..errors import FetchError
 
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, List, Optional, Set
+
+    from ..config import Settings
+
 HOST_PATTERN = r"[A-Za-z0-9][A-Za-z0-9.-]{0,254}\Z"  # compiled on use: the warm prolog imports this
 
 
-def hostfile_hosts(path):
+def hostfile_hosts(path: str) -> List[str]:
     """The distinct host names of a PE host file (`host slots queue processors`)."""
     import re
     host_re = re.compile(HOST_PATTERN)
-    hosts = []
+    hosts: List[str] = []
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             for line in f.read(1 << 20).splitlines():
@@ -32,7 +41,7 @@ def hostfile_hosts(path):
     return hosts
 
 
-def hostfile_path():
+def hostfile_path() -> Optional[str]:
     """execd writes `pe_hostfile` into the job's spool directory (root's and
     sgeadmin's, not the job owner's); $PE_HOSTFILE names the same file."""
     spool = os.environ.get("SGE_JOB_SPOOL_DIR")
@@ -42,12 +51,13 @@ def hostfile_path():
     return os.environ.get("PE_HOSTFILE") or None
 
 
-def stage_other_hosts(name, settings, log, sleep=time.sleep):
+def stage_other_hosts(name: str, settings: Settings, log: Callable[[str], None],
+                      sleep: Callable[[float], None] = time.sleep) -> List[str]:
     """Stage `name` on every other host of this parallel job; raises FetchError
     (transient or not) when that cannot be done. No-op for other jobs."""
-    agent = settings.values["agent"]
+    agent = settings.agent
     path = hostfile_path()
-    if not path or not agent["enabled"]:
+    if not path or not agent.enabled:
         return []
     from . import hosts as _hosts
     others = [h for h in hostfile_hosts(path) if not _hosts.is_me(h)]
@@ -62,13 +72,13 @@ def stage_other_hosts(name, settings, log, sleep=time.sleep):
                          transient=True) from None
     log(f"parallel job: staging {name} on {', '.join(others)}")
     pending = {h: "not asked yet" for h in others}
-    busy = set()  # hosts whose caches are full of images in use: waiting, not failing
-    deadline = time.monotonic() + agent["pe_wait"]
+    busy: Set[str] = set()  # hosts whose caches are full of images in use: waiting, not failing
+    deadline = time.monotonic() + agent.pe_wait
     while True:
         for host in list(pending):
             try:
                 answer = stage_request(host, name, key, agent,
-                                       settings.values["fetch"]["connect_timeout"],
+                                       settings.fetch.connect_timeout,
                                        source=_hosts.my_host())
             except Exception as e:  # agent restarting, host busy: ask again
                 pending[host] = f"agent unreachable ({type(e).__name__}: {e})"
@@ -96,5 +106,5 @@ def stage_other_hosts(name, settings, log, sleep=time.sleep):
                                 f"{', '.join(sorted(pending))} are full of images in use")
             raise FetchError(f"parallel job: {name!r} not on "
                              + "; ".join(f"{h} ({why})" for h, why in pending.items())
-                             + f" after {agent['pe_wait']:.0f}s", transient=True)
+                             + f" after {agent.pe_wait:.0f}s", transient=True)
         sleep(1.0)

@@ -14,6 +14,8 @@ caller goes to the origin.
 A staging that a peer asked for never delegates again (`DELEGATE` is False in the
 agent): two hosts that disagree on the seed cannot wait on each other.
 """
+from __future__ import annotations
+
 import http.client
 import json
 import random
@@ -21,6 +23,15 @@ import time
 
 from ..errors import CacheFull, FetchError, SgeImageError
 from . import hosts as _hosts
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional
+
+    from ..config import AgentSettings, Image, Settings
+    from ..fetch import Context
+    from ..sink import Sink
 
 DELEGATE = True
 HINTS: "dict[str, str]" = {}   # image name -> a host said to have it (a parallel job's master), tried first
@@ -30,10 +41,10 @@ MAX_STREAM_TRIES = 3    # streams from a seed's download in progress, per seed
 POLL_MIN, POLL_MAX = 0.25, 2.0
 
 
-def fetch(image, sink, ctx, settings):
+def fetch(image: Image, sink: Sink, ctx: Context, settings: Settings) -> Optional[str]:
     """Fill `sink` with `image` from a peer and return its verified sha256, or None."""
-    agent = settings.values.get("agent")
-    if not agent or not agent["enabled"] or not agent["peers"] or not image.sha256:
+    agent = settings.agent
+    if not agent.enabled or not agent.peers or not image.sha256:
         return None
     hint = HINTS.pop(image.name, None)
     if hint and not _hosts.is_me(hint):
@@ -43,8 +54,8 @@ def fetch(image, sink, ctx, settings):
         if digest:
             return digest
     try:
-        live, have = _hosts.live_hosts(image.complex, agent["live_window"],
-                                       _hosts.reader(agent.get("qhost", ["qhost"])))
+        live, have = _hosts.live_hosts(image.complex, agent.live_window,
+                                       _hosts.reader(agent.qhost))
     except Exception as e:  # no qhost, qmaster down: the origin it is
         ctx.log(f"image {image.name}: no peer list ({type(e).__name__}: {e}); using the sources")
         return None
@@ -57,7 +68,7 @@ def fetch(image, sink, ctx, settings):
     missing = []
     for host in others[:MAX_HAVE_TRIES]:
         tried.add(host)
-        status = {}
+        status: Dict[str, int] = {}
         digest = get_blob(host, image, sink, ctx, agent, status=status)
         if digest:
             return digest
@@ -77,14 +88,14 @@ def fetch(image, sink, ctx, settings):
         seed = _hosts.seed_for(image.sha256, candidates)
         if seed is None or _hosts.is_me(seed):
             return None
-        streams = []
+        streams: List[Optional[int]] = []
 
-        def stream(seed=seed, streams=streams):
+        def stream(seed: str = seed, streams: List[Optional[int]] = streams) -> Optional[str]:
             # The seed's download in progress, as it lands: a 404 (not begun yet:
             # waiting for its lock or for room) is free; a stream cut short counts.
             if len(streams) >= MAX_STREAM_TRIES:
                 return None
-            status = {}
+            status: Dict[str, int] = {}
             digest = get_blob(seed, image, sink, ctx, agent, inflight=True, status=status)
             if not digest and status.get("code") != 404:
                 streams.append(status.get("code"))
@@ -102,20 +113,21 @@ def fetch(image, sink, ctx, settings):
     return None
 
 
-def _await_seed(seed, image, ctx, settings, stream=None):
+def _await_seed(seed: str, image: Image, ctx: Context, settings: Settings,
+                stream: Optional[Callable[[], Optional[str]]] = None) -> Any:
     """Ask the seed's agent to stage the image and wait until it has it: "ready";
     ("done", sha256) when `stream()` got it from the seed's download in progress
     meanwhile; "next" when the seed is dead, unreachable, failed for now or too slow
     (another seed may do); "stop" when asking any seed is pointless (no key, refused,
     or the image's sources refuse it for good)."""
     from .auth import key_path, read_key
-    agent = settings.values["agent"]
+    agent = settings.agent
     try:
         key = read_key(key_path(settings))
     except Exception as e:
         ctx.log(f"image {image.name}: cannot sign a staging request ({e}); using the sources")
         return "stop"
-    deadline = time.monotonic() + agent["seed_wait"]
+    deadline = time.monotonic() + agent.seed_wait
     delay = POLL_MIN
     asked = False
     while time.monotonic() < deadline:
@@ -139,11 +151,12 @@ def _await_seed(seed, image, ctx, settings, stream=None):
         time.sleep(delay)
         delay = min(POLL_MAX, delay * 1.5)
     ctx.log(f"image {image.name}: seed host {seed} did not finish within "
-            f"{agent['seed_wait']:.0f}s")
+            f"{agent.seed_wait:.0f}s")
     return "next"
 
 
-def stage_request(host, name, key, agent, timeout=10.0, source="-"):
+def stage_request(host: str, name: str, key: bytes, agent: AgentSettings, timeout: float = 10.0,
+                  source: str = "-") -> Dict[str, Any]:
     """One signed staging request to `host`'s agent -> its answer (a dict with
     `state`: ready, staging, failed or refused)."""
     from .auth import sign
@@ -164,7 +177,8 @@ def stage_request(host, name, key, agent, timeout=10.0, source="-"):
     return answer
 
 
-def get_blob(host, image, sink, ctx, agent, inflight=False, status=None):
+def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSettings,
+             inflight: bool = False, status: Optional[Dict[str, int]] = None) -> Optional[str]:
     """GET the blob from `host`'s agent into the sink and verify it -> sha256, or None
     (after logging why) with the sink emptied for the next source. With `inflight`,
     a download in progress on that host will do too. `status`, a dict, gets the
@@ -215,7 +229,7 @@ def get_blob(host, image, sink, ctx, agent, inflight=False, status=None):
     return None
 
 
-def _connection(host, agent, timeout):
+def _connection(host: str, agent: AgentSettings, timeout: float) -> http.client.HTTPConnection:
     """A plain connection to `host`'s agent (never through a proxy), sent from this
     host's own address: agents trust cluster hosts by address, and a host with
     several addresses must speak from the one its name resolves to."""
@@ -223,13 +237,13 @@ def _connection(host, agent, timeout):
     if addr is None:
         raise OSError(f"cannot resolve host {host}")
     src = _hosts.address_of(_hosts.my_host())
-    conn = http.client.HTTPConnection(addr, agent["port"], timeout=timeout,
+    conn = http.client.HTTPConnection(addr, agent.port, timeout=timeout,
                                       source_address=(src, 0) if src else None)
     try:
         conn.connect()
     except OSError as e:
         if src is None or e.errno != 99:  # EADDRNOTAVAIL: our name is not ours here
             raise
-        conn = http.client.HTTPConnection(addr, agent["port"], timeout=timeout)
+        conn = http.client.HTTPConnection(addr, agent.port, timeout=timeout)
         conn.connect()
     return conn

@@ -19,6 +19,8 @@ else. One request per connection. Each bound is there for a reason:
 Serving wrong bytes cannot hurt a client (it verifies every byte), but serving a file
 outside the cache would leak it: hence the exact-digest path and O_NOFOLLOW.
 """
+from __future__ import annotations
+
 import errno
 import json
 import os
@@ -26,6 +28,16 @@ import re
 import socket
 import stat
 import threading
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Mapping, Optional, Tuple, Union
+
+    # stage(request line, client ip) -> (HTTP status, answer)
+    StageFn = Callable[[str, str], Tuple[int, Dict[str, object]]]
+    # inflight(digest) -> (read-only fd, expected size) of a download in progress
+    InflightFn = Callable[[str], Optional[Tuple[int, int]]]
 
 MAX_HEAD = 8192
 MAX_STAGE_BODY = 512
@@ -39,7 +51,7 @@ REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 403: "Forbidde
 
 
 class _Reject(Exception):
-    def __init__(self, status, headers=None):
+    def __init__(self, status: int, headers: Optional[Dict[str, str]] = None) -> None:
         self.status = status
         self.headers = headers or {}
 
@@ -51,9 +63,12 @@ class BlobServer:
     forwards a signed staging request (None: this agent stages nothing).
     """
 
-    def __init__(self, sock, blobs_dir, allowed, upload_slots=4, max_connections=32,
-                 header_timeout=10.0, idle_timeout=30.0, stage=None, log=None,
-                 inflight=None):
+    def __init__(self, sock: socket.socket, blobs_dir: str, allowed: Callable[[str], bool],
+                 upload_slots: int = 4, max_connections: int = 32,
+                 header_timeout: float = 10.0, idle_timeout: float = 30.0,
+                 stage: Optional[StageFn] = None,
+                 log: Optional[Callable[[str], None]] = None,
+                 inflight: Optional[InflightFn] = None) -> None:
         self.sock = sock
         self.blobs_dir = blobs_dir
         self.allowed = allowed
@@ -62,14 +77,14 @@ class BlobServer:
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.stage = stage
-        self.log = log or (lambda msg: None)
+        self.log: Callable[[str], None] = log or (lambda msg: None)
         # inflight(digest) -> (fd, expected size) of a download in progress, or None
         self.inflight = inflight
         self._active = 0
         self._lock = threading.Lock()
         self.served = 0         # blobs sent whole (for the log and the tests)
 
-    def serve_forever(self):
+    def serve_forever(self) -> None:
         while True:
             try:
                 conn, addr = self.sock.accept()
@@ -92,7 +107,7 @@ class BlobServer:
                     self._active -= 1
                 _busy_and_close(conn)
 
-    def _connection(self, conn, addr):
+    def _connection(self, conn: socket.socket, addr: Tuple[str, int]) -> None:
         try:
             conn.settimeout(self.header_timeout)
             try:
@@ -112,7 +127,7 @@ class BlobServer:
             except OSError:
                 pass
 
-    def _request(self, conn, ip):
+    def _request(self, conn: socket.socket, ip: str) -> None:
         import time
         deadline = time.monotonic() + self.header_timeout
         head, rest = _read_head(conn, deadline)
@@ -121,7 +136,7 @@ class BlobServer:
         if not m:
             raise _Reject(400)
         method, target = m.group(1).decode(), m.group(2).decode("ascii", "replace")
-        headers = {}
+        headers: Dict[str, str] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
             if not sep or not name or name != name.strip():
@@ -141,7 +156,8 @@ class BlobServer:
 
     # ------------------------------------------------------------ blobs
 
-    def _blob(self, conn, ip, digest, method, range_header, inflight=False):
+    def _blob(self, conn: socket.socket, ip: str, digest: str, method: str,
+              range_header: Optional[str], inflight: bool = False) -> None:
         if not self.slots.acquire(blocking=False):
             raise _Reject(503, {"Retry-After": str(RETRY_AFTER)})
         try:
@@ -154,10 +170,11 @@ class BlobServer:
             with os.fdopen(fd, "rb", buffering=0) as f:
                 size = os.fstat(f.fileno()).st_size
                 start, end = 0, size - 1
-                status, extra = 200, {}
+                status = 200
+                extra: Dict[str, str] = {}
                 if range_header is not None:
                     r = parse_range(range_header, size)
-                    if r == "unsatisfiable":
+                    if isinstance(r, str):  # "unsatisfiable"
                         raise _Reject(416, {"Content-Range": f"bytes */{size}"})
                     if r is not None:
                         start, end = r
@@ -179,7 +196,8 @@ class BlobServer:
         finally:
             self.slots.release()
 
-    def _inflight(self, conn, ip, digest, method, range_header, fd, size):
+    def _inflight(self, conn: socket.socket, ip: str, digest: str, method: str,
+                  range_header: Optional[str], fd: int, size: int) -> None:
         """A download in progress here, from its temp file's descriptor: the headers
         promise the expected size; the body follows the writer (inflight.follow)."""
         from .inflight import Abandoned, follow
@@ -187,7 +205,7 @@ class BlobServer:
             start, status, extra = 0, 200, {}
             if range_header is not None:
                 r = parse_range(range_header, size)
-                if r == "unsatisfiable":
+                if isinstance(r, str):  # unsatisfiable
                     raise _Reject(416, {"Content-Range": f"bytes */{size}"})
                 if r is not None and r[1] == size - 1:  # open-ended ranges only
                     start, status = r[0], 206
@@ -214,7 +232,8 @@ class BlobServer:
 
     # ------------------------------------------------------------ staging
 
-    def _stage(self, conn, ip, headers, rest, deadline):
+    def _stage(self, conn: socket.socket, ip: str, headers: Mapping[str, str], rest: bytes,
+               deadline: float) -> None:
         import time
         if self.stage is None:
             raise _Reject(404)
@@ -246,7 +265,7 @@ class BlobServer:
                                 "Content-Length": str(len(data))}, body=data, length_set=True)
 
 
-def _read_head(conn, deadline):
+def _read_head(conn: socket.socket, deadline: float) -> Tuple[bytes, bytes]:
     """-> (head without the blank line, bytes after it). The whole head must come
     within the deadline, however slowly each byte arrives."""
     import time
@@ -270,7 +289,7 @@ def _read_head(conn, deadline):
         data += chunk
 
 
-def _open_blob(blobs_dir, digest):
+def _open_blob(blobs_dir: str, digest: str) -> Optional[int]:
     """An fd of the blob, or None: no symlink is followed at the last step, and only a
     regular file is served (a directory, fifo or device planted there is not)."""
     try:
@@ -291,7 +310,7 @@ def _open_blob(blobs_dir, digest):
     return fd
 
 
-def parse_range(value, size):
+def parse_range(value: str, size: int) -> Union[None, str, Tuple[int, int]]:
     """A single `bytes=` range -> (start, end) inclusive; None to ignore the header
     (multiple ranges or a form we do not take: RFC 9110 lets a server send the whole
     body); "unsatisfiable" for a range wholly past the end."""
@@ -320,14 +339,15 @@ def parse_range(value, size):
     return start, min(end, size - 1)
 
 
-def _tune_send(conn):
+def _tune_send(conn: socket.socket) -> None:
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     except OSError:
         pass
 
 
-def _respond(conn, status, headers=None, body=b"", length_set=False):
+def _respond(conn: socket.socket, status: int, headers: Optional[Mapping[str, str]] = None,
+             body: bytes = b"", length_set: bool = False) -> None:
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", "Connection: close",
              "Server: sge-image-agent"]
     headers = dict(headers or {})
@@ -337,7 +357,7 @@ def _respond(conn, status, headers=None, body=b"", length_set=False):
     conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
 
-def _linger(conn, limit=256 << 10, seconds=1.0):
+def _linger(conn: socket.socket, limit: int = 256 << 10, seconds: float = 1.0) -> None:
     """Close gently after an error: closing with unread request bytes makes the kernel
     send a reset, which can destroy the error response before the client reads it."""
     import time
@@ -358,7 +378,7 @@ def _linger(conn, limit=256 << 10, seconds=1.0):
         pass
 
 
-def _busy_and_close(conn):
+def _busy_and_close(conn: socket.socket) -> None:
     """Too many connections: a short 503 without waiting on the client."""
     try:
         conn.setblocking(False)

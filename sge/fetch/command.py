@@ -50,7 +50,7 @@ from . import redact, source_options
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import FrameType
-    from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+    from typing import IO, AbstractSet, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
     from ..sink import Sink
     from . import Context, Problem
@@ -62,6 +62,7 @@ OPTION_KEYS = {
     "template": "the command as a list of words, with {dest} and {uri}",
     "env": "a mapping of extra environment variables",
 }
+SITE_KEYS: Optional[AbstractSet[str]] = None  # every option may also be set site-wide
 DEFAULT_TEMPLATE = ["apptainer", "pull", "--disable-cache", "{dest}", "{uri}"]
 GRACE = 5.0                 # seconds between SIGTERM and SIGKILL
 LOG_LINES = 200             # a chatty pull must not flood the site log

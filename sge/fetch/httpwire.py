@@ -62,8 +62,8 @@ def _stream(resp: http.client.HTTPResponse, sink: Sink, ctx: Context, shown: str
     """Fill the sink's buffers with single socket reads (readinto1), so the
     low-speed check runs between reads: a plain readinto waits for a whole buffer,
     which a server sending a byte a second never completes."""
-    limit = ctx.settings.get("low_speed_limit", 0)
-    window = ctx.settings.get("low_speed_time", 0)
+    limit = ctx.settings.low_speed_limit
+    window = ctx.settings.low_speed_time
     mark_t, mark_n = time.monotonic(), sink.received
     remaining = resp.length  # None for chunked bodies: http.client decodes those
     lowat = _LowWater(resp) if remaining else None

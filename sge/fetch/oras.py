@@ -30,7 +30,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from email.message import Message
     from http.client import HTTPResponse
-    from typing import Any, Dict, Literal, Mapping, Optional, Tuple, Union
+    from typing import AbstractSet, Any, Dict, Literal, Mapping, Optional, Tuple, Union
 
     from ..sink import Sink
     from . import Context, Problem
@@ -42,7 +42,7 @@ OPTION_KEYS = {
     "docker_config": "path of a docker-style config.json with registry credentials",
     "media_type": "media type of the layer to take (default: Apptainer's SIF type)",
 }
-SITE_KEYS = {"docker_config"}
+SITE_KEYS: Optional[AbstractSet[str]] = {"docker_config"}  # the others belong to each image
 SIF_MEDIA_TYPE = "application/vnd.sylabs.sif.layer.v1.sif"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -208,7 +208,7 @@ def fetch(url: str, sink: Sink, ctx: Context) -> None:
         raise FetchError(f"{url}: the catalog has no sha256 for this image, so each oras "
                          f"source must pin its manifest @sha256:{ctx.image.pin or '...'}",
                          transient=False)
-    reg = Registry(ref, source_options(ctx, "oras", SITE_KEYS), ctx)
+    reg = Registry(ref, source_options(ctx, "oras"), ctx)
     body, ctype = reg.get_manifest()
     manifest_digest = hashlib.sha256(body).hexdigest()
     if ref.digest and manifest_digest != ref.digest:

@@ -40,7 +40,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from email.message import Message
     from http.client import HTTPResponse
-    from typing import Any, Dict, Mapping, Optional, Tuple
+    from typing import AbstractSet, Any, Dict, Mapping, Optional, Tuple
 
     from ..sink import Sink
     from . import Context, Problem
@@ -53,6 +53,7 @@ OPTION_KEYS = {
     "anonymous": "true to send unsigned requests (public buckets)",
     "addressing_style": "path, virtual or auto",
 }
+SITE_KEYS: Optional[AbstractSet[str]] = None  # every option may also be set site-wide
 PRESIGN_SECONDS = 3600
 DEFAULT_REGION = "us-east-1"
 NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion"}

@@ -4,16 +4,26 @@ A hung or dead sensor leaves its last values in qmaster forever (measured), so a
 whose sensor timestamp is older than a few load report intervals is flagged stale and
 its values are not counted as warm.
 """
+from __future__ import annotations
+
 import json
 import sys
 import time
 
 from . import qconf, qhost
 
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any, Dict, List, Optional, TextIO
+
+    from ..config import Settings
+
 STALE_REPORTS = 3
 
 
-def load_report_seconds():
+def load_report_seconds() -> int:
     conf = qconf.show_conf("global") or {}
     value = conf.get("load_report_time", "00:00:40")
     try:
@@ -23,25 +33,25 @@ def load_report_seconds():
         return 40
 
 
-def gather(settings, now=None):
+def gather(settings: Settings, now: Optional[float] = None) -> Dict[str, Any]:
     now = now or time.time()
     hosts = qhost.read()
     limit = STALE_REPORTS * load_report_seconds()
-    host_rows = []
+    host_rows: List[Dict[str, Any]] = []
     for name in sorted(hosts):
         h = hosts[name]
         age = now - h.sensor_time if h.sensor_time is not None else None
         host_rows.append({"host": name, "free_bytes": h.free_bytes, "sensor_age_s": age,
                           "stale": age is None or age > limit})
     fresh = {r["host"] for r in host_rows if not r["stale"]}
-    image_rows = []
+    image_rows: List[Dict[str, Any]] = []
     for name, image in sorted(settings.images.items()):
         warm = sorted(h for h in fresh if hosts[h].has(image.complex))
         image_rows.append({"image": name, "warm_hosts": warm, "size": image.size})
     return {"images": image_rows, "hosts": host_rows, "stale_after_s": limit}
 
 
-def main(args, out=sys.stdout):
+def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     from .. import config
     from ..units import format_size
     qconf.require_qconf()

@@ -1,7 +1,14 @@
 """Grid Engine subcommands of `sge-image` (jsv, loadsensor, prolog, starter, install)."""
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
-def add_parsers(sub):
+def add_parsers(sub: Subparsers) -> None:
     import argparse
     s = sub.add_parser("jsv", help="serve the job submission verifier protocol on stdin/stdout "
                                    "(jsv_url or qsub -jsv)")
@@ -13,12 +20,12 @@ def add_parsers(sub):
     s.set_defaults(func=_cmd_jsv)
 
 
-def _cmd_jsv(args):
+def _cmd_jsv(args: argparse.Namespace) -> int:
     from . import jsv
     return jsv.run(getattr(args, "config", None), launcher=args.launcher)
 
 
-def add_kit_parsers(sub):
+def add_kit_parsers(sub: Subparsers) -> None:
     """install/uninstall, prewarm and the hooks Grid Engine runs (through launchers)."""
     import argparse
     s = sub.add_parser("install", help="wire the kit into the cluster with qconf (idempotent)")
@@ -68,41 +75,41 @@ def add_kit_parsers(sub):
     s.set_defaults(func=_cmd_agent)
 
 
-def _cmd_agent(args):
+def _cmd_agent(args: argparse.Namespace) -> int:
     from ..agent.main import main
     argv = (["--config", args.config] if args.config else [])
     return main(argv + (["--watch", args.watch] if args.watch else []))
 
 
-def _hooks_dir(args, settings_path):
+def _hooks_dir(args: argparse.Namespace, settings_path: str) -> str:
     import os
     return args.hooks_dir or os.path.join(os.path.dirname(os.path.abspath(settings_path)), "hooks")
 
 
-def _cmd_install(args):
+def _cmd_install(args: argparse.Namespace) -> int:
     from .. import config
     from . import install
     settings = config.load(args.config, use_snapshot=False)
+    hooks = _hooks_dir(args, settings.path or config.config_path(args.config))
     if args.check:
-        return install.check(settings, _hooks_dir(args, settings.path), starter=args.starter,
-                             jsv=not args.no_jsv)
-    return install.install(settings, _hooks_dir(args, settings.path), queues=args.queues or ["all.q"],
+        return install.check(settings, hooks, starter=args.starter, jsv=not args.no_jsv)
+    return install.install(settings, hooks, queues=args.queues or ["all.q"],
                            hosts=args.hosts, starter=args.starter, jsv=not args.no_jsv,
                            sync=args.sync, dry_run=args.dry_run)
 
 
-def _cmd_uninstall(args):
+def _cmd_uninstall(args: argparse.Namespace) -> int:
     from .. import config
     from . import install
     return install.uninstall(_hooks_dir(args, config.config_path(args.config)), dry_run=args.dry_run)
 
 
-def _cmd_prewarm(args):
+def _cmd_prewarm(args: argparse.Namespace) -> int:
     from . import prewarm
     return prewarm.main(args)
 
 
-def _run_hook(module, args):
+def _run_hook(module: str, args: argparse.Namespace) -> int:
     import importlib
     argv = (["--config", args.config] if args.config else []) + list(args.args)
     return importlib.import_module(f"{__package__}.{module}").main(argv)

@@ -1,8 +1,13 @@
 """The one option every hook takes, parsed without argparse: the prolog and each load
 sensor cycle should not pay for what they do not use."""
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional, Sequence
 
 
-def config_arg(argv):
+def config_arg(argv: Sequence[str]) -> Optional[str]:
     """`--config PATH` or `--config=PATH` from argv, else None (config.load's default)."""
     for i, a in enumerate(argv):
         if a == "--config" and i + 1 < len(argv):

@@ -13,6 +13,9 @@ restores exactly what was there before:
 - `prolog root@...` (and optionally `starter_method`) in the chosen queues;
 - `jsv_url` in the global configuration.
 """
+from __future__ import annotations
+
+import functools
 import json
 import os
 import pwd
@@ -22,11 +25,20 @@ import sys
 from . import qconf
 from .loadsensor import FREE_COMPLEX, LIST_COMPLEX, ROOM_COMPLEX, TIME_COMPLEX
 
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO
+
+    from ..config import Settings
+
+    State = Dict[str, Any]   # install-state.json
+
 STATE_FILE = "install-state.json"
 STATE_VERSION = 1
 
 
-def kit_complexes(settings):
+def kit_complexes(settings: Settings) -> Dict[str, Dict[str, str]]:
     """name -> complex row the kit wants, fixed ones first."""
     rows = [
         ("image", "img", "RESTRING", "==", "YES", "NO", "NONE", "0"),
@@ -34,7 +46,7 @@ def kit_complexes(settings):
         (ROOM_COMPLEX, "imgroom", "MEMORY", "<=", "YES", "NO", "0", "0"),
         (TIME_COMPLEX, "imgtime", "INT", "<=", "NO", "NO", "0", "0"),
     ]
-    if settings.values["sensor"]["list_complex"]:
+    if settings.sensor.list_complex:
         rows.append((LIST_COMPLEX, "imgs", "RESTRING", "==", "YES", "NO", "NONE", "0"))
     for name in sorted(settings.images):
         cx = settings.images[name].complex
@@ -42,9 +54,10 @@ def kit_complexes(settings):
     return {r[0]: dict(zip(qconf.COMPLEX_COLUMNS, r)) for r in rows}
 
 
-def launchers(settings, python, hooks_dir):
+def launchers(settings: Settings, python: str, hooks_dir: str) -> Dict[str, str]:
     """Launcher file name -> content."""
-    cfg = shlex.quote(os.path.abspath(settings.path))
+    from ..config import config_path
+    cfg = shlex.quote(os.path.abspath(settings.path or config_path()))
     py = shlex.quote(python)
     kit = _kit_dir()
     head = "#!/bin/sh\n# Written by `sge-image install`; re-run it rather than editing this file.\n"
@@ -60,11 +73,11 @@ def launchers(settings, python, hooks_dir):
     }
 
 
-def _kit_dir():
+def _kit_dir() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _wrapper(kit, folder, name):
+def _wrapper(kit: str, folder: str, name: str) -> str:
     """The thin executable from the source tree, else the copy pip put beside python."""
     src = os.path.join(kit, folder, name)
     if os.path.exists(src):
@@ -75,22 +88,22 @@ def _wrapper(kit, folder, name):
 class Plan:
     """Ordered changes; printed by --dry-run, applied otherwise."""
 
-    def __init__(self, dry_run, out):
+    def __init__(self, dry_run: bool, out: TextIO) -> None:
         self.dry_run = dry_run
         self.out = out
         self.changes = 0
 
-    def do(self, description, action):
+    def do(self, description: str, action: Callable[[], object]) -> None:
         self.changes += 1
         self.out.write(("would " if self.dry_run else "") + description + "\n")
         if not self.dry_run:
             action()
 
-    def same(self, description):
+    def same(self, description: str) -> None:
         self.out.write(f"unchanged: {description}\n")
 
 
-def _check_manager():
+def _check_manager() -> None:
     qconf.require_qconf()
     user = pwd.getpwuid(os.geteuid()).pw_name
     if user not in qconf.managers():
@@ -98,10 +111,10 @@ def _check_manager():
                                f"(qconf -am {user}, as a manager, makes it one)")
 
 
-def _load_state(hooks_dir):
+def _load_state(hooks_dir: str) -> State:
     try:
         with open(os.path.join(hooks_dir, STATE_FILE)) as f:
-            state = json.load(f)
+            state: State = json.load(f)
         if state.get("version") == STATE_VERSION:
             return state
     except (OSError, ValueError):
@@ -109,13 +122,14 @@ def _load_state(hooks_dir):
     return {"version": STATE_VERSION, "complexes": [], "hosts": {}, "queues": {}, "jsv": None}
 
 
-def _save_state(hooks_dir, state):
+def _save_state(hooks_dir: str, state: State) -> None:
     # uninstall restores the cluster from this file: it must survive a crash whole
     from ..fsutil import atomic_write
     atomic_write(os.path.join(hooks_dir, STATE_FILE), json.dumps(state, indent=1, sort_keys=True))
 
 
-def check(settings, hooks_dir, python=None, starter=False, jsv=True, out=sys.stdout):
+def check(settings: Settings, hooks_dir: str, python: Optional[str] = None, starter: bool = False,
+          jsv: bool = True, out: TextIO = sys.stdout) -> int:
     """Run every launcher as its Grid Engine user (sge/ge/install_check.py); 0 or 2."""
     from . import install_check
     hooks_dir = os.path.abspath(hooks_dir)
@@ -130,8 +144,10 @@ def check(settings, hooks_dir, python=None, starter=False, jsv=True, out=sys.std
     return 2 if failures else 0
 
 
-def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, jsv=True,
-            sync=False, dry_run=False, python=None, out=sys.stdout, run_check=True):
+def install(settings: Settings, hooks_dir: str, queues: Sequence[str] = ("all.q",),
+            hosts: Optional[Iterable[str]] = None, starter: bool = False, jsv: bool = True,
+            sync: bool = False, dry_run: bool = False, python: Optional[str] = None,
+            out: TextIO = sys.stdout, run_check: bool = True) -> int:
     _check_manager()
     hooks_dir = os.path.abspath(hooks_dir)
     python = python or sys.executable
@@ -158,7 +174,7 @@ def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, j
         if current == text:
             plan.same(f"launcher {path}")
         else:
-            plan.do(f"write launcher {path}", lambda p=path, t=text: _write_exec(p, t))
+            plan.do(f"write launcher {path}", functools.partial(_write_exec, path, text))
 
     # 1b. The node agent's signing key (sge/agent/auth.py): root-only, made once.
     _install_agent_key(settings, state, plan, hooks_dir)
@@ -168,9 +184,8 @@ def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, j
 
     # 3. Load sensor in each exec host's configuration.
     sensor = os.path.join(hooks_dir, "loadsensor")
-    hosts = list(hosts) if hosts else qconf.exec_hosts()
     touched_hosts = False
-    for host in hosts:
+    for host in (list(hosts) if hosts else qconf.exec_hosts()):
         conf = qconf.show_conf(host)
         current = (conf or {}).get("load_sensor")
         sensors = [s for s in (current or "NONE").split(",") if s and s != "NONE"]
@@ -179,7 +194,8 @@ def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, j
             continue
         new = ",".join(sensors + [sensor])
 
-        def set_sensor(host=host, conf=conf, current=current, new=new):
+        def set_sensor(host: str = host, conf: Optional[Dict[str, str]] = conf,
+                       current: Optional[str] = current, new: str = new) -> None:
             rec = state["hosts"].setdefault(host, {"created": conf is None, "previous": current})
             qconf.write_conf(host, {**(conf or {}), "load_sensor": new}, add=conf is None)
             state["hosts"][host] = rec
@@ -209,7 +225,8 @@ def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, j
                     f"queue {queue} already has {attr} {current!r}; the kit will not replace "
                     f"another {attr} (set it to NONE first, or chain it from your own script)")
 
-            def set_attr(queue=queue, attr=attr, value=value, current=current):
+            def set_attr(queue: str = queue, attr: str = attr, value: str = value,
+                         current: str = current) -> None:
                 state["queues"].setdefault(queue, {}).setdefault(attr, current)
                 qconf.set_queue_attr(queue, attr, value)
                 _save_state(hooks_dir, state)
@@ -232,7 +249,8 @@ def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, j
                 raise qconf.QconfError(f"the global configuration already has jsv_url {current!r}; "
                                        f"the kit will not replace another JSV")
 
-            def set_jsv(glob=glob, current=current, url=url):
+            def set_jsv(glob: Dict[str, str] = glob, current: str = current,
+                        url: str = url) -> None:
                 if state.get("jsv") is None:
                     state["jsv"] = {"previous": current}
                 qconf.write_conf("global", {**glob, "jsv_url": url})
@@ -246,15 +264,15 @@ def install(settings, hooks_dir, queues=("all.q",), hosts=None, starter=False, j
     return 0
 
 
-def _interactive_warnings(qtypes):
+def _interactive_warnings(qtypes: Dict[str, str]) -> List[str]:
     from . import engine_quirks, install_check
     first = (qconf.run("-help", check=False).splitlines() or [""])[0]
     return engine_quirks.interactive_prolog_warnings(
         engine_quirks.identify(first), install_check.admin_user(), qtypes)
 
 
-def _install_agent_key(settings, state, plan, hooks_dir):
-    if not settings.values["agent"]["enabled"]:
+def _install_agent_key(settings: Settings, state: State, plan: Plan, hooks_dir: str) -> None:
+    if not settings.agent.enabled:
         return
     from ..agent import auth
     path = auth.key_path(settings)
@@ -262,7 +280,7 @@ def _install_agent_key(settings, state, plan, hooks_dir):
         plan.same(f"agent key {path}")
         return
 
-    def create():
+    def create() -> None:
         auth.create_key(path)
         state["agent_key"] = path
         if os.path.isdir(hooks_dir):
@@ -270,7 +288,7 @@ def _install_agent_key(settings, state, plan, hooks_dir):
     plan.do(f"create the agent key {path} (root only)", create)
 
 
-def _install_complexes(settings, state, plan, sync):
+def _install_complexes(settings: Settings, state: State, plan: Plan, sync: bool) -> None:
     current = qconf.parse_complexes(qconf.run("-sc"))
     by_name = {r["name"]: r for r in current}
     wanted = kit_complexes(settings)
@@ -288,7 +306,7 @@ def _install_complexes(settings, state, plan, sync):
             raise qconf.QconfError(f"shortcut {row['shortcut']!r} of complex {name!r} is already "
                                    f"used by complex {owner!r}")
     new_rows = [r for r in current if r["name"] not in wanted]
-    removed = []
+    removed: List[str] = []
     if sync:
         stale = {n for n in mine if n not in wanted}
         removed = [r["name"] for r in new_rows if r["name"] in stale]
@@ -299,7 +317,7 @@ def _install_complexes(settings, state, plan, sync):
         plan.same(f"{len(wanted)} complexes")
         return
 
-    def apply():
+    def apply() -> None:
         qconf.apply_complexes(new_rows)
         state["complexes"] = sorted((mine | {n for n in wanted if n not in by_name}) - set(removed))
     desc = []
@@ -310,7 +328,8 @@ def _install_complexes(settings, state, plan, sync):
     plan.do("; ".join(desc), apply)
 
 
-def uninstall(hooks_dir, dry_run=False, out=sys.stdout, wait=180):
+def uninstall(hooks_dir: str, dry_run: bool = False, out: TextIO = sys.stdout,
+              wait: float = 180) -> int:
     """Undo install step by step; the state file shrinks as each step succeeds, so an
     interrupted uninstall can simply be run again."""
     _check_manager()
@@ -322,14 +341,14 @@ def uninstall(hooks_dir, dry_run=False, out=sys.stdout, wait=180):
     state = _load_state(hooks_dir)
     plan = Plan(dry_run, out)
 
-    def done(mutate):
+    def done(mutate: Callable[[State], object]) -> None:
         mutate(state)
         _save_state(hooks_dir, state)
 
     if state.get("jsv"):
         prev = state["jsv"]["previous"]
 
-        def restore_jsv():
+        def restore_jsv() -> None:
             glob = qconf.show_conf("global") or {}
             qconf.write_conf("global", {**glob, "jsv_url": prev})
             done(lambda s: s.update(jsv=None))
@@ -337,13 +356,13 @@ def uninstall(hooks_dir, dry_run=False, out=sys.stdout, wait=180):
 
     for queue, attrs in list(state["queues"].items()):
         for attr, prev in list(attrs.items()):
-            def restore_queue(q=queue, a=attr, p=prev):
+            def restore_queue(q: str = queue, a: str = attr, p: str = prev) -> None:
                 qconf.set_queue_attr(q, a, p)
                 done(lambda s: s["queues"][q].pop(a))
             plan.do(f"set {attr} of queue {queue} back to {prev}", restore_queue)
 
     for host, rec in list(state["hosts"].items()):
-        def restore_host(host=host, rec=rec):
+        def restore_host(host: str = host, rec: Dict[str, Any] = rec) -> None:
             conf = qconf.show_conf(host)
             if rec["created"]:
                 if conf is not None:
@@ -360,7 +379,7 @@ def uninstall(hooks_dir, dry_run=False, out=sys.stdout, wait=180):
         plan.do(what.format(h=host), restore_host)
         state.setdefault("reapply", True)
     if state.get("reapply") or state["hosts"]:
-        def reapply():
+        def reapply() -> None:
             qconf.reapply_global()
             done(lambda s: s.pop("reapply", None))
         plan.do("re-apply the global configuration so execds stop the sensor", reapply)
@@ -368,7 +387,7 @@ def uninstall(hooks_dir, dry_run=False, out=sys.stdout, wait=180):
     if state["complexes"]:
         mine = set(state["complexes"])
 
-        def remove_complexes():
+        def remove_complexes() -> None:
             # qmaster refuses to delete a complex a host still has a load value of; the
             # values go when each execd has restarted its sensor list and reported.
             import time
@@ -387,7 +406,7 @@ def uninstall(hooks_dir, dry_run=False, out=sys.stdout, wait=180):
         plan.do(f"remove complexes {', '.join(sorted(mine))}", remove_complexes)
 
     if state.get("agent_key"):
-        def remove_key(path=state["agent_key"]):
+        def remove_key(path: str = state["agent_key"]) -> None:
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -395,7 +414,7 @@ def uninstall(hooks_dir, dry_run=False, out=sys.stdout, wait=180):
             done(lambda s: s.pop("agent_key", None))
         plan.do(f"remove the agent key {state['agent_key']}", remove_key)
 
-    def remove_hooks():
+    def remove_hooks() -> None:
         for fn in ("prolog", "loadsensor", "jsv", "starter", STATE_FILE):
             try:
                 os.unlink(os.path.join(hooks_dir, fn))
@@ -411,6 +430,6 @@ def uninstall(hooks_dir, dry_run=False, out=sys.stdout, wait=180):
     return 0
 
 
-def _write_exec(path, text):
+def _write_exec(path: str, text: str) -> None:
     from ..fsutil import atomic_write
     atomic_write(path, text, mode=0o755)

@@ -16,6 +16,8 @@ runs once, for real, as its user:
 When one fails, `denied_component` names the first path component that user cannot
 search, read or execute, from the permission bits (a pure function of `stat`).
 """
+from __future__ import annotations
+
 import os
 import pwd
 import shlex
@@ -23,6 +25,17 @@ import shutil
 import stat
 import subprocess
 import tempfile
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import AbstractSet, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
+
+    from ..config import Settings
+
+    # (a path, what the user may not do with it)
+    Denied = Tuple[str, str]
+    Runner = Callable[[str, str, Settings, str], Optional[str]]
 
 CHECK_IMAGE = "sge-image-install-check"  # a valid name no catalog is expected to have
 TIMEOUT = 60
@@ -33,18 +46,20 @@ ORDINARY_USER = "nobody"
 
 
 class Failure:
-    def __init__(self, hook, user, message, component=None):
+    def __init__(self, hook: str, user: str, message: str,
+                 component: Optional[Denied] = None) -> None:
         self.hook, self.user, self.message, self.component = hook, user, message, component
 
-    def __str__(self):
+    def __str__(self) -> str:
         where = f"; {self.user} cannot {self.component[1]} {self.component[0]}" if self.component else ""
         return f"{self.hook} launcher as {self.user}: {self.message}{where}"
 
 
 # ---------------------------------------------------------------- pure permission logic
 
-def may(st_mode, st_uid, st_gid, uid, gids, want):
-    """Unix permission check of one inode for (uid, gids); want is a set of 'r','w','x'."""
+def may(st_mode: int, st_uid: int, st_gid: int, uid: int, gids: AbstractSet[int],
+        want: Collection[str]) -> bool:
+    """Unix permission check of one inode for (uid, gids); want holds some of r, w, x."""
     if uid == 0:
         # root: everything but executing a file no one may execute
         return "x" not in want or stat.S_ISDIR(st_mode) or bool(st_mode & 0o111)
@@ -58,7 +73,9 @@ def may(st_mode, st_uid, st_gid, uid, gids, want):
     return bits & need == need
 
 
-def denied_component(path, uid, gids, want="r", lstat=os.lstat, readlink=os.readlink):
+def denied_component(path: str, uid: int, gids: AbstractSet[int], want: str = "r",
+                     lstat: Callable[[str], os.stat_result] = os.lstat,
+                     readlink: Callable[[str], str] = os.readlink) -> Optional[Denied]:
     """The first component on the way to `path` (following symlinks as the kernel does)
     that (uid, gids) may not search, or the file itself if it may not `want` it.
     -> (path, verb) or None."""
@@ -106,7 +123,7 @@ def denied_component(path, uid, gids, want="r", lstat=os.lstat, readlink=os.read
 
 # ---------------------------------------------------------------- users
 
-def admin_user():
+def admin_user() -> str:
     """The qmaster's admin user from the cell's bootstrap file (root when unset)."""
     root, cell = os.environ.get("SGE_ROOT"), os.environ.get("SGE_CELL", "default")
     if root:
@@ -121,13 +138,13 @@ def admin_user():
     return "root"
 
 
-def _ids(user):
+def _ids(user: str) -> Tuple[int, int, AbstractSet[int]]:
     pw = pwd.getpwnam(user)
     gids = set(os.getgrouplist(user, pw.pw_gid))
     return pw.pw_uid, pw.pw_gid, gids
 
 
-def _as_user(user, cmd):
+def _as_user(user: str, cmd: Sequence[str]) -> List[str]:
     """argv running `cmd` as `user` with that user's groups (setpriv: no PAM session)."""
     if user == "root" or os.geteuid() != 0:
         return list(cmd)
@@ -139,26 +156,28 @@ def _as_user(user, cmd):
 
 # ---------------------------------------------------------------- the checks
 
-def check(settings, launcher_texts, python, hooks_dir, starter=False, jsv=True,
-          starter_user=ORDINARY_USER, host=None):
+def check(settings: Settings, launcher_texts: Mapping[str, str], python: str, hooks_dir: str,
+          starter: bool = False, jsv: bool = True, starter_user: str = ORDINARY_USER,
+          host: Optional[str] = None) -> List[Failure]:
     """Run each launcher the install would point Grid Engine at; -> [Failure].
 
     The launchers run from a private copy in a world-searchable temp dir, so nothing
     of the real hooks dir changes when a check fails."""
     import socket
     host = host or socket.gethostname().split(".")[0]
-    failures = []
+    failures: List[Failure] = []
     tmp = tempfile.mkdtemp(prefix="sge-image-check.")
     try:
         os.chmod(tmp, 0o755)
-        paths = {}
+        paths: Dict[str, str] = {}
         for name, text in launcher_texts.items():
             p = os.path.join(tmp, name)
             with open(p, "w") as f:
                 f.write(text)
             os.chmod(p, 0o755)
             paths[name] = p
-        plan = [("loadsensor", "root", _run_sensor), ("prolog", "root", _run_prolog)]
+        plan: List[Tuple[str, str, Runner]] = [("loadsensor", "root", _run_sensor),
+                                                ("prolog", "root", _run_prolog)]
         if jsv:
             plan.append(("jsv", admin_user(), _run_jsv))
         if starter:
@@ -184,7 +203,7 @@ def check(settings, launcher_texts, python, hooks_dir, starter=False, jsv=True,
     return failures
 
 
-def _reachable(hooks_dir, user):
+def _reachable(hooks_dir: str, user: str) -> Optional[Denied]:
     """None, or the component of the hooks dir (or of its nearest existing ancestor,
     before install creates it) that `user` cannot search."""
     path = hooks_dir
@@ -197,7 +216,8 @@ def _reachable(hooks_dir, user):
     return denied_component(path, uid, gids, "x")
 
 
-def _blame(user, hook, hooks_dir, python, settings):
+def _blame(user: str, hook: str, hooks_dir: str, python: str,
+           settings: Settings) -> Optional[Denied]:
     """The first path the user cannot use, among those the launcher needs."""
     try:
         uid, _, gids = _ids(user)
@@ -209,7 +229,8 @@ def _blame(user, hook, hooks_dir, python, settings):
         need.append((real, "x"))
     import sge
     need.append((os.path.join(os.path.dirname(sge.__file__), "__init__.py"), "r"))
-    need.append((settings.path, "r"))
+    if settings.path:
+        need.append((settings.path, "r"))
     for path, want in need:
         found = denied_component(path, uid, gids, want)
         if found:
@@ -217,7 +238,9 @@ def _blame(user, hook, hooks_dir, python, settings):
     return None
 
 
-def _run(user, cmd, stdin_text, env_extra=None, timeout=TIMEOUT):
+def _run(user: str, cmd: Sequence[str], stdin_text: str,
+         env_extra: Optional[Mapping[str, str]] = None,
+         timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
     for k in ("SGE_ROOT", "SGE_CELL"):
         if k in os.environ:
@@ -241,12 +264,12 @@ def _run(user, cmd, stdin_text, env_extra=None, timeout=TIMEOUT):
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
-def _tail(text):
+def _tail(text: Optional[str]) -> str:
     lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
     return lines[-1][:300] if lines else ""
 
 
-def _run_jsv(path, user, settings, host):
+def _run_jsv(path: str, user: str, settings: Settings, host: str) -> Optional[str]:
     name = next(iter(sorted(settings.images)), None)
     job = ["START", "PARAM VERSION 1.0", "PARAM CONTEXT server", "PARAM CLIENT qmaster",
            "PARAM USER root", "PARAM GROUP root", "PARAM CMDNAME check.sh", "PARAM CMDARGS 0"]
@@ -265,7 +288,7 @@ def _run_jsv(path, user, settings, host):
     return None
 
 
-def _run_sensor(path, user, settings, host):
+def _run_sensor(path: str, user: str, settings: Settings, host: str) -> Optional[str]:
     try:
         r = _run(user, ["/bin/sh", "-c", shlex.quote(path)], "\nquit\n", {"HOST": host},
                  timeout=SENSOR_TIMEOUT)
@@ -278,7 +301,7 @@ def _run_sensor(path, user, settings, host):
     return None
 
 
-def _run_prolog(path, user, settings, host):
+def _run_prolog(path: str, user: str, settings: Settings, host: str) -> Optional[str]:
     name = CHECK_IMAGE
     while name in settings.images:
         name += "x"
@@ -289,7 +312,7 @@ def _run_prolog(path, user, settings, host):
     return None
 
 
-def _run_starter(path, user, settings, host):
+def _run_starter(path: str, user: str, settings: Settings, host: str) -> Optional[str]:
     r = _run(user, [path, "/bin/true"], "")
     if r.returncode != 0:
         return f"exit {r.returncode} running /bin/true{': ' + _tail(r.stderr) if r.stderr.strip() else ''}"

@@ -41,6 +41,8 @@ Decisions:
   server JSV follows catalog edits; if a re-read fails, the last good catalog
   stays in use (and the failure is logged).
 """
+from __future__ import annotations
+
 import os
 import sys
 import time
@@ -48,6 +50,14 @@ import time
 from ..errors import UnknownImage
 from ..names import explain_invalid, is_valid_name, warm_complex
 from .jsv_protocol import CORRECT, JsvLoop, Result, clean_text
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Callable, List, Mapping, Optional, Tuple
+
+    from ..config import Settings
+    from .jsv_protocol import Job
 
 # The requestable `image` complex and its shortcut. Grid Engine compares complex
 # names without case, so `-l IMAGE=x` is the same request.
@@ -68,24 +78,25 @@ class CatalogUnavailable(Exception):
 
 # ---------------------------------------------------------------- pure mapping
 
-def split_resources(value):
+def split_resources(value: str) -> List[str]:
     """`PARAM l_hard a=1,b=2` value -> entries exactly as typed (values may hold `=`)."""
     return value.split(",") if value else []
 
 
-def resource_name(entry):
+def resource_name(entry: str) -> str:
     return entry.partition("=")[0].strip().lower()
 
 
-def is_image_entry(entry):
+def is_image_entry(entry: str) -> bool:
     return resource_name(entry) in IMAGE_COMPLEXES
 
 
-def _show(name):
+def _show(name: str) -> str:
     return clean_text(repr(name if len(name) <= 40 else name[:40] + "..."), 60)
 
 
-def map_image(params, env, settings):
+def map_image(params: Mapping[str, str], env: Mapping[str, str],
+              settings: Callable[[], Settings]) -> Result:
     """The answer for one job: `params` and `env` as Grid Engine sent them
     (name -> value), `settings()` returning the site Settings (called only when
     the job asks for an image; may raise CatalogUnavailable). No I/O of its own."""
@@ -96,7 +107,7 @@ def map_image(params, env, settings):
         return Result.reject(f"{TAG}: -scope slave -l image: images are staged by the prolog, "
                              f"which runs on the master task's host only; request it with "
                              f"-l image=NAME or -scope master -l image=NAME")
-    asked = []
+    asked: List[str] = []
     for entries in (hard, soft, master):  # `-soft -l image=x` counts the same as `-l image=x`
         for e in entries:
             if is_image_entry(e):
@@ -124,8 +135,8 @@ def map_image(params, env, settings):
     try:
         site = settings()
         image = site.image(name)
-        strict = bool(site.values["jsv"]["strict"])
-        cap = site.values.get("cache", {}).get("max_size")
+        strict = site.jsv.strict
+        cap = site.cache.max_size
     except UnknownImage as e:
         return Result.reject(f"{TAG}: {origin}: {e}")
     except CatalogUnavailable as e:
@@ -154,14 +165,14 @@ def map_image(params, env, settings):
     elif not (in_hard or in_soft):
         new_soft.append(want)
 
-    changes = []
+    changes: List[Tuple[str, object]] = []
     if new_hard != hard:
         changes.append(("l_hard", ",".join(new_hard)))  # "" deletes the list
     if new_soft != soft:
         changes.append(("l_soft", ",".join(new_soft)))
     if new_master != master:
         changes.append((MASTER_HARD, ",".join(new_master)))
-    env_changes = [("ADD", ENV_VAR, name)] if env.get(ENV_VAR) != name else []
+    env_changes: List[Tuple[str, str, object]] = [("ADD", ENV_VAR, name)] if env.get(ENV_VAR) != name else []
     if not changes and not env_changes:
         return Result.accept()  # already mapped, e.g. by the client JSV
     kind = "hard" if strict else "soft"
@@ -177,16 +188,17 @@ def map_image(params, env, settings):
 class ImageJsv:
     """Holds the lazily loaded settings between jobs of one JSV process."""
 
-    def __init__(self, config_path=None, clock=time.monotonic):
+    def __init__(self, config_path: Optional[str] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         from ..log import Log
         self.config_path = config_path
         self.clock = clock
-        self.settings = None
+        self.settings: Optional[Settings] = None
         self.checked_at = 0.0
-        self.loop = None
+        self.loop: Optional[JsvLoop] = None
         self.log = Log(None, tag="sge-image-jsv")
 
-    def current_settings(self):
+    def current_settings(self) -> Settings:
         now = self.clock()
         if self.settings is not None:
             if now - self.checked_at < RELOAD_INTERVAL:
@@ -208,41 +220,41 @@ class ImageJsv:
         self._adopt(settings, now)
         return settings
 
-    def _adopt(self, settings, now):
+    def _adopt(self, settings: Settings, now: float) -> None:
         # The timer may interrupt this at any point: `settings` goes in last, so a
         # cut-short adoption leaves the previous state whole.
         from ..log import Log
         self.log = Log.from_settings(settings, tag="sge-image-jsv")
         if self.loop is not None:
-            self.loop.timeout = effective_timeout(settings.values["jsv"]["timeout"])
+            self.loop.timeout = effective_timeout(settings.jsv.timeout)
         self.checked_at = now
         self.settings = settings
 
-    def verify(self, job):
+    def verify(self, job: Job) -> Result:
         result = map_image(job.params, job.env, self.current_settings)
         if result.state not in ("ACCEPT", "CORRECT"):
             self.log(f"jsv: {result.state} job {job.params.get('JOB_ID', '(new)')} of "
                      f"{job.params.get('USER', '?')}: {clean_text(result.message, 300)}")
         return result
 
-    def on_timeout(self, job):
+    def on_timeout(self, job: Job) -> Result:
         t = self.loop.timeout if self.loop else DEFAULT_TIMEOUT
         return Result.reject_wait(f"{TAG}: checking the image request took longer than "
                                   f"{t:g} s; submit again later or tell your administrator")
 
-    def on_error(self, job, exc):
+    def on_error(self, job: Job, exc: BaseException) -> Result:
         return Result.reject_wait(f"{TAG}: internal error in the image JSV (details in the "
                                   f"sge-image log); submit again later")
 
 
-def effective_timeout(configured):
+def effective_timeout(configured: Optional[float]) -> float:
     """jsv.timeout in seconds, kept under qmaster's own 10 s; 0 means the cap."""
     if not configured or configured <= 0:
         return MAX_TIMEOUT
     return min(float(configured), MAX_TIMEOUT)
 
 
-def _private_stdio():
+def _private_stdio() -> IO[bytes]:
     """The protocol's own stdout; fds 1 and 2 then point at /dev/null.
 
     Any stderr line makes Grid Engine reject the job and restart the JSV, and any
@@ -257,7 +269,7 @@ def _private_stdio():
     return out
 
 
-def jsv_url_names(url, launcher):
+def jsv_url_names(url: Optional[str], launcher: str) -> bool:
     """Does a global `jsv_url` value (`[script:][user@]/path`) name `launcher`?"""
     if not url or url.lower() == "none":
         return False
@@ -266,7 +278,7 @@ def jsv_url_names(url, launcher):
     return os.path.realpath(path) == os.path.realpath(launcher)
 
 
-def configured_url():
+def configured_url() -> Optional[str]:
     """jsv_url of the global configuration, or None when qconf cannot tell."""
     import subprocess
     try:
@@ -296,16 +308,18 @@ class Retirement:
     IDLE_CHECK = 5.0
     URL_CHECK = 60.0
 
-    def __init__(self, launcher, url=configured_url, clock=time.monotonic):
+    def __init__(self, launcher: Optional[str],
+                 url: Callable[[], Optional[str]] = configured_url,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.launcher = launcher
         self.url = url
         self.clock = clock
         self.url_checked = clock()
 
-    def launcher_gone(self):
+    def launcher_gone(self) -> bool:
         return self.launcher is not None and not os.path.exists(self.launcher)
 
-    def unwanted(self):
+    def unwanted(self) -> bool:
         if self.launcher is None:
             return False
         if self.launcher_gone():
@@ -318,7 +332,7 @@ class Retirement:
         return url is not None and not jsv_url_names(url, self.launcher)
 
 
-def _watch(loop, retirement, log):
+def _watch(loop: JsvLoop, retirement: Retirement, log: Callable[[str], None]) -> None:
     """Daemon thread: exit the process while idle once the JSV is unwanted."""
     while True:
         time.sleep(retirement.IDLE_CHECK)
@@ -331,7 +345,7 @@ def _watch(loop, retirement, log):
             os._exit(0)
 
 
-def run(config_path=None, launcher=None):
+def run(config_path: Optional[str] = None, launcher: Optional[str] = None) -> int:
     """Serve the JSV protocol on stdin/stdout until QUIT or EOF; returns 0."""
     out = _private_stdio()
     jsv = ImageJsv(config_path)
@@ -348,7 +362,7 @@ def run(config_path=None, launcher=None):
     return loop.run()
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     """`python -m sge.ge.jsv [--config PATH]` (the CLI's `sge-image jsv` calls run)."""
     import argparse
     p = argparse.ArgumentParser(prog="sge-image jsv",

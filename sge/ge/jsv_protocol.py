@@ -31,7 +31,17 @@ Every rule below guards against a measured Grid Engine behaviour:
 * qmaster splits our lines at spaces with strtok: `PARAM l_hard ` (no value)
   deletes the list, as the protocol intends.
 """
+from __future__ import annotations
+
 import signal
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import IO, Callable, Dict, Iterable, List, Optional, Tuple
+
+    Verify = Callable[["Job"], "Result"]
 
 ACCEPT = "ACCEPT"
 CORRECT = "CORRECT"
@@ -59,17 +69,17 @@ class Job:
 
     __slots__ = ("params", "env", "problems")
 
-    def __init__(self):
-        self.params = {}
-        self.env = {}
-        self.problems = []  # input lines this job lost (too long, undecodable, ...)
+    def __init__(self) -> None:
+        self.params: Dict[str, str] = {}
+        self.env: Dict[str, str] = {}
+        self.problems: List[str] = []  # input lines this job lost (too long, undecodable, ...)
 
     @property
-    def context(self):
+    def context(self) -> Optional[str]:
         """"server" (qmaster, `jsv_url`) or "client" (`qsub -jsv`), else None."""
         return self.params.get("CONTEXT")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Job(params={self.params!r}, env={self.env!r})"
 
 
@@ -80,7 +90,9 @@ class Result:
 
     __slots__ = ("state", "message", "params", "env", "logs")
 
-    def __init__(self, state, message="", params=(), env=(), logs=()):
+    def __init__(self, state: str, message: str = "", params: Iterable[Tuple[str, object]] = (),
+                 env: Iterable[Tuple[str, str, object]] = (),
+                 logs: Iterable[Tuple[str, str]] = ()) -> None:
         self.state = state
         self.message = message
         self.params = list(params)
@@ -88,27 +100,27 @@ class Result:
         self.logs = list(logs)
 
     @classmethod
-    def accept(cls, message="", logs=()):
+    def accept(cls, message: str = "", logs: Iterable[Tuple[str, str]] = ()) -> Result:
         return cls(ACCEPT, message, logs=logs)
 
     @classmethod
-    def reject(cls, message, logs=()):
+    def reject(cls, message: str, logs: Iterable[Tuple[str, str]] = ()) -> Result:
         return cls(REJECT, message, logs=logs)
 
     @classmethod
-    def reject_wait(cls, message, logs=()):
+    def reject_wait(cls, message: str, logs: Iterable[Tuple[str, str]] = ()) -> Result:
         return cls(REJECT_WAIT, message, logs=logs)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Result({self.state}, {self.message!r}, params={self.params!r}, "
                 f"env={self.env!r}, logs={self.logs!r})")
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Result) and all(
             getattr(self, k) == getattr(other, k) for k in self.__slots__)
 
 
-def clean_text(text, limit=MAX_TEXT, format_safe=False):
+def clean_text(text: object, limit: int = MAX_TEXT, format_safe: bool = False) -> str:
     """`text` as one printable line of at most `limit` characters.
 
     `format_safe` also replaces `%`: Grid Engine's own source (and its successor,
@@ -141,20 +153,24 @@ class JsvLoop:
     handled: another thread may end the process only between jobs.
     """
 
-    def __init__(self, verify, stdin, stdout, timeout=None, on_timeout=None, on_error=None,
-                 log=None, send_env=True, after_job=None):
+    def __init__(self, verify: Verify, stdin: IO[bytes], stdout: IO[bytes],
+                 timeout: Optional[float] = None,
+                 on_timeout: Optional[Callable[[Job], Result]] = None,
+                 on_error: Optional[Callable[[Job, BaseException], Result]] = None,
+                 log: Optional[Callable[[str], None]] = None, send_env: bool = True,
+                 after_job: Optional[Callable[[], bool]] = None) -> None:
         self.verify = verify
         self.stdin = stdin
         self.stdout = stdout
         self.timeout = timeout
-        self.on_timeout = on_timeout or (lambda job: Result.reject_wait(
+        self.on_timeout: Callable[[Job], Result] = on_timeout or (lambda job: Result.reject_wait(
             "job verification timed out; try again later"))
-        self.on_error = on_error or (lambda job, exc: Result.reject_wait(
+        self.on_error: Callable[[Job, BaseException], Result] = on_error or (lambda job, exc: Result.reject_wait(
             "internal error in the job submission verifier; try again later"))
-        self.log = log or (lambda msg: None)
+        self.log: Callable[[str], None] = log or (lambda msg: None)
         self.send_env = send_env
         self.job = Job()
-        self.context = None   # last CONTEXT seen: decides whether LOG lines may be sent
+        self.context: Optional[str] = None   # last CONTEXT seen: decides whether LOG lines may be sent
         self._armed = False
         self.after_job = after_job
         self.in_job = False
@@ -163,7 +179,7 @@ class JsvLoop:
 
     # ------------------------------------------------------------ main loop
 
-    def run(self):
+    def run(self) -> int:
         """Serve until QUIT or end of input; returns the exit status (always 0)."""
         try:
             while True:
@@ -192,7 +208,7 @@ class JsvLoop:
             self.log(f"jsv: I/O error, stopping: {e}")
             return 0
 
-    def _skip_long_line(self, head):
+    def _skip_long_line(self, head: bytes) -> None:
         while True:
             more = self.stdin.readline(MAX_IN_LINE + 1)
             if not more or more.endswith(b"\n"):
@@ -202,7 +218,7 @@ class JsvLoop:
         self._malformed(f"dropped an input line longer than {MAX_IN_LINE} bytes: "
                         f"{clean_text(cmd, 40)}...")
 
-    def _handle(self, line):
+    def _handle(self, line: str) -> bool:
         """One input line; True when the loop should end."""
         cmd, _, rest = line.partition(" ")
         if cmd.endswith("\r"):
@@ -252,7 +268,7 @@ class JsvLoop:
 
     # ------------------------------------------------------------ answers
 
-    def _answer(self, job):
+    def _answer(self, job: Job) -> List[str]:
         """The lines answering BEGIN: always ending in exactly one RESULT."""
         try:
             if job.problems:
@@ -266,7 +282,7 @@ class JsvLoop:
             return [f"RESULT STATE {REJECT_WAIT} internal error in the job submission "
                     f"verifier; try again later"]
 
-    def _call_verify(self, job):
+    def _call_verify(self, job: Job) -> Result:
         timeout = self.timeout
         try:
             armed = self._arm(timeout)
@@ -286,8 +302,8 @@ class JsvLoop:
             return self.on_error(job, TypeError("verify returned no Result"))
         return result
 
-    def _render(self, result, context):
-        lines = []
+    def _render(self, result: Result, context: Optional[str]) -> List[str]:
+        lines: List[str] = []
         if result.state in (ACCEPT, CORRECT):
             # Corrections only matter for jobs that will exist; on REJECT they would
             # only add qmaster parse errors to the user's message.
@@ -306,8 +322,8 @@ class JsvLoop:
         return lines
 
     @staticmethod
-    def _corrections(result):
-        lines = []
+    def _corrections(result: Result) -> List[str]:
+        lines: List[str] = []
         for name, value in result.params:
             lines.append(_line("PARAM", _word(name), _value(value)))
         for op, name, value in result.env:
@@ -323,14 +339,14 @@ class JsvLoop:
                                  "protocol")
         return lines
 
-    def _malformed(self, what):
+    def _malformed(self, what: str) -> None:
         """Note bad input where it is safe: LOG ERROR to qmaster in server context
         (an unknown command would reject the job), the log file otherwise."""
         self.log(f"jsv: {what}")
         if self.context == "server":
             self._write([f"LOG ERROR sge-image jsv: ignored input: {clean_text(what)}"])
 
-    def _write(self, lines):
+    def _write(self, lines: List[str]) -> None:
         if not lines:
             return
         data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
@@ -339,12 +355,12 @@ class JsvLoop:
 
     # ------------------------------------------------------------ timer
 
-    def _on_alarm(self, signum, frame):
+    def _on_alarm(self, signum: int, frame: Optional[FrameType]) -> None:
         if self._armed:  # a late signal after _disarm must not hit the loop
             self._armed = False
             raise JsvTimeout()
 
-    def _arm(self, timeout):
+    def _arm(self, timeout: Optional[float]) -> bool:
         """Start the timer; False when there is none (no timeout, or not the main
         thread, where Python cannot receive signals)."""
         if not timeout or timeout <= 0:
@@ -357,28 +373,28 @@ class JsvLoop:
         signal.setitimer(signal.ITIMER_REAL, timeout)
         return True
 
-    def _disarm(self):
+    def _disarm(self) -> None:
         self._armed = False
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def _word(name):
+def _word(name: object) -> str:
     name = str(name)
     if not name or any(c in name for c in " \t\r\n\0"):
         raise ValueError(f"bad attribute name {clean_text(repr(name), 40)}")
     return name
 
 
-def _value(value):
+def _value(value: object) -> str:
     # A newline would end the line early and turn the rest into a command; a NUL
     # would cut qmaster's C string. Anything else is passed through as it came.
-    value = "" if value is None else str(value)
-    if "\n" in value or "\0" in value:
+    text = "" if value is None else str(value)
+    if "\n" in text or "\0" in text:
         raise ValueError("a value contains a line break or NUL")
-    return value
+    return text
 
 
-def _line(prefix, name, value):
+def _line(prefix: str, name: str, value: str) -> str:
     # An empty value ("PARAM l_hard ") makes qmaster delete the attribute.
     return f"{prefix} {name} {value}"
 

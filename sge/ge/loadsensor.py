@@ -14,9 +14,19 @@ each measured on a real execd:
 - it never exits except on `quit`/EOF; `loadsensor/sge-image-loadsensor` restarts it
   after a crash anyway, because execd breaks when its sensor dies.
 """
+from __future__ import annotations
+
 import os
 import sys
 import time
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, List, Optional, Set, Tuple
+
+    from ..cache import Cache
+    from ..config import Settings
 
 MAX_LINE = 999
 MAX_IN_LINE = 1 << 16  # execd sends empty lines and `quit`; longer input is one request
@@ -35,20 +45,21 @@ class Reporter:
     verification), so a name in blobs/sha256/ is proof enough.
     """
 
-    def __init__(self, settings, cache, host, log=None):
+    def __init__(self, settings: Settings, cache: Cache, host: str,
+                 log: Optional[Callable[[str], None]] = None) -> None:
         self.cache = cache
         self.log = log or (lambda msg: None)
         # As root, a cache job owners could change is not reported (sge/security.py):
         # jobs sent here would run what another user planted.
         self.check_safety = os.geteuid() == 0
-        self.safe_blobs = set()   # checked once: only root can change a safe blob
-        self.refused = None       # the problems last logged
+        self.safe_blobs: Set[str] = set()   # checked once: only root can change a safe blob
+        self.refused: Optional[List[str]] = None       # the problems last logged
         self.stamps = settings.stamps
-        self.list_complex = settings.values["sensor"]["list_complex"]
-        self.report_inflight = settings.values["sensor"]["report_inflight"]
+        self.list_complex = settings.sensor.list_complex
+        self.report_inflight = settings.sensor.report_inflight
         self.lines = {n: f"{host}:{i.complex}:1\n" for n, i in settings.images.items()}
-        self.by_digest = {}     # sha256 -> [(name, line)]
-        self.by_ref = []        # (ref path, name, line) for source-pinned entries
+        self.by_digest: Dict[str, List[Tuple[str, str]]] = {}     # sha256 -> [(name, line)]
+        self.by_ref: List[Tuple[str, str, str]] = []        # (ref path, name, line) for source-pinned entries
         for name, image in settings.images.items():
             line = f"{host}:{image.complex}:1\n"
             if image.sha256:
@@ -56,17 +67,17 @@ class Reporter:
             else:
                 self.by_ref.append((cache.path_for(image), name, line))
         self.host = host
-        self.sizes = {}  # digest -> size: a content-addressed blob never changes
+        self.sizes: Dict[str, int] = {}  # digest -> size: a content-addressed blob never changes
         self.largest = max((i.size or 0 for i in settings.images.values()), default=0)
 
-    def is_stale(self):
+    def is_stale(self) -> bool:
         try:
             from ..config import _stamp
             return any(_stamp(s[0]) != list(s) for s in self.stamps)
         except OSError:
             return True
 
-    def report(self):
+    def report(self) -> str:
         head = f"{self.host}:{TIME_COMPLEX}:{int(time.time())}\n"
         if self.check_safety:
             from .. import security
@@ -84,7 +95,8 @@ class Reporter:
                            f"{self.host}:{ROOM_COMPLEX}:{free}\n")
         except OSError:
             return head  # unreadable cache: nothing is warm here
-        out, warm = [head], []
+        out: List[str] = [head]
+        warm: List[str] = []
         by_digest = self.by_digest
         unsafe = []
         for digest in present:
@@ -124,7 +136,7 @@ class Reporter:
             out.append(_list_line(self.host, sorted(warm)) + "\n")
         return "".join(x for x in out if len(x) <= MAX_LINE + 1)
 
-    def _used(self, present):
+    def _used(self, present: List[str]) -> int:
         """Bytes of the blobs present; each blob is stat'ed once (it never changes)."""
         sizes, blobs, total = self.sizes, os.path.join(self.cache.root, "blobs", "sha256"), 0
         for d in present:
@@ -137,7 +149,7 @@ class Reporter:
             total += size
         return total
 
-    def _room(self, free):
+    def _room(self, free: int) -> int:
         """img_cache_room. While the room without evicting anything already holds the
         largest catalog image, that figure is reported: no request can ask for more.
         Below it, the cache is scanned as eviction sees it (sge/eviction.py: last use and
@@ -148,7 +160,7 @@ class Reporter:
         from ..eviction import room_for_new
         return room_for_new(self.cache.scan(names=False, sizes=self.sizes), self.cache.limits())
 
-    def _free_before_first_use(self):
+    def _free_before_first_use(self) -> int:
         path = self.cache.root
         while not os.path.isdir(path) and os.path.dirname(path) != path:
             path = os.path.dirname(path)
@@ -159,14 +171,14 @@ class Reporter:
         disk = st.f_bavail * st.f_frsize
         return disk if self.cache.max_size is None else min(self.cache.max_size, disk)
 
-    def _blob_problems(self, path, digest):
+    def _blob_problems(self, path: str, digest: Optional[str]) -> List[str]:
         from .. import security
         found = security.blob_problems(self.cache.root, path)
         if not found and digest:
             self.safe_blobs.add(digest)
         return found
 
-    def _refuse(self, head, unsafe):
+    def _refuse(self, head: str, unsafe: List[str]) -> str:
         """A report without image values (and without free space: no job should come
         here for this cache), logged once per change."""
         if unsafe != self.refused:
@@ -175,7 +187,8 @@ class Reporter:
             self.refused = unsafe
         return head
 
-def _free_bytes(cache, used):
+
+def _free_bytes(cache: Cache, used: int) -> int:
     """Room for new images: the smaller of what the cap allows and the disk holds."""
     try:
         disk = cache.free_bytes()
@@ -186,10 +199,11 @@ def _free_bytes(cache, used):
     return max(0, min(cache.max_size - used, disk))
 
 
-def _list_line(host, names):
+def _list_line(host: str, names: List[str]) -> str:
     """`;a;b;` (requested as `images=*;NAME;*`), cut to fit the line limit."""
     head = f"{host}:{LIST_COMPLEX}:;"
-    value, room = [], MAX_LINE - len(head)
+    value: List[str] = []
+    room = MAX_LINE - len(head)
     for n in names:
         if len(n) + 1 > room:
             break
@@ -198,7 +212,7 @@ def _list_line(host, names):
     return head + "".join(f"{n};" for n in value)
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     from .. import config
     from ..cache import Cache
     from ..log import Log
@@ -209,7 +223,7 @@ def main(argv=None):
     host = os.environ.get("HOST") or __import__("socket").gethostname()
     path = config_arg(argv)
     log = Log(tag="sge-image loadsensor")
-    reporter = None
+    reporter: Optional[Reporter] = None
     stdin = sys.stdin.buffer  # bytes: a text stream died on one invalid UTF-8 byte
     while True:
         line = stdin.readline(MAX_IN_LINE)
@@ -235,7 +249,7 @@ def main(argv=None):
         proto.flush()
 
 
-def _divert_stray_output():
+def _divert_stray_output() -> None:
     """Anything printed by accident must not reach execd's protocol pipe."""
     fd = os.open(os.devnull, os.O_WRONLY)
     os.dup2(fd, 1)

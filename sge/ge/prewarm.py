@@ -7,6 +7,8 @@ whose sensor already reports the image are skipped, so running it twice stages n
 twice. Root must not submit: with the default `min_uid 1000` a root job fails and puts
 the queue into error state (measured).
 """
+from __future__ import annotations
+
 import os
 import subprocess
 import sys
@@ -15,7 +17,17 @@ import time
 from . import qconf, qhost
 
 
-def choose_hosts(settings, name, count=None, hostgroup=None, all_hosts=False):
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Dict, List, Optional, Sequence, TextIO, Tuple
+
+    from ..config import Settings
+
+
+def choose_hosts(settings: Settings, name: str, count: Optional[int] = None,
+                 hostgroup: Optional[str] = None,
+                 all_hosts: bool = False) -> Tuple[List[str], List[str]]:
     """(targets, already warm): hosts to stage on, most free cache first."""
     image = settings.image(name)
     views = qhost.read()
@@ -32,7 +44,7 @@ def choose_hosts(settings, name, count=None, hostgroup=None, all_hosts=False):
     return cold, warm
 
 
-def _check_submitter():
+def _check_submitter() -> None:
     conf = qconf.show_conf("global") or {}
     try:
         min_uid = int(conf.get("min_uid", "0"))
@@ -44,9 +56,10 @@ def _check_submitter():
             f"and put queues in error; run prewarm as a regular user (sudo -u USER ...)")
 
 
-def prewarm(settings, name, hosts, wait=True, timeout=7200, out=sys.stdout):
+def prewarm(settings: Settings, name: str, hosts: Sequence[str], wait: bool = True,
+            timeout: float = 7200, out: TextIO = sys.stdout) -> int:
     _check_submitter()
-    jobs = {}
+    jobs: Dict[str, str] = {}
     t0 = time.monotonic()
     for h in hosts:
         r = subprocess.run(["qsub", "-terse", "-N", f"prewarm-{name}"[:60], "-p", "-500",
@@ -61,7 +74,8 @@ def prewarm(settings, name, hosts, wait=True, timeout=7200, out=sys.stdout):
         out.write(f"{h}: job {lines[-1]} submitted\n")
     if not wait:
         return 0
-    done, deadline = {}, time.monotonic() + timeout
+    done: Dict[str, float] = {}
+    deadline = time.monotonic() + timeout
     while len(done) < len(jobs) and time.monotonic() < deadline:
         for jid in jobs:
             if jid in done:
@@ -85,7 +99,7 @@ def prewarm(settings, name, hosts, wait=True, timeout=7200, out=sys.stdout):
     return 0 if not failed else 5
 
 
-def _exit_ok(jid, tries=30):
+def _exit_ok(jid: str, tries: int = 30) -> bool:
     for _ in range(tries):  # the accounting record lands a moment after the job ends
         r = subprocess.run(["qacct", "-j", jid], capture_output=True, text=True, timeout=60)
         if r.returncode == 0 and "exit_status" in r.stdout:
@@ -95,7 +109,7 @@ def _exit_ok(jid, tries=30):
     return False
 
 
-def main(args, out=sys.stdout):
+def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     from .. import config
     qconf.require_qconf()
     settings = config.load(args.config)

@@ -11,10 +11,21 @@ The image comes from `SGE_IMAGE`, which the JSV adds to the job environment. The
 cached file's path is appended to `$SGE_JOB_SPOOL_DIR/environment` as `SGE_IMAGE_PATH`
 so the job and the starter method see it (that file is sgeadmin's 0644: root@ only).
 """
+from __future__ import annotations
+
 import errno
 import os
 import signal
 import sys
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import List, NoReturn, Optional, TextIO
+
+    from ..cache import Cache
+    from ..config import Settings
 
 GO, RESCHEDULE, JOB_ERROR = 0, 99, 100
 TRAPPED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
@@ -22,14 +33,14 @@ TRAPPED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.
 
 
 class _Signalled(Exception):
-    def __init__(self, signum):
+    def __init__(self, signum: int) -> None:
         self.signum = signum
 
 
 _signalled = False
 
 
-def _on_signal(signum, frame):
+def _on_signal(signum: int, frame: Optional[FrameType]) -> None:
     # The first signal ends the staging; later ones (Grid Engine or an admin may signal
     # again) must not interrupt the code that reports 99 (found by the kill matrix).
     global _signalled
@@ -39,7 +50,7 @@ def _on_signal(signum, frame):
     raise _Signalled(signum)
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     name = os.environ.get("SGE_IMAGE")
     if not name:
@@ -49,7 +60,8 @@ def main(argv=None):
     # A job output pipe whose reader went away is an EPIPE that JobOutput drops, not a
     # signal that turns a staged image into a reschedule.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    out = JobOutput(sys.stdout)  # the job's -o file
+    # the job's -o file; JobOutput has what Log and Progress use of a stream
+    out: TextIO = JobOutput(sys.stdout)  # type: ignore[assignment]
     try:
         return _run(name, argv, out)
     except _Signalled as e:
@@ -60,7 +72,7 @@ def main(argv=None):
         return RESCHEDULE
 
 
-def _run(name, argv, out):
+def _run(name: str, argv: List[str], out: TextIO) -> int:
     from .. import config
     from ..errors import SgeImageError
     from .hookargs import config_arg
@@ -91,7 +103,7 @@ def _run(name, argv, out):
             from ..log import Log
             from ..sink import Progress
             log = Log.from_settings(settings, echo=out, tag=f"sge-image prolog {job}")
-            progress = Progress(name, out, settings.values["fetch"]["progress_interval"], tty=False)
+            progress = Progress(name, out, settings.fetch.progress_interval, tty=False)
             path = ensure(name, settings, progress, log)
             _forget_attempts(cache, job)
         else:
@@ -107,16 +119,15 @@ def _run(name, argv, out):
             return RESCHEDULE
         if e.transient:
             _say(out, f"staging {name!r} failed, will retry: {e}")
-            return _reschedule_or_fail(cache, job, out, settings.values["prolog"]["max_reschedules"])
+            return _reschedule_or_fail(cache, job, out, settings.prolog.max_reschedules)
         _say(out, f"staging {name!r} failed: {e}")
         return JOB_ERROR
 
 
-def _stage_parallel_hosts(name, settings, out, job):
+def _stage_parallel_hosts(name: str, settings: Settings, out: TextIO, job: str) -> None:
     """A parallel job's other hosts run no prolog: ask their agents (sge/agent/pe.py).
     Raises SgeImageError like staging does, so the same 99/100 rules apply."""
-    agent = settings.values.get("agent")
-    if not agent or not agent["enabled"]:
+    if not settings.agent.enabled:
         return
     from ..agent import pe
     if pe.hostfile_path() is None:
@@ -126,7 +137,7 @@ def _stage_parallel_hosts(name, settings, out, job):
                                                            tag=f"sge-image prolog {job}"))
 
 
-def _job_id():
+def _job_id() -> str:
     # Grid Engine sets both, but only digits may reach a file name root writes.
     task = os.environ.get("SGE_TASK_ID", "undefined")
     job = os.environ.get("JOB_ID", "0")
@@ -134,7 +145,7 @@ def _job_id():
     return f"{job}.{task}" if _number(task) else job
 
 
-def _number(s):
+def _number(s: str) -> bool:
     return s.isascii() and s.isdigit() and len(s) <= 20
 
 
@@ -142,7 +153,7 @@ class _UnsafeCounter(Exception):
     pass
 
 
-def _reschedule_or_fail(cache, job, out, limit=3):
+def _reschedule_or_fail(cache: Optional[Cache], job: str, out: TextIO, limit: int = 3) -> int:
     """99 while this job has been rescheduled fewer than `limit` times on this host."""
     if cache is None:
         return RESCHEDULE
@@ -162,7 +173,7 @@ def _reschedule_or_fail(cache, job, out, limit=3):
     return RESCHEDULE
 
 
-def _count_attempt(root, job):
+def _count_attempt(root: str, job: str) -> int:
     """Add one to ROOT/jobs/JOB.attempts; -> the count. Root writes there on behalf of
     jobs: no link is followed below the root and the directory and file must be root's
     alone, else a job owner could aim the write at any file (or reset the count)."""
@@ -191,7 +202,7 @@ def _count_attempt(root, job):
         os.close(jfd)
 
 
-def _jobs_dir(root, create=False):
+def _jobs_dir(root: str, create: bool = False) -> int:
     import stat
     from ..cache import DIR_MODE
     rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
@@ -221,7 +232,7 @@ def _jobs_dir(root, create=False):
     return jfd
 
 
-def _forget_attempts(cache, job):
+def _forget_attempts(cache: Cache, job: str) -> None:
     try:
         jfd = _jobs_dir(cache.root)
     except (OSError, _UnsafeCounter):
@@ -234,7 +245,7 @@ def _forget_attempts(cache, job):
         os.close(jfd)
 
 
-def _export_path(path):
+def _export_path(path: str) -> None:
     spool = os.environ.get("SGE_JOB_SPOOL_DIR")
     if not spool:
         return  # run by hand, outside Grid Engine
@@ -251,10 +262,10 @@ class JobOutput:
     to None when fd 1 is closed), full or a broken pipe, writing must never change
     the exit code (issue: with stdout and stderr closed the prolog exited 1)."""
 
-    def __init__(self, stream):
+    def __init__(self, stream: Optional[TextIO]) -> None:
         self.stream = stream
 
-    def write(self, text):
+    def write(self, text: str) -> int:
         if self.stream is None:
             return 0
         try:
@@ -263,7 +274,7 @@ class JobOutput:
             self.stream = None  # stop trying: every later write would fail the same way
             return 0
 
-    def flush(self):
+    def flush(self) -> None:
         if self.stream is None:
             return
         try:
@@ -271,16 +282,16 @@ class JobOutput:
         except (OSError, ValueError):
             self.stream = None
 
-    def isatty(self):
+    def isatty(self) -> bool:
         return False
 
 
-def _say(out, msg):
+def _say(out: TextIO, msg: str) -> None:
     out.write(f"sge-image prolog: {msg}\n")
     out.flush()
 
 
-def _exit(code):
+def _exit(code: int) -> NoReturn:
     """Leave without interpreter shutdown: it restores the default signal actions, and a
     signal arriving then was a death by signal, which puts the queue in error (found by
     the kill matrix: a burst of SIGHUP/SIGINT during a download)."""

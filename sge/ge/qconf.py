@@ -7,12 +7,19 @@ Son of Grid Engine 8.1.9 facts these guard against (measured):
   (`global` or a host name), so files are written under that exact name;
 - long values are shown continued with a trailing backslash.
 """
+from __future__ import annotations
+
 import os
 import shutil
 import subprocess
 import tempfile
 
 from ..errors import SgeImageError
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, List, Mapping, Optional
 
 COMPLEX_COLUMNS = ("name", "shortcut", "type", "relop", "requestable", "consumable",
                    "default", "urgency")
@@ -22,13 +29,13 @@ class QconfError(SgeImageError):
     exit_code = 2
 
 
-def require_qconf():
+def require_qconf() -> None:
     if shutil.which("qconf") is None:
         raise QconfError("qconf not found: run this on a Grid Engine admin host with the "
                          "Grid Engine environment set (SGE_ROOT, SGE_CELL, PATH)")
 
 
-def run(*args, check=True):
+def run(*args: str, check: bool = True) -> str:
     r = subprocess.run(["qconf", *args], capture_output=True, text=True, timeout=120)
     if check and r.returncode != 0:
         msg = (r.stderr or r.stdout).strip().splitlines()
@@ -36,9 +43,10 @@ def run(*args, check=True):
     return r.stdout
 
 
-def _logical_lines(text):
+def _logical_lines(text: str) -> List[str]:
     """Lines with backslash continuations joined."""
-    out, cur = [], ""
+    out: List[str] = []
+    cur = ""
     for line in text.splitlines():
         if line.endswith("\\"):
             cur += line[:-1].rstrip() + " "
@@ -52,9 +60,9 @@ def _logical_lines(text):
 
 # ---------------------------------------------------------------- complexes
 
-def parse_complexes(text):
+def parse_complexes(text: str) -> List[Dict[str, str]]:
     """`qconf -sc` -> list of dicts with the 8 columns (comments dropped)."""
-    rows = []
+    rows: List[Dict[str, str]] = []
     for line in text.splitlines():
         s = line.strip()
         if not s or s.startswith("#"):
@@ -66,7 +74,7 @@ def parse_complexes(text):
     return rows
 
 
-def format_complexes(rows):
+def format_complexes(rows: List[Dict[str, str]]) -> str:
     head = "#" + " ".join(f"{c:<12}" for c in COMPLEX_COLUMNS)
     lines = [head]
     for r in rows:
@@ -74,7 +82,7 @@ def format_complexes(rows):
     return "\n".join(lines) + "\n"
 
 
-def apply_complexes(rows):
+def apply_complexes(rows: List[Dict[str, str]]) -> None:
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "complexes")
         with open(path, "w") as f:
@@ -84,9 +92,9 @@ def apply_complexes(rows):
 
 # ---------------------------------------------------------------- configurations
 
-def parse_conf(text):
+def parse_conf(text: str) -> Dict[str, str]:
     """`qconf -sconf NAME` / `-sq Q` -> ordered {attribute: value}."""
-    conf = {}
+    conf: Dict[str, str] = {}
     for line in _logical_lines(text):
         s = line.strip()
         if not s or s.startswith("#"):
@@ -96,7 +104,7 @@ def parse_conf(text):
     return conf
 
 
-def show_conf(name):
+def show_conf(name: str) -> Optional[Dict[str, str]]:
     """A host or the global configuration, or None if the host has none."""
     r = subprocess.run(["qconf", "-sconf", name], capture_output=True, text=True, timeout=120)
     if r.returncode != 0 or not r.stdout.strip():
@@ -104,7 +112,7 @@ def show_conf(name):
     return parse_conf(r.stdout)
 
 
-def write_conf(name, conf, add=False):
+def write_conf(name: str, conf: Mapping[str, str], add: bool = False) -> None:
     """-Aconf/-Mconf with a file called `name` (qconf takes the config name from it)."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, name)
@@ -114,7 +122,7 @@ def write_conf(name, conf, add=False):
         run("-Aconf" if add else "-Mconf", path)
 
 
-def reapply_global():
+def reapply_global() -> None:
     """Make running execds re-read their host configs: a host config added while an
     execd runs is ignored until the global config is re-applied (measured)."""
     conf = show_conf("global")
@@ -122,14 +130,14 @@ def reapply_global():
         write_conf("global", conf)
 
 
-def exec_hosts():
+def exec_hosts() -> List[str]:
     out = run("-sel", check=False)
     return [h for h in out.split() if h]
 
 
-def set_queue_attr(queue, attr, value):
+def set_queue_attr(queue: str, attr: str, value: str) -> None:
     run("-mattr", "queue", attr, value, queue)
 
 
-def managers():
+def managers() -> List[str]:
     return run("-sm", check=False).split()

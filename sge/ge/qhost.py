@@ -3,37 +3,44 @@
 `qhost -F` prints per host a header line, then `hl:NAME=VALUE` resources; the first
 shares its line with "Host Resource(s):". A BOOL load value shows as `1.000000`.
 """
+from __future__ import annotations
+
 import subprocess
 
 from .loadsensor import FREE_COMPLEX, TIME_COMPLEX
 
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Iterable, Optional
+
+
 class HostView:
     __slots__ = ("name", "values")
 
-    def __init__(self, name):
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.values = {}
+        self.values: Dict[str, str] = {}
 
     @property
-    def sensor_time(self):
+    def sensor_time(self) -> Optional[float]:
         v = self.values.get(TIME_COMPLEX)
         return float(v) if v is not None else None
 
     @property
-    def free_bytes(self):
+    def free_bytes(self) -> Optional[int]:
         v = self.values.get(FREE_COMPLEX)
         return parse_memory(v) if v is not None else None
 
-    def has(self, complex_name):
+    def has(self, complex_name: str) -> bool:
         v = self.values.get(complex_name)
         return v is not None and v.lower() in ("1", "1.000000", "true")
 
 
-def parse(text):
+def parse(text: str) -> Dict[str, HostView]:
     """`qhost -F` output -> {host: HostView} (the `global` pseudo host is skipped)."""
-    hosts = {}
-    current = None
+    hosts: Dict[str, HostView] = {}
+    current: Optional[HostView] = None
     for line in text.splitlines():
         if not line.strip() or line.startswith("HOSTNAME") or line.startswith("---"):
             continue
@@ -50,7 +57,7 @@ def parse(text):
     return hosts
 
 
-def read(complexes=None):
+def read(complexes: Optional[Iterable[str]] = None) -> Dict[str, HostView]:
     args = ["qhost", "-F"] + ([",".join(complexes)] if complexes else [])
     r = subprocess.run(args, capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
@@ -59,7 +66,7 @@ def read(complexes=None):
     return parse(r.stdout)
 
 
-def parse_memory(value):
+def parse_memory(value: str) -> int:
     """Grid Engine MEMORY values: `1020.000M`, `2.000G`, plain bytes."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
              "k": 1000, "m": 1000 ** 2, "g": 1000 ** 3, "t": 1000 ** 4}

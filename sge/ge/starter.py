@@ -9,13 +9,20 @@ the job controls is ever passed to a shell: the argv is built as a list.
 `exec "$@"` would silently ignore `qsub -S` (the script's shebang wins, measured), so
 scripts run through `SGE_STARTER_SHELL_PATH` unless the queue uses unix_behavior.
 """
+from __future__ import annotations
+
 import os
 import sys
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Mapping, Optional, Sequence
 
 EXIT_NO_IMAGE = 75  # EX_TEMPFAIL: the job's own exit status, never the queue's state
 
 
-def job_command(argv, env):
+def job_command(argv: Sequence[str], env: Mapping[str, str]) -> List[str]:
     """The command Grid Engine would run without a starter method."""
     if not argv:
         raise ValueError("no job command given")
@@ -26,12 +33,12 @@ def job_command(argv, env):
     return list(argv)
 
 
-def _is_job_script(path):
+def _is_job_script(path: str) -> bool:
     """Scripts are spooled by execd as .../job_scripts/<job id>; `-b y` binaries are not."""
     return os.path.basename(os.path.dirname(path)) == "job_scripts"
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from .hookargs import config_arg
     cfg = config_arg(argv)
@@ -63,11 +70,11 @@ def main(argv=None):
         return EXIT_NO_IMAGE
     os.set_inheritable(pin_fd, True)  # the pin lives as long as the exec'd runtime
     os.environ["SGE_IMAGE_PATH"] = path
-    runtime = settings.values["starter"]["runtime"]
+    runtime = settings.starter.runtime
     return _exec([*runtime, path, *command])
 
 
-def _exec(command):
+def _exec(command: List[str]) -> int:
     try:
         os.execvp(command[0], command)
     except OSError as e:

@@ -9,15 +9,15 @@ import time
 
 import pytest
 
-from tests.conftest import payload
-from tests.ge.kit import MB, kit_work, make_kit
+from tests.support.common import payload
+from tests.support.gekit import MB, kit_work, make_kit
 
 PORT = 6450
 PE = "imgpe"
 # The lab's exec hosts share one machine: a client process in node2's namespace
 # connects from 127.0.0.1, and qmaster refuses it ("client IP resolved to host name
 # vm"). Pin its source address to the host's own, as the execds are pinned
-# (scripts/bindshim.c); a real exec host needs nothing of the kind.
+# (lab/bindshim.c); a real exec host needs nothing of the kind.
 QHOST_PINNED = """#!/bin/sh
 ip=$(getent hosts "$(hostname)" | awk '{print $1; exit}')
 GE_BIND_IP=$ip LD_PRELOAD=libsge-image-kit-bindshim.so exec qhost "$@"
@@ -211,7 +211,7 @@ def test_killing_the_seed_mid_download_still_ends_verified_everywhere(kit):
     """The other hosts wait on the seed (hosts[1]) while it pulls from a slow origin;
     its agent is killed mid-pull. They fall back (to the origin, or to the restarted
     seed) and every task still gets a verified image."""
-    from tests.httpserver import Fault
+    from tests.support.httpserver import Fault
     c = kit.cluster
     seed = c.hosts[1]
     others = [h for h in c.hosts if h != seed]

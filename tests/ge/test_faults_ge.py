@@ -12,8 +12,8 @@ import time
 import psutil
 import pytest
 
-from tests.ge.kit import MB, cluster_snapshot, kit_work, make_kit
-from tests.httpserver import Fault
+from tests.support.gekit import MB, cluster_snapshot, kit_work, make_kit
+from tests.support.httpserver import Fault
 from tests.reliability.conftest import cache_problems, settled_problems
 
 IMAGES = {"slow": {"size": 6 * MB}, "slowf": {"size": 6 * MB}, "slow2": {"size": 6 * MB},

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.ge.kit import cluster_snapshot, kit_work, make_kit
+from tests.support.gekit import cluster_snapshot, kit_work, make_kit
 
 IMAGES = {"demo": {"size": 4 << 20}, "warm": {}, "flaky": {}, "gone": {}}
 
@@ -128,7 +128,7 @@ def test_unknown_image_is_rejected_at_submit(kit):
 
 
 def test_transient_failure_reschedules_without_queue_errors(kit):
-    from tests.httpserver import Fault
+    from tests.support.httpserver import Fault
     c = kit.cluster
     kit.server.faults["flaky.sif"] = Fault(status=503, times=2)
     out = kit.out("flaky")

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from tests.ge.kit import MB, cluster_snapshot, kit_work, make_kit
+from tests.support.gekit import MB, cluster_snapshot, kit_work, make_kit
 
 IMAGES = {"left": {"size": 24 * MB, "seed": 1}, "right": {"size": 24 * MB, "seed": 2},
           "interactive": {"size": 2 * MB, "seed": 3}}  # only the qrsh tests use it

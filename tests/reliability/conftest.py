@@ -14,7 +14,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.support.common import ROOT
 
 SEED = int(os.environ.get("RELIABILITY_SEED", "20240611"))
 PROLOG_CODES = {0, 99, 100}

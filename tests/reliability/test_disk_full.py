@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.conftest import payload, sha256
-from tests.httpserver import Fault
+from tests.support.common import payload, sha256
+from tests.support.httpserver import Fault
 from tests.reliability.conftest import (SEED, cache_problems, exported_path, make_spool,
                                         prolog_cmd, prolog_env, run_prolog, settled_problems,
                                         write_config)

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import ROOT, payload, sha256
-from tests.httpserver import Fault
+from tests.support.common import ROOT, payload, sha256
+from tests.support.httpserver import Fault
 from tests.reliability.conftest import (SEED, cache_problems, exported_path, make_spool,
                                         prolog_env, run_prolog, settled_problems, write_config)
 

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import ROOT, payload, sha256
-from tests.httpserver import Fault
+from tests.support.common import ROOT, payload, sha256
+from tests.support.httpserver import Fault
 from tests.reliability.conftest import (SEED, make_spool, prolog_env, run_prolog,
                                         settled_problems, write_config)
 from tests.test_eviction import _pin_holder

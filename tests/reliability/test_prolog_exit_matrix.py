@@ -15,7 +15,7 @@ import pytest
 
 import sys
 
-from tests.conftest import ROOT, payload, sha256
+from tests.support.common import ROOT, payload, sha256
 from tests.reliability.conftest import (PROLOG_CODES, SEED, exported_path, make_spool,
                                         prolog_env, write_config)
 

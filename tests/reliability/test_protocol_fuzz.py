@@ -15,7 +15,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, seed, settings as hsettings, strategies as st
 
-from tests.conftest import ROOT, cli, payload, sha256
+from tests.support.common import ROOT, cli, payload, sha256
 from tests.reliability.conftest import SEED
 from tests.test_jsv import COMMANDS, CORRECT_DEMO, INFO_DEMO, JsvProcess, job
 

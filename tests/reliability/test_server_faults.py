@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import payload, sha256
-from tests.httpserver import Fault
+from tests.support.common import payload, sha256
+from tests.support.httpserver import Fault
 from tests.reliability.conftest import (PROLOG_CODES, SEED, exported_path, make_spool,
                                         run_prolog, settled_problems, write_config)
 

@@ -365,7 +365,7 @@ def run_fetch(tmp_path, urls, sha256=None, size=None, options=None, sources=None
               progress=None, sleep=None, name="test-image", **settings):
     """The core's fetch_image into a real Sink in `tmp_path/tmp`: returns
     (digest, bytes, log lines); a failure is raised with its log as `.log`."""
-    from sge.config import Image
+    from sge.config import FetchSettings, Image
     from sge.fetch import Context, fetch_image
     from sge.sink import Sink
     image = Image(name, [urls] if isinstance(urls, str) else urls, sha256, size, "", options or {})
@@ -375,7 +375,7 @@ def run_fetch(tmp_path, urls, sha256=None, size=None, options=None, sources=None
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     sink = Sink(fd, path, size, sha256, progress)
     log = []
-    ctx = Context(image, {**FETCH_SETTINGS, **settings}, sources or {}, log.append)
+    ctx = Context(image, FetchSettings({**FETCH_SETTINGS, **settings}), sources or {}, log.append)
     try:
         digest = fetch_image(image, sink, ctx, sleep=sleep or (lambda s: None))
         with open(path, "rb") as f:

@@ -2,7 +2,7 @@
 # ge-cluster.sh - a real multi-host Grid Engine cluster on ONE machine, for
 # tests, CI and the demo: Son of Grid Engine 8.1.9 (Debian bookworm's
 # gridengine-* packages) or, with GE_FLAVOR=ocs, Open Cluster Scheduler 9.1.4
-# built from source (scripts/ge-cluster-ocs.sh). Both can run at once.
+# built from source (lab/ge-cluster-ocs.sh). Both can run at once.
 #
 #   ge-cluster.sh up            install + configure + start (idempotent)
 #   ge-cluster.sh down          stop execds and qmaster (packages stay)
@@ -16,7 +16,7 @@
 # Layout: qmaster runs on this machine's own host name (admin + submit host,
 # no execd). Each exec host is a loopback address named in /etc/hosts, served
 # by its own sge_execd in its own UTS namespace, pinned to that address by
-# the LD_PRELOAD shim scripts/bindshim.c. Queue all.q spans exactly the exec
+# the LD_PRELOAD shim lab/bindshim.c. Queue all.q spans exactly the exec
 # hosts. Only 127.0.0.0/8 addresses are ever used.
 #
 # Environment knobs:

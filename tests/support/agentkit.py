@@ -11,7 +11,7 @@ import time
 
 import yaml
 
-from tests.conftest import ROOT
+from tests.support.common import ROOT
 
 QHOST_HEAD = ("HOSTNAME                ARCH         NCPU NSOC NCOR NTHR  LOAD  MEMTOT  MEMUSE  SWAPTO  SWAPUS\n"
               "----------------------------------------------------------------------------------------------\n"

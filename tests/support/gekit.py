@@ -12,8 +12,8 @@ import time
 
 import yaml
 
-from tests.conftest import ROOT, payload
-from tests.httpserver import Server
+from tests.support.common import ROOT, payload
+from tests.support.httpserver import Server
 
 KIT_VENV = "/opt/sge-image-kit/venv"
 WORK = "/var/tmp/sge-image-kit-test"
