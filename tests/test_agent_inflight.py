@@ -16,7 +16,7 @@ import time
 import pytest
 
 from tests.support.agentkit import free_port, raw, status_of, body_of
-from tests.conftest import ROOT, payload
+from tests.support.common import ROOT, payload
 from tests.support.httpserver import Fault
 from tests.test_agent import A, B, MB, _ensure_here, get, put_blob  # noqa: F401
 from tests.test_agent import world  # noqa: F401  (the fixture)
