@@ -186,6 +186,7 @@ class Agent:
         self.redirect = sim.peer_redirect
         self.lag = sim.pipeline_lag_s
         self.timeout = sim.peer_timeout_s
+        self.poll = sim.peer_poll_s
         self.up_used = [0] * eng.H
         self.tree: Dict[int, Set[int]] = {}     # image -> hosts along the seed's chain
         self.excl: Dict[Tuple[int, int], Set[int]] = {}  # (host, image) -> peers that failed it
@@ -210,7 +211,7 @@ class Agent:
         if img in c.present:
             return True, None
         f = c.inflight.get(img)
-        if f is None or f.blocked or f.timeout or f.deferred:
+        if f is None or f.blocked or f.timeout or f.deferred or f.polling:
             return None
         p: Optional[Flow] = f
         while p is not None:
@@ -336,6 +337,10 @@ class Agent:
     def arrived(self, fl: Flow, t: float) -> bool:
         """fl's bytes are all here (or its peer timed out).  True when it is
         verified now; otherwise the agent has parked it, or failed and re-routed it."""
+        if fl.polling:  # its seed finished peer_poll_s ago: it asks now
+            fl.polling = False
+            self.route(fl, t)
+            return False
         if fl.src < 0:
             return True
         if fl.timeout:
@@ -358,7 +363,10 @@ class Agent:
             if ch.state != 0:
                 continue
             ch.parent = None
-            if ch.deferred:
+            if ch.deferred and self.poll > 0:
+                ch.deferred, ch.polling = False, True
+                self.net.later(t + self.poll, ch)
+            elif ch.deferred:
                 ch.deferred = False
                 self.route(ch, t)
             elif ch.parked:
@@ -370,7 +378,7 @@ class Agent:
         eng = self.eng
         if fl.inpeer:
             self.net.peer.remove(t, fl)
-        if fl.src >= 0 and not fl.timeout and not fl.deferred:
+        if fl.src >= 0 and not fl.timeout and not fl.deferred and not fl.polling:
             self.up_used[fl.src] -= 1
         if exclude:
             self.excl.setdefault((fl.host, fl.img), set()).add(fl.src)
