@@ -27,6 +27,7 @@ seed with a backoff from 0.25 to 2 s).
 
 Output: a per-host table (first task start, real and simulated), totals, and
 ``OUT/calibration-peers[-TAG].json``.  ``--replay JSON`` reruns only the simulation.
+With GE_HOSTS set, the default exec hosts are brought back at the end, under the lock.
 """
 import argparse
 import glob
@@ -44,7 +45,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
-from calibrate import TASK_SCRIPT, cluster_up, take_lock, time_gets  # noqa: E402
+from calibrate import CLUSTER, TASK_SCRIPT, cluster_up, take_lock, time_gets  # noqa: E402
 
 from sge.sim import run_scenario  # noqa: E402
 
@@ -133,6 +134,15 @@ def run_real(args, round_no):
         kit.server.close()
 
 
+def _default_cluster():
+    """Back to the default exec hosts, still under the lock: the tests expect them
+    (`up` stops and removes the extra hosts)."""
+    env = {k: v for k, v in os.environ.items() if k != "GE_HOSTS"}
+    p = subprocess.run([CLUSTER, "up"], capture_output=True, text=True, env=env, timeout=1800)
+    print(f"default cluster {'up' if p.returncode == 0 else 'NOT restored: ' + p.stderr[-500:]}",
+          flush=True)
+
+
 def simulate(real, args, **over):
     """The real round's scenario in the model; returns its summary."""
     pulls = [b - a for a, b in real["origin_gets"]] or [real["size"] / (real["rate_mib_s"] * MB)]
@@ -218,6 +228,8 @@ def main(argv=None):
                 rounds.append({"real": real})
                 print(f"round {i + 1}: {json.dumps(real)}", flush=True)
         finally:
+            if os.environ.get("GE_HOSTS"):
+                _default_cluster()
             os.close(lock)
     for r in rounds:
         r["sim"] = simulate(r["real"], args)

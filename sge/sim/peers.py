@@ -56,6 +56,15 @@ def rendezvous(img: int, hosts: int, k: int = SEED_RANKS) -> List[int]:
     return heapq.nlargest(k, range(hosts), key=score)
 
 
+def _spread(h: int, img: int) -> float:
+    """0.5-1.5, fixed per host and image: hosts that wait on one seed poll it at
+    their own moments (each began its backoff at its own prolog's start), so they
+    do not all find it done, and its upload slots full, in the same instant."""
+    x = ((h + 1) * 0x9E3779B1 ^ (img + 1) * 0x85EBCA77) & 0xFFFFFFFF
+    x = (x ^ (x >> 15)) * 0x2C1B3C6D & 0xFFFFFFFF
+    return 0.5 + (x ^ (x >> 12)) / 0x100000000
+
+
 class PeerNet:
     """Host-to-host transfers: each gets min(link / receiver's transfers,
     upload / sender's transfers).  Few flows run at once, so rates are simply
@@ -365,7 +374,7 @@ class Agent:
             ch.parent = None
             if ch.deferred and self.poll > 0:
                 ch.deferred, ch.polling = False, True
-                self.net.later(t + self.poll, ch)
+                self.net.later(t + self.poll * _spread(ch.host, ch.img), ch)
             elif ch.deferred:
                 ch.deferred = False
                 self.route(ch, t)
