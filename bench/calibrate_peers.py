@@ -209,6 +209,8 @@ def parse_args(argv=None):
     ap.add_argument("--peer-gbit", type=float, default=7.5,
                     help="peer copy rate (BENCHMARKS.md, node agent: 1 GiB in 1.14 s)")
     ap.add_argument("--poll", type=float, default=0.0, help="the model's peer_poll_s")
+    ap.add_argument("--polls", type=lambda v: [float(x) for x in v.split(",")],
+                    default=[0.0, 0.5, 1.0, 1.5], help="peer_poll_s variants to show")
     return ap.parse_args(argv)
 
 
@@ -244,6 +246,15 @@ def main(argv=None):
                   f"{r['real']['blob_done'].get(h, '-'):>10}")
         for k, v in r["compare"].items():
             print(f"  {k}: {v}")
+        # what the poll term is worth: the model's origin pulls, peer copies and the
+        # hosts' first starts (median, last) for each peer_poll_s
+        r["poll_variants"] = {}
+        for poll in args.polls:
+            v = simulate(r["real"], args, peer_poll_s=poll)
+            firsts = sorted(v["first_start"].values())
+            r["poll_variants"][str(poll)] = v
+            print(f"  peer_poll_s {poll}: origin {v['origin']}, peer {v['peer']}, first start "
+                  f"median {statistics.median(firsts):.2f} s, last {firsts[-1]:.2f} s")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"calibration-peers{'-' + args.tag if args.tag else ''}.json")
     with open(path, "w") as f:
