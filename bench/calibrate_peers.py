@@ -23,7 +23,7 @@ in-flight pulls reported; the peer model as the real agent is today: whole copie
 (``peer_pipeline`` off), a busy agent names no other hosts (``peer_redirect`` off), a
 seed per image.  ``--poll`` gives the model's ``peer_poll_s`` (a host waiting on the
 seed learns that it is done this long after, on average: the real agent polls the
-seed with a backoff from 0.25 to 2 s).
+seed with a backoff from 0.25 to 2 s; 1 s fits, see BENCHMARKS.md).
 
 Output: a per-host table (first task start, real and simulated), totals, and
 ``OUT/calibration-peers[-TAG].json``.  ``--replay JSON`` reruns only the simulation.
@@ -145,18 +145,21 @@ def _default_cluster():
 
 def simulate(real, args, **over):
     """The real round's scenario in the model; returns its summary."""
-    pulls = [b - a for a, b in real["origin_gets"]] or [real["size"] / (real["rate_mib_s"] * MB)]
+    # The seed's staging as its first task sees it: dispatch, prolog start, qhost,
+    # asking the seed, the origin pull (the model starts the pull at dispatch, one
+    # scheduling run after the submit).
+    seed = min(b for _, b in real["origin_gets"]) - real["submitted_s"] - args.sim_interval
     settings = {
         "schedule_interval": args.sim_interval, "first_schedule": 0.0,
         "load_report_time": 5.0, "report_phase": 0.0, "load_from_running": False,
-        "peer_pipeline": False, "peer_redirect": False, "peer_seed": True,
+        "peer_pipeline": args.pipeline, "peer_redirect": False, "peer_seed": True,
         "peer_upload_gbit": args.peer_gbit, "host_link_gbit": 10.0,
         "peer_poll_s": args.poll,
     }
     settings.update(over)
     scen = {"policy": "agent",
             "hosts": [{"name": h, "slots": real["slots"]} for h in real["hosts"]],
-            "images": {IMAGE: {"download_s": round(pulls[0], 3), "size_gb": real["size"] / 1e9}},
+            "images": {IMAGE: {"download_s": round(seed, 3), "size_gb": real["size"] / 1e9}},
             "jobs": [{"image": IMAGE, "submit": real["submitted_s"],
                       "runtime": real["sleep"] + args.overhead, "tasks": real["tasks"]}],
             "settings": settings}
@@ -171,20 +174,28 @@ def simulate(real, args, **over):
             "end_s": round(s["end_time"], 2)}
 
 
+def lags(first):
+    """Each other host's first start after the first host's (the seed's): the part
+    the peer model is about (whole copies, polls of the seed, upload slots)."""
+    t = sorted(first.values())
+    return [round(x - t[0], 2) for x in t[1:]]
+
+
 def compare(real, sim):
     r_first, s_first = real["first_start"], sim["first_start"]
-    # hosts ranked by when their image arrived: the seed, then the copies
-    r_sorted, s_sorted = sorted(r_first.values()), sorted(s_first.values())
+    r_lag, s_lag = lags(r_first), lags(s_first)
     return {
         "origin real / sim": f"{len(real['origin_gets'])} / {sim['origin']}",
         "peer copies real / sim": f"{len(real['peer_from'])} / {sim['peer']}",
         "hosts that ran tasks real / sim": f"{len(r_first)} / {len(s_first)}",
-        "first start, seed host, real / sim s": f"{r_sorted[0]:.2f} / {s_sorted[0]:.2f}",
-        "first start, last host, real / sim s": f"{r_sorted[-1]:.2f} / {s_sorted[-1]:.2f}",
-        "median host's first start real / sim s":
-            f"{statistics.median(r_sorted):.2f} / {statistics.median(s_sorted):.2f}",
+        "seed host's first start real / sim s": f"{min(r_first.values()):.2f} / {min(s_first.values()):.2f}",
+        "the others' first start after it, real s": ", ".join(f"{x:.2f}" for x in r_lag),
+        "the others' first start after it, sim s": ", ".join(f"{x:.2f}" for x in s_lag),
+        "median / last lag real vs sim s": f"{statistics.median(r_lag):.2f} / {r_lag[-1]:.2f} vs "
+                                            f"{statistics.median(s_lag):.2f} / {s_lag[-1]:.2f}",
+        "every host started real / sim s": f"{max(r_first.values()):.2f} / {max(s_first.values()):.2f}",
         "image on every host (blob mtime), real s": f"{max(real['blob_done'].values()):.2f}",
-        "origin pull real s": ", ".join(f"{b - a:.2f}" for a, b in real["origin_gets"]),
+        "origin GET real s": ", ".join(f"{a:.2f}-{b:.2f}" for a, b in real["origin_gets"]),
     }
 
 
@@ -208,7 +219,11 @@ def parse_args(argv=None):
                     help="seconds a task's slot is held beyond its sleep (prolog, shepherd)")
     ap.add_argument("--peer-gbit", type=float, default=7.5,
                     help="peer copy rate (BENCHMARKS.md, node agent: 1 GiB in 1.14 s)")
-    ap.add_argument("--poll", type=float, default=0.0, help="the model's peer_poll_s")
+    ap.add_argument("--poll", type=float, default=1.0,
+                    help="the model's peer_poll_s (the real agent's backoff tops out at 2 s: "
+                         "the seed ends on average 1 s before the next poll)")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="model peers that stream a download in progress (peer_pipeline)")
     ap.add_argument("--polls", type=lambda v: [float(x) for x in v.split(",")],
                     default=[0.0, 0.5, 1.0, 1.5], help="peer_poll_s variants to show")
     return ap.parse_args(argv)
@@ -251,10 +266,10 @@ def main(argv=None):
         r["poll_variants"] = {}
         for poll in args.polls:
             v = simulate(r["real"], args, peer_poll_s=poll)
-            firsts = sorted(v["first_start"].values())
+            lag = lags(v["first_start"])
             r["poll_variants"][str(poll)] = v
-            print(f"  peer_poll_s {poll}: origin {v['origin']}, peer {v['peer']}, first start "
-                  f"median {statistics.median(firsts):.2f} s, last {firsts[-1]:.2f} s")
+            print(f"  peer_poll_s {poll}: origin {v['origin']}, peer {v['peer']}, lags "
+                  f"{', '.join(f'{x:.2f}' for x in lag)} (median {statistics.median(lag):.2f})")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"calibration-peers{'-' + args.tag if args.tag else ''}.json")
     with open(path, "w") as f:

@@ -425,7 +425,7 @@ def test_a_host_polling_its_seed_starts_its_copy_a_poll_later():
     assert sum(res["downloads"].values()) == 1 and sum(res["peer_transfers"].values()) == 1
     first, second = sorted({t["start"] for t in res["tasks"]})
     assert first == pytest.approx(16.0)
-    assert 32.0 + 0.75 - 1e-6 <= second <= 32.0 + 2.25 + 1e-6
+    assert 32.0 - 1e-6 <= second <= 32.0 + 3.0 + 1e-6
 
 
 def test_upload_slots_bound_what_one_peer_serves():

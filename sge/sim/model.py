@@ -36,8 +36,8 @@ peer_redirect              True        agent: a busy peer names the hosts it ser
                                        so they are found before the sensor reports them
 peer_timeout_s             10          agent: a dead peer costs this, then a retry
 peer_poll_s                0           agent, no pipelining: a host waiting on its seed
-                                       starts its copy 0.5-1.5 times this after the
-                                       seed is done (its poll of the seed)
+                                       starts its copy this long after the seed is
+                                       done, on average (its next poll of the seed)
 cache_pressure             overflow    "overflow": a pull that pins block goes over
                                        the cap; "wait": it waits for room (bounded)
 pressure_wait_s            300         "wait": then its tasks go back to pending
@@ -111,8 +111,8 @@ class SimConfig:
     peer_redirect: bool = True
     peer_timeout_s: float = 10.0
     # Without pipelining, a host waiting on its seed learns that the seed is done
-    # this long after on average (0.5-1.5 times it, fixed per host: the real agent
-    # polls the seed with a backoff, 0.25 to 2 s).
+    # this long after on average (the k-th of n after (2k+1)/n times it: the real
+    # agent polls the seed with a backoff, 0.25 to 2 s).
     peer_poll_s: float = 0.0
     # Cache pressure: "overflow" (pull over the cap) or "wait" (for room, bounded).
     cache_pressure: str = "overflow"

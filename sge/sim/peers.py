@@ -56,15 +56,6 @@ def rendezvous(img: int, hosts: int, k: int = SEED_RANKS) -> List[int]:
     return heapq.nlargest(k, range(hosts), key=score)
 
 
-def _spread(h: int, img: int) -> float:
-    """0.5-1.5, fixed per host and image: hosts that wait on one seed poll it at
-    their own moments (each began its backoff at its own prolog's start), so they
-    do not all find it done, and its upload slots full, in the same instant."""
-    x = ((h + 1) * 0x9E3779B1 ^ (img + 1) * 0x85EBCA77) & 0xFFFFFFFF
-    x = (x ^ (x >> 15)) * 0x2C1B3C6D & 0xFFFFFFFF
-    return 0.5 + (x ^ (x >> 12)) / 0x100000000
-
-
 class PeerNet:
     """Host-to-host transfers: each gets min(link / receiver's transfers,
     upload / sender's transfers).  Few flows run at once, so rates are simply
@@ -368,13 +359,20 @@ class Agent:
     def finished(self, fl: Flow, t: float) -> None:
         """fl is verified: what streamed from it may end now."""
         kids, fl.children = fl.children, []
+        # Hosts waiting on it poll at their own moments (each began its backoff at
+        # its own prolog's start): fl ends at a uniform point between two polls, so
+        # the k-th of n learns it after (2k+1)/n * peer_poll_s, not all in the
+        # same instant (which would find its upload slots full).
+        polls = sum(1 for ch in kids if ch.state == 0 and ch.deferred) if self.poll > 0 else 0
+        k = 0
         for ch in kids:
             if ch.state != 0:
                 continue
             ch.parent = None
-            if ch.deferred and self.poll > 0:
+            if ch.deferred and polls:
                 ch.deferred, ch.polling = False, True
-                self.net.later(t + self.poll * _spread(ch.host, ch.img), ch)
+                self.net.later(t + self.poll * (2 * k + 1) / polls, ch)
+                k += 1
             elif ch.deferred:
                 ch.deferred = False
                 self.route(ch, t)
