@@ -56,8 +56,12 @@ def fetch(image, sink, ctx, settings):
         return None
     # A seed that dies or cannot be reached is dropped and the seed chosen again among
     # the rest: the hosts that waited on it agree on the next one, so a killed seed
-    # costs one more origin download, not one per waiting host.
-    candidates = [h for h in live if h not in tried]
+    # costs one more origin download, not one per waiting host. The hosts tried
+    # above stay candidates: the seed itself is among them once its sensor reports
+    # its pull in flight (its agent serves only whole blobs: 404), and a host that
+    # dropped it chose another seed than the rest, often itself (a second origin
+    # download, seen intermittently on the 3-host cluster).
+    candidates = list(live)
     for _ in range(MAX_SEEDS):
         seed = _hosts.seed_for(image.sha256, candidates)
         if seed is None or _hosts.is_me(seed):
