@@ -59,8 +59,9 @@ def fetch(image, sink, ctx, settings):
     # costs one more origin download, not one per waiting host. The hosts tried
     # above stay candidates: the seed itself is among them once its sensor reports
     # its pull in flight (its agent serves only whole blobs: 404), and a host that
-    # dropped it chose another seed than the rest, often itself (a second origin
-    # download, seen intermittently on the 3-host cluster).
+    # dropped it chose another seed than the rest, often itself: a second origin
+    # download (a cold array made 2 in one of four runs on the 3-host cluster; this
+    # path explains it).
     candidates = list(live)
     for _ in range(MAX_SEEDS):
         seed = _hosts.seed_for(image.sha256, candidates)
