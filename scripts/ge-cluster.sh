@@ -21,7 +21,9 @@
 #
 # Environment knobs:
 #   GE_FLAVOR  soge (default) or ocs
-#   GE_HOSTS   "name:127.0.0.x ..."  (default "node1:127.0.0.11 node2:127.0.0.12 node3:127.0.0.13")
+#   GE_HOSTS   "name:127.0.0.x ..."  (default "node1:127.0.0.11 node2:127.0.0.12 node3:127.0.0.13");
+#              six hosts: add "node4:127.0.0.14 node5:127.0.0.15 node6:127.0.0.16". An 'up'
+#              with fewer hosts stops and removes the exec hosts it no longer names.
 #   GE_SLOTS   slots per exec host in all.q (default 4)
 #   GE_LOAD_REPORT_TIME  global load_report_time (default 00:00:05)
 #   GE_GID_BASE first gid of the per-host gid_range blocks (default 30000)
