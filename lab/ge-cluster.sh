@@ -21,7 +21,9 @@
 #
 # Environment knobs:
 #   GE_FLAVOR  soge (default) or ocs
-#   GE_HOSTS   "name:127.0.0.x ..."  (default "node1:127.0.0.11 node2:127.0.0.12 node3:127.0.0.13")
+#   GE_HOSTS   "name:127.0.0.x ..."  (default "node1:127.0.0.11 node2:127.0.0.12 node3:127.0.0.13");
+#              six hosts: add "node4:127.0.0.14 node5:127.0.0.15 node6:127.0.0.16". An 'up'
+#              with fewer hosts stops and removes the exec hosts it no longer names.
 #   GE_SLOTS   slots per exec host in all.q (default 4)
 #   GE_LOAD_REPORT_TIME  global load_report_time (default 00:00:05)
 #   GE_GID_BASE first gid of the per-host gid_range blocks (default 30000)
@@ -400,6 +402,26 @@ ensure_hosts_config() {
   done
 }
 
+# Exec hosts of an earlier, larger GE_HOSTS (a six-host run) that this GE_HOSTS
+# no longer names: stop their execds and drop them from the cluster, so that an
+# 'up' with the default hosts gives back exactly the default cluster (else the
+# extra execds keep reporting load and qhost still lists them). Only hosts of
+# our own marked /etc/hosts lines: a host this script did not add stays.
+prune_exec_hosts() {
+  local h pid
+  for h in $(qconf -sel 2>/dev/null || true); do
+    in_list "$h" "${H_NAMES[@]}" && continue
+    grep -F "$MARK" /etc/hosts | awk '{print $2}' | grep -qxF -- "$h" || continue
+    log "exec host $h is not in GE_HOSTS: stopping its execd and removing it"
+    pid=$(execd_pid "$h")
+    timeout 15 qconf -kej "$h" > /dev/null 2>&1 || true
+    [ -z "$pid" ] || wait_for 20 sh -c "! kill -0 $pid" || stop_pid "$pid" "$EXECD_EXE" 10
+    qconf -de "$h" > /dev/null 2>&1 || log "could not remove exec host $h: $(qconf -de "$h" 2>&1)"
+    qconf -dconf "$h" > /dev/null 2>&1 || true
+    qconf -dh "$h" > /dev/null 2>&1 || true
+  done
+}
+
 # q_attr NAME : value of a queue attribute (qconf -sq folds long lines with "\")
 q_attr() {
   qconf -sq "$QUEUE" | awk -v k="$1" '
@@ -583,6 +605,7 @@ cmd_up() {
   ensure_global_config
   ensure_hosts_config
   ensure_queue
+  prune_exec_hosts
   ensure_execds
   # a job failure (e.g. before min_uid was fixed) leaves instances in E
   qmod -c "$QUEUE" > /dev/null 2>&1 || true

@@ -341,6 +341,18 @@ def test_a_cold_seed_pulls_once_and_serves_the_others(world, monkeypatch):
     assert f"from peer {B}, verified" in world.log()
 
 
+def test_a_seed_reported_while_its_pull_is_in_flight_is_still_the_seed(world, monkeypatch):
+    # B's sensor reports the image (its pull is in flight) but its agent has no blob
+    # yet: the copy from it fails, and B is still the seed every host waits on.
+    world.start(B)
+    world.set_qhost({B: ["img_img"]})
+    path = _ensure_here(world, monkeypatch)
+    assert open(path, "rb").read() == world.data
+    assert world.origin.gets("img.sif") == 1
+    assert f"waiting for seed host {B}" in world.log()
+    assert f"from peer {B}, verified" in world.log()
+
+
 def test_a_dead_seed_is_replaced_by_the_next_one(world, monkeypatch):
     # Two live hosts besides us; the image's seed among them has no agent. The pull
     # drops it, every waiting host agrees on the next seed, and that one pulls once.

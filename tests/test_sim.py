@@ -418,6 +418,16 @@ def test_without_pipelining_peers_copy_after_the_seed_finished():
     assert sorted({t["start"] for t in res["tasks"]}) == pytest.approx([16.0, 32.0])
 
 
+def test_a_host_polling_its_seed_starts_its_copy_a_poll_later():
+    # the real agent learns that its seed is done at its next poll of the seed
+    res = burst("agent", hosts=2, tasks=8, peer_pipeline=False, peer_upload_gbit=1.0,
+                peer_poll_s=1.5)
+    assert sum(res["downloads"].values()) == 1 and sum(res["peer_transfers"].values()) == 1
+    first, second = sorted({t["start"] for t in res["tasks"]})
+    assert first == pytest.approx(16.0)
+    assert 32.0 - 1e-6 <= second <= 32.0 + 3.0 + 1e-6
+
+
 def test_upload_slots_bound_what_one_peer_serves():
     # one upload slot and no pipelining: the seed serves one copy at a time, so the
     # rest come from the origin ("peers saturated") or from hosts that already copied

@@ -88,13 +88,26 @@ def live_hosts(complex_name: str, window: float,
                read: Optional[Reader] = None) -> Tuple[List[str], List[str]]:
     """-> (live host names, those of them reporting `complex_name`), from `qhost -F`.
     Live: its sensor reported within `window` seconds (a host whose execd is down
-    keeps its last values in qhost for a while; its timestamp goes stale)."""
-    hosts = (read or reader())([complex_name, "img_sensor_time"])
+    keeps its last values in qhost for a while; its timestamp goes stale), or it has
+    no sensor report yet while its execd reports load: the seconds after `install`,
+    before the sensor's first report reaches qmaster."""
+    read = read or reader()
+    hosts = read([complex_name, "img_sensor_time", "load_avg"])
     now = time.time()
-    live = [h for h, v in hosts.items()
-            if v.sensor_time is not None and now - v.sensor_time <= window]
+    # Without the second case a burst right after install found no live host, chose
+    # no seed and every host pulled from the origin (3 downloads for 3 hosts on Open
+    # Cluster Scheduler: no sensor had reported when the tasks started). A host
+    # without the kit is a candidate too; its agent refuses at once and the next
+    # seed is asked.
+    live = [h for h, v in hosts.items() if _live(v, now, window)]
     have = [h for h in live if hosts[h].has(complex_name)]
     return sorted(live), have
+
+
+def _live(view: HostView, now: float, window: float) -> bool:
+    if view.sensor_time is not None:
+        return now - view.sensor_time <= window
+    return view.values.get("load_avg") is not None
 
 
 def seed_for(digest: str, hosts: Iterable[str]) -> Optional[str]:

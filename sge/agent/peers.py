@@ -82,8 +82,13 @@ def fetch(image: Image, sink: Sink, ctx: Context, settings: Settings) -> Optiona
         return None
     # A seed that dies or cannot be reached is dropped and the seed chosen again among
     # the rest: the hosts that waited on it agree on the next one, so a killed seed
-    # costs one more origin download, not one per waiting host.
-    candidates = [h for h in live if h not in tried]
+    # costs one more origin download, not one per waiting host. The hosts tried
+    # above stay candidates: the seed itself is among them once its sensor reports
+    # its pull in flight (its agent serves only whole blobs: 404), and a host that
+    # dropped it chose another seed than the rest, often itself: a second origin
+    # download (a cold array made 2 in one of four runs on the 3-host cluster; this
+    # path explains it).
+    candidates = list(live)
     for _ in range(MAX_SEEDS):
         seed = _hosts.seed_for(image.sha256, candidates)
         if seed is None or _hosts.is_me(seed):

@@ -950,6 +950,7 @@ class ScenarioSettings(TypedDict):
     peer_seed: bool
     peer_redirect: bool
     peer_timeout_s: float
+    peer_poll_s: float
     dead_agents: List[str]
     lying_agents: List[str]
     cache_pressure: str
@@ -989,6 +990,7 @@ SCENARIO_SETTINGS: ScenarioSettings = {
     "peer_seed": True,
     "peer_redirect": True,
     "peer_timeout_s": 10.0,
+    "peer_poll_s": 0.0,
     "dead_agents": [],     # host names whose agent never answers
     "lying_agents": [],    # host names whose agent serves wrong bytes
     # a pull that pinned images keep from fitting: "overflow" or "wait"
@@ -1078,7 +1080,7 @@ def run_scenario(scenario: Dict[str, Any]) -> Dict[str, Any]:
         peer_upload_gbit=st["peer_upload_gbit"], peer_upload_slots=st["peer_upload_slots"],
         peer_pipeline=st["peer_pipeline"], pipeline_lag_s=st["pipeline_lag_s"],
         peer_seed=st["peer_seed"], peer_redirect=st["peer_redirect"],
-        peer_timeout_s=st["peer_timeout_s"],
+        peer_timeout_s=st["peer_timeout_s"], peer_poll_s=st["peer_poll_s"],
         cache_pressure=st["cache_pressure"], pressure_wait_s=st["pressure_wait_s"],
         initial_fill=0.0, warmup_hours=0.0)
     net = None

@@ -35,6 +35,9 @@ peer_seed                  True        agent: a per-image seed host (rendezvous 
 peer_redirect              True        agent: a busy peer names the hosts it serves,
                                        so they are found before the sensor reports them
 peer_timeout_s             10          agent: a dead peer costs this, then a retry
+peer_poll_s                0           agent, no pipelining: a host waiting on its seed
+                                       starts its copy this long after the seed is
+                                       done, on average (its next poll of the seed)
 cache_pressure             overflow    "overflow": a pull that pins block goes over
                                        the cap; "wait": it waits for room (bounded)
 pressure_wait_s            300         "wait": then its tasks go back to pending
@@ -107,6 +110,10 @@ class SimConfig:
     peer_seed: bool = True
     peer_redirect: bool = True
     peer_timeout_s: float = 10.0
+    # Without pipelining, a host waiting on its seed learns that the seed is done
+    # this long after on average (the k-th of n after (2k+1)/n times it: the real
+    # agent polls the seed with a backoff, 0.25 to 2 s).
+    peer_poll_s: float = 0.0
     # Cache pressure: "overflow" (pull over the cap) or "wait" (for room, bounded).
     cache_pressure: str = "overflow"
     pressure_wait_s: float = 300.0
@@ -188,7 +195,8 @@ class Flow:
 
     __slots__ = ("fid", "host", "img", "size", "t0", "k", "vf", "done", "waiters",
                  "prewarm", "t_done", "kind", "src", "parent", "children", "parked",
-                 "deferred", "state", "timeout", "rem", "rate", "blocked", "inpeer", "depth")
+                 "deferred", "state", "timeout", "rem", "rate", "blocked", "inpeer", "depth",
+                 "polling")
 
     def __init__(self, fid: int, host: int, img: int, size: float, t0: float,
                  prewarm: bool = False, kind: int = 0):
@@ -217,6 +225,7 @@ class Flow:
         self.blocked = False      # waits for cache room
         self.inpeer = False
         self.depth = 0            # pulls in flight between this one and a whole copy
+        self.polling = False      # its source is done; it has not asked again yet
 
 
 class Network(Protocol):

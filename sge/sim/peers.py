@@ -186,6 +186,7 @@ class Agent:
         self.redirect = sim.peer_redirect
         self.lag = sim.pipeline_lag_s
         self.timeout = sim.peer_timeout_s
+        self.poll = sim.peer_poll_s
         self.up_used = [0] * eng.H
         self.tree: Dict[int, Set[int]] = {}     # image -> hosts along the seed's chain
         self.excl: Dict[Tuple[int, int], Set[int]] = {}  # (host, image) -> peers that failed it
@@ -210,7 +211,7 @@ class Agent:
         if img in c.present:
             return True, None
         f = c.inflight.get(img)
-        if f is None or f.blocked or f.timeout or f.deferred:
+        if f is None or f.blocked or f.timeout or f.deferred or f.polling:
             return None
         p: Optional[Flow] = f
         while p is not None:
@@ -336,6 +337,10 @@ class Agent:
     def arrived(self, fl: Flow, t: float) -> bool:
         """fl's bytes are all here (or its peer timed out).  True when it is
         verified now; otherwise the agent has parked it, or failed and re-routed it."""
+        if fl.polling:  # its seed finished peer_poll_s ago: it asks now
+            fl.polling = False
+            self.route(fl, t)
+            return False
         if fl.src < 0:
             return True
         if fl.timeout:
@@ -354,11 +359,21 @@ class Agent:
     def finished(self, fl: Flow, t: float) -> None:
         """fl is verified: what streamed from it may end now."""
         kids, fl.children = fl.children, []
+        # Hosts waiting on it poll at their own moments (each began its backoff at
+        # its own prolog's start): fl ends at a uniform point between two polls, so
+        # the k-th of n learns it after (2k+1)/n * peer_poll_s, not all in the
+        # same instant (which would find its upload slots full).
+        polls = sum(1 for ch in kids if ch.state == 0 and ch.deferred) if self.poll > 0 else 0
+        k = 0
         for ch in kids:
             if ch.state != 0:
                 continue
             ch.parent = None
-            if ch.deferred:
+            if ch.deferred and polls:
+                ch.deferred, ch.polling = False, True
+                self.net.later(t + self.poll * (2 * k + 1) / polls, ch)
+                k += 1
+            elif ch.deferred:
                 ch.deferred = False
                 self.route(ch, t)
             elif ch.parked:
@@ -370,7 +385,7 @@ class Agent:
         eng = self.eng
         if fl.inpeer:
             self.net.peer.remove(t, fl)
-        if fl.src >= 0 and not fl.timeout and not fl.deferred:
+        if fl.src >= 0 and not fl.timeout and not fl.deferred and not fl.polling:
             self.up_used[fl.src] -= 1
         if exclude:
             self.excl.setdefault((fl.host, fl.img), set()).add(fl.src)

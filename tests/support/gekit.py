@@ -19,6 +19,15 @@ KIT_VENV = "/opt/sge-image-kit/venv"
 WORK = "/var/tmp/sge-image-kit-test"
 MB = 1 << 20
 
+# The lab's exec hosts share one machine: a client process in node2's namespace
+# connects from 127.0.0.1, and qmaster refuses it ("client IP resolved to host name
+# vm"). Pin its source address to the host's own, as the execds are pinned
+# (lab/bindshim.c); a real exec host needs nothing of the kind.
+QHOST_PINNED = """#!/bin/sh
+ip=$(getent hosts "$(hostname)" | awk '{print $1; exit}')
+GE_BIND_IP=$ip LD_PRELOAD=libsge-image-kit-bindshim.so exec qhost "$@"
+"""
+
 
 def kit_work(cluster):
     """The kit's work dir (config, install state, caches) for this cluster's engine: one
