@@ -17,7 +17,18 @@ rounds of the ratio within each round, beside the ratio of the medians.
 - warm `sge-image path`, `sge-image pull` of a cached image (what a storm's waiter does
   after it wakes) and the prolog's warm path vs `python -I -c pass`;
 - lock hand-off: release to the last of 19 waiters proceeding, blocking
-  `fcntl.flock` (the kit's choice) vs `filelock` (which polls).
+  `fcntl.flock` (the kit's choice) vs `filelock` (which polls);
+- start-up (`--only startup`): N processes started at once against a held image lock,
+  the CPU each used from exec until it blocked in flock (/proc/PID/schedstat) and the
+  time until the last one got there, for `sge-image pull`, the prolog and the bare
+  interpreter.
+
+The kit runs as production installs it: `pip install TREE` (not editable) into a fresh
+venv of the system Python, and its console script `sge-image` and prolog wrapper. An
+editable install adds an import hook (pathlib, re, ...) to every interpreter, about 9 ms
+of CPU before the kit's first line. `--kit old=DIR --kit new=.` installs each tree in
+its own venv and alternates them within every round of the storm, the start-up and the
+warm path, to compare two versions of the code in the same run.
 
 `taskset -c 0 python bench/bench_core.py ...` runs all of it (servers included) on
 one CPU, to see what a second core buys.
@@ -38,6 +49,28 @@ sys.path.insert(0, os.path.dirname(HERE))
 from bench.nginx import Nginx  # noqa: E402
 
 PY = sys.executable
+KITS = {}  # label -> venv bin dir of that kit's non-editable install
+
+
+def install_kit(work, label, tree):
+    """A fresh venv with `pip install TREE`, as production installs the kit."""
+    venv = os.path.join(work, f"kit-{label}")
+    base = os.path.join(sys.base_prefix, "bin", "python3")
+    subprocess.run([base, "-m", "venv", venv], check=True)
+    subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q",
+                    "--disable-pip-version-check", os.path.abspath(tree)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return os.path.join(venv, "bin")
+
+
+def kit_pull(cfg, label=None):
+    return [os.path.join(KITS[label or next(iter(KITS))], "sge-image"), "--config", cfg, "pull",
+            "demo", "-q"]
+
+
+def kit_prolog(cfg, label=None):
+    b = KITS[label or next(iter(KITS))]
+    return [os.path.join(b, "sge-image-prolog"), os.path.join(b, "python"), "--config", cfg]
 
 
 def make_image(path, size):
@@ -109,8 +142,8 @@ def rounds_of(steps, n, clean_paths):
     return runs
 
 
-def pull_cmd(cfg):
-    return [PY, "-I", "-m", "sge.cli", "--config", cfg, "pull", "demo", "-q"]
+def pull_cmd(cfg, label=None):
+    return kit_pull(cfg, label)
 
 
 def bench_cold(srv, work, src, digest, size, rounds):
@@ -143,31 +176,126 @@ def bench_cold(srv, work, src, digest, size, rounds):
 
 
 def bench_storm(srv, work, digest, size, n, rounds):
-    """N concurrent cold pulls vs one pull alone, alternating."""
+    """N concurrent cold pulls vs one pull alone, alternating (and alternating kits)."""
     root = os.path.join(work, f"cache-storm{n}")
     cfg = os.path.join(work, f"storm{n}.yaml")
     write_config(cfg, root, srv.url("demo.sif"), digest, size)
     seen = {"downloads": [], "failures": []}
 
-    def single():
-        return timed(pull_cmd(cfg))
+    def single(label):
+        return lambda: timed(pull_cmd(cfg, label))
 
-    def storm():
-        before = srv.gets("demo.sif")
-        os.sync()
+    def storm(label):
+        def run():
+            before = srv.gets("demo.sif")
+            os.sync()
+            t = time.perf_counter()
+            procs = [subprocess.Popen(pull_cmd(cfg, label), stdout=subprocess.DEVNULL)
+                     for _ in range(n)]
+            codes = [p.wait() for p in procs]
+            wall = time.perf_counter() - t
+            seen["downloads"].append(srv.gets("demo.sif") - before)
+            seen["failures"].append(sum(1 for c in codes if c))
+            return wall
+        return run
+
+    steps = {}
+    for label in KITS:
+        steps[_k("single", label)] = single(label)
+        steps[_k(f"storm{n}", label)] = storm(label)
+    runs = rounds_of(steps, rounds, [root])
+    res = {"processes": n, "downloads": seen["downloads"], "failures": seen["failures"],
+           "runs": runs}
+    for label in KITS:
+        one, many = runs[_k("single", label)], runs[_k(f"storm{n}", label)]
+        ratios = [s / o for s, o in zip(many, one)]
+        res[label] = {"single_s": med(one), "last_done_s": med(many), "ratio": med(ratios),
+                      "pair_ratios": ratios, "extra_s": med([s - o for s, o in zip(many, one)])}
+    return res
+
+
+def _k(name, label):
+    """Step name, with the kit's label when more than one kit runs."""
+    return name if len(KITS) == 1 else f"{name}[{label}]"
+
+
+def in_flock(pid):
+    """Is `pid` asleep in flock(2)? (/proc/PID/syscall: x86-64 number 73)"""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            nr = f.read().split()[0]
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return nr == "73" and state == "S"
+
+
+def startup_once(cmd, n, lock, env):
+    """Start `cmd` n times at once against the held `lock`; -> (CPU ms each used until it
+    blocked in flock, seconds until the last one did). A command that exits instead
+    (the bare interpreter) counts its whole CPU, from wait4."""
+    import fcntl
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
         t = time.perf_counter()
-        procs = [subprocess.Popen(pull_cmd(cfg), stdout=subprocess.DEVNULL) for _ in range(n)]
-        codes = [p.wait() for p in procs]
-        wall = time.perf_counter() - t
-        seen["downloads"].append(srv.gets("demo.sif") - before)
-        seen["failures"].append(sum(1 for c in codes if c))
-        return wall
+        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL) for _ in range(n)]
+        cpu, last = {}, 0.0
+        while len(cpu) < n:
+            for p in procs:
+                if p.pid in cpu:
+                    continue
+                pid, _, ru = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    p.returncode = 0
+                    cpu[p.pid] = (ru.ru_utime + ru.ru_stime) * 1e3
+                elif in_flock(p.pid):
+                    with open(f"/proc/{p.pid}/schedstat") as f:
+                        cpu[p.pid] = int(f.read().split()[0]) / 1e6
+                else:
+                    continue
+                last = time.perf_counter() - t
+            time.sleep(0.0005)
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                p.wait()
+    finally:
+        os.close(fd)
+    return list(cpu.values()), last
 
-    runs = rounds_of({"single": single, f"storm{n}": storm}, rounds, [root])
-    ratios = [s / o for s, o in zip(runs[f"storm{n}"], runs["single"])]
-    return {"processes": n, "downloads": seen["downloads"], "failures": seen["failures"],
-            "single_s": med(runs["single"]), "last_done_s": med(runs[f"storm{n}"]),
-            "ratio": med(ratios), "pair_ratios": ratios, "runs": runs}
+
+def bench_startup(work, n, rounds):
+    """CPU to the lock and the time until the last of n started processes reached it."""
+    root = os.path.join(work, "cache-startup")
+    cfg = os.path.join(work, "startup.yaml")
+    write_config(cfg, root, "http://127.0.0.1:9/demo.sif", hashlib.sha256(b"x").hexdigest(), 1)
+    lock = os.path.join(root, "locks", "demo.lock")
+    env = dict(os.environ, SGE_IMAGE="demo")
+    for b in KITS.values():  # writes the config's snapshot, as the first run on a host does
+        p = subprocess.run([os.path.join(b, "sge-image"), "--config", cfg, "path", "demo"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert p.returncode == 4, p.stderr  # not cached, config read
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    cmds = {}
+    for label, b in KITS.items():
+        cmds[_k("bare", label)] = [os.path.join(b, "python"), "-I", "-c", "pass"]
+        cmds[_k("pull", label)] = kit_pull(cfg, label)
+        cmds[_k("prolog", label)] = kit_prolog(cfg, label)
+    cpu = {k: [] for k in cmds}
+    span = {k: [] for k in cmds}
+    names = list(cmds)
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            c, s = startup_once(cmds[k], n, lock, env)
+            cpu[k] += c
+            span[k].append(s)
+        print(f"    round {r + 1}: " + ", ".join(
+            f"{k} {med(cpu[k][-n:]):.1f}ms/{span[k][-1]:.2f}s" for k in names), flush=True)
+    return {k: {"cpu_ms_median": med(cpu[k]), "cpu_ms_max": max(cpu[k]),
+                "last_at_lock_s": med(span[k]), "spans_s": span[k]} for k in names}
 
 
 def bench_warm(work, digest, size, reps=40):
@@ -178,14 +306,14 @@ def bench_warm(work, digest, size, reps=40):
     root = os.path.join(work, "cache-warm")
     cfg = os.path.join(work, "warm.yaml")
     write_config(cfg, root, src, small, 4096)
-    subprocess.run([PY, "-I", "-m", "sge.cli", "--config", cfg, "pull", "demo", "-q"], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(kit_pull(cfg), check=True, stdout=subprocess.DEVNULL)
     env = dict(os.environ, SGE_IMAGE="demo")
+    b = KITS[next(iter(KITS))]
     cmds = {
-        "bare": [PY, "-I", "-c", "pass"],
-        "path": [PY, "-I", "-m", "sge.cli", "--config", cfg, "path", "demo"],
-        "pull": [PY, "-I", "-m", "sge.cli", "--config", cfg, "pull", "demo", "-q"],
-        "prolog": [PY, "-I", "-m", "sge.ge.prolog", "--config", cfg],
+        "bare": [os.path.join(b, "python"), "-I", "-c", "pass"],
+        "path": [os.path.join(b, "sge-image"), "--config", cfg, "path", "demo"],
+        "pull": kit_pull(cfg),
+        "prolog": kit_prolog(cfg),
     }
     times = {k: [] for k in cmds}
     for _ in range(reps):  # interleaved, so drift hits all alike
@@ -201,8 +329,10 @@ def bench_warm(work, digest, size, reps=40):
 def import_profile(cfg, top=6):
     """`python -X importtime` of a pull that finds the image cached (a storm's waiter
     after it wakes): total import time and the costliest modules, self time."""
-    p = subprocess.run([PY, "-I", "-X", "importtime", "-m", "sge.cli", "--config", cfg, "pull",
-                        "demo", "-q"], capture_output=True, text=True, check=True)
+    b = KITS[next(iter(KITS))]
+    p = subprocess.run([os.path.join(b, "python"), "-I", "-X", "importtime",
+                        os.path.join(b, "sge-image"), "--config", cfg, "pull", "demo", "-q"],
+                       capture_output=True, text=True, check=True)
     rows = []
     for line in p.stderr.splitlines():
         parts = line.split("|")
@@ -284,7 +414,10 @@ def main():
     ap.add_argument("--sizes", default="1,2", help="image sizes in GiB, comma-separated")
     ap.add_argument("--pairs", type=int, default=5, help="rounds of each comparison")
     ap.add_argument("--storm", default="20", help="storm sizes, comma-separated")
-    ap.add_argument("--only", default="cold,storm,warm,handoff")
+    ap.add_argument("--only", default="cold,storm,warm,handoff",
+                    help="any of cold,storm,warm,handoff,startup")
+    ap.add_argument("--kit", action="append", metavar="LABEL=TREE",
+                    help="source tree(s) to install and compare (default: this one)")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     ap.add_argument("--work", default=None, help="scratch dir (default: a temp dir under /var/tmp)")
     args = ap.parse_args()
@@ -292,6 +425,10 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="sge-image-bench-", dir=args.work or "/var/tmp")
     os.chmod(work, 0o755)  # nginx's workers run as www-data
+    for spec in args.kit or [f"kit={os.path.dirname(HERE)}"]:
+        label, _, tree = spec.rpartition("=")
+        print(f"installing {tree} ({label or 'kit'}) ...", flush=True)
+        KITS[label or "kit"] = install_kit(work, label or "kit", tree)
     srv_root = os.path.join(work, "srv")
     os.makedirs(srv_root)
     cpus = sorted(os.sched_getaffinity(0))
@@ -316,13 +453,26 @@ def main():
                 for n in [int(x) for x in args.storm.split(",")]:
                     print(f"  storm of {n}, {args.pairs} rounds:")
                     r[f"storm{n}"] = st = bench_storm(srv, work, digest, size, n, args.pairs)
-                    print(f"  storm {n} {key}: downloads {st['downloads']} (goal 1 each), failures "
-                          f"{st['failures']}, last done {st['last_done_s']:.2f}s vs single "
-                          f"{st['single_s']:.2f}s -> {st['ratio']:.2f}x (median of pairs; goal "
-                          f"<= 1.3)", flush=True)
+                    print(f"  storm {n} {key}: downloads {st['downloads']} (goal 1 each), "
+                          f"failures {st['failures']}", flush=True)
+                    for label in KITS:
+                        k = st[label]
+                        print(f"    {label}: last done {k['last_done_s']:.2f}s vs single "
+                              f"{k['single_s']:.2f}s -> {k['ratio']:.2f}x (median of pairs; "
+                              f"goal <= 1.3); the storm's extra time {k['extra_s']:.2f}s",
+                              flush=True)
             os.unlink(src)
     finally:
         srv.close()
+    if "startup" in only:
+        for n in [int(x) for x in args.storm.split(",")]:
+            print(f"start-up of {n} at once against a held lock, {args.pairs} rounds "
+                  f"(median CPU to the lock / time until the last got there):")
+            res[f"startup{n}"] = su = bench_startup(work, n, args.pairs)
+            for k, v in su.items():
+                print(f"  {k}: CPU to the lock {v['cpu_ms_median']:.1f} ms (max "
+                      f"{v['cpu_ms_max']:.1f}), last at the lock {v['last_at_lock_s']:.2f}s",
+                      flush=True)
     if "warm" in only:
         res["warm"] = w = bench_warm(work, None, None)
         print(f"warm: bare python {w['bare_ms']:.1f}ms, `path` {w['path_ms']:.1f}ms "

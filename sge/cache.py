@@ -659,11 +659,10 @@ def _flock(fd: int, op: int, timeout: Optional[float], what: str) -> None:
         return
     except BlockingIOError:
         pass
-    import signal
-    import threading
-    if not timeout or threading.current_thread() is not threading.main_thread():
+    if not timeout:
         fcntl.flock(fd, op)
         return
+    import signal
 
     class _Expired(Exception):
         pass
@@ -671,7 +670,14 @@ def _flock(fd: int, op: int, timeout: Optional[float], what: str) -> None:
     def _alarm(signum: int, frame: object) -> None:
         raise _Expired()
 
-    old = signal.signal(signal.SIGALRM, _alarm)
+    try:
+        old = signal.signal(signal.SIGALRM, _alarm)
+    except ValueError:
+        # Not the main thread, where alone Python runs signal handlers: block without
+        # the bound. (Asked of signal.signal rather than threading, whose import
+        # cost every waiter of a storm about 0.5 ms.)
+        fcntl.flock(fd, op)
+        return
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         fcntl.flock(fd, op)

@@ -1,20 +1,22 @@
 """`sge-image`: the admin's and the hooks' command line.
 
 Subcommands import what they need when they run: `sge-image path` is on every job's
-path and must cost little more than starting the interpreter.
+path and must cost little more than starting the interpreter. For the same reason the
+common shapes of `pull` and `path` are read without argparse (_fast_args): building the
+parser costs more CPU than the rest of a waiter's path to its lock, and a storm starts
+twenty of them at once.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import time
 import sys
 
 from . import errors
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, Optional
+    import argparse
+    from typing import Any, Dict, List, Optional, Set
 
     from .config import Settings
 
@@ -32,6 +34,7 @@ EXIT_CODES = """exit codes:
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
     p = argparse.ArgumentParser(
         prog="sge-image", description="Node-local container image cache for Grid Engine.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,9 +77,51 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Options of the fast path: the exact spellings, nothing argparse would also accept as
+# an abbreviation (`--conf`, `--qui`), which is left to argparse.
+_FAST_FLAGS = {"pull": {"-q": "quiet", "--quiet": "quiet"}, "path": {}}
+
+
+def _fast_args(argv: List[str]) -> Optional[Any]:
+    """`[--config PATH] pull|path NAME [-q|--quiet] [--config PATH]` as argparse would
+    parse it, else None: anything else (help, an error, another subcommand, a repeated
+    or abbreviated option, a value that looks like an option) goes to argparse, so its
+    messages and exit codes stay the only ones."""
+    from types import SimpleNamespace
+    values: Dict[str, Any] = {"config": None}
+    command = name = None
+    seen: Set[str] = set()
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config":
+            if "config" in seen or i + 1 >= len(argv) or argv[i + 1].startswith("-"):
+                return None
+            seen.add("config")
+            values["config"] = argv[i + 1]
+            i += 2
+            continue
+        if command is None:
+            if a not in _FAST_FLAGS:
+                return None
+            command = a
+            values.update({v: False for v in _FAST_FLAGS[a].values()})
+        elif a in _FAST_FLAGS[command] and a not in seen:
+            seen.add(a)
+            values[_FAST_FLAGS[command][a]] = True
+        elif name is None and not a.startswith("-"):
+            name = a
+        else:
+            return None
+        i += 1
+    if name is None:
+        return None
+    return SimpleNamespace(command=command, name=name, **values)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser().parse_args(argv)
+    args = _fast_args(argv) or _parser().parse_args(argv)
     try:
         return args.func(args) if hasattr(args, "func") else COMMANDS[args.command](args)
     except errors.SgeImageError as e:
@@ -93,12 +138,12 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from .sink import Progress
     from .stage import ensure
     from .log import Log
     settings = load_settings(args)
     progress = None
     if not args.quiet:
+        from .sink import Progress
         progress = Progress(args.name, sys.stderr, settings.fetch.progress_interval)
     log = Log.from_settings(settings, echo=None if args.quiet else sys.stderr)
     path = ensure(args.name, settings, progress, log)
@@ -164,6 +209,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    import time
     from .cache import Cache
     from .units import format_duration, format_size
     settings = load_settings(args)

@@ -3,7 +3,6 @@ concurrent prologs whole), and optionally echoed to a stream such as the job's o
 from __future__ import annotations
 
 import os
-import socket
 import time
 from contextlib import suppress
 
@@ -33,6 +32,7 @@ class Log:
                 self.echo.flush()
         if not self.path:
             return
+        import socket  # here, not at the top: a storm's waiters import this and never log
         line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {socket.gethostname()} "
                 f"{self.tag}[{os.getpid()}] {msg}\n").encode("utf-8", "replace")
         with suppress(OSError):  # logging must never break staging

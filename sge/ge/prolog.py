@@ -303,7 +303,9 @@ def _exit(code: int) -> NoReturn:
     os._exit(code)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The process entry: `python -m sge.ge.prolog`, and the launcher's `python -c`
+    (prolog/sge-image-prolog), which spares every prolog runpy's imports."""
     try:
         code = main()
     except _Signalled:  # the first signal came just as main() returned
@@ -311,3 +313,7 @@ if __name__ == "__main__":
     except BaseException:  # noqa: BLE001 - nothing may reach Grid Engine but 0/99/100
         code = RESCHEDULE
     _exit(code if code in (GO, RESCHEDULE, JOB_ERROR) else RESCHEDULE)
+
+
+if __name__ == "__main__":
+    run()
