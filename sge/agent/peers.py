@@ -9,7 +9,9 @@ seed, the seed pulls from the origin once and the others stream from its downloa
 it lands (or copy the blob once it is done). Every peer byte goes through the sink
 that verifies an origin download; a peer that is busy, slow, dead or lying, or whose
 download in progress stops short, costs one attempt and `fetch` returns None, and the
-caller goes to the origin.
+caller goes to the origin. A busy peer (503) names the hosts it is sending the blob
+to; those that are live cluster hosts are asked for their download in progress, each
+once per pull (sge/agent/redirects.py).
 
 A staging that a peer asked for never delegates again (`DELEGATE` is False in the
 agent): two hosts that disagree on the seed cannot wait on each other.
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from ..config import AgentSettings, Image, Settings
     from ..fetch import Context
     from ..sink import Sink
+    from .redirects import Redirects
 
 DELEGATE = True
 HINTS: "dict[str, str]" = {}   # image name -> a host said to have it (a parallel job's master), tried first
@@ -59,6 +62,8 @@ def fetch(image: Image, sink: Sink, ctx: Context, settings: Settings) -> Optiona
     except Exception as e:  # no qhost, qmaster down: the origin it is
         ctx.log(f"image {image.name}: no peer list ({type(e).__name__}: {e}); using the sources")
         return None
+    from .redirects import Redirects
+    redirects = Redirects(live)
     others = [h for h in have if not _hosts.is_me(h)]
     random.shuffle(others)
     tried = set()
@@ -68,14 +73,14 @@ def fetch(image: Image, sink: Sink, ctx: Context, settings: Settings) -> Optiona
     missing = []
     for host in others[:MAX_HAVE_TRIES]:
         tried.add(host)
-        status: Dict[str, int] = {}
-        digest = get_blob(host, image, sink, ctx, agent, status=status)
+        status: Dict[str, Any] = {}
+        digest = _get(host, image, sink, ctx, agent, redirects, status=status)
         if digest:
             return digest
         if status.get("code") == 404:
             missing.append(host)
     for host in missing:
-        digest = get_blob(host, image, sink, ctx, agent, inflight=True)
+        digest = _get(host, image, sink, ctx, agent, redirects, inflight=True)
         if digest:
             return digest
     if not DELEGATE:
@@ -100,8 +105,9 @@ def fetch(image: Image, sink: Sink, ctx: Context, settings: Settings) -> Optiona
             # waiting for its lock or for room) is free; a stream cut short counts.
             if len(streams) >= MAX_STREAM_TRIES:
                 return None
-            status: Dict[str, int] = {}
-            digest = get_blob(seed, image, sink, ctx, agent, inflight=True, status=status)
+            status: Dict[str, Any] = {}
+            digest = _get(seed, image, sink, ctx, agent, redirects, inflight=True,
+                          status=status)
             if not digest and status.get("code") != 404:
                 streams.append(status.get("code"))
             return digest
@@ -109,7 +115,7 @@ def fetch(image: Image, sink: Sink, ctx: Context, settings: Settings) -> Optiona
         if isinstance(outcome, tuple):
             return outcome[1]
         if outcome == "ready":
-            digest = get_blob(seed, image, sink, ctx, agent)
+            digest = _get(seed, image, sink, ctx, agent, redirects)
             if digest:
                 return digest
         elif outcome == "stop":
@@ -182,12 +188,34 @@ def stage_request(host: str, name: str, key: bytes, agent: AgentSettings, timeou
     return answer
 
 
+def _get(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSettings,
+         redirects: Redirects, inflight: bool = False,
+         status: Optional[Dict[str, Any]] = None) -> Optional[str]:
+    """get_blob, and when `host` is busy, the live hosts it names as receiving the
+    blob (asked for their download in progress; a target's own 503 is not followed)."""
+    from .redirects import HEADER
+    status = {} if status is None else status
+    digest = get_blob(host, image, sink, ctx, agent, inflight=inflight, status=status)
+    if digest or status.get("code") != 503 or not status.get("peers"):
+        return digest
+    targets = redirects.targets(status["peers"], host)
+    ctx.log(f"image {image.name}: peer {host} is busy and names {HEADER} "
+            f"{status['peers'][:200]!r}: "
+            + (f"trying {', '.join(targets)}" if targets else "none to follow"))
+    for target in targets:
+        digest = get_blob(target, image, sink, ctx, agent, inflight=True)
+        if digest:
+            return digest
+    return None
+
+
 def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSettings,
-             inflight: bool = False, status: Optional[Dict[str, int]] = None) -> Optional[str]:
+             inflight: bool = False, status: Optional[Dict[str, Any]] = None) -> Optional[str]:
     """GET the blob from `host`'s agent into the sink and verify it -> sha256, or None
     (after logging why) with the sink emptied for the next source. With `inflight`,
     a download in progress on that host will do too. `status`, a dict, gets the
-    answer's HTTP status as "code" (404: the host has no such blob)."""
+    answer's HTTP status as "code" (404: the host has no such blob) and a busy host's
+    redirect header as "peers"."""
     from ..fetch import httpwire as wire
     shown = f"peer {host}"
     try:
@@ -203,6 +231,9 @@ def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSett
             resp = conn.getresponse()
             if status is not None:
                 status["code"] = resp.status
+                if resp.status == 503:
+                    from .redirects import HEADER
+                    status["peers"] = resp.getheader(HEADER)
             if resp.getheader("X-Sge-Image-Inflight") == "1":
                 shown += " (download in progress)"
             if resp.status == 404 and inflight:

@@ -15,12 +15,17 @@ else. One request per connection. Each bound is there for a reason:
 - a client that sends `X-Sge-Image-Inflight: 1` also takes a blob this host is still
   downloading (sge/agent/inflight.py): the root side opens the temp file and hands
   over a read-only descriptor, and the bytes are sent as they land, holding an upload
-  slot, never waiting more than `idle_timeout` for the next ones.
+  slot, never waiting more than `idle_timeout` for the next ones;
+- a 503 for a blob names (sge/agent/redirects.py) up to a handful of the addresses
+  this agent is sending that same blob to, whole or in progress: they are
+  downloading it, so the client can stream from one of them instead of the origin.
+  The list lives as long as the transfers (one entry per upload slot in use).
 Serving wrong bytes cannot hurt a client (it verifies every byte), but serving a file
 outside the cache would leak it: hence the exact-digest path and O_NOFOLLOW.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -32,7 +37,7 @@ import threading
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Dict, Mapping, Optional, Tuple, Union
+    from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
     # stage(request line, client ip) -> (HTTP status, answer)
     StageFn = Callable[[str, str], Tuple[int, Dict[str, object]]]
@@ -82,6 +87,9 @@ class BlobServer:
         self.inflight = inflight
         self._active = 0
         self._lock = threading.Lock()
+        # digest -> client addresses of the transfers of it in progress (redirects);
+        # bounded by the upload slots, since each entry holds one
+        self._sending: Dict[str, List[str]] = {}
         self.served = 0         # blobs sent whole (for the log and the tests)
 
     def serve_forever(self) -> None:
@@ -159,15 +167,16 @@ class BlobServer:
     def _blob(self, conn: socket.socket, ip: str, digest: str, method: str,
               range_header: Optional[str], inflight: bool = False) -> None:
         if not self.slots.acquire(blocking=False):
-            raise _Reject(503, {"Retry-After": str(RETRY_AFTER)})
+            raise _Reject(503, self._busy(digest, ip))
         try:
             fd = _open_blob(self.blobs_dir, digest)
             if fd is None:
                 found = self.inflight(digest) if inflight and self.inflight else None
                 if found is None:
                     raise _Reject(404)
-                return self._inflight(conn, ip, digest, method, range_header, *found)
-            with os.fdopen(fd, "rb", buffering=0) as f:
+                with self._transfer(digest, ip, method):
+                    return self._inflight(conn, ip, digest, method, range_header, *found)
+            with os.fdopen(fd, "rb", buffering=0) as f, self._transfer(digest, ip, method):
                 size = os.fstat(f.fileno()).st_size
                 start, end = 0, size - 1
                 status = 200
@@ -195,6 +204,33 @@ class BlobServer:
                     self.log(f"served blob {digest[:16]}... ({count} bytes) to {ip}")
         finally:
             self.slots.release()
+
+    def _busy(self, digest: str, ip: str) -> Dict[str, str]:
+        """503's headers: Retry-After, and the hosts this blob is going to now."""
+        from .redirects import HEADER, header_value
+        headers = {"Retry-After": str(RETRY_AFTER)}
+        with self._lock:
+            named = header_value(self._sending.get(digest, ()), ip)
+        if named:
+            headers[HEADER] = named
+        return headers
+
+    @contextlib.contextmanager
+    def _transfer(self, digest: str, ip: str, method: str) -> Iterator[None]:
+        """Count `ip` among the receivers of `digest` while its GET is served."""
+        if method != "GET":
+            yield
+            return
+        with self._lock:
+            self._sending.setdefault(digest, []).append(ip)
+        try:
+            yield
+        finally:
+            with self._lock:
+                ips = self._sending[digest]
+                ips.remove(ip)
+                if not ips:
+                    del self._sending[digest]
 
     def _inflight(self, conn: socket.socket, ip: str, digest: str, method: str,
                   range_header: Optional[str], fd: int, size: int) -> None:
