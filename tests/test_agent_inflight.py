@@ -279,3 +279,218 @@ def test_a_cold_seed_is_streamed_while_it_pulls(world, monkeypatch):
     assert open(path, "rb").read() == world.data
     assert world.origin.gets("img.sif") == 1
     assert f"from peer {B} (download in progress), verified" in world.log()
+
+
+# ------------------------------------------------------------------ redirects
+
+PEERS = b"X-Sge-Image-Peers: "
+NET = ["127.0.0.0/24"]
+
+
+def _hog(world, host, source, digest, inflight=False, timeout=20):
+    """A transfer from `host` to `source` that stays in progress: the client reads its
+    head, then nothing, so the agent's send blocks (or it waits for a download's next
+    bytes). Asked again while the agent is still busy with transfers that are ending."""
+    import socket
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.bind((source, 0))
+        s.connect((host, world.port))
+        s.sendall(f"GET /blobs/sha256/{digest} HTTP/1.1\r\n".encode()
+                  + (f"{INFLIGHT}\r\n" if inflight else "").encode() + b"\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            assert chunk, head
+            head += chunk
+        if status_of(head) == 200:
+            return s
+        s.close()
+        assert status_of(head) == 503 and time.monotonic() < deadline, head
+        time.sleep(0.1)
+
+
+def _named(r):
+    """The addresses a 503 names, or None without the header."""
+    for line in r.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.startswith(PEERS):
+            return line[len(PEERS):].decode().split(",")
+    return None
+
+
+def _busy(world, host, digest, source, want=lambda named: True, timeout=20):
+    """Ask until the agent answers 503 with a header `want` accepts (transfers take a
+    moment to start, and to end)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = get(host, world.port, f"/blobs/sha256/{digest}", source=source)
+        if status_of(r) == 503 and want(_named(r)):
+            return _named(r)
+        assert time.monotonic() < deadline, r[:300]
+        time.sleep(0.1)
+
+
+def test_a_busy_agent_names_only_other_receivers_of_that_blob(world):
+    from sge.agent.redirects import MAX_NAMED
+    big = payload(64 * MB, seed=4)
+    other, _ = put_blob(world, A, big)
+    world.start(A, trust=NET, upload_slots=6, idle_timeout=60)
+    w = Writer(world, A)
+    hogs = []
+    try:
+        w.write(world.data[:MB])
+        xs = [f"127.0.0.{i}" for i in range(31, 36)]
+        hogs = [_hog(world, A, ip, world.digest, inflight=True) for ip in xs]
+        hogs.append(_hog(world, A, "127.0.0.36", other))
+        # Every slot is taken: five receivers of the image, one of another blob.
+        named = _busy(world, A, world.digest, "127.0.0.40",
+                      lambda n: n is not None and len(n) == MAX_NAMED)
+        assert set(named) <= set(xs)
+        # A receiver asking again is never sent to itself.
+        named = _busy(world, A, world.digest, xs[0])
+        assert named is not None and xs[0] not in named and set(named) <= set(xs[1:])
+        # Only transfers of the blob asked for.
+        assert _busy(world, A, other, "127.0.0.40") == ["127.0.0.36"]
+        # The transfers end (the download lands, the receivers are gone): none is named.
+        for s in hogs[:5]:
+            s.close()
+        w.write(world.data[MB:])
+        hogs += [_hog(world, A, f"127.0.0.{i}", other) for i in range(41, 46)]
+        assert _busy(world, A, world.digest, "127.0.0.40", lambda n: n is None) is None
+    finally:
+        for s in hogs:
+            s.close()
+        w.close()
+
+
+def test_a_busy_seed_sends_the_client_to_a_host_streaming_from_it(world, monkeypatch):
+    # A (the only host reporting the image) has one upload slot, taken by B, which is
+    # streaming A's download; B's own download is where we get the image from.
+    world.start(A, trust=NET, upload_slots=1, idle_timeout=60)
+    world.start(B, trust=NET)
+    wa, wb = Writer(world, A), Writer(world, B)
+    hog = None
+    try:
+        wa.write(world.data[:MB])
+        hog = _hog(world, A, B, world.digest, inflight=True)
+        assert _busy(world, A, world.digest, "127.0.0.1") == [B]
+        wb.write(world.data)
+        world.set_qhost({A: ["img_img"], B: []})
+        path = _ensure_here(world, monkeypatch)
+    finally:
+        if hog:
+            hog.close()
+        wa.close()
+        wb.close()
+    assert open(path, "rb").read() == world.data
+    assert world.origin.gets("img.sif") == 0
+    log = world.log()
+    assert f"peer {A} is busy" in log and f"trying {B}" in log
+    assert f"from peer {B} (download in progress), verified" in log
+
+
+class Recorder:
+    """A listening socket that notes every request and answers 404."""
+
+    def __init__(self, ip, port):
+        import socket
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((ip, port))
+        self.sock.listen(8)
+        self.requests = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                c.settimeout(5)
+                self.requests.append(c.recv(65536))
+                c.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                pass
+            finally:
+                c.close()
+
+    def blob_gets(self):
+        return [r for r in self.requests if r.startswith(b"GET /blobs/")]
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize("named, followed", [
+    ("B", True),                          # a live host: asked once, for its download
+    ("STRANGER", False),                  # not a cluster host: never contacted
+    ("127.0.0.1", False),                 # the client itself
+    ("B,STRANGER,A,127.0.0.1,127.0.0.2", False),   # more than an agent names
+    ("B;rm -rf /", False), ("B:80", False), ("..,,", False), ("B" + " " * 300, False),
+])
+def test_a_peers_redirect_header_is_followed_only_to_live_cluster_hosts(world, monkeypatch,
+                                                                        named, followed):
+    from tests.test_agent import STRANGER, FakePeer
+    value = named.replace("STRANGER", STRANGER).replace("B", B).replace("A", A)
+    busy = FakePeer(A, world.port, b"HTTP/1.1 503 Busy\r\nRetry-After: 2\r\n"
+                    + PEERS + value.encode() + b"\r\nContent-Length: 0\r\n\r\n", "close")
+    b, stranger = Recorder(B, world.port), Recorder(STRANGER, world.port)
+    try:
+        world.set_qhost({A: ["img_img"], B: []})
+        path = _ensure_here(world, monkeypatch)
+    finally:
+        busy.close()
+        b.close()
+        stranger.close()
+    assert open(path, "rb").read() == world.data
+    assert world.origin.gets("img.sif") == 1
+    assert stranger.requests == []
+    gets = b.blob_gets()
+    if followed:
+        assert len(gets) == 1 and INFLIGHT.encode() in gets[0]
+    else:
+        assert gets == []
+
+
+def test_a_redirect_target_serving_wrong_bytes_costs_a_retry_never_a_corrupt_image(
+        world, monkeypatch):
+    from tests.test_agent import FakePeer
+    lie = bytearray(world.data)
+    lie[len(lie) // 2] ^= 0xFF
+    world.start(B, trust=NET)
+    w = Writer(world, B)
+    busy = FakePeer(A, world.port, b"HTTP/1.1 503 Busy\r\nRetry-After: 2\r\n" + PEERS
+                    + B.encode() + b"\r\nContent-Length: 0\r\n\r\n", "close")
+    try:
+        w.write(bytes(lie))
+        world.set_qhost({A: ["img_img"], B: []})
+        path = _ensure_here(world, monkeypatch)
+    finally:
+        busy.close()
+        w.close()
+    assert open(path, "rb").read() == world.data
+    assert world.origin.gets("img.sif") == 1
+    log = world.log()
+    assert f"trying {B}" in log
+    assert f"peer {B} (download in progress): sha256" in log and "does not match" in log
+
+
+def test_each_named_host_is_tried_once_per_pull_and_the_tries_are_bounded():
+    from sge.agent.redirects import MAX_TRIES, Redirects, header_value, parse
+    live = [f"127.0.0.{i}" for i in range(50, 60)]
+    r = Redirects(live)
+    assert r.targets("127.0.0.50,127.0.0.51", via="127.0.0.59") and r.left == MAX_TRIES - 2
+    assert r.targets("127.0.0.50,127.0.0.51", via="127.0.0.59") == []   # each once
+    assert r.targets("127.0.0.52", via="127.0.0.52") == []   # not back to the busy one
+    got = r.targets("127.0.0.53,127.0.0.54,127.0.0.55", via="127.0.0.59")
+    assert len(got) == 2 and r.left == 0
+    assert r.targets("127.0.0.56", via="127.0.0.59") == []   # bounded in all
+    # The server's side: distinct, bounded, never the requester.
+    assert header_value(["1.1.1.1", "1.1.1.1", "2.2.2.2"], "2.2.2.2") == "1.1.1.1"
+    assert header_value(["1.1.1.1"], "1.1.1.1") is None
+    assert header_value([f"10.0.0.{i}" for i in range(10)], "x").count(",") == 3
+    assert parse("10.0.0.1, ::1") == ["10.0.0.1", "::1"] and parse("10.0.0.1,host") == []
