@@ -379,6 +379,11 @@ def test_the_agent_follows_its_supervisor(world):
     world.procs.append(p)
     from tests.support.agentkit import wait_listening
     wait_listening(A, world.port, p)
+    # The socket listens before the server side is forked: wait for the child too.
+    deadline = time.monotonic() + 10
+    while not open(f"/proc/{p.pid}/task/{p.pid}/children").read().split():
+        assert time.monotonic() < deadline and p.poll() is None
+        time.sleep(0.05)
     child = int(open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()[0])
     sup.kill()
     sup.wait()
