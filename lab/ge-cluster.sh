@@ -495,12 +495,30 @@ EOF
   cur_hosts=$(q_attr hostlist | tr ' ,' '\n' | grep -v '^$' | sort | xargs)
   if [ "$cur_hosts" != "$want_hosts" ]; then
     log "$QUEUE hostlist: '$cur_hosts' -> '$want_hosts'"
+    local gone
+    for gone in $cur_hosts; do  # a host leaving takes its tmpdir (below) with it
+      case " $want_hosts " in *" $gone "*) ;; *) qconf -purge queue tmpdir "$QUEUE@$gone" >/dev/null 2>&1 || true ;; esac
+    done
     qc -rattr queue hostlist "${H_NAMES[*]}" "$QUEUE"
   fi
   if [ "$(q_attr slots | xargs)" != "$GE_SLOTS" ]; then
     log "$QUEUE slots: '$(q_attr slots | xargs)' -> $GE_SLOTS"
     qc -rattr queue slots "$GE_SLOTS" "$QUEUE"
   fi
+  # Each exec host its own tmpdir. The lab's execds share one /tmp, and a job's TMPDIR
+  # (tmpdir/JOB.TASK.QUEUE) has the same name on every host of a parallel job, so the
+  # first host to finish its part removed the others' (a `qrsh -inherit` task failed:
+  # "qrsh_starter: cannot write pid file /tmp/478.1.all.q/pid.1.node2"). Real exec
+  # hosts each have their own /tmp.
+  local h d
+  for h in "${H_NAMES[@]}"; do
+    d="$GE_WORK/tmp/$h"
+    install -d -m 1777 "$d"
+    case "$(q_attr tmpdir)" in
+      *"[$h=$d]"*) ;;
+      *) qc -mattr queue tmpdir "$d" "$QUEUE@$h" ;;
+    esac
+  done
 }
 
 # ---------------------------------------------------------------- execds
