@@ -508,7 +508,7 @@ EOF
   # Each exec host its own tmpdir. The lab's execds share one /tmp, and a job's TMPDIR
   # (tmpdir/JOB.TASK.QUEUE) has the same name on every host of a parallel job, so the
   # first host to finish its part removed the others' (a `qrsh -inherit` task failed:
-  # "qrsh_starter: cannot write pid file /tmp/478.1.all.q/pid.1.node2"). Real exec
+  # "qrsh_starter: cannot write pid file TMPDIR/pid.1.node2"). Real exec
   # hosts each have their own /tmp.
   local h d
   for h in "${H_NAMES[@]}"; do
