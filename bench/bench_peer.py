@@ -247,15 +247,7 @@ def main():
         env = {**os.environ, "PYTHONPATH": ROOT}
         agent = subprocess.Popen([PY, "-I", "-m", "sge.agent", "--config", server_cfg],
                                  cwd=ROOT, env=env)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection((SERVER, port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_port(SERVER, port)
         # A stand-in qhost: the server host has the image (for `sge-image pull`).
         binp = os.path.join(work, "bin")
         os.makedirs(binp)

@@ -471,6 +471,7 @@ class FakePeer:
         self.sock.listen(8)
         self.answer, self.then = answer, then
         self.conns = []
+        self.requests = []   # what each connection sent first
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self):
@@ -481,7 +482,7 @@ class FakePeer:
                 return
             self.conns.append(c)
             try:
-                c.recv(65536)
+                self.requests.append(c.recv(65536))
                 c.sendall(self.answer)
                 if self.then == "close":
                     c.close()

@@ -18,7 +18,7 @@ import pytest
 from tests.support.agentkit import free_port, raw, status_of, body_of
 from tests.support.common import ROOT, payload
 from tests.support.httpserver import Fault
-from tests.test_agent import A, B, MB, _ensure_here, get, put_blob  # noqa: F401
+from tests.test_agent import A, B, MB, FakePeer, _ensure_here, get, put_blob  # noqa: F401
 from tests.test_agent import world  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent binds, forks and drops root")
@@ -391,38 +391,15 @@ def test_a_busy_seed_sends_the_client_to_a_host_streaming_from_it(world, monkeyp
     assert f"from peer {B} (download in progress), verified" in log
 
 
-class Recorder:
+class Recorder(FakePeer):
     """A listening socket that notes every request and answers 404."""
 
     def __init__(self, ip, port):
-        import socket
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((ip, port))
-        self.sock.listen(8)
-        self.requests = []
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                c.settimeout(5)
-                self.requests.append(c.recv(65536))
-                c.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-            except OSError:
-                pass
-            finally:
-                c.close()
+        super().__init__(ip, port, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+                         then="close")
 
     def blob_gets(self):
         return [r for r in self.requests if r.startswith(b"GET /blobs/")]
-
-    def close(self):
-        self.sock.close()
 
 
 @pytest.mark.parametrize("named, followed", [

@@ -66,13 +66,11 @@ def fetch(image: Image, sink: Sink, ctx: Context, settings: Settings) -> Optiona
     redirects = Redirects(live)
     others = [h for h in have if not _hosts.is_me(h)]
     random.shuffle(others)
-    tried = set()
     # qhost does not tell a whole blob from a download in progress (the load sensor
     # reports both): ask for whole blobs first, then stream from the hosts that had
     # none (404), which are likely mid-download.
     missing = []
     for host in others[:MAX_HAVE_TRIES]:
-        tried.add(host)
         status: Dict[str, Any] = {}
         digest = _get(host, image, sink, ctx, agent, redirects, status=status)
         if digest:
