@@ -489,8 +489,10 @@ s_vmem                INFINITY
 h_vmem                INFINITY
 EOF
     qc -Aq "$CONF/$QUEUE"
-    return 0
   fi
+  # A queue just created goes through the checks below too: its per-host tmpdirs were
+  # once set only by a second 'up', so a test that ran 'up' changed all.q under the
+  # snapshot its module took after the first.
   want_hosts=$(printf '%s\n' "${H_NAMES[@]}" | sort | xargs)
   cur_hosts=$(q_attr hostlist | tr ' ,' '\n' | grep -v '^$' | sort | xargs)
   if [ "$cur_hosts" != "$want_hosts" ]; then

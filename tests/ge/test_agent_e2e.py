@@ -39,7 +39,7 @@ def kit(ge_cluster):
     k.script("qhost-pinned", QHOST_PINNED)
     k.sge_image("install")
     for h in hosts:
-        _wait_agent(h)
+        _wait_agent(k, h)
     yield k
     ge_cluster.run(["qdel", "-u", "*", "-f"], check=False)
     k.sge_image("uninstall", check=False)
@@ -50,10 +50,10 @@ def _address(host):
     return socket.gethostbyname(host)
 
 
-def _wait_agent(host, timeout=90, not_pid=None):
+def _wait_agent(kit, host, timeout=90, not_pid=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = _agent_pids(host)
+        pids = _agent_pids(kit, host)
         if pids and pids[0] != not_pid:
             try:
                 socket.create_connection((_address(host), PORT), timeout=1).close()
@@ -64,8 +64,11 @@ def _wait_agent(host, timeout=90, not_pid=None):
     raise TimeoutError(f"no agent listening on {host}")
 
 
-def _agent_pids(host=None):
-    """Root-side agent processes (the parents), optionally of one host (its address)."""
+def _agent_pids(kit, host=None):
+    """Root-side agent processes (the parents) of this kit's install, optionally of one
+    host. Only agents started with this kit's config count: an agent of another install
+    on the same machine (a developer's, a second kit's) is not ours to find."""
+    mine = os.path.abspath(kit.config).encode()
     out = []
     for d in glob.glob("/proc/[0-9]*"):
         try:
@@ -73,7 +76,7 @@ def _agent_pids(host=None):
             st = os.stat(d)
         except OSError:
             continue
-        if b"sge.agent" not in cmd or st.st_uid != 0:
+        if b"sge.agent" not in cmd or mine not in cmd or st.st_uid != 0:
             continue
         pid = int(d.rsplit("/", 1)[1])
         if host is not None and _uts_host(pid) != host:
@@ -103,12 +106,12 @@ def _verified(kit, host, name):
 def test_every_host_runs_one_agent_and_a_killed_agent_comes_back(kit):
     hosts = kit.cluster.hosts
     for h in hosts:
-        assert len(_agent_pids(h)) == 1, h
+        assert len(_agent_pids(kit, h)) == 1, h
     victim = hosts[0]
-    pid = _agent_pids(victim)[0]
+    pid = _agent_pids(kit, victim)[0]
     server = int(open(f"/proc/{pid}/task/{pid}/children").read().split()[0])
     os.kill(pid, signal.SIGKILL)
-    new = _wait_agent(victim, not_pid=pid)
+    new = _wait_agent(kit, victim, not_pid=pid)
     assert new != pid
     # The unprivileged server followed its root side (else the new agent could not
     # bind the port), and the new pair serves.
@@ -118,7 +121,7 @@ def test_every_host_runs_one_agent_and_a_killed_agent_comes_back(kit):
     while "listening on" not in _log_since(kit, f"agent[{new}]") and time.monotonic() < deadline:
         time.sleep(0.5)
     assert "listening on" in _log_since(kit, f"agent[{new}]")
-    assert len(_agent_pids(victim)) == 1
+    assert len(_agent_pids(kit, victim)) == 1
 
 
 def _log_since(kit, tag):
@@ -220,7 +223,7 @@ def test_killing_the_seed_mid_download_still_ends_verified_everywhere(kit):
         assert time.monotonic() < deadline, "the seed never started its download"
         time.sleep(0.1)
     time.sleep(1.0)  # well into the 6 s transfer
-    victim = _agent_pids(seed)
+    victim = _agent_pids(kit, seed)
     for pid in victim:
         os.kill(pid, signal.SIGKILL)
     c.wait_done(jid, timeout=300)
@@ -233,16 +236,16 @@ def test_killing_the_seed_mid_download_still_ends_verified_everywhere(kit):
     # No partial blob under its final name on the seed, whatever it had got.
     blob = os.path.join(kit.cache_dir(seed), "blobs", "sha256", kit.images["kill"]["sha256"])
     assert not os.path.exists(blob) or _verified(kit, seed, "kill")
-    _wait_agent(seed, not_pid=victim[0] if victim else None)
+    _wait_agent(kit, seed, not_pid=victim[0] if victim else None)
     assert c.queue_errors() == []
 
 
 def test_uninstall_stops_every_agent(kit):
     kit.sge_image("uninstall")
     deadline = time.monotonic() + 180
-    while _agent_pids() and time.monotonic() < deadline:
+    while _agent_pids(kit) and time.monotonic() < deadline:
         time.sleep(1)
-    assert _agent_pids() == []
+    assert _agent_pids(kit) == []
     for h in kit.cluster.hosts:
         with pytest.raises(OSError):
             socket.create_connection((_address(h), PORT), timeout=1).close()

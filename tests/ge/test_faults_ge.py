@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from tests.support.gekit import MB, cluster_snapshot, kit_work, make_kit
+from tests.support.gekit import MB, assert_cluster_unchanged, cluster_snapshot, kit_work, make_kit
 from tests.support.httpserver import Fault
 from tests.reliability.conftest import cache_problems, settled_problems
 
@@ -39,7 +39,7 @@ def kit(ge_cluster):
     k.server.close()
     for h in ge_cluster.hosts:
         _chmod_cache(k, h, 0o755)
-    assert cluster_snapshot(ge_cluster) == before
+    assert_cluster_unchanged(ge_cluster, before)
 
 
 @pytest.fixture(autouse=True)

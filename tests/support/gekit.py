@@ -5,6 +5,7 @@ kit goes into a virtualenv every one of them can read (the repository checkout m
 under a private home), built from the system Python, and `sge-image install` wires it
 in. Images are served by a real HTTP server on 127.0.0.1 that counts requests.
 """
+import difflib
 import os
 import shutil
 import subprocess
@@ -149,3 +150,22 @@ def cluster_snapshot(cluster):
     for h in cluster.hosts:
         snap[h] = cluster.run(["qconf", "-sconf", h], check=False).stdout
     return snap
+
+
+def snapshot_diff(before, after):
+    """The lines that differ between two cluster snapshots, as a unified diff per part
+    (empty when equal). An assertion message carries it whole, whatever pytest's
+    verbosity: `-q` cuts a dict comparison down to the part's name."""
+    out = []
+    for part in sorted(set(before) | set(after)):
+        a, b = before.get(part, ""), after.get(part, "")
+        if a != b:
+            out.extend(difflib.unified_diff(a.splitlines(), b.splitlines(), f"{part} before",
+                                            f"{part} after", lineterm="", n=1))
+    return "\n".join(out)
+
+
+def assert_cluster_unchanged(cluster, before):
+    """What install changed, uninstall put back: every line of every part is as before."""
+    diff = snapshot_diff(before, cluster_snapshot(cluster))
+    assert not diff, "the cluster's configuration differs after uninstall:\n" + diff
