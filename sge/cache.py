@@ -8,6 +8,8 @@ Layout under the cache root (the design card's):
     locks/<name>.lock    per-image staging lock; never deleted (a deleted lock file lets a
                          third process lock a fresh inode while the second holds the old one)
     pins/<hex>.pin       shared flock = "a job uses this blob"; eviction takes it exclusively
+    claims/<job>.<task>  a running job's claim on a blob, live while Grid Engine runs the
+                         job here (sge/claims.py): with or without the starter's pin
     used/<hex>           mtime = last use, for LRU (blobs are read-only, atime is unreliable)
     tmp/                 downloads in progress, each holding an exclusive flock on itself
     quarantine/          blobs that failed `verify`, kept for inspection
@@ -49,7 +51,8 @@ FILE_MODE = 0o644  # lock, pin and last-use files: job owners open pins read-onl
 # by the load test: 55 of 200 jobs lost their image that way and failed); and
 # cache.room_wait, the seconds a staging waits for room while the cache is full of
 # images in use before it gives up for now (the prolog then reschedules).
-SUBDIRS = ("blobs/sha256", "images", "refs", "locks", "pins", "used", "tmp", "quarantine")
+SUBDIRS = ("blobs/sha256", "images", "refs", "locks", "pins", "used", "tmp", "quarantine",
+           "claims")
 
 
 class Cache:
@@ -178,6 +181,36 @@ class Cache:
             os.close(fd)
             raise
         return path, fd
+
+    def claim(self, image: Image, job: str, job_dir: str) -> str:
+        """Hand `image` to job `job` (its key, `12.3`) for the job's whole life: record
+        its use and its claim while holding the blob's pin lock shared, so that an
+        eviction (which unlinks under the same lock held exclusively, after checking
+        claims and last use again) either finished before, and this raises NotCached
+        (the caller stages again), or sees the claim. Returns the image's path.
+
+        Found by the claims tests: without the lock an eviction planned from an older
+        scan removed a blob a prolog had just handed out, and the job found no image."""
+        from . import claims
+        path, fd = self.pin(image)
+        try:
+            self.record_use(path)
+            digest = os.path.basename(os.path.realpath(path))
+            claims.write(self.root, job, digest, job_dir)
+        finally:
+            os.close(fd)
+        return path
+
+    def hand_out(self, image: Image) -> str:
+        """`record_use` under the pin lock, for a caller with no job to claim for (a
+        prolog outside Grid Engine): the same guarantee against a stale eviction plan
+        for the grace period. Raises NotCached if the image went meanwhile."""
+        path, fd = self.pin(image)
+        try:
+            self.record_use(path)
+        finally:
+            os.close(fd)
+        return path
 
     @contextmanager
     def pinned(self, image: Image) -> Iterator[str]:
@@ -328,9 +361,11 @@ class Cache:
         `names=False` skips the name index; `sizes` (digest -> size, kept by the caller)
         saves a stat per blob, since a content-addressed blob never changes; pins come
         from one read of /proc/locks rather than a lock attempt per blob."""
+        from . import claims
         from .eviction import Entry  # dataclasses stay off the warm path
         index = self._names() if names else {}
         pinned = self._pinned_digests()
+        held = claims.live(self.root)
         out: List[Entry] = []
         try:
             it = os.scandir(self._p("blobs", "sha256"))
@@ -359,7 +394,7 @@ class Cache:
                              else self.is_pinned(de.name))
                 out.append(Entry(de.name, size, last,
                                  tuple(sorted(index[de.name])) if de.name in index else (),
-                                 is_pinned))
+                                 is_pinned, tuple(sorted(held.get(de.name, ())))))
         return out
 
     def _names(self) -> Dict[str, List[str]]:
@@ -503,13 +538,25 @@ class Cache:
         return evicted
 
     def _remove_unpinned(self, entry: Entry) -> bool:
-        """Delete a blob unless a job pins it; holding the pin lock exclusively while
-        deleting makes a concurrent `pinned()` wait and then see it gone."""
+        """Delete a blob unless a job pins or claims it or it was handed out within the
+        grace period; holding the pin lock exclusively while deleting makes a concurrent
+        `pinned()` or `claim()` wait and then see it gone. Claims and last use are read
+        again under the lock: the plan came from an earlier scan, and a prolog may have
+        handed the blob to a job since (`claim` does that under the lock shared)."""
+        from . import claims
         fd = _open_pin(self._p("pins", f"{entry.digest}.pin"))
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
+                return False
+            if claims.holders(self.root, entry.digest):
+                return False
+            try:
+                last = os.stat(self._p("used", entry.digest)).st_mtime
+            except OSError:
+                last = 0.0
+            if last > time.time() - self.evict_grace:
                 return False
             self._unlink_blob(entry.digest)
             return True

@@ -179,7 +179,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows: List[Dict[str, Any]] = []
     for e in sorted(entries, key=lambda e: -e.last_used):
         rows.append({"name": ",".join(e.names) or "-", "size": e.size, "sha256": e.digest,
-                     "last_used": e.last_used, "pinned": e.pinned, "cached": True})
+                     "last_used": e.last_used, "pinned": e.pinned, "claims": list(e.claims),
+                     "cached": True})
     if args.catalog:
         cached_names = {n for e in entries for n in e.names}
         for name, img in sorted(settings.images.items()):
@@ -189,7 +190,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             hit = by_digest.get(os.path.basename(os.path.realpath(path))) if path else None
             rows.append({"name": name, "size": img.size, "sha256": img.sha256 or "",
                          "last_used": hit.last_used if hit else None,
-                         "pinned": bool(hit and hit.pinned), "cached": hit is not None})
+                         "pinned": bool(hit and hit.pinned),
+                         "claims": list(hit.claims) if hit else [], "cached": hit is not None})
     if args.json:
         print(json.dumps({"root": cache.root, "images": rows,
                           "max_size": cache.max_size}, indent=2))
@@ -199,12 +201,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     cap = format_size(cache.max_size) if cache.max_size else "no"
     print(f"cache {cache.root}: {plural(len(entries), 'image')}, {format_size(used)} of "
           f"{cap} cap")
-    print(f"{'NAME':30} {'SIZE':>10} {'SHA256':14} {'LAST USED':19} {'PINNED':6} CACHED")
+    print(f"{'NAME':30} {'SIZE':>10} {'SHA256':14} {'LAST USED':19} {'PINNED':6} {'CACHED':6} "
+          f"CLAIMED BY (JOB.TASK)")
     for r in rows:
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_used"])) if r["last_used"] else "-"
         size = format_size(r["size"]) if r["size"] is not None else "?"
         print(f"{r['name'][:30]:30} {size:>10} {r['sha256'][:12]:14} {last:19} "
-              f"{'yes' if r['pinned'] else 'no':6} {'yes' if r['cached'] else 'no'}")
+              f"{'yes' if r['pinned'] else 'no':6} {'yes' if r['cached'] else 'no':6} "
+              f"{' '.join(r['claims']) or '-'}")
     return 0
 
 

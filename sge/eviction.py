@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 # Why an image stays when the cap says something must go.
 KEPT_PINNED = "pinned by a running job"
+KEPT_CLAIMED = "claimed by running job"  # + the jobs' ids
 KEPT_RECENT = "handed to a starting job within cache.evict_grace"
 KEPT_WANTED = "the image being staged"
 
@@ -30,7 +31,13 @@ class Entry(NamedTuple):
     size: int
     last_used: float
     names: Tuple[str, ...] = ()
-    pinned: bool = False
+    pinned: bool = False            # a starter's flock
+    claims: Tuple[str, ...] = ()    # running jobs ("12.3") whose claims hold it
+
+    @property
+    def held(self) -> bool:
+        """In use by a running job, by its starter's pin or by its claim."""
+        return self.pinned or bool(self.claims)
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,7 @@ def plan_eviction(scan: CacheScan, need: int, limits: Limits,
         if used <= target and free - need >= limits.min_free:
             break
         why = (KEPT_WANTED if e.digest in keep else KEPT_PINNED if e.pinned
+               else _claimed(e) if e.claims
                else KEPT_RECENT if e.last_used > recent else None)
         if why:
             kept.append((e, why))
@@ -100,11 +108,16 @@ def plan_eviction(scan: CacheScan, need: int, limits: Limits,
     return EvictionPlan(need, tuple(evict), tuple(kept), used, free, fits, busy)
 
 
+def _claimed(e: Entry) -> str:
+    jobs = ", ".join(e.claims[:5]) + (f" and {len(e.claims) - 5} more" if len(e.claims) > 5 else "")
+    return f"{KEPT_CLAIMED}{'s' if len(e.claims) > 1 else ''} {jobs}"
+
+
 def room_for_new(scan: CacheScan, limits: Limits) -> int:
     """The bytes a new image could have if every evictable entry (unpinned, last used
     before the grace period) went: the sensor's img_cache_room."""
     recent = scan.now - limits.evict_grace
-    evictable = sum(e.size for e in scan.entries if not e.pinned and e.last_used <= recent)
+    evictable = sum(e.size for e in scan.entries if not e.held and e.last_used <= recent)
     disk = scan.disk_free - limits.min_free + evictable
     if limits.max_size is None:
         return max(0, disk)

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 from sge.ge.starter import job_command
 from tests.support.common import ROOT, cli, payload, sha256
@@ -51,15 +52,16 @@ def test_holds_the_pin_for_the_jobs_life(tmp_path, make_config):
     job = subprocess.Popen([sys.executable, "-m", "sge.ge.starter", "--config", cfg, "--",
                             "/bin/sleep", "30"], env=env, cwd=ROOT)
     try:
-        for _ in range(100):
-            if "yes" in cli(cfg, "status").stdout.splitlines()[-1]:
+        for _ in range(100):  # the PINNED column: the starter has taken its pin
+            if cli(cfg, "status").stdout.splitlines()[-1].split()[-3] == "yes":
                 break
+            time.sleep(0.05)
         line = cli(cfg, "status").stdout.splitlines()[-1]
-        assert line.split()[-2] == "yes", line  # pinned while the job runs
+        assert line.split()[-3] == "yes", line  # pinned while the job runs
     finally:
         job.kill()
         job.wait()
-    assert cli(cfg, "status").stdout.splitlines()[-1].split()[-2] == "no"
+    assert cli(cfg, "status").stdout.splitlines()[-1].split()[-3] == "no"
 
 
 def test_missing_image_fails_the_job_not_the_queue(tmp_path, make_config):

@@ -63,6 +63,7 @@ def add_kit_parsers(sub: Subparsers) -> None:
 
     for name, module, help_ in (
             ("prolog", "prolog", "the queue prolog: stage $SGE_IMAGE (exit 0/99/100)"),
+            ("epilog", "epilog", "the queue epilog: end the job's claim on its image (exit 0)"),
             ("loadsensor", "loadsensor", "the load sensor protocol on stdin/stdout"),
             ("starter", "starter", "the starter method: run the job inside its image")):
         s = sub.add_parser(name, help=help_)

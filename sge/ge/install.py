@@ -10,7 +10,9 @@ restores exactly what was there before:
   merged into the list (`qconf -Mc` replaces the whole list);
 - `load_sensor` in each exec host's configuration, then the global configuration
   re-applied so running execds notice (they ignore a host config added while they run);
-- `prolog root@...` (and optionally `starter_method`) in the chosen queues;
+- `prolog root@...` and `epilog root@...` (which ends a job's claim on its image,
+  sge/claims.py; a queue's own epilog is left alone and the load sensor's sweep ends
+  those claims instead), and optionally `starter_method`, in the chosen queues;
 - `jsv_url` in the global configuration.
 """
 from __future__ import annotations
@@ -64,6 +66,8 @@ def launchers(settings: Settings, python: str, hooks_dir: str) -> Dict[str, str]
     return {
         "prolog": head + f"exec {shlex.quote(_wrapper(kit, 'prolog', 'sge-image-prolog'))} "
                          f"{py} --config {cfg} \"$@\"\n",
+        "epilog": head + f"exec {shlex.quote(_wrapper(kit, 'epilog', 'sge-image-epilog'))} "
+                         f"{py} --config {cfg}\n",
         "loadsensor": head + f"exec {shlex.quote(_wrapper(kit, 'loadsensor', 'sge-image-loadsensor'))} "
                              f"{py} --config {cfg}\n",
         # --launcher "$0": the JSV exits once its launcher is gone (uninstall), since
@@ -139,7 +143,7 @@ def check(settings: Settings, hooks_dir: str, python: Optional[str] = None, star
     for f in failures:
         out.write(f"check failed: {f}\n")
     if not failures:
-        hooks = ["loadsensor", "prolog"] + (["jsv"] if jsv else []) + (["starter"] if starter else [])
+        hooks = ["loadsensor", "prolog", "epilog"] + (["jsv"] if jsv else []) + (["starter"] if starter else [])
         out.write(f"check passed: {', '.join(hooks)} launchers run as their Grid Engine users\n")
     return 2 if failures else 0
 
@@ -206,8 +210,10 @@ def install(settings: Settings, hooks_dir: str, queues: Sequence[str] = ("all.q"
         plan.do("re-apply the global configuration so running execds start the sensor",
                 qconf.reapply_global)
 
-    # 4. Queues: prolog (as root, to write the job's environment file), starter.
-    attrs = {"prolog": f"root@{os.path.join(hooks_dir, 'prolog')}"}
+    # 4. Queues: prolog (as root, to write the job's environment file), epilog (as
+    # root, to end the job's claim), starter.
+    attrs = {"prolog": f"root@{os.path.join(hooks_dir, 'prolog')}",
+             "epilog": f"root@{os.path.join(hooks_dir, 'epilog')}"}
     if starter:
         attrs["starter_method"] = os.path.join(hooks_dir, "starter")
     qtypes = {}
@@ -220,6 +226,13 @@ def install(settings: Settings, hooks_dir: str, queues: Sequence[str] = ("all.q"
                 plan.same(f"{attr} of queue {queue}")
                 continue
             mine = state["queues"].get(queue, {})
+            if attr == "epilog" and current != "NONE" and attr not in mine:
+                # Not worth refusing for: claims are live only while Grid Engine runs
+                # the job, so without the kit's epilog they end all the same.
+                out.write(f"note: queue {queue} has its own epilog {current!r}, left as it "
+                          f"is; jobs' claims on their images end when Grid Engine drops "
+                          f"the job (or at once if that epilog runs `sge-image epilog` as root)\n")
+                continue
             if current != "NONE" and attr not in mine:
                 raise qconf.QconfError(
                     f"queue {queue} already has {attr} {current!r}; the kit will not replace "
@@ -415,7 +428,7 @@ def uninstall(hooks_dir: str, dry_run: bool = False, out: TextIO = sys.stdout,
         plan.do(f"remove the agent key {state['agent_key']}", remove_key)
 
     def remove_hooks() -> None:
-        for fn in ("prolog", "loadsensor", "jsv", "starter", STATE_FILE):
+        for fn in ("prolog", "epilog", "loadsensor", "jsv", "starter", STATE_FILE):
             try:
                 os.unlink(os.path.join(hooks_dir, fn))
             except FileNotFoundError:

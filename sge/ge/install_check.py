@@ -177,7 +177,8 @@ def check(settings: Settings, launcher_texts: Mapping[str, str], python: str, ho
             os.chmod(p, 0o755)
             paths[name] = p
         plan: List[Tuple[str, str, Runner]] = [("loadsensor", "root", _run_sensor),
-                                                ("prolog", "root", _run_prolog)]
+                                                ("prolog", "root", _run_prolog),
+                                                ("epilog", "root", _run_epilog)]
         if jsv:
             plan.append(("jsv", admin_user(), _run_jsv))
         if starter:
@@ -308,6 +309,15 @@ def _run_prolog(path: str, user: str, settings: Settings, host: str) -> Optional
     r = _run(user, [path], "", {"SGE_IMAGE": name, "JOB_ID": "0"})
     if r.returncode != 100 or "catalog" not in r.stdout:
         return (f"exit {r.returncode} for an image the catalog lacks, expected 100"
+                f"{': ' + _tail(r.stdout + r.stderr) if (r.stdout + r.stderr).strip() else ''}")
+    return None
+
+
+def _run_epilog(path: str, user: str, settings: Settings, host: str) -> Optional[str]:
+    # The epilog answers 0 whatever happens, so its output is the only sign of trouble.
+    r = _run(user, [path], "", {"SGE_IMAGE": CHECK_IMAGE, "JOB_ID": "0", "SGE_TASK_ID": "1"})
+    if r.returncode != 0 or (r.stdout + r.stderr).strip():
+        return (f"exit {r.returncode}"
                 f"{': ' + _tail(r.stdout + r.stderr) if (r.stdout + r.stderr).strip() else ''}")
     return None
 

@@ -84,6 +84,11 @@ class Reporter:
             unsafe = security.problems(self.cache.root)
             if unsafe:
                 return self._refuse(head, unsafe)
+            # Claims of jobs that ended without the kit's epilog (qdel -f, an execd
+            # crash, a queue with its own epilog) hold nothing already; tidy them.
+            from .. import claims
+            for key in claims.sweep(self.cache.root):
+                self.log(f"removed the claim of job {key}: it no longer runs on this host")
         try:
             with os.scandir(os.path.join(self.cache.root, "blobs", "sha256")) as it:
                 present = [de.name for de in it if de.is_file(follow_symlinks=False)]

@@ -22,10 +22,10 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import FrameType
-    from typing import List, NoReturn, Optional, TextIO
+    from typing import Callable, List, NoReturn, Optional, TextIO
 
     from ..cache import Cache
-    from ..config import Settings
+    from ..config import Image, Settings
 
 GO, RESCHEDULE, JOB_ERROR = 0, 99, 100
 TRAPPED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
@@ -106,8 +106,7 @@ def _run(name: str, argv: List[str], out: TextIO) -> int:
             progress = Progress(name, out, settings.fetch.progress_interval, tty=False)
             path = ensure(name, settings, progress, log)
             _forget_attempts(cache, job)
-        else:
-            cache.record_use(path)
+        path = _hand_out(cache, image, lambda: ensure(name, settings))
         _stage_parallel_hosts(name, settings, out, job)
         _export_path(path)
         return GO
@@ -122,6 +121,25 @@ def _run(name: str, argv: List[str], out: TextIO) -> int:
             return _reschedule_or_fail(cache, job, out, settings.prolog.max_reschedules)
         _say(out, f"staging {name!r} failed: {e}")
         return JOB_ERROR
+
+
+def _hand_out(cache: Cache, image: Image, stage_again: Callable[[], str]) -> str:
+    """Claim the image for this job's whole life (sge/claims.py), or, outside Grid
+    Engine, mark its use. An eviction may have taken it since it was found or staged:
+    then it is staged again (a few rounds; a cache that loses it every time is busy)."""
+    from .. import claims
+    from ..errors import CacheBusy, NotCached
+    key = claims.job_key(os.environ.get("JOB_ID", ""), os.environ.get("SGE_TASK_ID", ""))
+    job_dir = os.environ.get("SGE_JOB_SPOOL_DIR", "")
+    for _ in range(3):
+        try:
+            if key is not None and claims.job_dir_ok(key, job_dir):
+                return cache.claim(image, key, job_dir)
+            return cache.hand_out(image)
+        except NotCached:
+            stage_again()
+    raise CacheBusy(f"image {image.name!r} was evicted three times before this job could "
+                    f"claim it")
 
 
 def _stage_parallel_hosts(name: str, settings: Settings, out: TextIO, job: str) -> None:
