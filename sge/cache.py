@@ -48,7 +48,9 @@ FILE_MODE = 0o644  # lock, pin and last-use files: job owners open pins read-onl
 # source of them): cache.evict_grace, the seconds after its last use (a prolog handing it
 # to a job) during which a blob is not evicted, because the job's starter pins it only
 # after the prolog has exited and in between another prolog's eviction removed it (found
-# by the load test: 55 of 200 jobs lost their image that way and failed); and
+# by the load test: 55 of 200 jobs lost their image that way and failed; a running job's
+# claim, sge/claims.py, now holds it for the job's whole life, and the grace covers what
+# no claim does: hand-outs without a job, a parallel job's other hosts); and
 # cache.room_wait, the seconds a staging waits for room while the cache is full of
 # images in use before it gives up for now (the prolog then reschedules).
 SUBDIRS = ("blobs/sha256", "images", "refs", "locks", "pins", "used", "tmp", "quarantine",
