@@ -280,8 +280,10 @@ def install(settings: Settings, hooks_dir: str, queues: Sequence[str] = ("all.q"
 def _interactive_warnings(qtypes: Dict[str, str]) -> List[str]:
     from . import engine_quirks, install_check
     first = (qconf.run("-help", check=False).splitlines() or [""])[0]
-    return engine_quirks.interactive_prolog_warnings(
-        engine_quirks.identify(first), install_check.admin_user(), qtypes)
+    # An admin user we cannot read is not assumed to be root: the warning stays.
+    admin = install_check.bootstrap_admin_user() or "(unknown: no bootstrap file found)"
+    return engine_quirks.interactive_prolog_warnings(engine_quirks.identify(first), admin,
+                                                     qtypes)
 
 
 def _install_agent_key(settings: Settings, state: State, plan: Plan, hooks_dir: str) -> None:
