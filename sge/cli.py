@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="PATH",
                    help="site config (default: $SGE_IMAGE_CONFIG, else /etc/sge-image/config.yaml)")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"sge-image-kit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

@@ -62,7 +62,12 @@ def launchers(settings: Settings, python: str, hooks_dir: str) -> Dict[str, str]
     cfg = shlex.quote(os.path.abspath(settings.path or config_path()))
     py = shlex.quote(python)
     kit = _kit_dir()
-    head = "#!/bin/sh\n# Written by `sge-image install`; re-run it rather than editing this file.\n"
+    from .. import __version__
+    # The version in every launcher: an upgrade rewrites them all, and a changed file is
+    # what makes qmaster restart its JSVs and execd its load sensor (and so the agent)
+    # on the new code; an unchanged launcher would leave the old code running.
+    head = (f"#!/bin/sh\n# Written by `sge-image install` (sge-image-kit {__version__}); "
+            f"re-run it rather than editing this file.\n")
     return {
         "prolog": head + f"exec {shlex.quote(_wrapper(kit, 'prolog', 'sge-image-prolog'))} "
                          f"{py} --config {cfg} \"$@\"\n",
