@@ -124,7 +124,9 @@ def denied_component(path: str, uid: int, gids: AbstractSet[int], want: str = "r
 # ---------------------------------------------------------------- users
 
 def admin_user() -> str:
-    """The qmaster's admin user from the cell's bootstrap file (root when unset)."""
+    """The qmaster's admin user from $SGE_ROOT's cell's bootstrap file (root when unset)."""
+    if not os.environ.get("SGE_ROOT"):
+        return "root"
     return bootstrap_admin_user() or "root"
 
 
