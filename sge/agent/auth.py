@@ -150,10 +150,10 @@ class Verifier:
         now = self.clock()
         if abs(now - t) > WINDOW:
             raise AuthError("request expired (or the clocks differ by more than a minute)")
-        if t < self.not_before:
-            raise TooEarly("request made before this agent started (ask again)")
         if host.lower() not in self.hosts:
             raise AuthError(f"request addressed to host {host!r}, not this one")
+        if t < self.not_before:
+            raise TooEarly("request made before this agent started (ask again)")
         self._expire(now)
         if nonce in self.seen:
             raise AuthError("replayed request")

@@ -66,6 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not addr:
         log(f"cannot resolve this host's name {host!r}; set agent.bind")
         return _idle(settings, watch)
+    started = time.time()  # before the port listens: any request it takes is newer
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -83,7 +84,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         cache.ensure_layout()
     except Exception as e:
         log(f"cache not ready: {e}")
-    started = time.time()
     parent_end, child_end = socket.socketpair()
     pid = os.fork()
     if pid == 0:

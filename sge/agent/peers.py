@@ -34,7 +34,7 @@ import time
 
 from ..errors import CacheFull, FetchError, SgeImageError
 from . import hosts as _hosts
-from .deadline import Budget
+from .deadline import Budget, DeadlineSocket
 
 
 TYPE_CHECKING = False
@@ -293,12 +293,14 @@ def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSett
             headers = {"User-Agent": wire.USER_AGENT}
             if inflight:
                 headers["X-Sge-Image-Inflight"] = "1"
+            sock = conn.sock  # http.client lets go of it once the answer says close
             conn.request("GET", f"/blobs/sha256/{image.sha256}", headers=headers)
             wire._tune(conn, ctx)
             resp = conn.getresponse()
             # The head is in: the body may take until the budget's end, at the
             # low-speed rate or better.
-            conn.sock.extend(budget.end)  # type: ignore[union-attr]
+            if isinstance(sock, DeadlineSocket):
+                sock.extend(budget.end)
             if status is not None:
                 status["code"] = resp.status
                 if resp.status == 503:
