@@ -12,7 +12,7 @@ import pytest
 from tests.support.common import payload
 from tests.support.gekit import MB, QHOST_PINNED, kit_work, make_kit
 
-PORT = 6450
+PORT = 645  # the default agent.port (privileged)
 PE = "imgpe"
 
 
