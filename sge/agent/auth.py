@@ -108,7 +108,10 @@ def check_answer(key: bytes, line: str, answer: Mapping[str, Any]) -> Dict[str, 
     process on the agent's port, a host on the path) is no answer at all."""
     mac = answer.get("mac")
     want = hmac.new(key, _answer_message(line, answer), hashlib.sha256).hexdigest()
-    if not isinstance(mac, str) or not hmac.compare_digest(want, mac):
+    # Bytes, not str: compare_digest raises TypeError on a non-ASCII str (found by
+    # tests/reliability/test_agent_fuzz.py), and a forged answer may carry one.
+    if not isinstance(mac, str) or not hmac.compare_digest(want.encode(),
+                                                           mac.encode("utf-8", "replace")):
         raise AuthError("unsigned or forged answer")
     return {k: v for k, v in answer.items() if k != "mac"}
 
@@ -145,7 +148,7 @@ class Verifier:
             raise AuthError("malformed nonce or mac")
         want = hmac.new(self.key, _message([name, host, source, ts, nonce]),
                         hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(want, mac):
+        if not hmac.compare_digest(want.encode(), mac.encode("utf-8", "replace")):
             raise AuthError("bad signature")
         now = self.clock()
         if abs(now - t) > WINDOW:
