@@ -32,8 +32,23 @@ def agent_user():
     if not user.exists(name):
         user.create(name)
         _CREATED_USER.append(name)
-        atexit.register(user.remove, name)
+        atexit.register(remove_user, name)
     return name
+
+
+def remove_user(name, wait=30):
+    """userdel, once no agent server runs as the user any more (a server follows its
+    root side within a second or so)."""
+    from sge.agent import user
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            user.remove(name)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def free_port(ip):
