@@ -165,7 +165,8 @@ def _warn_if_unprivileged_port(port: int, log: LogFn) -> None:
             f"answers stay signed")
 
 
-def _verifier(settings: Settings, log: LogFn, started: Optional[float] = None) -> Optional[Verifier]:
+def _verifier(settings: Settings, log: LogFn,
+              started: Optional[float] = None) -> Optional[Verifier]:
     from . import auth, hosts
     try:
         key = auth.read_key(auth.key_path(settings))
