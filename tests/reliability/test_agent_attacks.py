@@ -649,3 +649,45 @@ def test_a_server_that_cannot_start_says_why(world):
     assert p.returncode == 1
     assert "the server stopped: SystemExit: agent.user 'no-such-user-here' does not exist" \
         in world.log()
+
+
+# ------------------------------------------------------------------ the prolog's worst case
+
+def _prolog(world, tmp_path, hosts, **agent):
+    import sys
+    spool = tmp_path / "spool"
+    spool.mkdir(parents=True)
+    (spool / "pe_hostfile").write_text("".join(f"{h} 1 all.q@{h} UNDEFINED\n" for h in hosts))
+    (spool / "environment").write_text("")
+    cfg = world.config(CLIENT, **agent)
+    env = {**world.env(), "SGE_IMAGE": "img", "SGE_JOB_SPOOL_DIR": str(spool), "JOB_ID": "7"}
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "sge.ge.prolog", "--config", cfg], env=env,
+                       capture_output=True, text=True, timeout=120)
+    return r, time.monotonic() - t
+
+
+def test_the_prolog_stages_past_trickling_peers_within_the_budget(world, tmp_path):
+    world.set_qhost({A: ["img_img"], B: ["img_img"], CLIENT: []})
+    peers = [Trickler(h, world.port, HEADS["headers"], every=0.5) for h in (A, B)]
+    try:
+        r, took = _prolog(world, tmp_path, [socket.gethostname()], exchange_deadline=2,
+                          peer_budget=4)
+    finally:
+        for p in peers:
+            p.close()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert world.origin.gets("img.sif") == 1
+    assert took <= 4 + 3 + SLACK, took  # the budget, a 3 MB origin download, start-up
+    print(f"prolog, every peer trickling: exit 0 after {took:.2f}s (peer_budget 4)")
+
+
+def test_the_prolog_of_a_parallel_job_with_a_trickling_host_reschedules_by_pe_wait(world, tmp_path):
+    peer = Trickler(A, world.port, HEADS["headers"], every=0.5)
+    try:
+        r, took = _prolog(world, tmp_path, [socket.gethostname(), A], peers=False, pe_wait=3)
+    finally:
+        peer.close()
+    assert r.returncode == 99, r.stdout + r.stderr
+    assert took <= 3 + 3 + SLACK, took  # pe_wait, the local staging, start-up
+    print(f"prolog, a trickling host of a parallel job: exit 99 after {took:.2f}s (pe_wait 3)")
