@@ -305,6 +305,21 @@ def test_a_peer_that_has_it_serves_it_and_the_origin_is_not_asked(world, monkeyp
     assert f"from peer {A}, verified" in world.log()
 
 
+def test_a_host_the_agents_do_not_serve_says_so_once_and_uses_the_origin(world, monkeypatch):
+    """`sge-image pull` on an admin host: every agent answers 403. It printed one
+    "HTTP 403" line per peer, which read like failures; now one line says why."""
+    for h in (A, B):
+        put_blob(world, h, world.data)
+        world.start(h, trust=[A, B])  # the client speaks from 127.0.0.1: a stranger
+    world.set_qhost({A: ["img_img"], B: ["img_img"], "127.0.0.23": []})
+    path = _ensure_here(world, monkeypatch)
+    assert open(path, "rb").read() == world.data
+    assert world.origin.gets("img.sif") == 1
+    log = world.log()
+    assert log.count("not one the cluster's agents serve") == 1, log
+    assert "HTTP 403" not in log, log
+
+
 def test_a_lying_peer_costs_a_retry_never_a_corrupt_image(world, monkeypatch):
     # A's "blob" has the right name and size but wrong bytes (a bad disk, a liar).
     lie = bytearray(world.data)

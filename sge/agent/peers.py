@@ -110,6 +110,12 @@ def _fetch(image: Image, sink: Sink, ctx: Context, settings: Settings, budget: B
         digest = _get(host, image, sink, ctx, agent, redirects, status=status, **kw)
         if digest:
             return digest
+        if status.get("code") == 403:
+            # Agents serve the cluster's hosts only; this one (an admin host, a login
+            # node) is not among them, and no other agent would answer otherwise.
+            ctx.log(f"image {image.name}: this host is not one the cluster's agents serve "
+                    f"(peer {host} answered 403); using the sources")
+            return None
         if status.get("code") == 404:
             missing.append(host)
     for host in missing:
@@ -310,6 +316,8 @@ def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSett
                 shown += " (download in progress)"
             if resp.status == 404 and inflight:
                 return None  # not begun there yet: nothing to log on every poll
+            if resp.status == 403 and status is not None:
+                return None  # not trusted here: the caller says so once, for every peer
             if resp.status != 200:
                 raise FetchError(f"{shown}: HTTP {resp.status} {resp.reason}"
                                  + (" (busy)" if resp.status == 503 else ""))
