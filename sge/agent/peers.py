@@ -228,6 +228,7 @@ def stage_request(host: str, name: str, key: bytes, agent: AgentSettings, timeou
     treat as "unreachable, ask again" (issue 17: a busy 503 became "refused" and a
     parallel job was rescheduled)."""
     from .auth import check_answer, sign
+    from .protocol import HEADER as PROTOCOL_HEADER, PROTOCOL
     line = sign(key, name, host, source)
     body = line.encode()
     if deadline is None:
@@ -235,7 +236,8 @@ def stage_request(host: str, name: str, key: bytes, agent: AgentSettings, timeou
     conn = _connection(host, agent, timeout, deadline, step)
     try:
         conn.request("POST", "/stage", body=body,
-                     headers={"Content-Type": "text/plain", "Content-Length": str(len(body))})
+                     headers={"Content-Type": "text/plain", "Content-Length": str(len(body)),
+                              PROTOCOL_HEADER: PROTOCOL})
         resp = conn.getresponse()
         data = resp.read(64 << 10)
     finally:
@@ -245,7 +247,13 @@ def stage_request(host: str, name: str, key: bytes, agent: AgentSettings, timeou
     except UnicodeDecodeError:
         raise ValueError(f"HTTP {resp.status}: malformed answer") from None
     if not isinstance(answer, dict) or "mac" not in answer:
-        raise ValueError(f"HTTP {resp.status}: an unsigned answer")
+        # During a rolling upgrade an agent of the kit before 0.2 answers unsigned: it is
+        # told apart by its missing protocol header, and not believed either (anyone on
+        # its port could say the same); the job waits, then is rescheduled.
+        older = resp.getheader(PROTOCOL_HEADER) is None and resp.getheader("Server") == "sge-image-agent"
+        raise ValueError(f"HTTP {resp.status}: an unsigned answer"
+                         + (" (an agent of a kit before protocol 2: upgrade that host)"
+                            if older else ""))
     return check_answer(key, line, answer)
 
 

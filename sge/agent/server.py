@@ -42,6 +42,8 @@ import stat
 import threading
 import time
 
+from . import protocol
+
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -456,7 +458,7 @@ def _tune_send(conn: socket.socket) -> None:
 def _respond(conn: socket.socket, status: int, headers: Optional[Mapping[str, str]] = None,
              body: bytes = b"", length_set: bool = False) -> None:
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", "Connection: close",
-             "Server: sge-image-agent"]
+             "Server: sge-image-agent", f"{protocol.HEADER}: {protocol.PROTOCOL}"]
     headers = dict(headers or {})
     if not length_set:
         headers["Content-Length"] = str(len(body))

@@ -691,3 +691,25 @@ def test_the_prolog_of_a_parallel_job_with_a_trickling_host_reschedules_by_pe_wa
     assert r.returncode == 99, r.stdout + r.stderr
     assert took <= 3 + 3 + SLACK, took  # pe_wait, the local staging, start-up
     print(f"prolog, a trickling host of a parallel job: exit 99 after {took:.2f}s (pe_wait 3)")
+
+
+def test_an_agent_of_the_previous_protocol_is_named_and_not_believed(world, monkeypatch):
+    """A rolling upgrade: a host still runs the kit before signed answers (protocol 1:
+    unsigned JSON, no protocol header, `Server: sge-image-agent`). Its "ready" is not
+    believed, and the message says to upgrade that host; the real agent of this kit
+    sends its protocol with every answer."""
+    from sge.agent import protocol
+    from sge.agent.auth import read_key
+    from sge.agent.peers import stage_request
+    body = json.dumps({"state": "ready"}).encode()
+    old = Trickler(A, world.port, b"HTTP/1.1 200 OK\r\nServer: sge-image-agent\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body), every=3600)
+    settings = client_settings(world, monkeypatch)
+    try:
+        with pytest.raises(ValueError, match="before protocol 2: upgrade that host"):
+            stage_request(A, "img", read_key(world.key), settings.agent, timeout=3)
+    finally:
+        old.close()
+    world.start(A)
+    r = raw(A, world.port, f"HEAD /blobs/sha256/{world.digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert f"{protocol.HEADER}: {protocol.PROTOCOL}".encode() in r, r[:300]
