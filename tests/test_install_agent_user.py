@@ -70,3 +70,23 @@ def test_uninstall_keeps_a_user_install_did_not_make(kit):
     assert f"unchanged: agent user {USER}" in out
     kit("uninstall")
     assert user.exists(USER)
+
+
+def test_an_agent_on_another_exec_host_makes_the_kits_user(monkeypatch):
+    """install runs on one host and cannot reach the others: there the agent, as root,
+    makes the kit's own default user itself. A user the site named is never made."""
+    from sge.agent import main, user
+    name = "sge-image-t2-agent"
+    monkeypatch.setattr(user, "DEFAULT", name)
+    said = []
+    try:
+        assert not user.exists(name)
+        main._ensure_own_user("sge-image-site-named", said.append)
+        assert not user.exists("sge-image-site-named") and said == []
+        main._ensure_own_user(name, said.append)
+        assert user.exists(name), said
+        assert said == [f"created the system user {name} for the agent's server on this host"]
+        main._ensure_own_user(name, said.append)  # there now: nothing to do
+        assert len(said) == 1
+    finally:
+        user.remove(name)

@@ -84,6 +84,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cache.ensure_layout()
     except Exception as e:
         log(f"cache not ready: {e}")
+    _ensure_own_user(agent.user, log)
     parent_end, child_end = socket.socketpair()
     pid = os.fork()
     if pid == 0:
@@ -230,6 +231,21 @@ def _die_with_parent() -> None:
         pass
     if os.getppid() == 1:
         os._exit(0)
+
+
+def _ensure_own_user(name: str, log: LogFn) -> None:
+    """The kit's own server user on every exec host, not only on the one `install` ran
+    on (it cannot reach the others): an agent that finds it missing makes it, as root.
+    A user the site named itself is never created; a missing one stops the server
+    with the reason (_drop_privileges)."""
+    from . import user
+    if name != user.DEFAULT or os.getuid() != 0 or user.exists(name):
+        return
+    try:
+        user.create(name)
+        log(f"created the system user {name} for the agent's server on this host")
+    except OSError as e:
+        log(f"cannot create the system user {name}: {e}")
 
 
 def _drop_privileges(user: str) -> None:

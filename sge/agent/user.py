@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import subprocess
 
+DEFAULT = "sge-image-agent"  # agent.user's default (sge/config.py)
+
 
 def exists(name: str) -> bool:
     import pwd
