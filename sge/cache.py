@@ -9,6 +9,7 @@ Layout under the cache root (the design card's):
                          third process lock a fresh inode while the second holds the old one)
     pins/<hex>.pin       shared flock = "a job uses this blob"; eviction takes it exclusively
     used/<hex>           mtime = last use, for LRU (blobs are read-only, atime is unreliable)
+    formats/<hex>        `sif` or `squashfs`, read from the blob's magic when published
     tmp/                 downloads in progress, each holding an exclusive flock on itself
     quarantine/          blobs that failed `verify`, kept for inspection
 
@@ -234,6 +235,8 @@ class Cache:
             _replace_symlink(target, self._p("refs", image.pin), self._p("tmp"))
         _fsync_dir(self._p("images"))
         self._ensure_pin_file(digest)  # before the blob appears: a job may pin it at once
+        from .imageformat import record
+        record(self.root, digest, fd)  # SIF or SquashFS: what the starter's runtime needs
         final = self.blob_path(digest)
         os.replace(tmp_path, final)  # an existing identical blob is simply replaced
         _fsync_dir(os.path.dirname(final))
@@ -542,6 +545,8 @@ class Cache:
                 os.unlink(extra)
             except OSError:
                 pass
+        from .imageformat import forget
+        forget(self.root, digest)
 
     def quarantine(self, digest: str) -> str:
         """Move a bad blob out of the way (kept for inspection, no longer served)."""

@@ -108,6 +108,12 @@ def _run(name: str, argv: List[str], out: TextIO) -> int:
             _forget_attempts(cache, job)
         else:
             cache.record_use(path)
+        from ..runtimes import staging_refusal
+        refusal = staging_refusal(name, path, settings.starter.runtime, cache.root,
+                                  os.environ.get("SGE_JOB_SPOOL_DIR"))
+        if refusal:
+            _say(out, f"{refusal}; the job cannot run")
+            return JOB_ERROR
         _stage_parallel_hosts(name, settings, out, job)
         _export_path(path)
         return GO
