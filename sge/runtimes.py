@@ -109,9 +109,9 @@ def from_setting(value: Sequence[str]) -> Runtime:
         # `charliecloud` is no program: `[charliecloud, --flag]` is a mistake, said so
         raise RuntimeError_(f"starter.runtime: the preset {words[0]!r} takes no arguments; "
                             f"give an argv template with {IMAGE} and {COMMAND} instead")
-    if words.count(COMMAND) > 1 or words.count(IMAGE) > 1:
+    if words.count(COMMAND) > 1 or sum(w.count(IMAGE) for w in words) > 1:
         raise RuntimeError_(f"starter.runtime: {IMAGE} and {COMMAND} may each appear once")
-    if COMMAND in words and IMAGE not in words:
+    if COMMAND in words and not _has_image(words):
         raise RuntimeError_(f"starter.runtime: a template with {COMMAND} needs {IMAGE} too")
     program = posixpath.basename(words[0])
     formats = next((FORMATS[p] for p, exe in _EXECUTABLE.items() if exe == program), None)
@@ -121,7 +121,7 @@ def from_setting(value: Sequence[str]) -> Runtime:
 def template_argv(template: Sequence[str], image: str, command: Sequence[str]) -> List[str]:
     """A custom template; the legacy form (no `{image}`) is RUNTIME... IMAGE COMMAND..."""
     words = list(template)
-    if IMAGE not in words:
+    if not _has_image(words):
         return [*words, image, *command]
     out: List[str] = []
     for w in words:
@@ -135,6 +135,10 @@ def template_argv(template: Sequence[str], image: str, command: Sequence[str]) -
 
 
 # ------------------------------------------------------------------ helpers
+
+def _has_image(words: Sequence[str]) -> bool:
+    return any(IMAGE in w for w in words)
+
 
 def job_dirs(command: Sequence[str], env: Mapping[str, str]) -> Tuple[Optional[str], Optional[str]]:
     """(execd's job_scripts directory if the command runs a spooled script, the job's
