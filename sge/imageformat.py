@@ -59,10 +59,17 @@ def record(root: str, digest: str, fd: int) -> str:
     """Write the format of the blob open as `fd` to `formats/<digest>` (best effort:
     a reader that finds no record reads the blob's head instead)."""
     fmt = of_fd(fd)
+    # A plain write, not a crash-safe one: the record is derived from the blob, and a
+    # torn or missing one is read as "no record" and the blob's head is read instead.
     try:
-        from .fsutil import atomic_write
         os.makedirs(os.path.join(root, "formats"), mode=0o755, exist_ok=True)
-        atomic_write(_record_path(root, digest), fmt + "\n")
+        out = os.open(_record_path(root, digest),
+                      os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            os.fchmod(out, 0o644)  # readable by job owners whatever the umask
+            os.write(out, (fmt + "\n").encode())
+        finally:
+            os.close(out)
     except OSError:
         pass
     return fmt
