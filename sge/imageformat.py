@@ -62,7 +62,7 @@ def record(root: str, digest: str, fd: int) -> str:
     # A plain write, not a crash-safe one: the record is derived from the blob, and a
     # torn or missing one is read as "no record" and the blob's head is read instead.
     try:
-        os.makedirs(os.path.join(root, "formats"), mode=0o755, exist_ok=True)
+        _mkdir(os.path.join(root, "formats"))
         out = os.open(_record_path(root, digest),
                       os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         try:
@@ -73,6 +73,16 @@ def record(root: str, digest: str, fd: int) -> str:
     except OSError:
         pass
     return fmt
+
+
+def _mkdir(path: str) -> None:
+    """0755 whatever the umask, like every directory of the cache (a root prolog under
+    umask 077 made directories job owners could not read)."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o755)
 
 
 def recorded(root: str, digest: str) -> Optional[str]:
