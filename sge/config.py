@@ -596,11 +596,11 @@ def _coerce(kind: str, raw: Any) -> Any:
     if kind == "runtime":
         # A preset name, a template or the legacy list: checked here, so a misspelt
         # runtime fails `catalog check` rather than every job's starter.
-        from .runtimes import RuntimeError_, from_setting
+        from .runtimes import UnusableRuntime, from_setting
         words = _coerce("argv", raw)
         try:
             from_setting(words)
-        except RuntimeError_ as e:
+        except UnusableRuntime as e:
             raise ValueError(str(e).replace("starter.runtime: ", "")) from None
         return words
     if kind == "binds":

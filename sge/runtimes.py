@@ -56,7 +56,7 @@ CH_SPOOL_MOUNT = "/mnt/2"     # the job's spool directory ($SGE_JOB_SPOOL_DIR)
 CH_STATUS_SHELL = ["/bin/sh", "-c", '"$@"; exit $?', "sh"]
 
 
-class RuntimeError_(ValueError):
+class UnusableRuntime(ValueError):
     """A runtime setting or a request it cannot serve; the message is one line."""
 
 
@@ -99,20 +99,20 @@ def _label(fmt: str) -> str:
 
 
 def from_setting(value: Sequence[str]) -> Runtime:
-    """`starter.runtime` (a word list) -> Runtime; raises RuntimeError_ when unusable."""
+    """`starter.runtime` (a word list) -> Runtime; raises UnusableRuntime when unusable."""
     words = list(value)
     if not words:
-        raise RuntimeError_("starter.runtime is empty")
+        raise UnusableRuntime("starter.runtime is empty")
     if len(words) == 1 and words[0] in PRESETS:
         return Runtime(words[0], [_EXECUTABLE[words[0]]], FORMATS[words[0]])
     if words[0] in PRESETS and words[0] != _EXECUTABLE[words[0]]:
         # `charliecloud` is no program: `[charliecloud, --flag]` is a mistake, said so
-        raise RuntimeError_(f"starter.runtime: the preset {words[0]!r} takes no arguments; "
+        raise UnusableRuntime(f"starter.runtime: the preset {words[0]!r} takes no arguments; "
                             f"give an argv template with {IMAGE} and {COMMAND} instead")
     if words.count(COMMAND) > 1 or sum(w.count(IMAGE) for w in words) > 1:
-        raise RuntimeError_(f"starter.runtime: {IMAGE} and {COMMAND} may each appear once")
+        raise UnusableRuntime(f"starter.runtime: {IMAGE} and {COMMAND} may each appear once")
     if COMMAND in words and not _has_image(words):
-        raise RuntimeError_(f"starter.runtime: a template with {COMMAND} needs {IMAGE} too")
+        raise UnusableRuntime(f"starter.runtime: a template with {COMMAND} needs {IMAGE} too")
     program = posixpath.basename(words[0])
     formats = next((FORMATS[p] for p, exe in _EXECUTABLE.items() if exe == program), None)
     return Runtime("custom", words, formats)
@@ -301,7 +301,7 @@ def staging_refusal(name: str, path: str, runtime_setting: Sequence[str], cache_
     got (one line), or None. A job without the kit's starter runs whatever it likes."""
     try:
         runtime = from_setting(runtime_setting)
-    except RuntimeError_:
+    except UnusableRuntime:
         return None  # the starter says so itself
     if runtime.formats is None or runtime.formats >= {SIF, SQUASHFS}:
         return None  # nothing to refuse: no file is read on this path

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from sge import imageformat, runtimes
-from sge.runtimes import RuntimeError_, from_setting
+from sge.runtimes import UnusableRuntime, from_setting
 from tests.support.common import ROOT, cli, payload, sha256
 
 SQFS_HEAD = b"hsqs" + bytes(60)
@@ -67,7 +67,7 @@ def test_runtime_settings():
         ["myrun", "--image=/c/img", "--", "a", "b c", "--after"]
     assert from_setting(["ch-run", "{image}", "--"]).formats == {"squashfs"}
     for bad in (["charliecloud", "-v"], ["x", "{command}"], ["x", "{image}", "{image}"]):
-        with pytest.raises(RuntimeError_):
+        with pytest.raises(UnusableRuntime):
             from_setting(bad)
     assert "SIF" in ch.refusal("demo", "sif") and "\n" not in ch.refusal("demo", "sif")
 

@@ -157,10 +157,10 @@ def map_image(params: Mapping[str, str], env: Mapping[str, str],
     if image.format and starter():
         # The catalog says what the image is: a runtime that cannot run it is refused
         # here, in one line, rather than after a download, inside the job.
-        from ..runtimes import RuntimeError_, from_setting
+        from ..runtimes import UnusableRuntime, from_setting
         try:
             runtime = from_setting(site.starter.runtime)
-        except RuntimeError_:
+        except UnusableRuntime:
             runtime = None
         if runtime is not None and not runtime.runs(image.format):
             return Result.reject(f"{TAG}: {runtime.refusal(image.name, image.format)}")

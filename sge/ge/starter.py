@@ -71,10 +71,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SgeImageError as e:
         print(f"sge-image starter: cannot run the job in image {name!r}: {e}", file=sys.stderr)
         return EXIT_NO_IMAGE
-    from ..runtimes import RuntimeError_, from_setting
+    from ..runtimes import UnusableRuntime, from_setting
     try:
         runtime = from_setting(settings.starter.runtime)
-    except RuntimeError_ as e:
+    except UnusableRuntime as e:
         print(f"sge-image starter: {e}", file=sys.stderr)
         return EXIT_NO_IMAGE
     if runtime.formats is not None:
