@@ -42,6 +42,8 @@ if [ "${1:-}" = "--undo" ]; then
   done
   if grep -q '\.ch/mnt' /proc/mounts; then echo "demo: WARNING: a Charliecloud FUSE mount is left"
   else echo "demo: no container process or FUSE mount left"; fi
+  # ch-run's per-user mount points (/var/tmp/$USER.ch/mnt): only empty ones go
+  rmdir /var/tmp/*.ch/mnt /var/tmp/*.ch 2>/dev/null || true
   # the test suite's work dirs too (issue: --undo left them)
   rm -rf "$DEMO" /opt/sge-image-kit /var/tmp/sge-image-kit-test /var/tmp/sge-image-kit-test-*
   if [ "$GE_FLAVOR" = ocs ]; then
@@ -202,6 +204,7 @@ if [ "${1:-}" = "--keep" ]; then
   cat <<EOF
 The kit stays installed. Try it yourself:
   eval "\$(bash lab/ge-cluster.sh env)"; qsub -l image=demo $DEMO/job.sh; qsub -l image=nope $DEMO/job.sh
+  (the first runs inside the image: its output file in your home says "inside: Demo Container Linux")
   $VENV/bin/sge-image --config $DEMO/config.yaml status --catalog
 (The test suite needs the cluster without it: $VENV/bin/sge-image --config $DEMO/config.yaml uninstall)
 EOF
