@@ -148,7 +148,9 @@ def test_gc_sweeps_dead_temp_files_but_not_live_ones(tmp_path, make_config):
 def test_disk_full_evicts_unpinned_and_retries_once(tmp_path, make_config):
     mnt = tmp_path / "small"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], check=True)
+    # 6 MiB and 64 KiB: each published blob also writes a small format record (a page
+    # on tmpfs), and the retry needs twice the 3 MiB that fit, exactly 6 MiB.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6208k", "tmpfs", str(mnt)], check=True)
     try:
         images = file_images(tmp_path, 3, size=2 * MB)
         big = payload(3 * MB, seed=999)
