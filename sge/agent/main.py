@@ -79,6 +79,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as e:
         log(f"cache not ready: {e}")
     verifier = _verifier(settings, log)
+    from ..metrics import agent_counts
+    agent_counts.open_for_agent(cache.root)  # before the fork: the server inherits it
     parent_end, child_end = socket.socketpair()
     pid = os.fork()
     if pid == 0:

@@ -234,6 +234,7 @@ def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSett
                     status["peers"] = resp.getheader(HEADER)
             if resp.getheader("X-Sge-Image-Inflight") == "1":
                 shown += " (download in progress)"
+            sink.source = "peer_inflight" if resp.getheader("X-Sge-Image-Inflight") == "1" else "peer"
             if resp.status == 404 and inflight:
                 return None  # not begun there yet: nothing to log on every poll
             if resp.status != 200:

@@ -34,6 +34,7 @@ import socket
 import stat
 import threading
 
+from ..metrics import agent_counts as metrics
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ class BlobServer:
             conn.settimeout(self.header_timeout)
             try:
                 if not self.allowed(addr[0]):
+                    metrics.count("refused")
                     raise _Reject(403)
                 self._request(conn, addr[0])
             except _Reject as r:
@@ -201,6 +203,7 @@ class BlobServer:
                 sent = conn.sendfile(f, start, count)
                 if sent == count and status == 200:
                     self.served += 1
+                    metrics.count_upload(False, count)
                     self.log(f"served blob {digest[:16]}... ({count} bytes) to {ip}")
         finally:
             self.slots.release()
@@ -208,6 +211,7 @@ class BlobServer:
     def _busy(self, digest: str, ip: str) -> Dict[str, str]:
         """503's headers: Retry-After, and the hosts this blob is going to now."""
         from .redirects import HEADER, header_value
+        metrics.count("busy_slots")
         headers = {"Retry-After": str(RETRY_AFTER)}
         with self._lock:
             named = header_value(self._sending.get(digest, ()), ip)
@@ -263,6 +267,7 @@ class BlobServer:
                 return
             if status == 200:
                 self.served += 1
+                metrics.count_upload(True, size)
                 self.log(f"served blob {digest[:16]}... ({size} bytes) to {ip} "
                          f"while it was downloaded")
 
@@ -296,6 +301,7 @@ class BlobServer:
         if "\n" in line.strip() or "\r" in line:
             raise _Reject(400)
         status, answer = self.stage(line.strip(), ip)
+        metrics.count_stage_answer(answer.get("state"))
         data = json.dumps(answer).encode()
         _respond(conn, status, {"Content-Type": "application/json",
                                 "Content-Length": str(len(data))}, body=data, length_set=True)
@@ -416,6 +422,7 @@ def _linger(conn: socket.socket, limit: int = 256 << 10, seconds: float = 1.0) -
 
 def _busy_and_close(conn: socket.socket) -> None:
     """Too many connections: a short 503 without waiting on the client."""
+    metrics.count("busy_connections")
     try:
         conn.setblocking(False)
         conn.send(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"

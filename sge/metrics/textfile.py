@@ -1,0 +1,195 @@
+"""The load sensor's metrics cycle: fold what happened since the last cycle into the
+persistent counters, and write this host's `.prom` file for node_exporter.
+
+Runs as root in the load sensor, once per load report: no thread, no timer, and a
+dead sensor shows as a stale file (node_exporter exports its mtime as
+`node_textfile_mtime_seconds`). The file is written to a temp name that does not end
+in `.prom` and renamed over the old one in the same directory: the collector reads
+either the old file or the new one, never half of one (a torn file makes
+node_exporter drop every metric of the file and raise `node_textfile_scrape_error`).
+"""
+from __future__ import annotations
+
+import os
+
+from . import agent_counts, event_log, exposition
+from . import state as _state
+from .events import DIR
+from .fold import add, series_key
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Iterable, Optional, Set
+
+    from ..cache import Cache
+    from ..config import Settings
+
+PROM_FILE = "sge_image.prom"
+DIR_MODE = 0o755
+
+# agent counts key -> (family, labels)
+AGENT_SERIES = {
+    "uploads_whole": ("agent_uploads_total", (("kind", "whole"),)),
+    "uploads_inflight": ("agent_uploads_total", (("kind", "inflight"),)),
+    "upload_bytes": ("agent_upload_bytes_total", ()),
+    "busy_slots": ("agent_busy_total", (("reason", "slots"),)),
+    "busy_connections": ("agent_busy_total", (("reason", "connections"),)),
+    "refused": ("agent_refused_connections_total", ()),
+    **{f"stage_{a}": ("agent_stage_requests_total", (("answer", a),))
+       for a in agent_counts.STAGE_ANSWERS},
+}
+
+
+class Collector:
+    """One per load sensor configuration (rebuilt when the config changes)."""
+
+    def __init__(self, settings: Settings, cache: Cache) -> None:
+        from ..config import expand_root
+        self.cache = cache
+        self.dir = os.path.join(cache.root, DIR)
+        self.textfile_dir = expand_root(settings.metrics.textfile_dir)
+        self.prom_path = os.path.join(self.textfile_dir, PROM_FILE)
+        self.known: Set[str] = set(settings.images)
+        self.sizes = {n: i.size for n, i in settings.images.items() if i.size}
+        self.agent_enabled = settings.agent.enabled
+        self.version = kit_version()
+        self.state: Optional[_state.State] = None
+
+    def cycle(self, used: int, free: int, room: int, warm: Iterable[str]) -> None:
+        """Fold, save if anything changed, write the .prom file."""
+        self.cache.ensure_layout()   # the first staging's events need the file at once
+        _mkdir(self.dir)
+        if self.state is None:
+            self.state = _state.load(self.dir)
+        st = self.state
+        lines, cursors, skipped = event_log.read_new(self.dir, st.cursors)
+        changed = cursors != st.cursors
+        from .fold import fold_line
+        for line in lines:
+            fold_line(st.series, line, self.known)
+        if skipped:
+            add(st.series, "metrics_bad_lines_total")
+        st.cursors = cursors
+        up = self._fold_agents(st)
+        if changed or up[1]:
+            _state.save(self.dir, st)
+        event_log.rotate_if_due(self.dir, cursors)
+        self.write(self.gauges(used, free, room, warm, up[0]))
+
+    def _fold_agents(self, st: _state.State) -> "tuple[bool, bool]":
+        """-> (an agent is up, the state changed)."""
+        up = changed = False
+        present = set()
+        for name, values, alive in agent_counts.read_all(self.dir):
+            present.add(name)
+            up = up or alive
+            if values is None:
+                continue  # torn three times in a row: next cycle
+            last = st.agents.get(name, {})
+            for key, value in values.items():
+                before = last.get(key, 0)
+                # Within one file a count only grows; less means another file under
+                # the same name (impossible by its naming, but never subtract).
+                delta = value - before if value >= before else value
+                if delta and key in AGENT_SERIES:
+                    fam, labels = AGENT_SERIES[key]
+                    add(st.series, fam, labels, delta)
+                    changed = True
+            if alive:
+                if last != values:
+                    st.agents[name] = values
+                    changed = True
+            else:
+                try:
+                    os.unlink(os.path.join(self.dir, name))
+                except OSError:
+                    pass
+                st.agents.pop(name, None)
+                changed = True
+        for name in set(st.agents) - present:
+            del st.agents[name]
+            changed = True
+        return up, changed
+
+    def gauges(self, used: int, free: int, room: int, warm: Iterable[str],
+               agent_up: bool) -> Dict[str, float]:
+        """The counters with this cycle's gauges, and 0 for the counters that have not
+        counted yet (a query then finds 0 on every host, not nothing)."""
+        assert self.state is not None
+        out = dict(self.state.series)
+        out[series_key("info", (("version", self.version),))] = 1
+        out[series_key("cache_bytes")] = used
+        if self.cache.max_size is not None:
+            out[series_key("cache_max_bytes")] = self.cache.max_size
+        out[series_key("cache_free_bytes")] = free
+        out[series_key("cache_room_bytes")] = room
+        warm = sorted(set(warm) & self.known)
+        out[series_key("cache_images")] = len(warm)
+        for name in warm:
+            out[series_key("cached", (("image", name),))] = 1
+        for name in set(warm) | _images_counted(self.state.series):
+            if name in self.sizes:
+                out[series_key("image_size_bytes", (("image", name),))] = self.sizes[name]
+        zeros = [series_key("prolog_exits_total", (("code", c),)) for c in ("0", "99", "100")]
+        zeros += [series_key("room_waits_total", (("outcome", o),)) for o in ("ok", "timeout")]
+        zeros += [series_key("room_wait_seconds_total"), series_key("metrics_bad_lines_total")]
+        if self.agent_enabled:
+            out[series_key("agent_up")] = 1 if agent_up else 0
+            zeros += [series_key(fam, labels) for fam, labels in AGENT_SERIES.values()]
+        for key in zeros:
+            out.setdefault(key, 0)
+        return out
+
+    def write(self, series: Dict[str, float]) -> None:
+        _mkdir(self.textfile_dir)
+        tmp = os.path.join(self.textfile_dir, f".{PROM_FILE}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            os.fchmod(fd, 0o644)
+            data = exposition.render(series).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        # No fsync: the file is made again every cycle, and after a crash the next
+        # cycle's file replaces whatever was left.
+        os.replace(tmp, self.prom_path)
+
+
+def disable(cache: Cache) -> None:
+    """Metrics off: remove the event file (appenders stop) and dead agents' counts."""
+    d = os.path.join(cache.root, DIR)
+    if os.path.isdir(d):
+        event_log.remove(d)
+        agent_counts.remove_dead(d)
+
+
+def kit_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("sge-image-kit")
+    except Exception:  # not installed as a distribution (a checkout on PYTHONPATH)
+        return "unknown"
+
+
+def _images_counted(series: Dict[str, float]) -> Set[str]:
+    out = set()
+    for key in series:
+        i = key.find('image="')
+        if i >= 0:
+            out.add(key[i + 7:key.index('"', i + 7)])
+    return out
+
+
+def _mkdir(path: str) -> None:
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        _mkdir(parent)
+    try:
+        os.mkdir(path, DIR_MODE)
+        os.chmod(path, DIR_MODE)
+    except FileExistsError:
+        pass
