@@ -41,11 +41,13 @@ def add(series: Series, name: str, labels: Sequence[Tuple[str, str]] = (),
 
 def observe(series: Series, name: str, labels: Sequence[Tuple[str, str]], value: float,
             buckets: Sequence[float]) -> None:
-    """One histogram observation: every bucket whose bound holds it, +Inf, sum, count."""
+    """One histogram observation: every bucket whose bound holds it, +Inf, sum, count.
+    The other buckets are made at 0: a histogram with buckets missing is not
+    cumulative, and histogram_quantile() over hosts would mix different bounds."""
     labels = tuple(labels)
     for bound in buckets:
-        if value <= bound:
-            add(series, name + "_bucket", labels + (("le", format_bound(bound)),))
+        add(series, name + "_bucket", labels + (("le", format_bound(bound)),),
+            1 if value <= bound else 0)
     add(series, name + "_bucket", labels + (("le", "+Inf"),))
     add(series, name + "_sum", labels, value)
     add(series, name + "_count", labels)
@@ -53,17 +55,6 @@ def observe(series: Series, name: str, labels: Sequence[Tuple[str, str]], value:
 
 def format_bound(bound: float) -> str:
     return repr(float(bound))
-
-
-def empty_histogram(series: Series, name: str, labels: Sequence[Tuple[str, str]],
-                    buckets: Sequence[float]) -> None:
-    """Make a histogram's series exist at 0 (a query over a host that never staged
-    then finds 0, not nothing)."""
-    labels = tuple(labels)
-    for le in [format_bound(b) for b in buckets] + ["+Inf"]:
-        series.setdefault(series_key(name + "_bucket", labels + (("le", le),)), 0)
-    series.setdefault(series_key(name + "_sum", labels), 0)
-    series.setdefault(series_key(name + "_count", labels), 0)
 
 
 def image_label(name: str, known: Optional[Container[str]]) -> str:
