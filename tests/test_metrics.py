@@ -420,3 +420,62 @@ def test_the_load_sensor_writes_the_prom_file_every_cycle(host):
         assert v['sge_image_cached{image="beta"}'] == 1
     finally:
         assert s.quit() == 0
+
+
+# ---------------------------------------------------------------- the README's rules and queries
+
+RULES = os.path.join(ROOT, "config", "prometheus-rules.yml")
+# The README's example query for the origin bytes of one image (tests/ge/test_metrics_ge.py
+# asks a real Prometheus scraping the lab cluster the same).
+ORIGIN_BYTES_QUERY = 'sum(sge_image_fetched_bytes_total{image="IMAGE",source="origin"})'
+
+
+def readme():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        return f.read()
+
+
+def test_readme_lists_every_metric_and_the_queries_the_tests_run():
+    from sge.metrics.families import FAMILIES, PREFIX
+    text = readme()
+    for name in FAMILIES:
+        assert f"`{PREFIX}{name}`" in text, name
+    assert ORIGIN_BYTES_QUERY.replace("IMAGE", "rocky9-cuda") in text
+    assert "config/prometheus-rules.yml" in text
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian's prometheus) not installed")
+def test_example_alert_rules_are_valid():
+    r = subprocess.run([PROMTOOL, "check", "rules", RULES], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_real_node_exporter_and_prometheus_read_the_file(host, tmp_path):
+    """Without Grid Engine: the textfile as node_exporter parses it, and the rules as
+    Prometheus evaluates them (tests/ge/test_metrics_ge.py does it on the cluster)."""
+    from tests.support import promstack
+    if not promstack.available():
+        pytest.skip("prometheus and prometheus-node-exporter are not installed (scripts/setup.sh)")
+    c = host.collector()
+    cycle(c)
+    events.staged(host.cache.root, "alpha", "origin", 4096, 1.0)
+    events.prolog(host.cache.root, "alpha", False, 0, 1.2)
+    cycle(c, warm=["alpha"])
+    stack = promstack.PromStack(str(tmp_path / "prom"), {"nodeX": os.path.dirname(host.prom)},
+                                rule_files=[RULES])
+    try:
+        expr = ORIGIN_BYTES_QUERY.replace("IMAGE", "alpha")
+        assert stack.wait_value(expr, 4096.0, timeout=30) == 4096.0, stack.log("prometheus")
+        assert stack.query("node_textfile_scrape_error")[0][1] == 0
+        deadline = time.monotonic() + 30
+        while True:
+            rules = [r for g in stack.api("rules")["groups"] for r in g["rules"]]
+            if rules and all(r.get("lastEvaluation", "").startswith("2") and
+                             not r["lastEvaluation"].startswith("0001") for r in rules) \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert len(rules) == 7
+        assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+    finally:
+        stack.close()
