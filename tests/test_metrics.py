@@ -15,19 +15,10 @@ from sge.cache import Cache
 from sge.metrics import agent_counts, event_log, events, exposition, state, textfile
 from sge.metrics.fold import fold_line
 from tests.support.common import ROOT, cli, payload, sha256
+from tests.support.promstack import ORIGIN_BYTES_QUERY, RULES, parse_prom
 
 MB = 1 << 20
 PROMTOOL = shutil.which("promtool")
-
-
-def parse_prom(text):
-    """{series: value} of a .prom file (comments left out)."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
 
 
 @pytest.fixture
@@ -423,12 +414,6 @@ def test_the_load_sensor_writes_the_prom_file_every_cycle(host):
 
 
 # ---------------------------------------------------------------- the README's rules and queries
-
-RULES = os.path.join(ROOT, "config", "prometheus-rules.yml")
-# The README's example query for the origin bytes of one image (tests/ge/test_metrics_ge.py
-# asks a real Prometheus scraping the lab cluster the same).
-ORIGIN_BYTES_QUERY = 'sum(sge_image_fetched_bytes_total{image="IMAGE",source="origin"})'
-
 
 def readme():
     with open(os.path.join(ROOT, "README.md")) as f:

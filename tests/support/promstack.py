@@ -17,11 +17,27 @@ import urllib.request
 import yaml
 
 from tests.support.agentkit import free_port
+from tests.support.common import ROOT
 
 NODE_EXPORTER = "prometheus-node-exporter"
 # Never through a proxy from the environment: the daemons listen on 127.0.0.1.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 PROMETHEUS = "prometheus"
+
+
+RULES = os.path.join(ROOT, "config", "prometheus-rules.yml")
+# The README's example query for the origin bytes of one image (IMAGE: its name).
+ORIGIN_BYTES_QUERY = 'sum(sge_image_fetched_bytes_total{image="IMAGE",source="origin"})'
+
+
+def parse_prom(text):
+    """{series: value} of a .prom file (comments left out)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
 
 
 def available():
