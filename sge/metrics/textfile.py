@@ -166,11 +166,17 @@ def disable(cache: Cache) -> None:
 
 
 def kit_version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("sge-image-kit")
-    except Exception:  # not installed as a distribution (a checkout on PYTHONPATH)
-        return "unknown"
+    """The package's own version if it declares one, else the installed
+    distribution's; only [A-Za-z0-9.+-] reach the label."""
+    import sge
+    found = getattr(sge, "__version__", None)
+    if not isinstance(found, str):
+        try:
+            from importlib.metadata import version
+            found = version("sge-image-kit")
+        except Exception:  # not installed as a distribution (a checkout on PYTHONPATH)
+            found = "unknown"
+    return "".join(c for c in found if c.isascii() and (c.isalnum() or c in ".+-"))[:64] or "unknown"
 
 
 def _images_counted(series: Dict[str, float]) -> Set[str]:
