@@ -306,8 +306,9 @@ def test_agent_counts_record_round_trip_and_torn_reads():
 
 AGENT = """
 import os, sys, time
+from sge import config
 from sge.metrics import agent_counts
-agent_counts.open_for_agent(sys.argv[1])
+agent_counts.open_for_agent(config.load(sys.argv[3]), sys.argv[1])
 pid = os.fork()
 if pid == 0:   # the server side, as the real agent's child
     agent_counts.count("refused", 3)
@@ -324,7 +325,7 @@ os.waitpid(pid, 0)
 def test_agent_counts_fold_once_up_while_alive_and_removed_when_dead(host):
     c = host.collector()
     cycle(c)
-    p = subprocess.Popen([sys.executable, "-c", AGENT, host.cache.root, "3"], cwd=ROOT,
+    p = subprocess.Popen([sys.executable, "-c", AGENT, host.cache.root, "3", host.cfg], cwd=ROOT,
                          stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline() == "counted\n"
     cycle(c)
@@ -340,7 +341,7 @@ def test_agent_counts_fold_once_up_while_alive_and_removed_when_dead(host):
     cycle(c)
     assert [n for n in os.listdir(host.dir) if n.startswith("agent.")] == []
     # a restarted agent counts on from the totals, and a restarted sensor too
-    p = subprocess.Popen([sys.executable, "-c", AGENT, host.cache.root, "0"], cwd=ROOT,
+    p = subprocess.Popen([sys.executable, "-c", AGENT, host.cache.root, "0", host.cfg], cwd=ROOT,
                          stdout=subprocess.PIPE, text=True)
     p.wait(30)
     cycle(host.collector())
@@ -464,3 +465,14 @@ def test_a_real_node_exporter_and_prometheus_read_the_file(host, tmp_path):
         assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
     finally:
         stack.close()
+
+
+def test_with_metrics_off_each_agent_start_removes_dead_agents_files(tmp_path, make_config):
+    cfg = make_config({})
+    root = str(tmp_path / "cache")
+    os.makedirs(root)  # the agent makes the cache's layout first
+    for _ in range(3):
+        subprocess.run([sys.executable, "-c", AGENT, root, "0", cfg], cwd=ROOT, check=True,
+                       capture_output=True)
+    files = [n for n in os.listdir(os.path.join(root, "metrics")) if n.startswith("agent.")]
+    assert len(files) == 1  # the last one's: its agent is gone, the next start removes it

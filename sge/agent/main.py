@@ -80,7 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         log(f"cache not ready: {e}")
     verifier = _verifier(settings, log)
     from ..metrics import agent_counts
-    agent_counts.open_for_agent(cache.root)  # before the fork: the server inherits it
+    agent_counts.open_for_agent(settings, cache.root)  # before the fork: the server inherits it
     parent_end, child_end = socket.socketpair()
     pid = os.fork()
     if pid == 0:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     import threading
     from typing import Dict, List, Optional, Tuple
 
+    from ..config import Settings
+
 KEYS = ("uploads_whole", "uploads_inflight", "upload_bytes", "busy_slots",
         "busy_connections", "refused", "stage_ready", "stage_staging", "stage_failed",
         "stage_refused")
@@ -41,9 +43,14 @@ _lock: Optional[threading.Lock] = None
 
 # ------------------------------------------------------------ the agent's side
 
-def open_for_agent(cache_root: str) -> None:
+def open_for_agent(settings: Settings, cache_root: str) -> None:
     """Root side, after the port is bound and before the fork. Never raises: an
-    agent without a counts file serves as before (and shows as not up)."""
+    agent without a counts file serves as before (and shows as not up).
+
+    The file is made with metrics off too, so that turning them on later finds the
+    running agent (it reads its config only at start). Then no sensor folds and
+    removes the files of dead agents: each start removes them itself, or an agent
+    that dies at every start would leave one file a second."""
     global _fd, _lock
     import threading
     _lock = threading.Lock()
@@ -54,8 +61,11 @@ def open_for_agent(cache_root: str) -> None:
             os.chmod(d, DIR_MODE)  # whatever the umask
         except FileExistsError:
             pass
+        if not settings.metrics.textfile_dir:
+            remove_dead(d)
         path = os.path.join(d, f"{PREFIX}{os.getpid()}.{time.time_ns()}{SUFFIX}")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     FILE_MODE)
         os.fchmod(fd, FILE_MODE)
         fcntl.flock(fd, fcntl.LOCK_EX)
         _fd = fd
