@@ -323,12 +323,18 @@ def bench_warm(work, digest, size, reps=40):
     }
     for i, label in enumerate(KITS):  # each tree's prolog (--kit old=DIR --kit new=.)
         suffix = "" if i == 0 else f"_{label}"
-        cmds["prolog" + suffix] = kit_prolog(cfg, label)
-        if subprocess.run(kit_pull(cfg_m, label), stdout=subprocess.DEVNULL,
+        # A config file of its own: two versions sharing one would each find the
+        # other's settings snapshot stale and parse the YAML on every run.
+        own, own_m = (cfg, cfg_m) if i == 0 else (f"{cfg}.{label}.yaml", f"{cfg_m}.{label}.yaml")
+        if i:
+            shutil.copy(cfg, own)
+            shutil.copy(cfg_m, own_m)
+        cmds["prolog" + suffix] = kit_prolog(own, label)
+        if subprocess.run(kit_pull(own_m, label), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL).returncode == 0:  # a tree with metrics
             os.makedirs(os.path.join(root_m, "metrics"), exist_ok=True)
             open(os.path.join(root_m, "metrics", "events"), "a").close()
-            cmds["prolog_metrics" + suffix] = kit_prolog(cfg_m, label)
+            cmds["prolog_metrics" + suffix] = kit_prolog(own_m, label)
     times = {k: [] for k in cmds}
     for _ in range(reps):  # interleaved, so drift hits all alike
         for k, cmd in cmds.items():
