@@ -56,6 +56,7 @@ class Reporter:
         self.safe_blobs: Set[str] = set()   # checked once: only root can change a safe blob
         self.refused: Optional[List[str]] = None       # the problems last logged
         self.metrics_error = ""                        # the metrics failure last logged
+        self.metrics_due: Optional[Tuple[int, int, int, List[str]]] = None  # the last report's
         self.stamps = settings.stamps
         self.list_complex = settings.sensor.list_complex
         self.report_inflight = settings.sensor.report_inflight
@@ -99,7 +100,7 @@ class Reporter:
             # No cache yet (or it vanished): nothing is warm, but the room a first
             # download would have is known, and worth telling the scheduler.
             free = self._free_before_first_use()
-            self._metrics_cycle(0, free, free, [])  # makes the cache: its first events count
+            self.metrics_due = (0, free, free, [])  # makes the cache: its first events count
             return head + (f"{self.host}:{FREE_COMPLEX}:{free}\n"
                            f"{self.host}:{ROOM_COMPLEX}:{free}\n")
         except OSError:
@@ -143,18 +144,21 @@ class Reporter:
         room = self._room(free)
         out.append(f"{self.host}:{FREE_COMPLEX}:{free}\n")
         out.append(f"{self.host}:{ROOM_COMPLEX}:{room}\n")
-        self._metrics_cycle(used, free, room, warm)
+        self.metrics_due = (used, free, room, warm)
         if self.list_complex:
             out.append(_list_line(self.host, sorted(warm)) + "\n")
         return "".join(x for x in out if len(x) <= MAX_LINE + 1)
 
-    def _metrics_cycle(self, used: int, free: int, room: int, warm: List[str]) -> None:
-        """The textfile for node_exporter (sge/metrics/textfile.py), when configured. A
-        failure there is logged once per kind and never costs the report."""
-        if self.metrics is None:
+    def write_metrics(self) -> None:
+        """The textfile for node_exporter (sge/metrics/textfile.py), when configured,
+        from the figures of the report just sent: called after execd has its report,
+        so that folding events and saving the counters (two fsyncs) never delay it. A
+        failure here is logged once per kind and never costs a report."""
+        due, self.metrics_due = self.metrics_due, None
+        if self.metrics is None or due is None:
             return
         try:
-            self.metrics.cycle(used, free, room, warm)
+            self.metrics.cycle(*due)
             self.metrics_error = ""
         except Exception as e:
             msg = f"metrics not written: {type(e).__name__}: {e}"
@@ -287,6 +291,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             text = f"{host}:{TIME_COMPLEX}:{int(time.time())}\n"
         proto.write("begin\n" + text + "end\n")
         proto.flush()
+        if reporter is not None:
+            reporter.write_metrics()
 
 
 def _divert_stray_output() -> None:

@@ -33,7 +33,7 @@ class State:
 
     def to_json(self) -> str:
         return json.dumps({"version": VERSION, "series": self.series, "cursors": self.cursors,
-                           "agents": self.agents}, sort_keys=True)
+                           "agents": self.agents})
 
 
 def load(metrics_dir: str) -> State:
@@ -42,7 +42,9 @@ def load(metrics_dir: str) -> State:
             data = json.loads(f.read())
         if data.get("version") != VERSION:
             raise ValueError("another version")
-        series = {str(k): float(v) for k, v in data["series"].items()}
+        # whole numbers stay ints: counts print as such, and print faster
+        series = {str(k): (int(v) if float(v).is_integer() else float(v))
+                  for k, v in data["series"].items()}
         cursors = dict(data["cursors"])
         agents = {str(k): {str(a): int(b) for a, b in v.items()}
                   for k, v in data["agents"].items()}

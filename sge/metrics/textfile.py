@@ -54,6 +54,13 @@ class Collector:
         self.agent_enabled = settings.agent.enabled
         self.version = kit_version()
         self.state: Optional[_state.State] = None
+        self.layout: Optional[exposition.Layout] = None   # kept while no series appears
+        # made once: a host may cache thousands of images
+        self.cached_keys = {n: series_key("cached", (("image", n),)) for n in self.known}
+        self.size_keys = {n: (series_key("image_size_bytes", (("image", n),)), size)
+                          for n, size in self.sizes.items()}
+        self.counted: Set[str] = set()   # images with a counter (for their size gauge)
+        self.counted_from = -1           # ... as of a state with this many series
 
     def cycle(self, used: int, free: int, room: int, warm: Iterable[str]) -> None:
         """Fold, save if anything changed, write the .prom file."""
@@ -123,13 +130,17 @@ class Collector:
             out[series_key("cache_max_bytes")] = self.cache.max_size
         out[series_key("cache_free_bytes")] = free
         out[series_key("cache_room_bytes")] = room
-        warm = sorted(set(warm) & self.known)
-        out[series_key("cache_images")] = len(warm)
-        for name in warm:
-            out[series_key("cached", (("image", name),))] = 1
-        for name in set(warm) | _images_counted(self.state.series):
-            if name in self.sizes:
-                out[series_key("image_size_bytes", (("image", name),))] = self.sizes[name]
+        cached = set(warm) & self.known
+        out[series_key("cache_images")] = len(cached)
+        for name in cached:
+            out[self.cached_keys[name]] = 1
+        if self.counted_from != len(self.state.series):  # a series appeared
+            self.counted = _images_counted(self.state.series)
+            self.counted_from = len(self.state.series)
+        for name in cached | self.counted:
+            if name in self.size_keys:
+                key, size = self.size_keys[name]
+                out[key] = size
         zeros = [series_key("prolog_exits_total", (("code", c),)) for c in ("0", "99", "100")]
         zeros += [series_key("room_waits_total", (("outcome", o),)) for o in ("ok", "timeout")]
         zeros += [series_key("room_wait_seconds_total"), series_key("metrics_bad_lines_total")]
@@ -146,7 +157,9 @@ class Collector:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         try:
             os.fchmod(fd, 0o644)
-            data = exposition.render(series).encode()
+            if self.layout is None or not self.layout.fits(series.keys()):
+                self.layout = exposition.Layout(series.keys(), self.layout)
+            data = exposition.render(series, self.layout).encode()
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
