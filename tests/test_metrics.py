@@ -274,6 +274,7 @@ def test_metrics_off_removes_the_event_file_and_appending_does_nothing(host, mak
     assert os.path.exists(os.path.join(host.dir, "events"))
     textfile.disable(host.cache)
     assert not os.path.exists(os.path.join(host.dir, "events"))
+    assert not os.path.exists(host.prom)  # node_exporter serves no stale figures
     events.prolog(host.cache.root, "alpha", True, 0, 0.01)
     assert not os.path.exists(os.path.join(host.dir, "events"))
     assert config.load(make_config({}, name="off.yaml")).metrics.textfile_dir == ""
@@ -413,6 +414,7 @@ def test_the_load_sensor_writes_the_prom_file_every_cycle(host):
         assert v['sge_image_cached{image="beta"}'] == 1
     finally:
         assert s.quit() == 0
+    assert not os.path.exists(host.prom)  # execd's quit: no figures left to go stale
 
 
 # ---------------------------------------------------------------- the README's rules and queries

@@ -272,6 +272,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     while True:
         line = stdin.readline(MAX_IN_LINE)
         if not line or line.strip() == b"quit":
+            if reporter is not None and reporter.metrics is not None:
+                reporter.metrics.retire()  # no stale figures for node_exporter to serve
             return 0
         if not line.endswith(b"\n") and len(line) == MAX_IN_LINE:
             while line and not line.endswith(b"\n"):  # one request, however long

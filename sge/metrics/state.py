@@ -23,17 +23,18 @@ VERSION = 1
 
 
 class State:
-    __slots__ = ("series", "cursors", "agents")
+    __slots__ = ("series", "cursors", "agents", "prom")
 
     def __init__(self, series: Dict[str, float], cursors: Dict[str, Any],
-                 agents: Dict[str, Dict[str, int]]) -> None:
+                 agents: Dict[str, Dict[str, int]], prom: str = "") -> None:
         self.series = series      # "name{labels}" -> value (fold.py)
         self.cursors = cursors    # the event files' read positions (event_log.py)
         self.agents = agents      # agent counts file -> its values already folded
+        self.prom = prom          # the .prom file written (removed when metrics go off)
 
     def to_json(self) -> str:
         return json.dumps({"version": VERSION, "series": self.series, "cursors": self.cursors,
-                           "agents": self.agents})
+                           "agents": self.agents, "prom": self.prom})
 
 
 def load(metrics_dir: str) -> State:
@@ -48,7 +49,7 @@ def load(metrics_dir: str) -> State:
         cursors = dict(data["cursors"])
         agents = {str(k): {str(a): int(b) for a, b in v.items()}
                   for k, v in data["agents"].items()}
-        return State(series, cursors, agents)
+        return State(series, cursors, agents, str(data.get("prom", "")))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return State({}, {}, {})
 

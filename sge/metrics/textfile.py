@@ -77,6 +77,8 @@ class Collector:
         if skipped:
             add(st.series, "metrics_bad_lines_total")
         st.cursors = cursors
+        if st.prom != self.prom_path:
+            st.prom, changed = self.prom_path, True
         up = self._fold_agents(st)
         if changed or up[1]:
             _state.save(self.dir, st)
@@ -170,12 +172,28 @@ class Collector:
         os.replace(tmp, self.prom_path)
 
 
+    def retire(self) -> None:
+        """The sensor is leaving (execd's `quit`: uninstall, execd stopping): remove the
+        file, so node_exporter stops serving figures no one updates. Counters stay."""
+        try:
+            os.unlink(self.prom_path)
+        except OSError:
+            pass
+
+
 def disable(cache: Cache) -> None:
-    """Metrics off: remove the event file (appenders stop) and dead agents' counts."""
+    """Metrics off: remove the event file (appenders stop), dead agents' counts and
+    the .prom file last written (the directory is no longer in the config)."""
     d = os.path.join(cache.root, DIR)
     if os.path.isdir(d):
         event_log.remove(d)
         agent_counts.remove_dead(d)
+        prom = _state.load(d).prom
+        if prom.endswith("/" + PROM_FILE):
+            try:
+                os.unlink(prom)
+            except OSError:
+                pass
 
 
 def kit_version() -> str:
