@@ -75,12 +75,14 @@ def main():
             times.append(time.perf_counter() - t)
         count = n
     rss = psutil.Process(p.pid).memory_info().rss
+    if args.metrics is not None:
+        time.sleep(0.5)  # the last cycle's file (the sensor removes it on quit)
+        with open(prom) as f:
+            series = sum(1 for line in f if not line.startswith("#"))
     p.stdin.write("quit\n")
     p.stdin.flush()
     p.wait(10)
     if args.metrics is not None:
-        with open(os.path.join(work, "textfile", "sge_image.prom")) as f:
-            series = sum(1 for line in f if not line.startswith("#"))
         print(f"metrics on, {args.metrics} events a cycle: .prom file of {series} series; "
               f"metrics work after each answer: median "
               f"{statistics.median(work_times) * 1e3:.1f} ms, max {max(work_times) * 1e3:.1f} ms")
