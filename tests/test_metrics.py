@@ -71,6 +71,7 @@ def test_fold_counts_each_kind_and_skips_bad_lines():
         assert not fold_line(s, bad, {"alpha"}), bad
     assert s['sge_image_cache_lookups_total{image="alpha",result="hit"}'] == 1
     assert s['sge_image_cache_lookups_total{image="_other",result="hit"}'] == 2
+    assert s['sge_image_cache_lookups_total{image="_other",result="miss"}'] == 0  # made at 0
     assert s['sge_image_prolog_exits_total{code="99"}'] == 1
     assert s['sge_image_fetched_bytes_total{image="alpha",source="origin"}'] == 4096
     assert s['sge_image_fetched_bytes_total{image="alpha",source="peer_inflight"}'] == 4096

@@ -74,6 +74,10 @@ def fold_line(series: Series, line: str, known: Optional[Container[str]] = None)
             seconds = _seconds(f[4])
             image = image_label(f[1], known)
             add(series, "cache_lookups_total", (("image", image), ("result", f[2])))
+            # the other result at 0: a hit rate over hosts where every job missed is
+            # 0, not an empty division (sum() of no series is no value)
+            other = "miss" if f[2] == "hit" else "hit"
+            series.setdefault(series_key("cache_lookups_total", (("image", image), ("result", other))), 0)
             add(series, "prolog_exits_total", (("code", f[3]),))
             observe(series, "prolog_duration_seconds", (("result", f[2]),), seconds,
                     PROLOG_BUCKETS)
