@@ -480,3 +480,19 @@ def test_with_metrics_off_each_agent_start_removes_dead_agents_files(tmp_path, m
                        capture_output=True)
     files = [n for n in os.listdir(os.path.join(root, "metrics")) if n.startswith("agent.")]
     assert len(files) == 1  # the last one's: its agent is gone, the next start removes it
+
+
+def test_a_sensor_killed_before_it_saved_counts_those_events_once(host, monkeypatch):
+    c = host.collector()
+    cycle(c)
+    events.staged(host.cache.root, "alpha", "origin", 4096, 1.0)
+
+    def killed(*a, **k):
+        raise SystemExit("killed between the fold and the save")
+    monkeypatch.setattr(state, "save", killed)
+    with pytest.raises(SystemExit):
+        cycle(c)
+    monkeypatch.undo()
+    cycle(host.collector())  # execd's next sensor
+    cycle(host.collector())
+    assert read(host)['sge_image_fetched_bytes_total{image="alpha",source="origin"}'] == 4096
