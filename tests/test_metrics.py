@@ -64,6 +64,7 @@ def test_fold_counts_each_kind_and_skips_bad_lines():
     assert fold_line(s, "evict alpha 4096", {"alpha"})
     assert fold_line(s, "evict - 10", {"alpha"})
     assert fold_line(s, "room_wait timeout 300.0", {"alpha"})
+    assert fold_line(s, "peer_fail refused", {"alpha"})
     assert fold_line(s, "prolog renamed hit 0 0.01", {"alpha"})  # no longer in the catalog
     assert fold_line(s, 'prolog a"b hit 0 0.01', {"alpha"})  # never a label value as given
     for bad in ("prolog alpha hit 1 0.1", "stage alpha cdn 1 1", "stage alpha origin -1 1",
@@ -82,6 +83,7 @@ def test_fold_counts_each_kind_and_skips_bad_lines():
     assert s['sge_image_prolog_duration_seconds_count{result="miss"}'] == 1
     assert s['sge_image_evicted_bytes_total{image="_other"}'] == 10
     assert s['sge_image_room_waits_total{outcome="timeout"}'] == 1
+    assert s['sge_image_peer_failures_total{reason="refused"}'] == 1
     assert s["sge_image_metrics_bad_lines_total"] == 7
 
 
@@ -465,7 +467,7 @@ def test_a_real_node_exporter_and_prometheus_read_the_file(host, tmp_path):
                     or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        assert len(rules) == 7
+        assert len(rules) == 8
         assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
     finally:
         stack.close()
@@ -496,3 +498,19 @@ def test_a_sensor_killed_before_it_saved_counts_those_events_once(host, monkeypa
     cycle(host.collector())  # execd's next sensor
     cycle(host.collector())
     assert read(host)['sge_image_fetched_bytes_total{image="alpha",source="origin"}'] == 4096
+
+
+def test_a_peer_that_refuses_or_stalls_is_counted_by_the_client(host, tmp_path):
+    cycle(host.collector())
+    temp = os.path.join(host.cache.root, "tmp", "alpha.1.4096.abc.part")
+    import socket
+    from sge.errors import FetchError
+    events.peer_failed(temp, ConnectionRefusedError(111, "Connection refused"))
+    events.peer_failed(temp, socket.timeout("timed out"))
+    events.peer_failed(temp, FetchError("peer node2: HTTP 503 Service Unavailable (busy)"))
+    events.peer_failed(temp, FetchError("peer node2: offers 1 bytes, expected 4096"))
+    c = host.collector()
+    cycle(c)
+    v = read(host)
+    assert [v[f'sge_image_peer_failures_total{{reason="{r}"}}'] for r in
+            ("refused", "timeout", "busy", "error")] == [1, 1, 1, 1]

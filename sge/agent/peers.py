@@ -24,6 +24,7 @@ import random
 import time
 
 from ..errors import CacheFull, FetchError, SgeImageError
+from ..metrics import events as _events
 from . import hosts as _hosts
 
 
@@ -253,10 +254,13 @@ def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSett
         raise  # the disk, not the peer: the caller evicts and retries
     except wire._Interrupted as e:
         ctx.log(f"image {image.name}: {shown}: {e}")
+        _events.peer_failed(sink.path, e)
     except SgeImageError as e:
         ctx.log(f"image {image.name}: {e}")
+        _events.peer_failed(sink.path, e)
     except (OSError, http.client.HTTPException) as e:
         ctx.log(f"image {image.name}: {shown}: {type(e).__name__}: {e}")
+        _events.peer_failed(sink.path, e)
     try:
         sink.reset()
     except SgeImageError:

@@ -14,6 +14,7 @@ by one space, the kind first (fold.py parses it):
     stage IMAGE origin|peer|peer_inflight BYTES SECONDS
     evict IMAGE|- BYTES
     room_wait ok|timeout SECONDS
+    peer_fail refused|timeout|busy|error
 """
 from __future__ import annotations
 
@@ -73,3 +74,22 @@ def room_wait(cache_root: str, outcome: str, seconds: float) -> None:
 def evicted_entries(cache_root: str, entries: Iterable[Entry]) -> None:
     for e in entries:
         evicted(cache_root, e.names[0] if e.names else "", e.size)
+
+
+PEER_FAILURES = ("refused", "timeout", "busy", "error")
+
+
+def peer_failed(temp_path: str, exc: BaseException) -> None:
+    """A transfer from another host's agent that failed, by why (the client's view:
+    a peer refusing connections is an agent down or a port closed). `temp_path` is
+    the download's temp file, `<cache>/tmp/...`: it names the cache."""
+    text = str(exc)
+    if isinstance(exc, ConnectionRefusedError):
+        reason = "refused"
+    elif isinstance(exc, TimeoutError) or "timed out" in text or "no data for" in text:
+        reason = "timeout"
+    elif "HTTP 503" in text:
+        reason = "busy"
+    else:
+        reason = "error"
+    append(os.path.dirname(os.path.dirname(temp_path)), f"peer_fail {reason}")

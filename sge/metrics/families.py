@@ -47,6 +47,9 @@ FAMILIES: Dict[str, Tuple[str, str]] = {
     "room_waits_total": ("counter", "Stagings that waited for room in a cache full of "
                                     "images in use, by outcome (ok, timeout)."),
     "room_wait_seconds_total": ("counter", "Seconds stagings waited for room."),
+    "peer_failures_total": ("counter", "Transfers from other hosts' agents that failed, by "
+                                       "reason: refused (no agent listening), timeout, busy "
+                                       "(503), error (anything else, wrong bytes included)."),
     "agent_up": ("gauge", "1 while this host's node agent is listening."),
     "agent_uploads_total": ("counter", "Blobs the node agent sent to peers, whole or as a "
                                        "download in progress."),

@@ -12,6 +12,7 @@ append completes into garbage, and one lost event must not stop the fold.
 from __future__ import annotations
 
 from ..names import is_valid_name
+from .events import PEER_FAILURES
 from .families import PREFIX, PROLOG_BUCKETS, STAGE_BUCKETS
 
 TYPE_CHECKING = False
@@ -95,6 +96,9 @@ def fold_line(series: Series, line: str, known: Optional[Container[str]] = None)
             image = OTHER if f[1] == "-" else image_label(f[1], known)
             add(series, "evictions_total", (("image", image),))
             add(series, "evicted_bytes_total", (("image", image),), nbytes)
+            return True
+        if kind == "peer_fail" and len(f) == 2 and f[1] in PEER_FAILURES:
+            add(series, "peer_failures_total", (("reason", f[1]),))
             return True
         if kind == "room_wait" and len(f) == 3 and f[1] in ("ok", "timeout"):
             seconds = _seconds(f[2])

@@ -14,7 +14,7 @@ import os
 
 from . import agent_counts, event_log, exposition
 from . import state as _state
-from .events import DIR
+from .events import DIR, PEER_FAILURES
 from .fold import add, series_key
 
 TYPE_CHECKING = False
@@ -146,6 +146,7 @@ class Collector:
         zeros = [series_key("prolog_exits_total", (("code", c),)) for c in ("0", "99", "100")]
         zeros += [series_key("room_waits_total", (("outcome", o),)) for o in ("ok", "timeout")]
         zeros += [series_key("room_wait_seconds_total"), series_key("metrics_bad_lines_total")]
+        zeros += [series_key("peer_failures_total", (("reason", r),)) for r in PEER_FAILURES]
         if self.agent_enabled:
             out[series_key("agent_up")] = 1 if agent_up else 0
             zeros += [series_key(fam, labels) for fam, labels in AGENT_SERIES.values()]
