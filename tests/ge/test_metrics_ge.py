@@ -98,6 +98,10 @@ def test_prometheus_counts_the_origin_bytes_of_a_cold_array(kit):
     assert 0 <= hit_rate < 1  # the first task on each host that ran one missed
     cached = stack.query('count(sge_image_cached{image="cold"})')[0][1]
     assert cached == len(have)
+    # Each copy a host took from a peer is one upload its agent counted.
+    from_peers = stack.query('sum(sge_image_fetched_bytes_total{image="cold",source=~"peer.*"}) or vector(0)')[0][1]
+    uploads = stack.wait_value("sum(sge_image_agent_uploads_total)", from_peers / SIZE)
+    assert uploads == from_peers / SIZE, (uploads, from_peers)
     # The example alert rules load and evaluate against these series.
     rules = [r for g in stack.api("rules")["groups"] for r in g["rules"]]
     assert rules and all(r["health"] == "ok" for r in rules), rules
