@@ -64,6 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # the job's -o file; JobOutput has what Log and Progress use of a stream
     out: TextIO = JobOutput(sys.stdout)  # type: ignore[assignment]
     started = time.monotonic()
+    _outcome.clear()
     try:
         code = _run(name, argv, out)
     except _Signalled as e:
