@@ -309,7 +309,13 @@ def bench_warm(work, digest, size, reps=40):
     cfg = os.path.join(work, "warm.yaml")
     write_config(cfg, root, src, small, 4096)
     subprocess.run(kit_pull(cfg), check=True, stdout=subprocess.DEVNULL)
-    env = dict(os.environ, SGE_IMAGE="demo")
+    # The prolog runs as on a cluster: a job whose active_jobs directory exists, so its
+    # warm path includes the claim it writes (README, "A job keeps its image").
+    spool = os.path.join(work, "spool", "active_jobs", "1.1")
+    os.makedirs(spool, exist_ok=True)
+    open(os.path.join(spool, "environment"), "w").close()
+    env = dict(os.environ, SGE_IMAGE="demo", JOB_ID="1", SGE_TASK_ID="1",
+               SGE_JOB_SPOOL_DIR=spool)
     # The same with metrics on (sge/metrics/): the event file the load sensor's first
     # cycle makes exists, and each prolog appends its line to it.
     root_m = os.path.join(work, "cache-warm-metrics")

@@ -639,7 +639,9 @@ summary() {
     h=${H_NAMES[$i]}
     printf '  exec host %-12s %-15s slots %-3s execd pid %s\n' "$h" "${H_IPS[$i]}" "$GE_SLOTS" "$(execd_pid "$h")"
   done
-  echo "  use it: eval \"\$($SCRIPT_DIR/ge-cluster.sh env)\"; qsub -b y -l hostname=${H_NAMES[0]} hostname"
+  local flavor=""
+  [ "$GE_FLAVOR" = soge ] || flavor="GE_FLAVOR=$GE_FLAVOR "
+  echo "  use it: eval \"\$(${flavor}$SCRIPT_DIR/ge-cluster.sh env)\"; qsub -b y -l hostname=${H_NAMES[0]} hostname"
 }
 
 kill_orphan_shepherds() {
@@ -698,7 +700,10 @@ cmd_down() {
     no_service_starts apt-get purge -y -q -o DPkg::Lock::Timeout=900 $PKGS gridengine-common \
         > "$LOGS/apt-purge.log" 2>&1 || { tail -20 "$LOGS/apt-purge.log" >&2; die "apt-get purge failed"; }
     rm -rf "$SGE_ROOT" "$SPOOL" /var/run/gridengine /tmp/execd_messages.* /tmp/qmaster_messages.*
-    if grep -qF "$MARK" /etc/hosts; then
+    if pgrep -x sge_qmaster >/dev/null 2>&1; then
+      # The other engine's cluster still runs on the same exec host names and shim.
+      log "another Grid Engine still runs here: the '$MARK' lines in /etc/hosts stay"
+    elif grep -qF "$MARK" /etc/hosts; then
       local t; t=$(mktemp); grep -vF "$MARK" /etc/hosts > "$t" || true
       write_etc_hosts "$t"; rm -f "$t"
       log "removed the '$MARK' lines from /etc/hosts"

@@ -18,30 +18,48 @@ case "$GE_FLAVOR" in
   ocs) DEMO=/var/tmp/sge-image-kit-demo-ocs; ENGINE="Open Cluster Scheduler 9.1.4" ;;
   *) echo "demo: GE_FLAVOR must be soge or ocs"; exit 2 ;;
 esac
-VENV=/opt/sge-image-kit/venv
+# Its own directory: /opt/sge-image-kit is where the README has an admin install the
+# kit, and --undo must never remove a real installation.
+VENV=/opt/sge-image-kit-demo/venv
 TASKS=${TASKS:-50}
 
 say() { printf '\n== %s\n' "$*"; }
 
 if [ "${1:-}" = "--undo" ]; then
-  if [ -x "$VENV/bin/sge-image" ] && [ -f "$DEMO/config.yaml" ]; then
-    eval "$(bash lab/ge-cluster.sh env)" || true
-    # quiet: "nothing to uninstall" is the normal case here, not an error
-    "$VENV/bin/sge-image" --config "$DEMO/config.yaml" uninstall >/dev/null 2>&1 \
-      && echo "demo: the kit is uninstalled" || true
+  # Everything the kit's scripts started or made, whichever engine (or both) the demo
+  # and the tests ran on: GE_FLAVOR does not narrow it.
+  for f in ocs soge; do
+    case $f in soge) d=/var/tmp/sge-image-kit-demo ;; *) d=/var/tmp/sge-image-kit-demo-ocs ;; esac
+    if [ -x "$VENV/bin/sge-image" ] && [ -f "$d/config.yaml" ]; then
+      # quiet: "nothing to uninstall" is the normal case here, not an error
+      ( eval "$(GE_FLAVOR=$f bash lab/ge-cluster.sh env)" 2>/dev/null
+        "$VENV/bin/sge-image" --config "$d/config.yaml" uninstall >/dev/null 2>&1 ) \
+        && echo "demo: the kit is uninstalled from the $f cluster" || true
+    fi
+    [ -f "$d/nginx/nginx.pid" ] && kill "$(cat "$d/nginx/nginx.pid")" 2>/dev/null || true
+  done
+  # OCS first: Son of Grid Engine's purge then removes the /etc/hosts lines both use.
+  if [ -d /var/lib/sge-image-kit-ocs ]; then GE_FLAVOR=ocs bash lab/ge-cluster.sh down --purge; fi
+  GE_FLAVOR=soge bash lab/ge-cluster.sh down --purge
+  # the demos' and the test suite's work dirs and virtualenvs, the cluster lock
+  rm -rf /var/tmp/sge-image-kit-demo /var/tmp/sge-image-kit-demo-ocs /opt/sge-image-kit-demo \
+    /opt/sge-image-kit-test /var/tmp/sge-image-kit-test /var/tmp/sge-image-kit-test-* \
+    /var/tmp/sge-image-kit-ge.lock
+  case "$(readlink /usr/local/bin/sge-image 2>/dev/null)" in
+    /opt/sge-image-kit-demo/*) rm -f /usr/local/bin/sge-image ;;
+  esac
+  # The Grid Engine admin user: Debian's purge keeps system users, and the OCS lab made
+  # its own; with no cluster left nothing runs as it (checked: never while a process does).
+  if id sgeadmin >/dev/null 2>&1 && ! pgrep -u sgeadmin >/dev/null 2>&1; then
+    userdel sgeadmin 2>/dev/null && echo "demo: removed the user sgeadmin" || true
   fi
-  [ -f "$DEMO/nginx/nginx.pid" ] && kill "$(cat "$DEMO/nginx/nginx.pid")" 2>/dev/null || true
-  bash lab/ge-cluster.sh down --purge
-  # the test suite's work dirs too (issue: --undo left them)
-  rm -rf "$DEMO" /opt/sge-image-kit /var/tmp/sge-image-kit-test /var/tmp/sge-image-kit-test-*
-  if [ "$GE_FLAVOR" = ocs ]; then
-    echo "demo: undone (the OCS cluster stopped and its cell removed, $DEMO, /opt/sge-image-kit and the"
-    echo "      tests' work dirs removed; the built OCS tree stays in /var/lib/sge-image-kit-ocs as a build cache)."
-  else
-    echo "demo: undone (Grid Engine purged, /etc/hosts restored, $DEMO, /opt/sge-image-kit and the"
-    echo "      tests' work dirs removed)."
-  fi
-  echo "      Debian packages installed by scripts/setup.sh stay; remove them with apt-get if wanted."
+  left=$(awk '$2 ~ /sge-image-kit/ {print $2}' /proc/mounts)
+  [ -z "$left" ] || echo "demo: still mounted (a container runtime's image): $left" >&2
+  echo "demo: undone: every Grid Engine cluster the kit's scripts started is stopped and removed"
+  echo "      (Son of Grid Engine's packages purged, /etc/hosts restored), the demos' and the tests'"
+  echo "      work dirs and virtualenvs removed. Left on purpose: the Debian packages that"
+  echo "      scripts/setup.sh and the OCS build installed (apt-get remove them if wanted), and the"
+  echo "      built OCS tree in /var/lib/sge-image-kit-ocs (a build cache; rm -rf it to rebuild)."
   exit 0
 fi
 
@@ -177,11 +195,12 @@ echo
 echo "demo: done in $(awk -v a="$(date +%s.%N)" -v b="$T0" 'BEGIN{printf "%.0f", a-b}') s."
 if [ "${1:-}" = "--keep" ]; then
   cat <<EOF
-The kit stays installed. Try it yourself:
-  eval "\$(bash lab/ge-cluster.sh env)"; qsub -l image=demo $DEMO/job.sh; qsub -l image=nope $DEMO/job.sh
-  $VENV/bin/sge-image --config $DEMO/config.yaml status --catalog
-(The test suite needs the cluster without it: $VENV/bin/sge-image --config $DEMO/config.yaml uninstall)
+The kit stays installed. Try it yourself (sge-image is linked into /usr/local/bin):
+  eval "\$(GE_FLAVOR=$GE_FLAVOR bash lab/ge-cluster.sh env)"; qsub -l image=demo $DEMO/job.sh; qsub -l image=nope $DEMO/job.sh
+  sge-image --config $DEMO/config.yaml status --cluster
+(The test suite needs the cluster without it: sge-image --config $DEMO/config.yaml uninstall)
 EOF
+  [ -e /usr/local/bin/sge-image ] || ln -s "$VENV/bin/sge-image" /usr/local/bin/sge-image
 else
   "$VENV/bin/sge-image" --config "$DEMO/config.yaml" uninstall >/dev/null
   kill "$(cat "$DEMO/nginx/nginx.pid")" 2>/dev/null || true
@@ -190,6 +209,6 @@ fi
 cat <<EOF
 
 What this changed on the machine: Debian packages (scripts/setup.sh, Grid Engine), marked lines in
-/etc/hosts for node1..node3, a running three-host $ENGINE, /opt/sge-image-kit and $DEMO.
-Undo all of it with:  bash scripts/demo.sh --undo
+/etc/hosts for node1..node3, a running three-host $ENGINE, /opt/sge-image-kit-demo and $DEMO.
+Undo all of it, whichever engines ran:  bash scripts/demo.sh --undo
 EOF

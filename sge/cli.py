@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="PATH",
                    help="site config (default: $SGE_IMAGE_CONFIG, else /etc/sge-image/config.yaml)")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"sge-image-kit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -201,6 +203,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     cap = format_size(cache.max_size) if cache.max_size else "no"
     print(f"cache {cache.root}: {plural(len(entries), 'image')}, {format_size(used)} of "
           f"{cap} cap")
+    if not entries:
+        # Typically run on an admin host, whose own cache is empty: say where to look.
+        print("this host's cache is empty; `sge-image status --cluster` shows what every "
+              "exec host has")
     print(f"{'NAME':30} {'SIZE':>10} {'SHA256':14} {'LAST USED':19} {'PINNED':6} {'CACHED':6} "
           f"CLAIMED BY (JOB.TASK)")
     for r in rows:
@@ -258,7 +264,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise errors.NotCached(f"image {args.name!r} is not cached on this host")
         wanted = os.path.basename(os.path.realpath(path))
     bad = 0
-    for e in cache.entries():
+    entries = cache.entries()
+    if not entries:
+        print(f"nothing to verify: no image is cached in {cache.root}")
+    for e in entries:
         if wanted and e.digest != wanted:
             continue
         h = hashlib.sha256()

@@ -34,3 +34,25 @@ def test_unknown_engines_and_versions_get_no_warning():
     assert interactive_prolog_warnings(("SGE", "8.1.9"), "sgeadmin", {"b.q": "BATCH"}) == []
     assert interactive_prolog_warnings(("OCS", "9.2.0"), "sgeadmin", QTYPES) == []
     assert interactive_prolog_warnings(("SGE", "6.2u5"), "sgeadmin", QTYPES) == []
+
+
+def test_admin_user_is_found_without_sge_root(tmp_path, monkeypatch):
+    """install --dry-run without the Grid Engine environment once lost the warning: the
+    admin user was taken for root. The cell is found from the qconf on PATH."""
+    import os
+    from sge.ge import install_check
+    root = tmp_path / "ge"
+    (root / "bin" / "lx-amd64").mkdir(parents=True)
+    (root / "default" / "common").mkdir(parents=True)
+    (root / "default" / "common" / "bootstrap").write_text("admin_user      sgeadmin\n")
+    qconf = root / "bin" / "lx-amd64" / "qconf"
+    qconf.write_text("#!/bin/sh\n")
+    qconf.chmod(0o755)
+    monkeypatch.delenv("SGE_ROOT", raising=False)
+    monkeypatch.delenv("SGE_CELL", raising=False)
+    monkeypatch.setenv("PATH", f"{qconf.parent}{os.pathsep}{os.environ['PATH']}")
+    assert install_check.bootstrap_admin_user() == "sgeadmin"
+    # An unreadable cell is not taken for a root admin: the caller keeps the warning.
+    monkeypatch.setenv("SGE_ROOT", str(tmp_path / "nowhere"))
+    assert install_check.bootstrap_admin_user() is None
+    assert interactive_prolog_warnings(("SGE", "8.1.9"), "(unknown)", QTYPES)

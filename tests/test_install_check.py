@@ -150,7 +150,7 @@ def test_cli_check_exit_code(site, public):
                         "--check", "--hooks-dir", str(public / "hooks")],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "check passed: loadsensor, prolog, jsv" in r.stdout
+    assert "check passed: loadsensor, prolog, epilog, jsv" in r.stdout
     assert not (public / "hooks").exists()  # a check changes nothing
 
 

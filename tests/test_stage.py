@@ -271,3 +271,13 @@ def test_atomic_write_replaces_whole_and_leaves_no_temp(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         fsutil.atomic_write(str(p), "three")
     assert p.read_bytes() == b"two" and sorted(os.listdir(tmp_path)) == ["state.json"]
+
+
+def test_status_and_verify_on_an_empty_cache_say_so(make_config):
+    """On an admin host the cache is empty: status points at --cluster, and verify
+    says there was nothing to check rather than printing nothing."""
+    cfg = make_config({})
+    r = cli(cfg, "status")
+    assert r.returncode == 0 and "status --cluster" in r.stdout, r.stdout
+    r = cli(cfg, "verify")
+    assert r.returncode == 0 and "nothing to verify" in r.stdout, r.stdout

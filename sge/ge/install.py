@@ -62,7 +62,12 @@ def launchers(settings: Settings, python: str, hooks_dir: str) -> Dict[str, str]
     cfg = shlex.quote(os.path.abspath(settings.path or config_path()))
     py = shlex.quote(python)
     kit = _kit_dir()
-    head = "#!/bin/sh\n# Written by `sge-image install`; re-run it rather than editing this file.\n"
+    from .. import __version__
+    # The version in every launcher: an upgrade rewrites them all, and a changed file is
+    # what makes qmaster restart its JSVs and execd its load sensor (and so the agent)
+    # on the new code; an unchanged launcher would leave the old code running.
+    head = (f"#!/bin/sh\n# Written by `sge-image install` (sge-image-kit {__version__}); "
+            f"re-run it rather than editing this file.\n")
     return {
         "prolog": head + f"exec {shlex.quote(_wrapper(kit, 'prolog', 'sge-image-prolog'))} "
                          f"{py} --config {cfg} \"$@\"\n",
@@ -280,8 +285,10 @@ def install(settings: Settings, hooks_dir: str, queues: Sequence[str] = ("all.q"
 def _interactive_warnings(qtypes: Dict[str, str]) -> List[str]:
     from . import engine_quirks, install_check
     first = (qconf.run("-help", check=False).splitlines() or [""])[0]
-    return engine_quirks.interactive_prolog_warnings(
-        engine_quirks.identify(first), install_check.admin_user(), qtypes)
+    # An admin user we cannot read is not assumed to be root: the warning stays.
+    admin = install_check.bootstrap_admin_user() or "(unknown: no bootstrap file found)"
+    return engine_quirks.interactive_prolog_warnings(engine_quirks.identify(first), admin,
+                                                     qtypes)
 
 
 def _install_agent_key(settings: Settings, state: State, plan: Plan, hooks_dir: str) -> None:

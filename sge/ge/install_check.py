@@ -124,18 +124,38 @@ def denied_component(path: str, uid: int, gids: AbstractSet[int], want: str = "r
 # ---------------------------------------------------------------- users
 
 def admin_user() -> str:
-    """The qmaster's admin user from the cell's bootstrap file (root when unset)."""
-    root, cell = os.environ.get("SGE_ROOT"), os.environ.get("SGE_CELL", "default")
-    if root:
+    """The qmaster's admin user from $SGE_ROOT's cell's bootstrap file (root when unset)."""
+    if not os.environ.get("SGE_ROOT"):
+        return "root"
+    return bootstrap_admin_user() or "root"
+
+
+def bootstrap_admin_user() -> Optional[str]:
+    """The admin user the cell's bootstrap names, or None when no bootstrap is found.
+    Without SGE_ROOT the qconf on PATH still reaches its cell (Debian's packages build
+    in /var/lib/gridengine; a classic install has SGE_ROOT/bin/ARCH/qconf), so those
+    are tried too: a dry run without the environment must not lose what depends on it
+    (it once dropped the interactive-queue warning)."""
+    import shutil
+    cell = os.environ.get("SGE_CELL", "default")
+    roots = [os.environ.get("SGE_ROOT", "")]
+    if not roots[0]:
+        qconf_bin = shutil.which("qconf")
+        if qconf_bin:
+            roots.append(os.path.dirname(os.path.dirname(os.path.dirname(
+                os.path.realpath(qconf_bin)))))
+        roots.append("/var/lib/gridengine")
+    for root in filter(None, roots):
         try:
             with open(os.path.join(root, cell, "common", "bootstrap")) as f:
                 for line in f:
                     parts = line.split()
                     if len(parts) >= 2 and parts[0] == "admin_user":
                         return "root" if parts[1].lower() == "none" else parts[1]
+                return "root"
         except OSError:
-            pass
-    return "root"
+            continue
+    return None
 
 
 def _ids(user: str) -> Tuple[int, int, AbstractSet[int]]:

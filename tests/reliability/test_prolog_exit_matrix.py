@@ -75,14 +75,16 @@ def _child_stdio(kind):
 
 def _run(config, name, spool, kind, signal_after=None, sig=None):
     stdin, stdout, stderr, pre, close_after = _child_stdio(kind)
+    # Its own process group, signalled as a whole: the shepherd signals the prolog's
+    # group, which holds the launcher's shell and the interpreter.
     p = subprocess.Popen([WRAPPER, sys.executable, "--config", config], env=prolog_env(name, "7", spool), stdin=stdin,
-                         stdout=stdout, stderr=stderr, preexec_fn=pre)
+                         stdout=stdout, stderr=stderr, preexec_fn=pre, start_new_session=True)
     for f in close_after:
         f.close() if hasattr(f, "close") else os.close(f)
     if signal_after is not None:
         time.sleep(signal_after)
         try:
-            p.send_signal(sig)
+            os.killpg(p.pid, sig)
         except ProcessLookupError:
             pass
     p.communicate(timeout=120)
@@ -162,3 +164,19 @@ def test_signals_at_any_point(tmp_path, images, kind):
         codes.append(_run(config, "good", spool, kind, signal_after=rng.uniform(0, 0.4),
                           sig=rng.choice(sigs)))
     assert set(codes) <= PROLOG_CODES, codes
+
+
+def test_an_interpreter_that_cannot_import_the_kit_reschedules(tmp_path, images):
+    """Upgrading in place, pip removes the old files before it writes the new ones: a
+    prolog starting then cannot import the kit, and Python's exit 1 would put the queue
+    instance into error. The launcher turns it into 99."""
+    config = _cell_config(tmp_path, images, "staged")
+    spool = make_spool(tmp_path / "spool")
+    bare = "/usr/bin/python3"  # -I: neither the checkout nor a venv is on its path
+    r = subprocess.run([bare, "-I", "-c", "import sge"], capture_output=True)
+    if r.returncode == 0:
+        pytest.skip("the system interpreter can import the kit")
+    p = subprocess.run([WRAPPER, bare, "--config", config], env=prolog_env("good", "7", spool),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 99, p
+    assert "rescheduling" in p.stdout, p.stdout

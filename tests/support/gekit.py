@@ -16,7 +16,9 @@ import yaml
 from tests.support.common import ROOT, payload
 from tests.support.httpserver import Server
 
-KIT_VENV = "/opt/sge-image-kit/venv"
+# Not /opt/sge-image-kit, where the README has an admin install the kit: a test (or the
+# demo, /opt/sge-image-kit-demo) must never overwrite or remove a real installation.
+KIT_VENV = "/opt/sge-image-kit-test/venv"
 WORK = "/var/tmp/sge-image-kit-test"
 MB = 1 << 20
 
