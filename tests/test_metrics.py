@@ -514,3 +514,18 @@ def test_a_peer_that_refuses_or_stalls_is_counted_by_the_client(host, tmp_path):
     v = read(host)
     assert [v[f'sge_image_peer_failures_total{{reason="{r}"}}'] for r in
             ("refused", "timeout", "busy", "error")] == [1, 1, 1, 1]
+
+
+def test_a_textfile_dir_that_cannot_be_made_costs_no_report(tmp_path, make_config):
+    from tests.test_loadsensor import Sensor
+    (tmp_path / "afile").write_text("")
+    cfg = make_config({}, metrics={"textfile_dir": str(tmp_path / "afile" / "sub")})
+    s = Sensor(cfg)
+    try:
+        for _ in range(3):
+            assert "img_sensor_time" in s.values()
+    finally:
+        assert s.quit() == 0
+    with open(tmp_path / "sge-image.log") as f:
+        lines = [ln for ln in f if "metrics not written" in ln]
+    assert len(lines) == 1, lines  # logged once, not every cycle
