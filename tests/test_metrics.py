@@ -450,9 +450,11 @@ def test_a_real_node_exporter_and_prometheus_read_the_file(host, tmp_path):
         pytest.skip("prometheus and prometheus-node-exporter are not installed (scripts/setup.sh)")
     c = host.collector()
     cycle(c)
+    size = host.settings.images["alpha"].size
     events.staged(host.cache.root, "alpha", "origin", 4096, 1.0)
     events.prolog(host.cache.root, "alpha", False, 0, 1.2)
-    cycle(c, warm=["alpha"])
+    events.staged(host.cache.root, "beta", "origin", 2 * host.settings.images["beta"].size, 1.0)
+    cycle(c, warm=["alpha", "beta"])
     stack = promstack.PromStack(str(tmp_path / "prom"), {"nodeX": os.path.dirname(host.prom)},
                                 rule_files=[RULES])
     try:
@@ -469,6 +471,18 @@ def test_a_real_node_exporter_and_prometheus_read_the_file(host, tmp_path):
             time.sleep(0.5)
         assert len(rules) == 8
         assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+        # Two copies of beta from the origin, in series that are new: the rule sees them
+        # (increase() would not), and one copy of alpha does not fire it.
+        deadline = time.monotonic() + 30
+        while True:
+            alerts = [(a["labels"]["alertname"], a["labels"].get("image"))
+                      for a in stack.api("alerts")["alerts"]]
+            if ("SgeImageOriginCopies", "beta") in alerts or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert ("SgeImageOriginCopies", "beta") in alerts, alerts
+        assert ("SgeImageOriginCopies", "alpha") not in alerts
+        assert size == 4096
     finally:
         stack.close()
 
