@@ -543,3 +543,14 @@ def test_a_textfile_dir_that_cannot_be_made_costs_no_report(tmp_path, make_confi
     with open(tmp_path / "sge-image.log") as f:
         lines = [ln for ln in f if "metrics not written" in ln]
     assert len(lines) == 1, lines  # logged once, not every cycle
+
+
+def test_the_prom_file_is_never_written_through_a_planted_link(host, tmp_path):
+    c = host.collector()
+    cycle(c)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.link(victim, os.path.join(os.path.dirname(host.prom), f".sge_image.prom.{os.getpid()}.tmp"))
+    cycle(c)
+    assert victim.read_text() == "precious\n"
+    assert "sge_image_info" in open(host.prom).read()

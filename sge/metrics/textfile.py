@@ -157,7 +157,13 @@ class Collector:
     def write(self, series: Dict[str, float]) -> None:
         _mkdir(self.textfile_dir)
         tmp = os.path.join(self.textfile_dir, f".{PROM_FILE}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        # A fresh file, never one found under that name: root writing through a hard
+        # link someone planted in a shared directory would overwrite its target.
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
             os.fchmod(fd, 0o644)
             if self.layout is None or not self.layout.fits(series.keys()):
