@@ -34,7 +34,9 @@ FAMILIES: Dict[str, Tuple[str, str]] = {
                                        "or miss (staged first)."),
     "prolog_exits_total": ("counter", "Prolog exits by code: 0 run, 99 rescheduled, "
                                       "100 job held in error."),
-    "prolog_duration_seconds": ("histogram", "Time the prolog took, by lookup result."),
+    "prolog_duration_seconds": ("histogram", "Time the prolog took from its first line (the "
+                                             "interpreter's start is not in it), by lookup "
+                                             "result."),
     "stagings_total": ("counter", "Images staged into this cache, by image and source."),
     "fetched_bytes_total": ("counter", "Verified bytes staged into this cache, by image and "
                                        "source: origin (the catalog's sources), peer (another "
