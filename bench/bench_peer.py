@@ -1,6 +1,6 @@
 """Peer transfer speed: a blob from a node agent into a verifying sink, against `curl`
 fetching the same blob from the same agent, in the same run (run as root: the agent
-binds, forks and drops to nobody).
+binds, forks and drops to its own user, `agent.user`).
 
     python bench/bench_peer.py [--size-gib 1] [--rounds 5] [--out bench/out]
 
@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from bench.bench_core import machine, make_image  # noqa: E402
-from tests.support.agentkit import free_port  # noqa: E402
+from tests.support.agentkit import agent_user, free_port  # noqa: E402
 
 PY = sys.executable
 SERVER, CLIENT = "127.0.0.31", "127.0.0.1"
@@ -222,7 +222,8 @@ def main():
                     help="only the pipeline part")
     args = ap.parse_args()
     if os.geteuid() != 0:
-        sys.exit("run as root: the agent drops from root to nobody")
+        sys.exit("run as root: the agent drops from root to its own user")
+    agent_user()  # as `install` makes it
     work = tempfile.mkdtemp(prefix="bench-peer-", dir="/var/tmp")
     os.chmod(work, 0o755)
     agent = None

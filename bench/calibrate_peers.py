@@ -51,7 +51,7 @@ from sge.sim import run_scenario  # noqa: E402
 
 MB = 1 << 20
 IMAGE = "calpeer"
-PORT = 6450
+PORT = 645  # the default agent.port
 
 
 def _wait_port(host, timeout=90):

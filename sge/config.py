@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 DEFAULT_PATH = "/etc/sge-image/config.yaml"
-SNAPSHOT_VERSION = 6  # 3: cache.room_wait; 4: the agent section; 5: no log.level; 6: metrics
+SNAPSHOT_VERSION = 7  # 3: cache.room_wait; 4: the agent section; 5: no log.level; 6: agent bounds; 7: metrics
 
 # section -> key -> (kind, default). Kinds are checked by _coerce.
 SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
@@ -69,13 +69,21 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
     "agent": {
         "enabled": ("bool", True),
         "peers": ("bool", True),
-        "port": ("port", 6450),
+        # Below 1024: only root can bind it, so no local user can stand in for the agent.
+        "port": ("port", 645),
         "bind": ("text", ""),
-        "user": ("text", "nobody"),
+        # The server's own system user (install creates it): no other process shares it.
+        "user": ("text", "sge-image-agent"),
         "upload_slots": ("int", 4),
         "max_connections": ("int", 32),
+        "max_per_address": ("int", 8),
         "header_timeout": ("seconds", 10),
         "idle_timeout": ("seconds", 30),
+        "upload_min_rate": ("size", "1M"),
+        # Every exchange with another host's agent ends by this (connect + whole head).
+        "exchange_deadline": ("seconds", 30),
+        # A pull's whole time on peers; then the catalog's sources.
+        "peer_budget": ("seconds", 900),
         "trust": ("trust", "cluster"),
         "key_file": ("path", "agent.key"),
         "seed_wait": ("seconds", 600),
@@ -189,8 +197,12 @@ class AgentSettings(Section):
     user: str
     upload_slots: int
     max_connections: int
+    max_per_address: int
     header_timeout: float
     idle_timeout: float
+    upload_min_rate: int
+    exchange_deadline: float
+    peer_budget: float
     trust: Union[str, Tuple[str, ...]]   # "cluster" or hosts, addresses and networks
     key_file: str
     seed_wait: float

@@ -144,9 +144,18 @@ class Sink:
         if self.progress:
             self.progress(self.received, self.expected_size)
 
-    def reset(self) -> None:
-        """Start over from byte 0 (a mirror switch, or a server that ignored Range)."""
-        self._drain()
+    def reset(self, after_full: bool = False) -> None:
+        """Start over from byte 0 (a mirror switch, or a server that ignored Range).
+        `after_full`: the disk filled (CacheFull); the bytes are dropped and the sink
+        is usable again, for the next source (a peer's bytes never evict)."""
+        if after_full:
+            try:
+                self._drain()
+            except CacheFull:
+                pass  # every buffer is through the writer: only the error is left
+            self._error = None
+        else:
+            self._drain()
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
         self._reset_state()

@@ -80,7 +80,9 @@ def test_serves_the_blob_whole_and_by_range(world):
     assert status_of(r) == 200 and body_of(r) == b"" and f"Content-Length: {size}".encode() in r
 
 
-def test_server_runs_as_nobody_after_binding(world):
+def test_server_runs_as_its_own_user_after_binding(world):
+    import pwd
+    uid = str(pwd.getpwnam(world.user).pw_uid)
     put_blob(world, A, world.data)
     p = world.start(A)
     # The port listens before the fork (the root side binds it): on a loaded machine
@@ -90,11 +92,11 @@ def test_server_runs_as_nobody_after_binding(world):
         children = [int(c) for c in open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()]
         uids = [line for line in open(f"/proc/{children[0]}/status")
                 if line.startswith("Uid:")][0] if len(children) == 1 else ""
-        if set(uids.split()[1:]) == {"65534"} or time.monotonic() > deadline:
+        if set(uids.split()[1:]) == {uid} or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert len(children) == 1
-    assert set(uids.split()[1:]) == {"65534"}
+    assert set(uids.split()[1:]) == {uid} and uid not in ("0", "65534")
     assert os.stat(f"/proc/{p.pid}").st_uid == 0  # the root side that stages
 
 
@@ -301,6 +303,21 @@ def test_a_peer_that_has_it_serves_it_and_the_origin_is_not_asked(world, monkeyp
     assert open(path, "rb").read() == world.data
     assert world.origin.gets("img.sif") == 0
     assert f"from peer {A}, verified" in world.log()
+
+
+def test_a_host_the_agents_do_not_serve_says_so_once_and_uses_the_origin(world, monkeypatch):
+    """`sge-image pull` on an admin host: every agent answers 403. It printed one
+    "HTTP 403" line per peer, which read like failures; now one line says why."""
+    for h in (A, B):
+        put_blob(world, h, world.data)
+        world.start(h, trust=[A, B])  # the client speaks from 127.0.0.1: a stranger
+    world.set_qhost({A: ["img_img"], B: ["img_img"], "127.0.0.23": []})
+    path = _ensure_here(world, monkeypatch)
+    assert open(path, "rb").read() == world.data
+    assert world.origin.gets("img.sif") == 1
+    log = world.log()
+    assert log.count("not one the cluster's agents serve") == 1, log
+    assert "HTTP 403" not in log, log
 
 
 def test_a_lying_peer_costs_a_retry_never_a_corrupt_image(world, monkeypatch):

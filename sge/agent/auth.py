@@ -5,12 +5,20 @@ the image, the host it is addressed to, a timestamp and a random nonce, and carr
 an HMAC-SHA256 of all of them. The agent refuses a request whose MAC is wrong, whose
 timestamp is more than `WINDOW` seconds off, whose nonce it has already seen in that
 window (a captured request replayed), or that was addressed to another host (a
-request for node1 replayed to node2).
+request for node1 replayed to node2). Nonces live in memory only, so a request
+stamped before this agent started is refused too: a request captured before a
+restart cannot be replayed after it (the client simply asks again).
+
+The answer is signed like the request (`sign_answer`), bound to the exact request
+line: "ready" changes what root does on the asking host, so a process that took the
+agent's port, or any host on the path, must not be able to say it.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import math
 import os
 import stat
 import time
@@ -18,7 +26,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+    from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
     from ..config import Settings
 
@@ -29,6 +37,10 @@ KEY_BYTES = 32
 
 class AuthError(Exception):
     pass
+
+
+class TooEarly(AuthError):
+    """Stamped before this agent started: the answer is "ask again", not a refusal."""
 
 
 def key_path(settings: Settings) -> str:
@@ -79,15 +91,45 @@ def sign(key: bytes, name: str, host: str, source: str = "-", now: Optional[floa
     return f"{name} {host} {source} {ts} {nonce} {mac}"
 
 
+def _answer_message(line: str, answer: Mapping[str, Any]) -> bytes:
+    body = json.dumps({k: v for k, v in answer.items() if k != "mac"}, sort_keys=True)
+    return "\n".join(["sge-image-answer", hashlib.sha256(line.encode()).hexdigest(),
+                      body]).encode()
+
+
+def sign_answer(key: bytes, line: str, answer: Dict[str, Any]) -> Dict[str, Any]:
+    """`answer` with a "mac" over it and the request `line` it answers."""
+    mac = hmac.new(key, _answer_message(line, answer), hashlib.sha256).hexdigest()
+    return {**answer, "mac": mac}
+
+
+def check_answer(key: bytes, line: str, answer: Mapping[str, Any]) -> Dict[str, Any]:
+    """The answer without its mac, or AuthError: an unsigned or forged answer (a
+    process on the agent's port, a host on the path) is no answer at all."""
+    mac = answer.get("mac")
+    want = hmac.new(key, _answer_message(line, answer), hashlib.sha256).hexdigest()
+    # Bytes, not str: compare_digest raises TypeError on a non-ASCII str (found by
+    # tests/reliability/test_agent_fuzz.py), and a forged answer may carry one.
+    if not isinstance(mac, str) or not hmac.compare_digest(want.encode(),
+                                                           mac.encode("utf-8", "replace")):
+        raise AuthError("unsigned or forged answer")
+    return {k: v for k, v in answer.items() if k != "mac"}
+
+
 class Verifier:
-    """Checks signed requests for one host; remembers nonces for the window."""
+    """Checks signed requests for one host; remembers nonces for the window and
+    refuses requests stamped before it was made (`not_before`)."""
 
     def __init__(self, key: bytes, hosts: Iterable[str],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 not_before: Optional[float] = None) -> None:
         self.key = key
         self.hosts = {h.lower() for h in hosts}   # names this host answers to
         self.clock = clock
         self.seen: Dict[str, float] = {}           # nonce -> expiry
+        # Nonces seen before a restart are forgotten: requests from before it are
+        # refused instead (issue 17: a captured request was accepted again).
+        self.not_before = clock() if not_before is None else not_before
 
     def check(self, line: str) -> Tuple[str, Optional[str]]:
         """-> (image name, source host or None), or AuthError saying why the request
@@ -100,17 +142,21 @@ class Verifier:
             t = float(ts)
         except ValueError:
             raise AuthError("malformed timestamp") from None
+        if not math.isfinite(t):  # nan compares false with everything: it never expired
+            raise AuthError("malformed timestamp")
         if len(nonce) != 32 or len(mac) != 64:
             raise AuthError("malformed nonce or mac")
         want = hmac.new(self.key, _message([name, host, source, ts, nonce]),
                         hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(want, mac):
+        if not hmac.compare_digest(want.encode(), mac.encode("utf-8", "replace")):
             raise AuthError("bad signature")
         now = self.clock()
         if abs(now - t) > WINDOW:
             raise AuthError("request expired (or the clocks differ by more than a minute)")
         if host.lower() not in self.hosts:
             raise AuthError(f"request addressed to host {host!r}, not this one")
+        if t < self.not_before:
+            raise TooEarly("request made before this agent started (ask again)")
         self._expire(now)
         if nonce in self.seen:
             raise AuthError("replayed request")

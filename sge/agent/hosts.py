@@ -126,7 +126,12 @@ class Trust:
     """allowed(ip) for the server: a fixed list of hosts, addresses and networks
     (`10.1.0.0/16`), or `cluster`, the
     exec hosts qhost lists (re-read at most every REFRESH_MIN seconds when an unknown
-    address knocks, so a flood of strangers cannot flood qmaster)."""
+    address knocks, so a flood of strangers cannot flood qmaster).
+
+    The server asks in its accepting thread, before a connection costs anything, so
+    an answer never waits: `load()` reads qhost once before serving, and later
+    re-reads run in a thread of their own while unknown addresses are refused (a host
+    that just joined is refused until the re-read has it: its pull uses the origin)."""
 
     def __init__(self, setting: Union[str, Sequence[str]], read: Optional[Reader] = None) -> None:
         self.setting = setting
@@ -135,6 +140,7 @@ class Trust:
         self.networks: List[Union[ipaddress.IPv4Network, ipaddress.IPv6Network]] = []
         self.loaded = 0.0
         self.lock = threading.Lock()
+        self.refreshing = False
         if setting != "cluster":
             import ipaddress
             self.networks = [ipaddress.ip_network(x, strict=False) for x in setting if "/" in x]
@@ -151,20 +157,28 @@ class Trust:
                 return any(addr in n for n in self.networks)
             return False
         with self.lock:
-            now = time.monotonic()
-            if now - self.loaded < REFRESH_MIN and ip not in self.addresses:
+            if self.refreshing or time.monotonic() - self.loaded < REFRESH_MIN:
                 return False
-            if now - self.loaded >= REFRESH_MIN:
-                self._refresh(now)
-            return ip in self.addresses
+            self.refreshing = True
+        threading.Thread(target=self._refresh, daemon=True, name="trust").start()
+        return False
 
-    def _refresh(self, now: float) -> None:
+    def load(self) -> None:
+        """Read the cluster's hosts now (before serving)."""
+        if self.setting == "cluster":
+            with self.lock:
+                self.refreshing = True
+            self._refresh()
+
+    def _refresh(self) -> None:
         try:
             hosts = (self.read or reader())(["img_sensor_time"])
             self.addresses = _resolve_all(hosts)
         except Exception:
             pass  # qmaster unreachable: keep the last list
-        self.loaded = now
+        with self.lock:
+            self.loaded = time.monotonic()
+            self.refreshing = False
 
 
 def _resolve_all(names: Iterable[str]) -> Set[str]:

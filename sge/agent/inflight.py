@@ -100,14 +100,17 @@ class Abandoned(Exception):
 
 
 def follow(conn: socket.socket, f: BinaryIO, start: int, size: int, idle_timeout: float,
-           clock: Callable[[], float] = time.monotonic) -> int:
+           clock: Callable[[], float] = time.monotonic, min_rate: int = 0) -> int:
     """Send `f`'s bytes [start, size) on `conn` as the writer appends them. Returns the
     bytes sent; raises Abandoned when the writer is gone short of `size`, starts the
-    file over, or adds nothing for `idle_timeout` seconds."""
+    file over, or adds nothing for `idle_timeout` seconds, or when the client reads
+    slower than `min_rate` over `idle_timeout` while the file had more to send (a
+    slow reader must not hold the upload slot; a slow writer is not its fault)."""
     fd = f.fileno()
     sent = start
     last = clock()
     delay = POLL_MIN
+    mark_t, mark_n, behind = clock(), sent, False
     while sent < size:
         have = os.fstat(fd).st_size
         if have < sent:
@@ -115,12 +118,18 @@ def follow(conn: socket.socket, f: BinaryIO, start: int, size: int, idle_timeout
             # switch); what we sent may not be what it will write now.
             raise Abandoned(f"the download started over at {have} bytes")
         if have > sent:
-            n = conn.sendfile(f, sent, min(have, size) - sent)
+            n = conn.sendfile(f, sent, min(have, size, sent + (256 << 10)) - sent)
             if not n:
                 raise Abandoned("sendfile sent nothing")
             sent += n
             last = clock()
             delay = POLL_MIN
+            behind = behind or os.fstat(fd).st_size > sent
+            if min_rate and last - mark_t >= idle_timeout:
+                rate = (sent - mark_n) / (last - mark_t)
+                if behind and rate < min_rate:
+                    raise Abandoned(f"the client read {rate:.0f} B/s, below {min_rate} B/s")
+                mark_t, mark_n, behind = last, sent, False
             continue
         if not writer_alive(fd):
             # Published (then it has its whole size: the next look sends the rest) or

@@ -5,15 +5,19 @@ root and which never exits except on `quit`, starts this and restarts it when it
 `--watch PID` names that supervisor, and the agent leaves when it is gone (uninstall
 removes the load sensor, execd quits it, the agent follows).
 
-Privilege split. As root it binds the port, reads the signing key and forks:
-- the child drops to `agent.user` (nobody) and serves HTTP (sge/agent/server.py): a
-  bug there reads world-readable blobs at worst;
+Privilege split. As root it binds the port (privileged by default: no local user can
+take it first and stand in for the agent) and forks; only then does the root side
+read the signing key:
+- the child drops to `agent.user` (a system user of its own, which `install` makes,
+  so that no other process can signal or trace it) and serves HTTP
+  (sge/agent/server.py): a bug there reads world-readable blobs at worst;
 - the parent stays root and only answers one-line requests from the child over a
   socketpair: check a signed "stage NAME" (sge/agent/auth.py), look the name up in
   the catalog, and run the normal staging code (sge.stage.ensure) in a thread; and
   open the temp file of a download in progress for an exact digest
   (sge/agent/inflight.py), handing the server a read-only descriptor of it. The key
-  never enters the unprivileged process, and temp files stay root's and 0600.
+  never enters the unprivileged process (it is read after the fork, issue 17), the
+  root side signs its staging answers with it, and temp files stay root's and 0600.
 If either side dies the other follows, and the supervisor starts a fresh pair.
 """
 from __future__ import annotations
@@ -62,6 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not addr:
         log(f"cannot resolve this host's name {host!r}; set agent.bind")
         return _idle(settings, watch)
+    started = time.time()  # before the port listens: any request it takes is newer
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -72,27 +77,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         time.sleep(10)
         return 1
     sock.listen(128)
+    _warn_if_unprivileged_port(agent.port, log)
     from ..cache import Cache
     cache = Cache.from_settings(settings)
     try:
         cache.ensure_layout()
     except Exception as e:
         log(f"cache not ready: {e}")
-    verifier = _verifier(settings, log)
+    _ensure_own_user(agent.user, log)
     from ..metrics import agent_counts
     agent_counts.open_for_agent(settings, cache.root)  # before the fork: the server inherits it
     parent_end, child_end = socket.socketpair()
     pid = os.fork()
     if pid == 0:
         parent_end.close()
-        code = 1
-        try:
-            code = _serve(sock, child_end, settings, cache, log)
-        finally:
-            os._exit(code)
+        os._exit(_child(sock, child_end, settings, cache, log))
     child_end.close()
     sock.close()
     log(f"listening on {addr}:{agent.port} (server pid {pid} as {agent.user})")
+    # After the fork: the unprivileged server never has the key in its memory.
+    verifier = _verifier(settings, log, started)
     stager = Stager(settings, path, verifier, log)
     _watch_supervisor(watch, pid)
     try:
@@ -151,17 +155,50 @@ def _watch_supervisor(watch: Optional[int], child: int) -> None:
     threading.Thread(target=run, daemon=True, name="watch").start()
 
 
-def _verifier(settings: Settings, log: LogFn) -> Optional[Verifier]:
+def _warn_if_unprivileged_port(port: int, log: LogFn) -> None:
+    """Say so when any user could bind this port while the agent is down."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            first = int(f.read().strip() or 1024)
+    except (OSError, ValueError):
+        first = 1024
+    if port >= first:
+        log(f"agent.port {port} is not privileged on this host (ports from {first} are "
+            f"anyone's): a local user can take it while the agent is down; staging "
+            f"answers stay signed")
+
+
+def _verifier(settings: Settings, log: LogFn,
+              started: Optional[float] = None) -> Optional[Verifier]:
     from . import auth, hosts
     try:
         key = auth.read_key(auth.key_path(settings))
     except (OSError, auth.AuthError) as e:
         log(f"no staging requests accepted: {e}")
         return None
-    return auth.Verifier(key, hosts.my_names())
+    return auth.Verifier(key, hosts.my_names(), not_before=started)
 
 
 # ---------------------------------------------------------------- unprivileged side
+
+def _child(sock: socket.socket, pipe: socket.socket, settings: Settings, cache: Cache,
+           log: LogFn) -> int:
+    """The forked server's life -> its exit code. Whatever stops it is logged through
+    the root side (issue 17: a child that could not start died without a word)."""
+    try:
+        return _serve(sock, pipe, settings, cache, log)
+    except BaseException as e:
+        import traceback
+        where = traceback.extract_tb(e.__traceback__)[-1:] if e.__traceback__ else []
+        at = f" at {where[0].filename}:{where[0].lineno}" if where else ""
+        msg = f"the server stopped: {type(e).__name__}: {e}{at}"
+        try:
+            pipe.sendall(("L " + msg.replace("\n", " ") + "\n").encode())
+        except OSError:
+            pass
+        traceback.print_exc()
+        return 1
+
 
 def _serve(sock: socket.socket, pipe: socket.socket, settings: Settings, cache: Cache,
            log: LogFn) -> int:
@@ -172,13 +209,15 @@ def _serve(sock: socket.socket, pipe: socket.socket, settings: Settings, cache: 
     # After the drop: a change of credentials clears the parent-death signal.
     _die_with_parent()
     root_side = _RootSide(pipe)
+    trust = hosts.Trust(agent.trust, hosts.reader(agent.qhost))
+    trust.load()
     # The log file is root's: the server's lines go through the root side.
-    server = BlobServer(sock, os.path.join(cache.root, "blobs", "sha256"),
-                        hosts.Trust(agent.trust, hosts.reader(agent.qhost)),
+    server = BlobServer(sock, os.path.join(cache.root, "blobs", "sha256"), trust,
                         agent.upload_slots,
                         agent.max_connections, agent.header_timeout,
                         agent.idle_timeout, stage=root_side.stage, log=root_side.log,
-                        inflight=root_side.inflight)
+                        inflight=root_side.inflight, max_per_address=agent.max_per_address,
+                        upload_min_rate=agent.upload_min_rate)
     signal.signal(signal.SIGTERM, lambda s, f: os._exit(0))
     threading.Thread(target=root_side.watch_eof, daemon=True).start()
     server.serve_forever()
@@ -196,11 +235,30 @@ def _die_with_parent() -> None:
         os._exit(0)
 
 
+def _ensure_own_user(name: str, log: LogFn) -> None:
+    """The kit's own server user on every exec host, not only on the one `install` ran
+    on (it cannot reach the others): an agent that finds it missing makes it, as root.
+    A user the site named itself is never created; a missing one stops the server
+    with the reason (_drop_privileges)."""
+    from . import user
+    if name != user.DEFAULT or os.getuid() != 0 or user.exists(name):
+        return
+    try:
+        user.create(name)
+        log(f"created the system user {name} for the agent's server on this host")
+    except OSError as e:
+        log(f"cannot create the system user {name}: {e}")
+
+
 def _drop_privileges(user: str) -> None:
     if os.getuid() != 0:
         return
     import pwd
-    pw = pwd.getpwnam(user)
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise SystemExit(f"agent.user {user!r} does not exist (`sge-image install` "
+                         f"creates it)") from None
     if pw.pw_uid == 0:
         raise SystemExit("agent.user must not be root")
     os.setgroups([])
@@ -306,7 +364,7 @@ class Stager:
                               "message": f"{type(e).__name__}"}
                 if len(answer.get("message", "")) > 2000:
                     answer["message"] = answer["message"][:2000] + "..."
-                pipe.sendall((json.dumps(answer) + "\n").encode())
+                pipe.sendall((json.dumps(self._signed(request, answer)) + "\n").encode())
 
     def _inflight(self, pipe: socket.socket, digest: str) -> None:
         """Answer `1 SIZE` with the temp file's descriptor, or `0`."""
@@ -327,12 +385,26 @@ class Stager:
         finally:
             os.close(fd)
 
+    def _signed(self, request: str, answer: Dict[str, Any]) -> Dict[str, Any]:
+        """The answer with its mac over the request line (the HTTP status stays out:
+        the server takes it off)."""
+        if self.verifier is None:
+            return answer
+        from .auth import sign_answer
+        http_status = answer.pop("http", None)
+        signed = sign_answer(self.verifier.key, request, answer)
+        if http_status is not None:
+            signed["http"] = http_status
+        return signed
+
     def handle(self, request: str, ip: str) -> Dict[str, Any]:
-        from .auth import AuthError
+        from .auth import AuthError, TooEarly
         if self.verifier is None:
             return {"http": 403, "state": "refused", "message": "this agent has no key"}
         try:
             name, source = self.verifier.check(request)
+        except TooEarly as e:  # made before a restart: a fresh request will do
+            return {"state": "retry", "message": str(e)}
         except AuthError as e:
             self._log_refusal(f"refused a staging request from {ip}: {e}")
             return {"http": 403, "state": "refused", "message": str(e)}

@@ -3,7 +3,9 @@
 Grid Engine runs no prolog for the tasks of a parallel job (`qrsh -inherit`), so the
 master's prolog asks the agent of every other host in the job's host file to stage
 the image, with a request signed by the root-only key, and waits (at most
-`agent.pe_wait` seconds) until all of them have it. The answer maps onto the
+`agent.pe_wait` seconds, a deadline that every exchange ends by, however slowly a
+host answers) until all of them have it. Only an answer signed with the key counts;
+any other (a busy 503, a process on the agent's port) is "ask again". It maps onto the
 prolog's rules: a permanent failure on any host (the image's sources refuse it) is a
 job error; anything else that keeps a host from the image (an agent down, a full
 disk, the wait running out) is transient, a reschedule.
@@ -76,10 +78,16 @@ def stage_other_hosts(name: str, settings: Settings, log: Callable[[str], None],
     deadline = time.monotonic() + agent.pe_wait
     while True:
         for host in list(pending):
+            # Issue 17: a host trickling its answer held this loop (as root, under
+            # the image lock) past pe_wait; each exchange now ends by both bounds.
+            end = min(deadline, time.monotonic() + agent.exchange_deadline)
+            if end <= time.monotonic():
+                break
             try:
                 answer = stage_request(host, name, key, agent,
                                        settings.fetch.connect_timeout,
-                                       source=_hosts.my_host())
+                                       source=_hosts.my_host(), deadline=end,
+                                       step=settings.fetch.read_timeout)
             except Exception as e:  # agent restarting, host busy: ask again
                 pending[host] = f"agent unreachable ({type(e).__name__}: {e})"
                 continue
@@ -107,4 +115,4 @@ def stage_other_hosts(name: str, settings: Settings, log: Callable[[str], None],
             raise FetchError(f"parallel job: {name!r} not on "
                              + "; ".join(f"{h} ({why})" for h, why in pending.items())
                              + f" after {agent.pe_wait:.0f}s", transient=True)
-        sleep(1.0)
+        sleep(max(0.0, min(1.0, deadline - time.monotonic())))

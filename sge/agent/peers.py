@@ -15,6 +15,15 @@ once per pull (sge/agent/redirects.py).
 
 A staging that a peer asked for never delegates again (`DELEGATE` is False in the
 agent): two hosts that disagree on the seed cannot wait on each other.
+
+Time and room are bounded as tightly as bytes (issue 17). Every exchange (connect,
+request, the answer's whole head; a staging answer whole) ends by
+`agent.exchange_deadline` (sge/agent/deadline.py); all of a pull's time on peers,
+blob bodies included, ends by `agent.peer_budget`, and then the pull goes to the
+catalog's sources. A peer never writes more than the catalog's size, or for an entry
+without one more than the cache's cap; a disk that fills while a peer streams is
+not the cache's problem: nothing is evicted for a peer, the origin is asked.
+Staging answers count only when signed with the key (sge/agent/auth.py).
 """
 from __future__ import annotations
 
@@ -26,6 +35,7 @@ import time
 from ..errors import CacheFull, FetchError, SgeImageError
 from ..metrics import events as _events
 from . import hosts as _hosts
+from .deadline import Budget, DeadlineSocket
 
 
 TYPE_CHECKING = False
@@ -45,16 +55,38 @@ MAX_STREAM_TRIES = 3    # streams from a seed's download in progress, per seed
 POLL_MIN, POLL_MAX = 0.25, 2.0
 
 
+class _NoRoom(Exception):
+    """The disk filled while a peer streamed: stop asking peers."""
+
+
 def fetch(image: Image, sink: Sink, ctx: Context, settings: Settings) -> Optional[str]:
     """Fill `sink` with `image` from a peer and return its verified sha256, or None."""
     agent = settings.agent
     if not agent.enabled or not agent.peers or not image.sha256:
         return None
+    budget = Budget(agent.peer_budget)
+    # A size-less entry: a peer may send up to the cache's cap, no more (issue 17:
+    # an endless body filled the cache filesystem).
+    limit = image.size if image.size is not None else settings.cache.max_size
+    try:
+        digest = _fetch(image, sink, ctx, settings, budget, limit)
+    except _NoRoom:
+        return None
+    if digest is None and budget.spent():
+        ctx.log(f"image {image.name}: {agent.peer_budget:.0f}s on peers spent "
+                f"(agent.peer_budget); using the sources")
+    return digest
+
+
+def _fetch(image: Image, sink: Sink, ctx: Context, settings: Settings, budget: Budget,
+           limit: int) -> Optional[str]:
+    assert image.sha256 is not None  # fetch() asks peers only for a digest
+    agent = settings.agent
     hint = HINTS.pop(image.name, None)
     if hint and not _hosts.is_me(hint):
         # The host that asked us has it (a parallel job's master): the load sensor
         # may not report it for another load_report_time.
-        digest = get_blob(hint, image, sink, ctx, agent)
+        digest = get_blob(hint, image, sink, ctx, agent, budget=budget, limit=limit)
         if digest:
             return digest
     try:
@@ -65,6 +97,7 @@ def fetch(image: Image, sink: Sink, ctx: Context, settings: Settings) -> Optiona
         return None
     from .redirects import Redirects
     redirects = Redirects(live)
+    kw: Dict[str, Any] = {"budget": budget, "limit": limit}
     others = [h for h in have if not _hosts.is_me(h)]
     random.shuffle(others)
     # qhost does not tell a whole blob from a download in progress (the load sensor
@@ -73,13 +106,23 @@ def fetch(image: Image, sink: Sink, ctx: Context, settings: Settings) -> Optiona
     missing = []
     for host in others[:MAX_HAVE_TRIES]:
         status: Dict[str, Any] = {}
-        digest = _get(host, image, sink, ctx, agent, redirects, status=status)
+        if budget.spent():
+            return None
+        digest = _get(host, image, sink, ctx, agent, redirects, status=status, **kw)
         if digest:
             return digest
+        if status.get("code") == 403:
+            # Agents serve the cluster's hosts only; this one (an admin host, a login
+            # node) is not among them, and no other agent would answer otherwise.
+            ctx.log(f"image {image.name}: this host is not one the cluster's agents serve "
+                    f"(peer {host} answered 403); using the sources")
+            return None
         if status.get("code") == 404:
             missing.append(host)
     for host in missing:
-        digest = _get(host, image, sink, ctx, agent, redirects, inflight=True)
+        if budget.spent():
+            return None
+        digest = _get(host, image, sink, ctx, agent, redirects, inflight=True, **kw)
         if digest:
             return digest
     if not DELEGATE:
@@ -94,6 +137,8 @@ def fetch(image: Image, sink: Sink, ctx: Context, settings: Settings) -> Optiona
     # path explains it).
     candidates = list(live)
     for _ in range(MAX_SEEDS):
+        if budget.spent():
+            return None
         seed = _hosts.seed_for(image.sha256, candidates)
         if seed is None or _hosts.is_me(seed):
             return None
@@ -106,15 +151,15 @@ def fetch(image: Image, sink: Sink, ctx: Context, settings: Settings) -> Optiona
                 return None
             status: Dict[str, Any] = {}
             digest = _get(seed, image, sink, ctx, agent, redirects, inflight=True,
-                          status=status)
+                          status=status, **kw)
             if not digest and status.get("code") != 404:
                 streams.append(status.get("code"))
             return digest
-        outcome = _await_seed(seed, image, ctx, settings, stream)
+        outcome = _await_seed(seed, image, ctx, settings, stream, budget)
         if isinstance(outcome, tuple):
             return outcome[1]
         if outcome == "ready":
-            digest = _get(seed, image, sink, ctx, agent, redirects)
+            digest = _get(seed, image, sink, ctx, agent, redirects, **kw)
             if digest:
                 return digest
         elif outcome == "stop":
@@ -124,32 +169,38 @@ def fetch(image: Image, sink: Sink, ctx: Context, settings: Settings) -> Optiona
 
 
 def _await_seed(seed: str, image: Image, ctx: Context, settings: Settings,
-                stream: Optional[Callable[[], Optional[str]]] = None) -> Any:
+                stream: Optional[Callable[[], Optional[str]]] = None,
+                budget: Optional[Budget] = None) -> Any:
     """Ask the seed's agent to stage the image and wait until it has it: "ready";
     ("done", sha256) when `stream()` got it from the seed's download in progress
     meanwhile; "next" when the seed is dead, unreachable, failed for now or too slow
     (another seed may do); "stop" when asking any seed is pointless (no key, refused,
     or the image's sources refuse it for good)."""
-    from .auth import key_path, read_key
+    from .auth import AuthError, key_path, read_key
     agent = settings.agent
     try:
         key = read_key(key_path(settings))
     except Exception as e:
         ctx.log(f"image {image.name}: cannot sign a staging request ({e}); using the sources")
         return "stop"
-    deadline = time.monotonic() + agent.seed_wait
+    budget = budget or Budget(agent.peer_budget)
+    # Each poll ends by the seed's wait and the pull's budget, however slowly the
+    # seed answers (issue 17: one header byte every 4 s outlived seed_wait).
+    deadline = min(time.monotonic() + agent.seed_wait, budget.end)
     delay = POLL_MIN
     asked = False
     while time.monotonic() < deadline:
         try:
-            answer = stage_request(seed, image.name, key, agent, ctx.connect_timeout)
-        except (OSError, http.client.HTTPException, ValueError) as e:
+            answer = stage_request(seed, image.name, key, agent, ctx.connect_timeout,
+                                   deadline=min(deadline, budget.until(agent.exchange_deadline)),
+                                   step=ctx.read_timeout)
+        except (OSError, http.client.HTTPException, ValueError, AuthError) as e:
             ctx.log(f"image {image.name}: seed host {seed} unreachable ({e})")
             return "next"
         state = answer.get("state")
         if state == "ready":
             return "ready"
-        if state != "staging":
+        if state not in ("staging", "retry"):  # retry: asked again next round
             ctx.log(f"image {image.name}: seed host {seed}: {state}: {answer.get('message', '')}")
             return "next" if state == "failed" and answer.get("transient") else "stop"
         if not asked:
@@ -158,43 +209,65 @@ def _await_seed(seed: str, image: Image, ctx: Context, settings: Settings,
         digest = stream() if stream else None
         if digest:
             return ("done", digest)
-        time.sleep(delay)
+        time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
         delay = min(POLL_MAX, delay * 1.5)
-    ctx.log(f"image {image.name}: seed host {seed} did not finish within "
-            f"{agent.seed_wait:.0f}s")
+    ctx.log(f"image {image.name}: seed host {seed}: time on peers spent" if budget.spent()
+            else f"image {image.name}: seed host {seed} did not finish within "
+                 f"{agent.seed_wait:.0f}s")
     return "next"
 
 
 def stage_request(host: str, name: str, key: bytes, agent: AgentSettings, timeout: float = 10.0,
-                  source: str = "-") -> Dict[str, Any]:
-    """One signed staging request to `host`'s agent -> its answer (a dict with
-    `state`: ready, staging, failed or refused)."""
-    from .auth import sign
-    body = sign(key, name, host, source).encode()
-    conn = _connection(host, agent, timeout)
+                  source: str = "-", deadline: Optional[float] = None,
+                  step: Optional[float] = None) -> Dict[str, Any]:
+    """One signed staging request to `host`'s agent -> its signed answer (a dict with
+    `state`: ready, staging, failed or refused), the whole exchange ending by
+    `deadline` (default: agent.exchange_deadline from now).
+
+    An answer that is not the agent's own (unsigned or forged: a process on its port,
+    the server's own 503 when busy) raises AuthError or ValueError, which callers
+    treat as "unreachable, ask again" (issue 17: a busy 503 became "refused" and a
+    parallel job was rescheduled)."""
+    from .auth import check_answer, sign
+    from .protocol import HEADER as PROTOCOL_HEADER, PROTOCOL
+    line = sign(key, name, host, source)
+    body = line.encode()
+    if deadline is None:
+        deadline = time.monotonic() + agent.exchange_deadline
+    conn = _connection(host, agent, timeout, deadline, step)
     try:
         conn.request("POST", "/stage", body=body,
-                     headers={"Content-Type": "text/plain", "Content-Length": str(len(body))})
+                     headers={"Content-Type": "text/plain", "Content-Length": str(len(body)),
+                              PROTOCOL_HEADER: PROTOCOL})
         resp = conn.getresponse()
         data = resp.read(64 << 10)
     finally:
         conn.close()
-    answer = json.loads(data.decode() or "{}")
-    if not isinstance(answer, dict):
-        raise ValueError("malformed answer")
-    if resp.status >= 400 and "state" not in answer:
-        answer = {"state": "refused", "message": f"HTTP {resp.status}"}
-    return answer
+    try:
+        answer = json.loads(data.decode() or "{}")
+    except UnicodeDecodeError:
+        raise ValueError(f"HTTP {resp.status}: malformed answer") from None
+    if not isinstance(answer, dict) or "mac" not in answer:
+        # During a rolling upgrade an agent of the kit before 0.2 answers unsigned: it is
+        # told apart by its missing protocol header, and not believed either (anyone on
+        # its port could say the same); the job waits, then is rescheduled.
+        older = resp.getheader(PROTOCOL_HEADER) is None and resp.getheader("Server") == "sge-image-agent"
+        raise ValueError(f"HTTP {resp.status}: an unsigned answer"
+                         + (" (an agent of a kit before protocol 2: upgrade that host)"
+                            if older else ""))
+    return check_answer(key, line, answer)
 
 
 def _get(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSettings,
          redirects: Redirects, inflight: bool = False,
-         status: Optional[Dict[str, Any]] = None) -> Optional[str]:
+         status: Optional[Dict[str, Any]] = None, budget: Optional[Budget] = None,
+         limit: Optional[int] = None) -> Optional[str]:
     """get_blob, and when `host` is busy, the live hosts it names as receiving the
     blob (asked for their download in progress; a target's own 503 is not followed)."""
     from .redirects import HEADER
     status = {} if status is None else status
-    digest = get_blob(host, image, sink, ctx, agent, inflight=inflight, status=status)
+    digest = get_blob(host, image, sink, ctx, agent, inflight=inflight, status=status,
+                      budget=budget, limit=limit)
     if digest or status.get("code") != 503 or not status.get("peers"):
         return digest
     targets = redirects.targets(status["peers"], host)
@@ -202,32 +275,47 @@ def _get(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSettings
             f"{status['peers'][:200]!r}: "
             + (f"trying {', '.join(targets)}" if targets else "none to follow"))
     for target in targets:
-        digest = get_blob(target, image, sink, ctx, agent, inflight=True)
+        if budget is not None and budget.spent():
+            return None
+        digest = get_blob(target, image, sink, ctx, agent, inflight=True, budget=budget,
+                          limit=limit)
         if digest:
             return digest
     return None
 
 
 def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSettings,
-             inflight: bool = False, status: Optional[Dict[str, Any]] = None) -> Optional[str]:
+             inflight: bool = False, status: Optional[Dict[str, Any]] = None,
+             budget: Optional[Budget] = None, limit: Optional[int] = None) -> Optional[str]:
     """GET the blob from `host`'s agent into the sink and verify it -> sha256, or None
     (after logging why) with the sink emptied for the next source. With `inflight`,
     a download in progress on that host will do too. `status`, a dict, gets the
     answer's HTTP status as "code" (404: the host has no such blob) and a busy host's
-    redirect header as "peers"."""
+    redirect header as "peers".
+
+    The connect and the answer's head end by agent.exchange_deadline, the body by the
+    budget's end; the body is at most `limit` bytes (default: the catalog's size)."""
     from ..fetch import httpwire as wire
+    budget = budget or Budget(agent.peer_budget)
+    limit = image.size if limit is None else limit
     shown = f"peer {host}"
     try:
         if sink.received:
             sink.reset()
-        conn = _connection(host, agent, ctx.connect_timeout)
+        conn = _connection(host, agent, ctx.connect_timeout,
+                           budget.until(agent.exchange_deadline), ctx.read_timeout)
         try:
             headers = {"User-Agent": wire.USER_AGENT}
             if inflight:
                 headers["X-Sge-Image-Inflight"] = "1"
+            sock = conn.sock  # http.client lets go of it once the answer says close
             conn.request("GET", f"/blobs/sha256/{image.sha256}", headers=headers)
             wire._tune(conn, ctx)
             resp = conn.getresponse()
+            # The head is in: the body may take until the budget's end, at the
+            # low-speed rate or better.
+            if isinstance(sock, DeadlineSocket):
+                sock.extend(budget.end)
             if status is not None:
                 status["code"] = resp.status
                 if resp.status == 503:
@@ -238,20 +326,31 @@ def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSett
             sink.source = "peer_inflight" if resp.getheader("X-Sge-Image-Inflight") == "1" else "peer"
             if resp.status == 404 and inflight:
                 return None  # not begun there yet: nothing to log on every poll
+            if resp.status == 403 and status is not None:
+                return None  # not trusted here: the caller says so once, for every peer
             if resp.status != 200:
                 raise FetchError(f"{shown}: HTTP {resp.status} {resp.reason}"
                                  + (" (busy)" if resp.status == 503 else ""))
             length = resp.getheader("Content-Length")
             if image.size is not None and length != str(image.size):
                 raise FetchError(f"{shown}: offers {length} bytes, expected {image.size}")
+            # Without a length the body could be endless; the agent always sends one.
+            if length is None or not length.isascii() or not length.isdigit() \
+                    or len(length) > 19 or limit is None or int(length) > limit:
+                raise FetchError(f"{shown}: offers {length} bytes, more than this pull "
+                                 f"takes from a peer ({limit})")
             wire._stream(resp, sink, ctx, shown)
         finally:
             conn.close()
         digest = sink.finish(shown)
         ctx.log(f"image {image.name}: {sink.received} bytes from {shown}, verified")
         return digest
-    except CacheFull:
-        raise  # the disk, not the peer: the caller evicts and retries
+    except CacheFull as e:
+        # Never evict for a peer's bytes (issue 17: a peer's endless body evicted
+        # every image and the pull never asked the origin): drop them, use the sources.
+        ctx.log(f"image {image.name}: {shown}: {e}; not evicting for a peer, using the sources")
+        sink.reset(after_full=True)
+        raise _NoRoom() from None
     except wire._Interrupted as e:
         ctx.log(f"image {image.name}: {shown}: {e}")
         _events.peer_failed(sink.path, e)
@@ -268,21 +367,21 @@ def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSett
     return None
 
 
-def _connection(host: str, agent: AgentSettings, timeout: float) -> http.client.HTTPConnection:
+def _connection(host: str, agent: AgentSettings, timeout: float, deadline: float,
+                step: Optional[float] = None) -> http.client.HTTPConnection:
     """A plain connection to `host`'s agent (never through a proxy), sent from this
     host's own address: agents trust cluster hosts by address, and a host with
-    several addresses must speak from the one its name resolves to."""
+    several addresses must speak from the one its name resolves to. The connect
+    waits at most `timeout`; it and everything after it end by `deadline`, and no
+    single wait is longer than `step` (the read timeout)."""
+    from .deadline import connect
     addr = _hosts.address_of(host)
     if addr is None:
         raise OSError(f"cannot resolve host {host}")
     src = _hosts.address_of(_hosts.my_host())
-    conn = http.client.HTTPConnection(addr, agent.port, timeout=timeout,
-                                      source_address=(src, 0) if src else None)
     try:
-        conn.connect()
+        return connect(addr, agent.port, deadline, timeout, step, src)
     except OSError as e:
         if src is None or e.errno != 99:  # EADDRNOTAVAIL: our name is not ours here
             raise
-        conn = http.client.HTTPConnection(addr, agent.port, timeout=timeout)
-        conn.connect()
-    return conn
+        return connect(addr, agent.port, deadline, timeout, step)

@@ -4,12 +4,19 @@ It listens on a port anyone on the network can reach, so it accepts as little as
 can: `GET`/`HEAD /blobs/sha256/<64 hex>` (the exact digest, nothing decoded, no
 listing, no names), `POST /stage` (a signed line the root side checks), and nothing
 else. One request per connection. Each bound is there for a reason:
+- trust comes first: the accepting thread checks the address before the connection
+  costs a slot or a thread, and a stranger's connection is closed at once (issue 17:
+  strangers held the slots, and each refusal lingered a second);
 - the request head must arrive whole within `header_timeout` and fit in 8 KiB: a
   client sending a byte a minute (slow loris) or an endless header holds no thread;
-- at most `max_connections` handler threads; one more is told 503 and closed;
-- at most `upload_slots` blobs in flight; one more gets 503 + Retry-After, and the
-  client tries another peer or the origin;
-- a transfer stalled for `idle_timeout` is dropped;
+- at most `max_connections` handler threads, and at most `max_per_address` of them
+  for one address; one more is told 503 and closed: one greedy host cannot keep the
+  others' staging requests and HEADs out;
+- at most `upload_slots` blob bodies in flight (a HEAD or a staging request takes
+  none); one more gets 503 + Retry-After, and the client tries another peer or the
+  origin;
+- a transfer slower than `upload_min_rate` over `idle_timeout` seconds loses its
+  slot (a stalled one is the case of rate 0): slow readers cannot hold the slots;
 - the blob is opened with O_NOFOLLOW below the blobs directory and must be a regular
   file: a symlink planted there leads nowhere;
 - a client that sends `X-Sge-Image-Inflight: 1` also takes a blob this host is still
@@ -33,12 +40,15 @@ import re
 import socket
 import stat
 import threading
+import time
+
+from . import protocol
 
 from ..metrics import agent_counts as metrics
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+    from typing import BinaryIO, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
     # stage(request line, client ip) -> (HTTP status, answer)
     StageFn = Callable[[str, str], Tuple[int, Dict[str, object]]]
@@ -74,14 +84,18 @@ class BlobServer:
                  header_timeout: float = 10.0, idle_timeout: float = 30.0,
                  stage: Optional[StageFn] = None,
                  log: Optional[Callable[[str], None]] = None,
-                 inflight: Optional[InflightFn] = None) -> None:
+                 inflight: Optional[InflightFn] = None,
+                 max_per_address: int = 8, upload_min_rate: int = 1 << 20) -> None:
         self.sock = sock
         self.blobs_dir = blobs_dir
         self.allowed = allowed
         self.slots = threading.BoundedSemaphore(max(1, upload_slots))
         self.max_connections = max(1, max_connections)
+        self.max_per_address = max(1, max_per_address)
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
+        self.upload_min_rate = max(0, upload_min_rate)
+        self._per_address: Dict[str, int] = {}
         self.stage = stage
         self.log: Callable[[str], None] = log or (lambda msg: None)
         # inflight(digest) -> (fd, expected size) of a download in progress, or None
@@ -101,10 +115,20 @@ class BlobServer:
                 if e.errno in (errno.EBADF, errno.EINVAL):
                     return  # closed: shutting down
                 continue  # EMFILE, ECONNABORTED: keep serving
+            ip = addr[0]
+            try:
+                trusted = self.allowed(ip)
+            except Exception:  # a malformed address: nobody we know
+                trusted = False
+            if not trusted:
+                _refuse_and_close(conn)
+                continue
             with self._lock:
-                full = self._active >= self.max_connections
+                n = self._per_address.get(ip, 0)
+                full = self._active >= self.max_connections or n >= self.max_per_address
                 if not full:
                     self._active += 1
+                    self._per_address[ip] = n + 1
             if full:
                 _busy_and_close(conn)
                 continue
@@ -112,17 +136,22 @@ class BlobServer:
             try:
                 t.start()
             except RuntimeError:  # cannot start a thread: treat as busy
-                with self._lock:
-                    self._active -= 1
+                self._release(ip)
                 _busy_and_close(conn)
+
+    def _release(self, ip: str) -> None:
+        with self._lock:
+            self._active -= 1
+            n = self._per_address.get(ip, 1) - 1
+            if n > 0:
+                self._per_address[ip] = n
+            else:
+                self._per_address.pop(ip, None)
 
     def _connection(self, conn: socket.socket, addr: Tuple[str, int]) -> None:
         try:
             conn.settimeout(self.header_timeout)
             try:
-                if not self.allowed(addr[0]):
-                    metrics.count("refused")
-                    raise _Reject(403)
                 self._request(conn, addr[0])
             except _Reject as r:
                 _respond(conn, r.status, r.headers)
@@ -130,15 +159,13 @@ class BlobServer:
             except (OSError, ValueError):
                 pass  # the client went away or stalled: nothing to tell it
         finally:
-            with self._lock:
-                self._active -= 1
+            self._release(addr[0])
             try:
                 conn.close()
             except OSError:
                 pass
 
     def _request(self, conn: socket.socket, ip: str) -> None:
-        import time
         deadline = time.monotonic() + self.header_timeout
         head, rest = _read_head(conn, deadline)
         lines = head.split(b"\r\n")
@@ -168,7 +195,10 @@ class BlobServer:
 
     def _blob(self, conn: socket.socket, ip: str, digest: str, method: str,
               range_header: Optional[str], inflight: bool = False) -> None:
-        if not self.slots.acquire(blocking=False):
+        # A HEAD sends no body: it takes no upload slot (issue 17: busy slots made a
+        # trusted HEAD 503).
+        slot = method == "GET"
+        if slot and not self.slots.acquire(blocking=False):
             raise _Reject(503, self._busy(digest, ip))
         try:
             fd = _open_blob(self.blobs_dir, digest)
@@ -198,15 +228,20 @@ class BlobServer:
                          length_set=True)
                 if method == "HEAD" or count == 0:
                     return
-                conn.settimeout(self.idle_timeout)
                 _tune_send(conn)
-                sent = conn.sendfile(f, start, count)
+                try:
+                    sent = send_paced(conn, f, start, count, self.upload_min_rate,
+                                      self.idle_timeout)
+                except SlowReader as e:
+                    self.log(f"dropped a transfer of blob {digest[:16]}... to {ip}: {e}")
+                    return
                 if sent == count and status == 200:
                     self.served += 1
                     metrics.count_upload(False, count)
                     self.log(f"served blob {digest[:16]}... ({count} bytes) to {ip}")
         finally:
-            self.slots.release()
+            if slot:
+                self.slots.release()
 
     def _busy(self, digest: str, ip: str) -> Dict[str, str]:
         """503's headers: Retry-After, and the hosts this blob is going to now."""
@@ -259,7 +294,8 @@ class BlobServer:
             conn.settimeout(self.idle_timeout)
             _tune_send(conn)
             try:
-                follow(conn, f, start, size, self.idle_timeout)
+                follow(conn, f, start, size, self.idle_timeout,
+                       min_rate=self.upload_min_rate)
             except Abandoned as e:
                 # Closing short is the message: the client's body is truncated, it
                 # verifies nothing of it into a publish and tries another source.
@@ -275,7 +311,6 @@ class BlobServer:
 
     def _stage(self, conn: socket.socket, ip: str, headers: Mapping[str, str], rest: bytes,
                deadline: float) -> None:
-        import time
         if self.stage is None:
             raise _Reject(404)
         try:
@@ -310,7 +345,6 @@ class BlobServer:
 def _read_head(conn: socket.socket, deadline: float) -> Tuple[bytes, bytes]:
     """-> (head without the blank line, bytes after it). The whole head must come
     within the deadline, however slowly each byte arrives."""
-    import time
     data = b""
     while True:
         end = data.find(b"\r\n\r\n")
@@ -352,33 +386,71 @@ def _open_blob(blobs_dir: str, digest: str) -> Optional[int]:
     return fd
 
 
+RANGE = re.compile(r"bytes=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)", re.ASCII)
+MAX_DIGITS = 19  # a longer number is past any file's end (and past int()'s 4300 digits)
+
+
+def _number(digits: str) -> int:
+    """A range bound, saturated: a 5000-digit number means "past the end"."""
+    return (1 << 63) if len(digits) > MAX_DIGITS else int(digits)
+
+
 def parse_range(value: str, size: int) -> Union[None, str, Tuple[int, int]]:
     """A single `bytes=` range -> (start, end) inclusive; None to ignore the header
     (multiple ranges or a form we do not take: RFC 9110 lets a server send the whole
-    body); "unsatisfiable" for a range wholly past the end."""
-    value = value.strip()
-    if not value.startswith("bytes=") or "," in value:
+    body); "unsatisfiable" for a range wholly past the end. Only ASCII digits count
+    (issue 17: `bytes=²-` passed isdigit() and int() raised, closing without an answer)."""
+    m = RANGE.fullmatch(value.strip())
+    if not m:
         return None
-    first, sep, last = value[6:].strip().partition("-")
-    if not sep:
-        return None
-    first, last = first.strip(), last.strip()
-    if not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
-        return None
+    first, last = m.groups()
     if first == "":
         if last == "":
             return None
-        n = int(last)
+        n = _number(last)
         if n == 0 or size == 0:
             return "unsatisfiable"
         return max(0, size - n), size - 1
-    start = int(first)
+    start = _number(first)
     if start >= size:
         return "unsatisfiable"
-    end = int(last) if last else size - 1
+    end = _number(last) if last else size - 1
     if end < start:
         return None
     return start, min(end, size - 1)
+
+
+class SlowReader(Exception):
+    """A client took less than the minimum rate: its upload slot goes to another."""
+
+
+SEND_CHUNK = 256 << 10
+
+
+def send_paced(conn: socket.socket, f: BinaryIO, start: int, count: int, min_rate: int,
+               window: float, clock: Callable[[], float] = time.monotonic) -> int:
+    """sendfile `count` bytes from `start`, in pieces, raising SlowReader when fewer
+    than `min_rate` bytes a second went out over the last `window` seconds (issue 17:
+    four readers at 128 KiB/s held every slot for 100 s). No single wait is longer
+    than `window` (a client that reads nothing is the case of rate 0)."""
+    sent = 0
+    mark_t, mark_n = clock(), 0
+    conn.settimeout(window)
+    while sent < count:
+        try:
+            n = conn.sendfile(f, start + sent, min(SEND_CHUNK, count - sent))
+        except (socket.timeout, TimeoutError):
+            raise SlowReader(f"nothing read for {window:.0f}s") from None
+        if not n:
+            return sent
+        sent += n
+        now = clock()
+        if now - mark_t >= window:
+            rate = (sent - mark_n) / (now - mark_t)
+            if rate < min_rate:
+                raise SlowReader(f"{rate:.0f} B/s, below the minimum {min_rate} B/s")
+            mark_t, mark_n = now, sent
+    return sent
 
 
 def _tune_send(conn: socket.socket) -> None:
@@ -391,7 +463,7 @@ def _tune_send(conn: socket.socket) -> None:
 def _respond(conn: socket.socket, status: int, headers: Optional[Mapping[str, str]] = None,
              body: bytes = b"", length_set: bool = False) -> None:
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", "Connection: close",
-             "Server: sge-image-agent"]
+             "Server: sge-image-agent", f"{protocol.HEADER}: {protocol.PROTOCOL}"]
     headers = dict(headers or {})
     if not length_set:
         headers["Content-Length"] = str(len(body))
@@ -402,7 +474,6 @@ def _respond(conn: socket.socket, status: int, headers: Optional[Mapping[str, st
 def _linger(conn: socket.socket, limit: int = 256 << 10, seconds: float = 1.0) -> None:
     """Close gently after an error: closing with unread request bytes makes the kernel
     send a reset, which can destroy the error response before the client reads it."""
-    import time
     deadline = time.monotonic() + seconds  # in total: a trickling client gets no more
     try:
         conn.shutdown(socket.SHUT_WR)
@@ -418,6 +489,23 @@ def _linger(conn: socket.socket, limit: int = 256 << 10, seconds: float = 1.0) -
             got += len(chunk)
     except OSError:
         pass
+
+
+def _refuse_and_close(conn: socket.socket) -> None:
+    """A stranger: a short 403, what it already sent is read without waiting (so that
+    closing does not reset the answer away), and closed at once. No thread, no slot."""
+    metrics.count("refused")
+    try:
+        conn.setblocking(False)
+        conn.send(b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        conn.shutdown(socket.SHUT_WR)
+        for _ in range(4):
+            if not conn.recv(65536):
+                break
+    except OSError:
+        pass
+    finally:
+        conn.close()
 
 
 def _busy_and_close(conn: socket.socket) -> None:

@@ -185,8 +185,10 @@ def install(settings: Settings, hooks_dir: str, queues: Sequence[str] = ("all.q"
         else:
             plan.do(f"write launcher {path}", functools.partial(_write_exec, path, text))
 
-    # 1b. The node agent's signing key (sge/agent/auth.py): root-only, made once.
+    # 1b. The node agent's signing key (sge/agent/auth.py): root-only, made once;
+    # and the server's own system user (sge/agent/user.py).
     _install_agent_key(settings, state, plan, hooks_dir)
+    _install_agent_user(settings, state, plan, hooks_dir)
 
     # 2. Complexes.
     _install_complexes(settings, state, plan, sync)
@@ -306,6 +308,25 @@ def _install_agent_key(settings: Settings, state: State, plan: Plan, hooks_dir: 
         if os.path.isdir(hooks_dir):
             _save_state(hooks_dir, state)
     plan.do(f"create the agent key {path} (root only)", create)
+
+
+def _install_agent_user(settings: Settings, state: State, plan: Plan, hooks_dir: str) -> None:
+    """On this host; on other exec hosts the site's user management makes it (the
+    agent refuses to serve as a user that does not exist, and says so in the log)."""
+    if not settings.agent.enabled:
+        return
+    from ..agent import user
+    name = settings.agent.user
+    if user.exists(name):
+        plan.same(f"agent user {name}")
+        return
+
+    def create() -> None:
+        user.create(name)
+        state["agent_user"] = name
+        if os.path.isdir(hooks_dir):
+            _save_state(hooks_dir, state)
+    plan.do(f"create the system user {name} for the agent's server", create)
 
 
 def _install_complexes(settings: Settings, state: State, plan: Plan, sync: bool) -> None:
@@ -433,6 +454,26 @@ def uninstall(hooks_dir: str, dry_run: bool = False, out: TextIO = sys.stdout,
                 pass
             done(lambda s: s.pop("agent_key", None))
         plan.do(f"remove the agent key {state['agent_key']}", remove_key)
+
+    if state.get("agent_user"):
+        def remove_user(name: str = state["agent_user"]) -> None:
+            import time
+
+            from ..agent import user
+            # The agents leave with their load sensors, removed above; userdel
+            # refuses while one still runs as the user.
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    user.remove(name)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(2)
+            done(lambda s: s.pop("agent_user", None))
+        plan.do(f"remove the system user {state['agent_user']} (install created it)",
+                remove_user)
 
     def remove_hooks() -> None:
         for fn in ("prolog", "epilog", "loadsensor", "jsv", "starter", STATE_FILE):

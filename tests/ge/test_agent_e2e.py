@@ -12,7 +12,7 @@ import pytest
 from tests.support.common import payload
 from tests.support.gekit import MB, QHOST_PINNED, kit_work, make_kit
 
-PORT = 6450
+PORT = 645  # the default agent.port (privileged)
 PE = "imgpe"
 
 
@@ -185,16 +185,64 @@ def _remove_pe(c):
     c.run(["qconf", "-dp", PE], check=False)
 
 
+STRANGER = "127.0.0.250"  # no exec host's address: `trust: cluster` (qhost) refuses it
+
+
+class Flood:
+    """Connections from a stranger's address to every host's agent, as fast as they
+    are refused, each sending half a request head and left open (issue 17: strangers
+    took the connection slots and the master's staging requests got 503)."""
+
+    def __init__(self, hosts):
+        import threading
+        self.addrs = [_address(h) for h in hosts]
+        self.stop = threading.Event()
+        self.count = 0
+        self.threads = [threading.Thread(target=self._run, args=(a,)) for a in self.addrs]
+
+    def _run(self, addr):
+        held = []
+        while not self.stop.is_set():
+            try:
+                s = socket.create_connection((addr, PORT), timeout=2,
+                                             source_address=(STRANGER, 0))
+                s.send(b"GET /blobs/sha256/ HTTP/1.1\r\n")
+                held.append(s)
+                self.count += 1
+            except OSError:
+                time.sleep(0.01)
+            if len(held) > 100:
+                for s in held[:50]:
+                    s.close()
+                del held[:50]
+        for s in held:
+            s.close()
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+
 def test_parallel_job_has_its_image_on_every_host_before_it_runs(kit, pe):
+    """Under a flood of a stranger's connections to every agent: the trust check
+    (from qhost) refuses them before they cost a slot, and the job is staged."""
     c = kit.cluster
     out = kit.out("pe")
     digest = kit.images["pe"]["sha256"]
     checks = "".join(f'test -f {kit.cache_dir(h)}/blobs/sha256/{digest} && echo "have {h}" '
                      f'|| echo "missing {h}"\n' for h in c.hosts)
     job = kit.script("pe.sh", "#!/bin/sh\ncat $PE_HOSTFILE\n" + checks)
-    jid = c.qsub(["-pe", pe, str(len(c.hosts)), "-l", "image=pe", "-o", f"{out}/pe.out",
-                  "-j", "y", job])
-    c.wait_done(jid, timeout=300)
+    with Flood(c.hosts) as flood:
+        jid = c.qsub(["-pe", pe, str(len(c.hosts)), "-l", "image=pe", "-o", f"{out}/pe.out",
+                      "-j", "y", job])
+        c.wait_done(jid, timeout=300)
+    print(f"parallel job staged under a flood of {flood.count} stranger connections")
     rec = c.qacct(jid)[0]
     text = open(f"{out}/pe.out").read()
     assert rec["exit_status"] == "0" and rec["failed"].startswith("0"), (rec, text)

@@ -105,9 +105,14 @@ def test_upgrade_in_place_while_an_array_runs(kit, tmp_path):
         time.sleep(1)
     assert len(sensors) == len(c.hosts) and all(t > t_upgrade for _, t in sensors), sensors
     assert agents and all(t > t_upgrade for _, t in agents), agents
-    jid2 = c.qsub(["-l", "image=up", "-b", "y", "/bin/true"])  # qmaster starts its JSV
-    c.wait_done(jid2, timeout=120)
-    jsvs = _kit_procs(kit, "jsv")
+    # qmaster runs one JSV per worker thread and restarts one whose file changed when
+    # that thread next verifies a job: a few submissions reach every thread. (An old
+    # JSV stays alive until then, but never verifies a job again.)
+    for _ in range(20):
+        c.wait_done(c.qsub(["-l", "image=up", "-b", "y", "/bin/true"]), timeout=120)
+        jsvs = _kit_procs(kit, "jsv")
+        if jsvs and all(t > t_upgrade for _, t in jsvs):
+            break
     assert jsvs and all(t > t_upgrade for _, t in jsvs), jsvs
     v = subprocess.run([kit.python, "-I", "-m", "sge.cli", "--version"], capture_output=True,
                        text=True)

@@ -18,6 +18,39 @@ QHOST_HEAD = ("HOSTNAME                ARCH         NCPU NSOC NCOR NTHR  LOAD  M
               "global                  -               -    -    -    -     -       -       -       -       -\n")
 
 
+_CREATED_USER = []
+
+
+def agent_user():
+    """The agent's default system user, made once for the test run if this host has
+    none (as `install` would) and removed at exit if the run made it."""
+    import atexit
+
+    from sge.agent import user
+    from sge.config import SCHEMA
+    name = SCHEMA["agent"]["user"][1]
+    if not user.exists(name):
+        user.create(name)
+        _CREATED_USER.append(name)
+        atexit.register(remove_user, name)
+    return name
+
+
+def remove_user(name, wait=30):
+    """userdel, once no agent server runs as the user any more (a server follows its
+    root side within a second or so)."""
+    from sge.agent import user
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            user.remove(name)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def free_port(ip):
     s = socket.socket()
     s.bind((ip, 0))
@@ -43,6 +76,7 @@ class AgentWorld:
         self.hosts_text = ""
         self.set_qhost({})
         self.procs = []
+        self.user = agent_user()
 
     def set_qhost(self, hosts):
         """hosts: {name: [image complexes it reports]}; every host is live."""
