@@ -524,6 +524,14 @@ EOF
 }
 
 # ---------------------------------------------------------------- execds
+ensure_fuse() {
+  # Containerised jobs run as their owners, and Charliecloud's ch-run mounts SquashFS
+  # images through FUSE without privileges: /dev/fuse must be usable by every user, as
+  # on a normal Debian host (0666), where some sandboxes leave it 0600.
+  [ -c /dev/fuse ] || return 0
+  [ "$(stat -c %a /dev/fuse)" = 666 ] || chmod 0666 /dev/fuse
+}
+
 check_unshare() {
   unshare --uts true 2>/dev/null \
     || die "'unshare --uts' is not permitted here; each exec host needs its own UTS namespace (a container needs CAP_SYS_ADMIN)"
@@ -616,6 +624,7 @@ cmd_up() {
   ensure_packages
   ensure_shim
   check_unshare
+  ensure_fuse
   if ! ensure_host_aliases && [ -n "$(qmaster_pid)" ]; then
     # the qmaster reads host_aliases only at start
     stop_qmaster

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The demo: a real three-host Grid Engine on this machine, a real SIF image served by
-# nginx, the kit installed with `sge-image install`, and arrays of tasks submitted with
-# `qsub -l image=demo` exactly as a researcher would. Run as root on Debian.
+# The demo: a real three-host Grid Engine on this machine, a real SquashFS image served
+# by nginx, the kit installed with `sge-image install --starter`, and arrays of tasks
+# submitted with `qsub -l image=demo` exactly as a researcher would; each task runs
+# inside the image (Charliecloud's ch-run). Run as root on Debian.
 #
 #   bash scripts/demo.sh          run it (about a minute on a fresh machine, plus apt)
 #   bash scripts/demo.sh --keep   ... and leave the kit installed, to try qsub yourself
@@ -38,6 +39,13 @@ if [ "${1:-}" = "--undo" ]; then
     fi
     [ -f "$d/nginx/nginx.pid" ] && kill "$(cat "$d/nginx/nginx.pid")" 2>/dev/null || true
   done
+  # ch-run serves its image's FUSE mount inside the job's own mount namespace, and both
+  # end with the job. End any ch-run of the demos' images a hard stop left behind (by
+  # pid), and (below) say whether a mount is left.
+  for p in /proc/[0-9]*; do
+    cmd=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
+    case "$cmd" in "ch-run "*"/var/tmp/sge-image-kit-"*) kill -9 "${p#/proc/}" 2>/dev/null || true ;; esac
+  done
   # OCS first: Son of Grid Engine's purge then removes the /etc/hosts lines both use.
   if [ -d /var/lib/sge-image-kit-ocs ]; then GE_FLAVOR=ocs bash lab/ge-cluster.sh down --purge; fi
   GE_FLAVOR=soge bash lab/ge-cluster.sh down --purge
@@ -50,16 +58,26 @@ if [ "${1:-}" = "--undo" ]; then
   esac
   # The Grid Engine admin user: Debian's purge keeps system users, and the OCS lab made
   # its own; with no cluster left nothing runs as it (checked: never while a process does).
-  if id sgeadmin >/dev/null 2>&1 && ! pgrep -u sgeadmin >/dev/null 2>&1; then
-    userdel sgeadmin 2>/dev/null && echo "demo: removed the user sgeadmin" || true
+  # The same for the node agent's own user, which uninstall removes where install made it.
+  for u in sgeadmin sge-image-agent; do
+    if id "$u" >/dev/null 2>&1 && ! pgrep -u "$u" >/dev/null 2>&1; then
+      userdel "$u" 2>/dev/null && echo "demo: removed the user $u" || true
+    fi
+  done
+  if grep -q -e '\.ch/mnt' -e 'sge-image-kit' /proc/mounts; then
+    echo "demo: WARNING: a container image is still mounted:" >&2
+    grep -e '\.ch/mnt' -e 'sge-image-kit' /proc/mounts | awk '{print "  " $2}' >&2
+  else
+    echo "demo: no container process or FUSE mount left"
   fi
-  left=$(awk '$2 ~ /sge-image-kit/ {print $2}' /proc/mounts)
-  [ -z "$left" ] || echo "demo: still mounted (a container runtime's image): $left" >&2
+  # ch-run's per-user mount points (/var/tmp/$USER.ch/mnt): only empty ones go
+  rmdir /var/tmp/*.ch/mnt /var/tmp/*.ch 2>/dev/null || true
   echo "demo: undone: every Grid Engine cluster the kit's scripts started is stopped and removed"
   echo "      (Son of Grid Engine's packages purged, /etc/hosts restored), the demos' and the tests'"
   echo "      work dirs and virtualenvs removed. Left on purpose: the Debian packages that"
-  echo "      scripts/setup.sh and the OCS build installed (apt-get remove them if wanted), and the"
-  echo "      built OCS tree in /var/lib/sge-image-kit-ocs (a build cache; rm -rf it to rebuild)."
+  echo "      scripts/setup.sh and the OCS build installed (apt-get remove them if wanted), the"
+  echo "      built OCS tree in /var/lib/sge-image-kit-ocs (a build cache; rm -rf it to rebuild),"
+  echo "      and /dev/fuse's mode 0666 (the lab's; a normal Debian host has it so)."
   exit 0
 fi
 
@@ -78,21 +96,27 @@ export PATH=/usr/bin:/usr/sbin:$PATH
 eval "$(bash lab/ge-cluster.sh env)"
 HOSTS=$(bash lab/ge-cluster.sh hosts)
 
-say "3/6 a real SIF image (busybox in squashfs), served by nginx on 127.0.0.1"
+say "3/6 a real container image (busybox in SquashFS, its own /etc/os-release), served by nginx on 127.0.0.1"
 if [ -f "$DEMO/config.yaml" ] && [ -x "$VENV/bin/sge-image" ]; then
   "$VENV/bin/sge-image" --config "$DEMO/config.yaml" uninstall >/dev/null || true
 fi
 [ -f "$DEMO/nginx/nginx.pid" ] && kill "$(cat "$DEMO/nginx/nginx.pid")" 2>/dev/null || true
 rm -rf "$DEMO"
-mkdir -p "$DEMO/srv" "$DEMO/root/bin" "$DEMO/nginx/logs" "$DEMO/out"
+mkdir -p "$DEMO/srv" "$DEMO/root/bin" "$DEMO/root/etc" "$DEMO/nginx/logs" "$DEMO/out"
 chmod 755 "$DEMO"; chmod 777 "$DEMO/out"
 cp /bin/busybox "$DEMO/root/bin/"
-ln -s busybox "$DEMO/root/bin/sh"
-mksquashfs "$DEMO/root" "$DEMO/root.sqfs" -noappend -quiet >/dev/null
-siftool new "$DEMO/srv/demo.sif" >/dev/null
-siftool add --datatype 4 --parttype 1 --partfs 1 --partarch 2 "$DEMO/srv/demo.sif" "$DEMO/root.sqfs" >/dev/null
-SHA=$(sha256sum "$DEMO/srv/demo.sif" | cut -d' ' -f1)
-SIZE=$(stat -c %s "$DEMO/srv/demo.sif")
+for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$DEMO/root/bin/$a"; done
+# What ch-run binds onto must exist in the read-only image (/mnt/0-2 take the job's
+# directories), and so must the /etc files it replaces for the run.
+for d in dev proc sys tmp home run root var mnt/0 mnt/1 mnt/2; do mkdir -p "$DEMO/root/$d"; done
+touch "$DEMO/root/etc/passwd" "$DEMO/root/etc/group" "$DEMO/root/etc/hosts" "$DEMO/root/etc/resolv.conf"
+printf '%s\n' 'NAME="Demo Container Linux"' 'ID=sgedemo' 'VERSION_ID="1.0"' \
+  'PRETTY_NAME="Demo Container Linux 1.0 (inside the image)"' > "$DEMO/root/etc/os-release"
+# SquashFS rather than SIF: Charliecloud (and Enroot) run only plain SquashFS, Apptainer
+# runs both (README: "Container runtimes").
+mksquashfs "$DEMO/root" "$DEMO/srv/demo.sqfs" -noappend -quiet -all-root >/dev/null
+SHA=$(sha256sum "$DEMO/srv/demo.sqfs" | cut -d' ' -f1)
+SIZE=$(stat -c %s "$DEMO/srv/demo.sqfs")
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$DEMO/nginx/nginx.conf" <<EOF
 daemon on;
@@ -106,7 +130,7 @@ http {
 }
 EOF
 nginx -c "$DEMO/nginx/nginx.conf" -p "$DEMO/nginx"
-echo "demo.sif: $SIZE bytes, sha256 $SHA, http://127.0.0.1:$PORT/demo.sif"
+echo "demo.sqfs: $SIZE bytes, sha256 $SHA, http://127.0.0.1:$PORT/demo.sqfs"
 
 say "4/6 the kit, installed for every user Grid Engine runs it as, and wired in"
 [ -x "$VENV/bin/python3" ] || /usr/bin/python3 -m venv "$VENV"
@@ -128,14 +152,17 @@ log:
   file: $DEMO/sge-image.log
 agent:
   qhost: [$DEMO/qhost-pinned]
+starter:
+  runtime: charliecloud        # each job runs inside its image: ch-run IMAGE -- JOB
 images:
   demo:
-    url: http://127.0.0.1:$PORT/demo.sif
+    url: http://127.0.0.1:$PORT/demo.sqfs
     sha256: $SHA
     size: $SIZE
+    format: squashfs
 EOF
 chmod 644 "$DEMO/config.yaml"
-"$VENV/bin/sge-image" --config "$DEMO/config.yaml" install
+"$VENV/bin/sge-image" --config "$DEMO/config.yaml" install --starter
 # execd starts the load sensor, and with it each host's node agent: wait for them.
 for h in $HOSTS; do
   ip=$(getent hosts "$h" | awk '{print $1}')
@@ -147,17 +174,18 @@ done
 
 cat > "$DEMO/job.sh" <<'EOF'
 #!/bin/sh
-# A user's job: it only knows that $SGE_IMAGE_PATH is its image.
-magic=$(dd if="$SGE_IMAGE_PATH" bs=1 skip=32 count=9 2>/dev/null)
-[ "$magic" = SIF_MAGIC ] || { echo "no image at '$SGE_IMAGE_PATH'"; exit 3; }
-echo "task $SGE_TASK_ID on $(hostname): $SGE_IMAGE_PATH"
+# A user's job, run by the kit's starter inside its image: it reads the image's own
+# /etc/os-release (the host's is Debian's).
+. /etc/os-release
+echo "task $SGE_TASK_ID on $(hostname) inside: $PRETTY_NAME"
 sleep 2
 EOF
 chmod 755 "$DEMO/job.sh"
 
 run_array() { # run_array LABEL -> prints the summary of one array job
   local label=$1 t0 jid t1 before after pbefore pafter
-  before=$(grep -c 'GET /demo.sif ' "$DEMO/nginx/logs/access.log" 2>/dev/null || true)
+  rm -f "$DEMO"/out/*.out
+  before=$(grep -c 'GET /demo.sqfs ' "$DEMO/nginx/logs/access.log" 2>/dev/null || true)
   pbefore=$(grep -c 'from peer .*verified' "$DEMO/sge-image.log" 2>/dev/null || true)
   t0=$(date +%s.%N)
   jid=$(qsub -terse -t "1-$TASKS" -l image=demo -o "$DEMO/out/\$TASK_ID.out" -j y "$DEMO/job.sh" | tail -1)
@@ -165,7 +193,7 @@ run_array() { # run_array LABEL -> prints the summary of one array job
   echo "submitted: qsub -t 1-$TASKS -l image=demo job.sh  (job $jid)"
   while qstat -j "$jid" >/dev/null 2>&1; do sleep 1; done
   t1=$(date +%s.%N)
-  after=$(grep -c 'GET /demo.sif ' "$DEMO/nginx/logs/access.log" 2>/dev/null || true)
+  after=$(grep -c 'GET /demo.sqfs ' "$DEMO/nginx/logs/access.log" 2>/dev/null || true)
   pafter=$(grep -c 'from peer .*verified' "$DEMO/sge-image.log" 2>/dev/null || true)
   for _ in $(seq 1 30); do
     [ "$(qacct -j "$jid" 2>/dev/null | grep -c '^exit_status')" -ge "$TASKS" ] && break; sleep 1
@@ -176,6 +204,9 @@ run_array() { # run_array LABEL -> prints the summary of one array job
   echo "  tasks succeeded: $(qacct -j "$jid" | awk '$1=="exit_status" && $2==0' | wc -l) of $TASKS"
   echo "  placement per host: $(qacct -j "$jid" | awk '$1=="hostname"{n[$2]++} END{for(h in n) print h "=" n[h]}' | sort | tr '\n' ' ')"
   echo "  wall time: $(awk -v a="$t1" -v b="$t0" 'BEGIN{printf "%.1f", a-b}') s"
+  echo "  what the tasks saw inside the container (its /etc/os-release), per host:"
+  cat "$DEMO"/out/*.out 2>/dev/null | sed -n 's/^task [0-9]* on \([^ ]*\) inside: \(.*\)$/\1: \2/p' \
+    | sort | uniq -c | awk '{n=$1; $1=""; printf "   %s  (%d tasks)\n", substr($0, 2), n}'
 }
 
 say "5/6 a $TASKS-task array on a cold cluster: one origin download, the other hosts copy from a peer"
@@ -197,6 +228,7 @@ if [ "${1:-}" = "--keep" ]; then
   cat <<EOF
 The kit stays installed. Try it yourself (sge-image is linked into /usr/local/bin):
   eval "\$(GE_FLAVOR=$GE_FLAVOR bash lab/ge-cluster.sh env)"; qsub -l image=demo $DEMO/job.sh; qsub -l image=nope $DEMO/job.sh
+  (the first runs inside the image: its output file in your home says "inside: Demo Container Linux")
   sge-image --config $DEMO/config.yaml status --cluster
 (The test suite needs the cluster without it: sge-image --config $DEMO/config.yaml uninstall)
 EOF

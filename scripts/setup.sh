@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
-APT_PKGS="python3-venv python3-dev gcc curl openssl nginx-light docker-registry siftool squashfs-tools busybox-static prometheus prometheus-node-exporter"
+APT_PKGS="python3-venv python3-dev gcc curl openssl nginx-light docker-registry siftool squashfs-tools busybox-static charliecloud-runtime prometheus prometheus-node-exporter"
 missing=""
 for p in $APT_PKGS; do
   dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii' || missing="$missing $p"

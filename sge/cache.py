@@ -11,6 +11,7 @@ Layout under the cache root (the design card's):
     claims/<job>.<task>  a running job's claim on a blob, live while Grid Engine runs the
                          job here (sge/claims.py): with or without the starter's pin
     used/<hex>           mtime = last use, for LRU (blobs are read-only, atime is unreliable)
+    formats/<hex>        `sif` or `squashfs`, read from the blob's magic when published
     tmp/                 downloads in progress, each holding an exclusive flock on itself
     quarantine/          blobs that failed `verify`, kept for inspection
 
@@ -270,6 +271,8 @@ class Cache:
             _replace_symlink(target, self._p("refs", image.pin), self._p("tmp"))
         _fsync_dir(self._p("images"))
         self._ensure_pin_file(digest)  # before the blob appears: a job may pin it at once
+        from .imageformat import record
+        record(self.root, digest, fd)  # SIF or SquashFS: what the starter's runtime needs
         final = self.blob_path(digest)
         os.replace(tmp_path, final)  # an existing identical blob is simply replaced
         _fsync_dir(os.path.dirname(final))
@@ -593,6 +596,8 @@ class Cache:
                 os.unlink(extra)
             except OSError:
                 pass
+        from .imageformat import forget
+        forget(self.root, digest)
 
     def quarantine(self, digest: str) -> str:
         """Move a bad blob out of the way (kept for inspection, no longer served)."""

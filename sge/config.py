@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 DEFAULT_PATH = "/etc/sge-image/config.yaml"
-SNAPSHOT_VERSION = 7  # 3: cache.room_wait; 4: the agent section; 5: no log.level; 6: agent bounds; 7: metrics
+SNAPSHOT_VERSION = 8  # 3: cache.room_wait; 4: the agent section; 5: no log.level;
+                      # 6: agent bounds; 7: runtime presets, starter.binds; 8: metrics
 
 # section -> key -> (kind, default). Kinds are checked by _coerce.
 SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
@@ -62,8 +63,11 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
         "list_complex": ("bool", False),
         "report_inflight": ("bool", True),
     },
+    # The starter method's container runtime (sge/runtimes.py): a preset name or an
+    # argv template; `binds` are site directories (SRC[:DST]) every container shows.
     "starter": {
-        "runtime": ("argv", ["apptainer", "exec"]),
+        "runtime": ("runtime", ["apptainer"]),
+        "binds": ("binds", []),
     },
     # The node agent (sge/agent/): serves verified blobs to peers, stages parallel jobs.
     "agent": {
@@ -99,7 +103,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
 }
 TOP_KEYS = set(SCHEMA) | {"catalog", "images", "sources"}
 # An entry's own keys; each source that takes options adds its name (sge/fetch).
-IMAGE_KEYS = {"url", "sha256", "size", "description"}
+IMAGE_KEYS = {"url", "sha256", "size", "description", "format"}
 
 
 class Section:
@@ -185,6 +189,7 @@ class StarterSettings(Section):
     NAME = "starter"
     __slots__ = tuple(SCHEMA[NAME])
     runtime: Tuple[str, ...]
+    binds: Tuple[str, ...]
 
 
 class AgentSettings(Section):
@@ -224,17 +229,21 @@ SECTIONS = (CacheSettings, FetchSettings, LogSettings, JsvSettings, PrologSettin
 class Image:
     """One catalog entry. `key` names its cache identity (the sha256 of its content)."""
 
-    __slots__ = ("name", "urls", "sha256", "size", "description", "options")
+    __slots__ = ("name", "urls", "sha256", "size", "description", "options", "format")
 
     def __init__(self, name: str, urls: Iterable[str], sha256: Optional[str] = None,
                  size: Optional[int] = None, description: str = "",
-                 options: Optional[Dict[str, Dict[str, Any]]] = None) -> None:
+                 options: Optional[Dict[str, Dict[str, Any]]] = None,
+                 format: Optional[str] = None) -> None:
         self.name = name
         self.urls = list(urls)
         self.sha256 = sha256
         self.size = size
         self.description = description
         self.options: Dict[str, Dict[str, Any]] = options or {}
+        # `sif` or `squashfs` when the catalog says so: the JSV then refuses at qsub a
+        # job whose runtime cannot run it (sge/runtimes.py)
+        self.format = format
 
     @property
     def complex(self) -> str:
@@ -251,11 +260,13 @@ class Image:
 
     def to_json(self) -> Dict[str, Any]:
         return {"urls": self.urls, "sha256": self.sha256, "size": self.size,
-                "description": self.description, "options": self.options}
+                "description": self.description, "options": self.options,
+                "format": self.format}
 
     @classmethod
     def from_json(cls, name: str, d: Mapping[str, Any]) -> Image:
-        return cls(name, d["urls"], d["sha256"], d["size"], d["description"], d["options"])
+        return cls(name, d["urls"], d["sha256"], d["size"], d["description"], d["options"],
+                   d.get("format"))
 
     def __repr__(self) -> str:
         return f"Image({self.name!r}, sha256={self.sha256 and self.sha256[:12]!r})"
@@ -610,6 +621,27 @@ def _coerce(kind: str, raw: Any) -> Any:
                 except ValueError:
                     raise ValueError(f"{a!r} is not a network (such as 10.1.0.0/16)") from None
         return raw
+    if kind == "runtime":
+        # A preset name, a template or the legacy list: checked here, so a misspelt
+        # runtime fails `catalog check` rather than every job's starter.
+        from .runtimes import UnusableRuntime, from_setting
+        words = _coerce("argv", raw)
+        try:
+            from_setting(words)
+        except UnusableRuntime as e:
+            raise ValueError(str(e).replace("starter.runtime: ", "")) from None
+        return words
+    if kind == "binds":
+        if isinstance(raw, str):
+            raw = raw.split()
+        if not isinstance(raw, list) or not all(isinstance(a, str) and a.startswith("/")
+                                                 for a in raw):
+            raise ValueError(f"{raw!r} is not a list of absolute paths (SRC or SRC:DST)")
+        for a in raw:
+            dst = a.partition(":")[2]
+            if (dst and not dst.startswith("/")) or any(c in a for c in ",\0\n"):
+                raise ValueError(f"{a!r} is not SRC or SRC:DST with absolute paths")
+        return raw
     if kind == "argv":
         if isinstance(raw, str):
             raw = raw.split()
@@ -675,6 +707,10 @@ def parse_catalog(data: Mapping[str, Any], path: str) -> Dict[str, Image]:
         description = entry.get("description", "")
         if not isinstance(description, str):
             raise ConfigError(f"{eline('description')}: image {name!r}: description must be text")
+        fmt = entry.get("format")
+        if fmt is not None and fmt not in ("sif", "squashfs"):
+            raise ConfigError(f"{eline('format')}: image {name!r}: format must be sif or "
+                              f"squashfs, got {fmt!r}")
         options = {k: entry[k] for k in OPTION_SOURCES if k in entry}
         for k, v in options.items():
             if not isinstance(v, dict):
@@ -685,7 +721,7 @@ def parse_catalog(data: Mapping[str, Any], path: str) -> Dict[str, Image]:
                 where = f"{path}:{lines[problem[0]]}" if problem[0] in lines else eline(k)
                 raise ConfigError(f"{where}: image {name!r}: {k}.{problem[0]}: {problem[1]}")
         image = Image(name, [u.strip() for u in urls], digest, size, description,
-                      {k: dict(v) for k, v in options.items()})
+                      {k: dict(v) for k, v in options.items()}, fmt)
         if digest is None and image.pin is None:
             raise ConfigError(f"{at}: image {name!r} has neither a sha256 nor a source that pins "
                               f"one (such as oras://registry/repo@sha256:...); add its sha256")

@@ -96,10 +96,13 @@ def _show(name: str) -> str:
 
 
 def map_image(params: Mapping[str, str], env: Mapping[str, str],
-              settings: Callable[[], Settings]) -> Result:
+              settings: Callable[[], Settings],
+              starter: Callable[[], bool] = lambda: False) -> Result:
     """The answer for one job: `params` and `env` as Grid Engine sent them
     (name -> value), `settings()` returning the site Settings (called only when
-    the job asks for an image; may raise CatalogUnavailable). No I/O of its own."""
+    the job asks for an image; may raise CatalogUnavailable), `starter()` telling
+    whether the kit's starter method runs jobs (called only for an image whose
+    catalog entry gives its format). No I/O of its own."""
     hard = split_resources(params.get("l_hard", ""))
     soft = split_resources(params.get("l_soft", ""))
     master = split_resources(params.get(MASTER_HARD, ""))
@@ -151,6 +154,17 @@ def map_image(params: Mapping[str, str], env: Mapping[str, str],
                              f"than the image cache of every host ({format_size(cap)}); ask "
                              f"your administrator to raise cache.max_size")
 
+    if image.format and starter():
+        # The catalog says what the image is: a runtime that cannot run it is refused
+        # here, in one line, rather than after a download, inside the job.
+        from ..runtimes import UnusableRuntime, from_setting
+        try:
+            runtime = from_setting(site.starter.runtime)
+        except UnusableRuntime:
+            runtime = None
+        if runtime is not None and not runtime.runs(image.format):
+            return Result.reject(f"{TAG}: {runtime.refusal(image.name, image.format)}")
+
     cx = warm_complex(image.name)
     new_hard = [e for e in hard if not is_image_entry(e)]
     new_soft = [e for e in soft if not is_image_entry(e)]
@@ -189,9 +203,11 @@ class ImageJsv:
     """Holds the lazily loaded settings between jobs of one JSV process."""
 
     def __init__(self, config_path: Optional[str] = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 launcher: Optional[str] = None) -> None:
         from ..log import Log
         self.config_path = config_path
+        self.launcher = launcher
         self.clock = clock
         self.settings: Optional[Settings] = None
         self.checked_at = 0.0
@@ -231,11 +247,26 @@ class ImageJsv:
         self.settings = settings
 
     def verify(self, job: Job) -> Result:
-        result = map_image(job.params, job.env, self.current_settings)
+        result = map_image(job.params, job.env, self.current_settings, self.starter_installed)
         if result.state not in ("ACCEPT", "CORRECT"):
             self.log(f"jsv: {result.state} job {job.params.get('JOB_ID', '(new)')} of "
                      f"{job.params.get('USER', '?')}: {clean_text(result.message, 300)}")
         return result
+
+    def starter_installed(self) -> bool:
+        """Did `sge-image install --starter` set the kit's starter method on a queue?
+        Its install state, beside the launcher, says (a client JSV has no launcher,
+        and the prolog refuses the job at staging time instead)."""
+        if not self.launcher:
+            return False
+        import json
+        try:
+            with open(os.path.join(os.path.dirname(self.launcher), "install-state.json")) as f:
+                queues = json.load(f).get("queues", {})
+        except (OSError, ValueError, AttributeError):
+            return False
+        return any("starter_method" in attrs for attrs in queues.values()
+                   if isinstance(attrs, dict))
 
     def on_timeout(self, job: Job) -> Result:
         t = self.loop.timeout if self.loop else DEFAULT_TIMEOUT
@@ -348,7 +379,7 @@ def _watch(loop: JsvLoop, retirement: Retirement, log: Callable[[str], None]) ->
 def run(config_path: Optional[str] = None, launcher: Optional[str] = None) -> int:
     """Serve the JSV protocol on stdin/stdout until QUIT or EOF; returns 0."""
     out = _private_stdio()
-    jsv = ImageJsv(config_path)
+    jsv = ImageJsv(config_path, launcher=launcher)
     retirement = Retirement(launcher)
     loop = JsvLoop(jsv.verify, sys.stdin.buffer, out, timeout=DEFAULT_TIMEOUT,
                    on_timeout=jsv.on_timeout, on_error=jsv.on_error,

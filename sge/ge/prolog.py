@@ -126,6 +126,13 @@ def _run(name: str, argv: List[str], out: TextIO) -> int:
             progress = Progress(name, out, settings.fetch.progress_interval, tty=False)
             path = ensure(name, settings, progress, log)
             _forget_attempts(cache, job)
+        from ..runtimes import staging_refusal
+        refusal = staging_refusal(name, path, settings.starter.runtime, cache.root,
+                                  os.environ.get("SGE_JOB_SPOOL_DIR"))
+        if refusal:
+            _say(out, f"{refusal}; the job cannot run")
+            return JOB_ERROR
+        # Claimed after the format check: a job that cannot run holds nothing.
         path = _hand_out(cache, image, lambda: ensure(name, settings))
         _stage_parallel_hosts(name, settings, out, job)
         _export_path(path)

@@ -1,5 +1,8 @@
 """The queue's starter method: run the job inside its cached image, pinned.
 
+The runtime and how it is called come from `starter.runtime` (sge/runtimes.py: presets
+that know each runtime's binds and conventions, or a site's argv template).
+
 Grid Engine runs the starter as the job owner with argv = the job script (or binary)
 and its arguments, intact. The pin is a shared flock on the image's pin file, opened
 inheritable and kept across `exec`: the container runtime process holds it for the
@@ -68,10 +71,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SgeImageError as e:
         print(f"sge-image starter: cannot run the job in image {name!r}: {e}", file=sys.stderr)
         return EXIT_NO_IMAGE
-    os.set_inheritable(pin_fd, True)  # the pin lives as long as the exec'd runtime
+    from ..runtimes import UnusableRuntime, from_setting
+    try:
+        runtime = from_setting(settings.starter.runtime)
+    except UnusableRuntime as e:
+        print(f"sge-image starter: {e}", file=sys.stderr)
+        return EXIT_NO_IMAGE
+    if runtime.formats is not None:
+        from ..imageformat import of_cached
+        fmt = of_cached(cache.root, path)
+        if not runtime.runs(fmt):
+            # Normally refused earlier (JSV, prolog); this is the last line of defence.
+            print(f"sge-image starter: {runtime.refusal(name, fmt)}", file=sys.stderr)
+            return EXIT_NO_IMAGE
+    # The pin lives as long as the exec'd runtime, and so as long as the container:
+    # ch-run serves the image's FUSE mount itself and exits when its command does.
+    os.set_inheritable(pin_fd, True)
     os.environ["SGE_IMAGE_PATH"] = path
-    runtime = settings.starter.runtime
-    return _exec([*runtime, path, *command])
+    if not os.environ.get("USER"):
+        # ch-run refuses to start without it ("$USER not set"); Grid Engine sets it for
+        # batch jobs, but not every way of starting a job does.
+        import pwd
+        os.environ["USER"] = pwd.getpwuid(os.getuid()).pw_name
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = os.environ.get("HOME") or "/"
+    return _exec(runtime.argv(path, command, os.environ, cwd, settings.starter.binds))
 
 
 def _exec(command: List[str]) -> int:

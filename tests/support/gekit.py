@@ -119,9 +119,15 @@ def make_kit(cluster, images, extra=None, starter_runtime=None):
     server = Server(os.path.join(work, "srv"))
     catalog = {}
     for name, spec in images.items():
-        data = payload(spec.get("size", MB), seed=spec.get("seed", hash(name) & 0xFFFF))
-        digest = server.add_file(f"{name}.sif", data)
-        catalog[name] = {"url": server.url(f"{name}.sif"), "sha256": digest, "size": len(data)}
+        # `data` gives an image's bytes (a real SquashFS or SIF), else a random payload;
+        # `file` its name on the server; `format` goes into the catalog entry as is.
+        data = spec.get("data") or payload(spec.get("size", MB),
+                                           seed=spec.get("seed", hash(name) & 0xFFFF))
+        fn = spec.get("file", f"{name}.sif")
+        digest = server.add_file(fn, data)
+        catalog[name] = {"url": server.url(fn), "sha256": digest, "size": len(data)}
+        if spec.get("format"):
+            catalog[name]["format"] = spec["format"]
     cfg = {
         "cache": {"root": os.path.join(work, "cache", "{host}"), "max_size": "1G", "min_free": 0},
         "fetch": {"retries": 0, "backoff": 0.1, "connect_timeout": 3, "read_timeout": 10,
