@@ -88,11 +88,13 @@ def make_image(path, size):
     return h.hexdigest()
 
 
-def write_config(path, root, url, digest, size):
+def write_config(path, root, url, digest, size, textfile_dir=None):
     with open(path, "w") as f:
         f.write(f"cache:\n  root: {root}\n  max_size: 100G\n  min_free: 0\n"
                 f"fetch:\n  retries: 0\n"
                 f"images:\n  demo:\n    url: {url}\n    sha256: {digest}\n    size: {size}\n")
+        if textfile_dir:
+            f.write(f"metrics:\n  textfile_dir: {textfile_dir}\n")
 
 
 def timed(cmd, **kw):
@@ -314,13 +316,31 @@ def bench_warm(work, digest, size, reps=40):
     open(os.path.join(spool, "environment"), "w").close()
     env = dict(os.environ, SGE_IMAGE="demo", JOB_ID="1", SGE_TASK_ID="1",
                SGE_JOB_SPOOL_DIR=spool)
+    # The same with metrics on (sge/metrics/): the event file the load sensor's first
+    # cycle makes exists, and each prolog appends its line to it.
+    root_m = os.path.join(work, "cache-warm-metrics")
+    cfg_m = os.path.join(work, "warm-metrics.yaml")
+    write_config(cfg_m, root_m, src, small, 4096, os.path.join(work, "textfile"))
     b = KITS[next(iter(KITS))]
     cmds = {
         "bare": [os.path.join(b, "python"), "-I", "-c", "pass"],
         "path": [os.path.join(b, "sge-image"), "--config", cfg, "path", "demo"],
         "pull": kit_pull(cfg),
-        "prolog": kit_prolog(cfg),
     }
+    for i, label in enumerate(KITS):  # each tree's prolog (--kit old=DIR --kit new=.)
+        suffix = "" if i == 0 else f"_{label}"
+        # A config file of its own: two versions sharing one would each find the
+        # other's settings snapshot stale and parse the YAML on every run.
+        own, own_m = (cfg, cfg_m) if i == 0 else (f"{cfg}.{label}.yaml", f"{cfg_m}.{label}.yaml")
+        if i:
+            shutil.copy(cfg, own)
+            shutil.copy(cfg_m, own_m)
+        cmds["prolog" + suffix] = kit_prolog(own, label)
+        if subprocess.run(kit_pull(own_m, label), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0:  # a tree with metrics
+            os.makedirs(os.path.join(root_m, "metrics"), exist_ok=True)
+            open(os.path.join(root_m, "metrics", "events"), "a").close()
+            cmds["prolog_metrics" + suffix] = kit_prolog(own_m, label)
     times = {k: [] for k in cmds}
     for _ in range(reps):  # interleaved, so drift hits all alike
         for k, cmd in cmds.items():
@@ -485,6 +505,9 @@ def main():
               f"({w['path_ratio']:.2f}x), `pull` of a cached image {w['pull_ms']:.1f}ms "
               f"({w['pull_ratio']:.2f}x), prolog {w['prolog_ms']:.1f}ms ({w['prolog_ratio']:.2f}x) "
               f"(goal <= 2.5)", flush=True)
+        for k in sorted(w):
+            if k.startswith("prolog") and k.endswith("_ms") and k != "prolog_ms":
+                print(f"  {k[:-3]} {w[k]:.1f}ms ({w[k[:-3] + '_ratio']:.2f}x)", flush=True)
         imp = w["pull_imports"]
         print(f"  imports of that pull: {imp['total_ms']:.1f}ms; costliest (self): "
               + ", ".join(f"{n} {ms:.1f}" for n, ms in imp["top"]), flush=True)

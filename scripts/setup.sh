@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
-APT_PKGS="python3-venv python3-dev gcc curl openssl nginx-light docker-registry siftool squashfs-tools busybox-static charliecloud-runtime"
+APT_PKGS="python3-venv python3-dev gcc curl openssl nginx-light docker-registry siftool squashfs-tools busybox-static charliecloud-runtime prometheus prometheus-node-exporter"
 missing=""
 for p in $APT_PKGS; do
   dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii' || missing="$missing $p"
@@ -17,8 +17,9 @@ if [ -n "$missing" ]; then
   apt-get update -qq -o DPkg::Lock::Timeout=900
   apt-get install -y -qq -o DPkg::Lock::Timeout=900 $missing >/dev/null
 fi
-# Debian's docker-registry and nginx start nothing here (no systemd), and the tests
-# start their own instances on 127.0.0.1 with their own configs.
+# Debian's docker-registry, nginx, prometheus and prometheus-node-exporter start
+# nothing here (no systemd), and the tests start their own instances on 127.0.0.1 with
+# their own configs (tests/support/promstack.py for the metrics pair).
 
 # The system Python, not a per-user one: Grid Engine runs the kit's hooks as root,
 # sgeadmin and job owners, who may not read another user's home.

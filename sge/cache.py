@@ -32,6 +32,7 @@ from contextlib import contextmanager
 
 from .errors import CacheBusy, CacheError, CacheFull, LockTimeout
 from .fsutil import fsync_dir as _fsync_dir
+from .metrics import events as _events
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -524,6 +525,7 @@ class Cache:
             # A job may pin an image between the scan and its removal: then plan again.
             done = [e for e in plan.evict if self._remove_unpinned(e)]
             evicted += done
+            _events.evicted_entries(self.root, done)  # sge/metrics/events.py
             if len(done) == len(plan.evict):
                 break
         if not plan.fits:

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 DEFAULT_PATH = "/etc/sge-image/config.yaml"
-SNAPSHOT_VERSION = 7  # 3: cache.room_wait; 4: the agent section; 5: no log.level;
-                      # 6: agent bounds; 7: runtime presets, starter.binds
+SNAPSHOT_VERSION = 8  # 3: cache.room_wait; 4: the agent section; 5: no log.level;
+                      # 6: agent bounds; 7: runtime presets, starter.binds; 8: metrics
 
 # section -> key -> (kind, default). Kinds are checked by _coerce.
 SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
@@ -94,6 +94,11 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
         "pe_wait": ("seconds", 900),
         "live_window": ("seconds", 300),
         "qhost": ("argv", ["qhost"]),
+    },
+    # Per-host metrics for node_exporter's textfile collector (sge/metrics/): off
+    # while empty; `{host}` expands as in cache.root.
+    "metrics": {
+        "textfile_dir": ("offpath", ""),
     },
 }
 TOP_KEYS = set(SCHEMA) | {"catalog", "images", "sources"}
@@ -211,8 +216,14 @@ class AgentSettings(Section):
     qhost: Tuple[str, ...]
 
 
+class MetricsSettings(Section):
+    NAME = "metrics"
+    __slots__ = tuple(SCHEMA[NAME])
+    textfile_dir: str
+
+
 SECTIONS = (CacheSettings, FetchSettings, LogSettings, JsvSettings, PrologSettings,
-            SensorSettings, StarterSettings, AgentSettings)
+            SensorSettings, StarterSettings, AgentSettings, MetricsSettings)
 
 
 class Image:
@@ -276,6 +287,7 @@ class Settings:
         self.sensor = SensorSettings(values.get("sensor", {}))
         self.starter = StarterSettings(values.get("starter", {}))
         self.agent = AgentSettings(values.get("agent", {}))
+        self.metrics = MetricsSettings(values.get("metrics", {}))
         self.images = images
         self.path = path
         self.sources: Dict[str, Any] = sources or {}
@@ -579,6 +591,10 @@ def _coerce(kind: str, raw: Any) -> Any:
     if kind == "optpath":
         if raw is not None and (not isinstance(raw, str) or not raw):
             raise ValueError(f"{raw!r} is not a path")
+        return raw
+    if kind == "offpath":  # "" (off) or an absolute path
+        if not isinstance(raw, str) or (raw and not os.path.isabs(raw)):
+            raise ValueError(f"{raw!r} is not an absolute path (or \"\" for off)")
         return raw
     if kind == "port":
         if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 65535:

@@ -23,9 +23,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import List, Optional, Set
 
-# The cache's own layout (one list, in sge/cache.py), the parents it implies, and the
-# prolog's reschedule counters (sge/ge/prolog.py).
-SUBDIRS = ("blobs",) + _cache.SUBDIRS + ("jobs",)
+# The cache's own layout (one list, in sge/cache.py), the parents it implies, the
+# prolog's reschedule counters (sge/ge/prolog.py) and the metrics events root appends
+# to (sge/metrics/events.py).
+SUBDIRS = ("blobs",) + _cache.SUBDIRS + ("jobs", "metrics")
 
 
 class UnsafeCache(CacheError):

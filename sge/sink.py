@@ -106,6 +106,7 @@ class Sink:
         self._error: Optional[OSError] = None
         self._reset_state()
         self._current: Optional[bytearray] = None  # lent by buffer(), until commit()
+        self.source = "origin"  # set by a peer's transfer: "peer" or "peer_inflight" (metrics)
         self._hasher = threading.Thread(target=self._hashing, name="sink-hasher", daemon=True)
         self._thread = threading.Thread(target=self._writer, name="sink-writer", daemon=True)
         self._hasher.start()

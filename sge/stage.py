@@ -60,6 +60,7 @@ def _stage(image: Image, cache: Cache, settings: Settings, progress: Optional[Pr
     lock first once there is room downloads, and the rest find the image."""
     import time
     from .errors import CacheBusy
+    from .metrics import events
     deadline = time.monotonic() + cache.room_wait
     while True:
         try:
@@ -67,8 +68,14 @@ def _stage(image: Image, cache: Cache, settings: Settings, progress: Optional[Pr
         except CacheBusy:
             if time.monotonic() >= deadline:
                 raise
-        cache.wait_for_room(image.size or 0, deadline, log,
-                            ready=lambda: cache.lookup(image) is not None)
+        waited = time.monotonic()
+        try:
+            cache.wait_for_room(image.size or 0, deadline, log,
+                                ready=lambda: cache.lookup(image) is not None)
+        except CacheBusy:
+            events.room_wait(cache.root, "timeout", time.monotonic() - waited)
+            raise
+        events.room_wait(cache.root, "ok", time.monotonic() - waited)
 
 
 def _stage_locked(image: Image, cache: Cache, settings: Settings,
@@ -103,10 +110,13 @@ def _evict(cache: Cache, image: Image, need: int, log: LogFn) -> None:
 
 def _download(image: Image, cache: Cache, settings: Settings, progress: Optional[Progress],
               log: LogFn, final: bool = False) -> str:
+    import time
     from .errors import CacheFull
     from .fetch import Context, fetch_image
+    from .metrics import events
     from .sink import Sink
     _evict(cache, image, image.size or 0, log)
+    started = time.monotonic()
     fd, tmp = cache.new_temp(image.name, image.size)
     sink = Sink(fd, tmp, image.size, image.sha256, progress)
     published = False
@@ -118,10 +128,12 @@ def _download(image: Image, cache: Cache, settings: Settings, progress: Optional
             # verifies their bytes, and None sends us on to the catalog's sources.
             from .agent.peers import fetch as fetch_from_peers
             digest = fetch_from_peers(image, sink, ctx, settings)
+        source = sink.source if digest else "origin"  # a peer's get_blob names itself
         if digest is None:
             digest = fetch_image(image, sink, ctx)
         path = cache.publish(fd, tmp, digest, image)
         published = True
+        events.staged(cache.root, image.name, source, sink.received, time.monotonic() - started)
         log(f"image {image.name}: staged {sink.received} bytes, sha256 {digest[:16]}...")
         return path
     except CacheFull:

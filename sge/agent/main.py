@@ -85,6 +85,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as e:
         log(f"cache not ready: {e}")
     _ensure_own_user(agent.user, log)
+    from ..metrics import agent_counts
+    agent_counts.open_for_agent(settings, cache.root)  # before the fork: the server inherits it
     parent_end, child_end = socket.socketpair()
     pid = os.fork()
     if pid == 0:

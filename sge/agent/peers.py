@@ -33,6 +33,7 @@ import random
 import time
 
 from ..errors import CacheFull, FetchError, SgeImageError
+from ..metrics import events as _events
 from . import hosts as _hosts
 from .deadline import Budget, DeadlineSocket
 
@@ -322,6 +323,7 @@ def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSett
                     status["peers"] = resp.getheader(HEADER)
             if resp.getheader("X-Sge-Image-Inflight") == "1":
                 shown += " (download in progress)"
+            sink.source = "peer_inflight" if resp.getheader("X-Sge-Image-Inflight") == "1" else "peer"
             if resp.status == 404 and inflight:
                 return None  # not begun there yet: nothing to log on every poll
             if resp.status == 403 and status is not None:
@@ -351,10 +353,13 @@ def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSett
         raise _NoRoom() from None
     except wire._Interrupted as e:
         ctx.log(f"image {image.name}: {shown}: {e}")
+        _events.peer_failed(sink.path, e)
     except SgeImageError as e:
         ctx.log(f"image {image.name}: {e}")
+        _events.peer_failed(sink.path, e)
     except (OSError, http.client.HTTPException) as e:
         ctx.log(f"image {image.name}: {shown}: {type(e).__name__}: {e}")
+        _events.peer_failed(sink.path, e)
     try:
         sink.reset()
     except SgeImageError:

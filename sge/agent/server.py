@@ -44,6 +44,7 @@ import time
 
 from . import protocol
 
+from ..metrics import agent_counts as metrics
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -236,6 +237,7 @@ class BlobServer:
                     return
                 if sent == count and status == 200:
                     self.served += 1
+                    metrics.count_upload(False, count)
                     self.log(f"served blob {digest[:16]}... ({count} bytes) to {ip}")
         finally:
             if slot:
@@ -244,6 +246,7 @@ class BlobServer:
     def _busy(self, digest: str, ip: str) -> Dict[str, str]:
         """503's headers: Retry-After, and the hosts this blob is going to now."""
         from .redirects import HEADER, header_value
+        metrics.count("busy_slots")
         headers = {"Retry-After": str(RETRY_AFTER)}
         with self._lock:
             named = header_value(self._sending.get(digest, ()), ip)
@@ -300,6 +303,7 @@ class BlobServer:
                 return
             if status == 200:
                 self.served += 1
+                metrics.count_upload(True, size)
                 self.log(f"served blob {digest[:16]}... ({size} bytes) to {ip} "
                          f"while it was downloaded")
 
@@ -332,6 +336,7 @@ class BlobServer:
         if "\n" in line.strip() or "\r" in line:
             raise _Reject(400)
         status, answer = self.stage(line.strip(), ip)
+        metrics.count_stage_answer(answer.get("state"))
         data = json.dumps(answer).encode()
         _respond(conn, status, {"Content-Type": "application/json",
                                 "Content-Length": str(len(data))}, body=data, length_set=True)
@@ -489,6 +494,7 @@ def _linger(conn: socket.socket, limit: int = 256 << 10, seconds: float = 1.0) -
 def _refuse_and_close(conn: socket.socket) -> None:
     """A stranger: a short 403, what it already sent is read without waiting (so that
     closing does not reset the answer away), and closed at once. No thread, no slot."""
+    metrics.count("refused")
     try:
         conn.setblocking(False)
         conn.send(b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
@@ -504,6 +510,7 @@ def _refuse_and_close(conn: socket.socket) -> None:
 
 def _busy_and_close(conn: socket.socket) -> None:
     """Too many connections: a short 503 without waiting on the client."""
+    metrics.count("busy_connections")
     try:
         conn.setblocking(False)
         conn.send(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"

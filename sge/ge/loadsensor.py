@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from ..cache import Cache
     from ..config import Settings
+    from ..metrics.textfile import Collector
 
 MAX_LINE = 999
 MAX_IN_LINE = 1 << 16  # execd sends empty lines and `quit`; longer input is one request
@@ -54,6 +55,8 @@ class Reporter:
         self.check_safety = os.geteuid() == 0
         self.safe_blobs: Set[str] = set()   # checked once: only root can change a safe blob
         self.refused: Optional[List[str]] = None       # the problems last logged
+        self.metrics_error = ""                        # the metrics failure last logged
+        self.metrics_due: Optional[Tuple[int, int, int, List[str]]] = None  # the last report's
         self.stamps = settings.stamps
         self.list_complex = settings.sensor.list_complex
         self.report_inflight = settings.sensor.report_inflight
@@ -69,6 +72,7 @@ class Reporter:
         self.host = host
         self.sizes: Dict[str, int] = {}  # digest -> size: a content-addressed blob never changes
         self.largest = max((i.size or 0 for i in settings.images.values()), default=0)
+        self.metrics = _metrics_collector(settings, cache, self.log)
 
     def is_stale(self) -> bool:
         try:
@@ -96,6 +100,7 @@ class Reporter:
             # No cache yet (or it vanished): nothing is warm, but the room a first
             # download would have is known, and worth telling the scheduler.
             free = self._free_before_first_use()
+            self.metrics_due = (0, free, free, [])  # makes the cache: its first events count
             return head + (f"{self.host}:{FREE_COMPLEX}:{free}\n"
                            f"{self.host}:{ROOM_COMPLEX}:{free}\n")
         except OSError:
@@ -134,12 +139,32 @@ class Reporter:
         if self.refused is not None:
             self.log(f"cache {self.cache.root} is safe again: reporting its images")
             self.refused = None
-        free = _free_bytes(self.cache, self._used(present))
+        used = self._used(present)
+        free = _free_bytes(self.cache, used)
+        room = self._room(free)
         out.append(f"{self.host}:{FREE_COMPLEX}:{free}\n")
-        out.append(f"{self.host}:{ROOM_COMPLEX}:{self._room(free)}\n")
+        out.append(f"{self.host}:{ROOM_COMPLEX}:{room}\n")
+        self.metrics_due = (used, free, room, warm)
         if self.list_complex:
             out.append(_list_line(self.host, sorted(warm)) + "\n")
         return "".join(x for x in out if len(x) <= MAX_LINE + 1)
+
+    def write_metrics(self) -> None:
+        """The textfile for node_exporter (sge/metrics/textfile.py), when configured,
+        from the figures of the report just sent: called after execd has its report,
+        so that folding events and saving the counters (two fsyncs) never delay it. A
+        failure here is logged once per kind and never costs a report."""
+        due, self.metrics_due = self.metrics_due, None
+        if self.metrics is None or due is None:
+            return
+        try:
+            self.metrics.cycle(*due)
+            self.metrics_error = ""
+        except Exception as e:
+            msg = f"metrics not written: {type(e).__name__}: {e}"
+            if msg != self.metrics_error:
+                self.log(msg)
+                self.metrics_error = msg
 
     def _used(self, present: List[str]) -> int:
         """Bytes of the blobs present; each blob is stat'ed once (it never changes)."""
@@ -193,6 +218,20 @@ class Reporter:
         return head
 
 
+def _metrics_collector(settings: Settings, cache: Cache,
+                       log: Callable[[str], None]) -> Optional[Collector]:
+    """The metrics collector if `metrics.textfile_dir` is set; else None, after
+    removing the event file so that nothing appends events no one folds."""
+    from ..metrics import textfile
+    try:
+        if settings.metrics.textfile_dir:
+            return textfile.Collector(settings, cache)
+        textfile.disable(cache)
+    except Exception as e:
+        log(f"metrics off: {type(e).__name__}: {e}")
+    return None
+
+
 def _free_bytes(cache: Cache, used: int) -> int:
     """Room for new images: the smaller of what the cap allows and the disk holds."""
     try:
@@ -233,6 +272,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     while True:
         line = stdin.readline(MAX_IN_LINE)
         if not line or line.strip() == b"quit":
+            if reporter is not None and reporter.metrics is not None:
+                reporter.metrics.retire()  # no stale figures for node_exporter to serve
             return 0
         if not line.endswith(b"\n") and len(line) == MAX_IN_LINE:
             while line and not line.endswith(b"\n"):  # one request, however long
@@ -252,6 +293,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             text = f"{host}:{TIME_COMPLEX}:{int(time.time())}\n"
         proto.write("begin\n" + text + "end\n")
         proto.flush()
+        if reporter is not None:
+            reporter.write_metrics()
 
 
 def _divert_stray_output() -> None:

@@ -17,6 +17,7 @@ import errno
 import os
 import signal
 import sys
+import time
 
 
 TYPE_CHECKING = False
@@ -62,14 +63,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # the job's -o file; JobOutput has what Log and Progress use of a stream
     out: TextIO = JobOutput(sys.stdout)  # type: ignore[assignment]
+    started = time.monotonic()
+    _outcome.clear()
     try:
-        return _run(name, argv, out)
+        code = _run(name, argv, out)
     except _Signalled as e:
         _say(out, f"interrupted by signal {e.signum} while staging {name!r}; rescheduling")
-        return RESCHEDULE
+        code = RESCHEDULE
     except BaseException as e:  # never let Grid Engine see a traceback's exit code 1
         _say(out, f"internal error while staging {name!r}: {type(e).__name__}: {e}; rescheduling")
-        return RESCHEDULE
+        code = RESCHEDULE
+    _record_exit(code, started)
+    return code
+
+
+# [cache root, image, found cached]: what the exit's metrics event says (sge/metrics/)
+_outcome: List[object] = []
+
+
+def _record_exit(code: int, started: float) -> None:
+    """One event line per prolog (sge/metrics/events.py: a single append, nothing when
+    metrics are off); a failure here must not change the exit code."""
+    if _outcome:
+        from ..metrics import events
+        root, image, hit = _outcome
+        events.prolog(str(root), str(image), bool(hit), code, time.monotonic() - started)
 
 
 def _run(name: str, argv: List[str], out: TextIO) -> int:
@@ -83,6 +101,7 @@ def _run(name: str, argv: List[str], out: TextIO) -> int:
     except SgeImageError as e:
         _say(out, f"cannot read the site config: {e}")
         return _reschedule_or_fail(None, job, out)
+    _outcome[:] = [settings.cache_root, name, False]
     from ..cache import Cache
     from ..stage import ensure
     try:
@@ -92,6 +111,7 @@ def _run(name: str, argv: List[str], out: TextIO) -> int:
         return JOB_ERROR
     cache = Cache.from_settings(settings)
     path = cache.lookup(image)
+    _outcome[2] = path is not None
     try:
         if os.geteuid() == 0:
             # Root hands this cache's files to every job on the host: refuse one that
