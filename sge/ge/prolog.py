@@ -84,10 +84,14 @@ _outcome: List[object] = []
 def _record_exit(code: int, started: float) -> None:
     """One event line per prolog (sge/metrics/events.py: a single append, nothing when
     metrics are off); a failure here must not change the exit code."""
-    if _outcome:
+    if not _outcome:
+        return
+    try:
         from ..metrics import events
         root, image, hit = _outcome
         events.prolog(str(root), str(image), bool(hit), code, time.monotonic() - started)
+    except Exception:  # noqa: BLE001 - e.g. an import during an upgrade in place
+        pass
 
 
 def _run(name: str, argv: List[str], out: TextIO) -> int:
