@@ -6,6 +6,7 @@ server like any catalog image. Every job below that prints IMAGE-OS read that fi
 inside the container: the host has no such os-release.
 """
 import glob
+import json
 import os
 import shutil
 import time
@@ -123,10 +124,9 @@ def _procs_with(word):
 
 
 def _pinned(kit, host, name):
-    for line in kit.sge_image("status", host=host).stdout.splitlines():
-        if line.split()[:1] == [name]:
-            return line.split()[-2] == "yes"
-    return False
+    """Whether the starter's pin holds `name` on `host` (status --json: columns move)."""
+    rows = json.loads(kit.sge_image("status", "--json", host=host).stdout)["images"]
+    return any(name in r["name"].split(",") and r["pinned"] for r in rows)
 
 
 def test_qdel_mid_run_leaves_no_process_no_mount_and_no_pin(kit):
