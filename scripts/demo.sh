@@ -163,13 +163,15 @@ images:
 EOF
 chmod 644 "$DEMO/config.yaml"
 "$VENV/bin/sge-image" --config "$DEMO/config.yaml" install --starter
-# execd starts the load sensor, and with it each host's node agent: wait for them.
+# execd starts the load sensor, and with it each host's node agent: wait for them, on
+# the port the kit's settings give (agent.port).
+PORT=$("$VENV/bin/python" -c 'import sys; from sge import config; print(config.load(sys.argv[1]).agent.port)' "$DEMO/config.yaml")
 for h in $HOSTS; do
   ip=$(getent hosts "$h" | awk '{print $1}')
   for _ in $(seq 1 60); do
-    (exec 3<>"/dev/tcp/$ip/6450") 2>/dev/null && break; sleep 1
+    (exec 3<>"/dev/tcp/$ip/$PORT") 2>/dev/null && break; sleep 1
   done
-  echo "node agent on $h ($ip:6450): $( (exec 3<>"/dev/tcp/$ip/6450") 2>/dev/null && echo up || echo DOWN)"
+  echo "node agent on $h ($ip:$PORT): $( (exec 3<>"/dev/tcp/$ip/$PORT") 2>/dev/null && echo up || echo DOWN)"
 done
 
 cat > "$DEMO/job.sh" <<'EOF'
