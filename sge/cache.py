@@ -649,6 +649,11 @@ def _writer_alive(temp_name: str) -> bool:
         return False
     if pid == os.getpid():
         return False
+    return pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -138,6 +138,7 @@ def sweep(root: str) -> List[str]:
     """Remove claims whose job no longer runs here (no epilog ran: `qdel -f`, an execd
     crash, a queue with another epilog) and temp files a killed prolog left; returns the
     job keys removed. The load sensor runs it every cycle."""
+    from .cache import pid_alive
     gone: List[str] = []
     base = os.path.join(root, DIR)
     for key, _, _, is_live in read(root):
@@ -147,7 +148,7 @@ def sweep(root: str) -> List[str]:
         for name in os.listdir(base):
             if name.startswith(".") and name.endswith(".tmp"):
                 pid = name.rsplit(".", 2)[-2]
-                if pid.isdigit() and not _alive(int(pid)):
+                if pid.isdigit() and not pid_alive(int(pid)):
                     try:
                         os.unlink(os.path.join(base, name))
                     except OSError:
@@ -155,16 +156,6 @@ def sweep(root: str) -> List[str]:
     except OSError:
         pass
     return gone
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
 
 
 def _claims_dir(root: str, create: bool = False) -> int:
