@@ -140,15 +140,23 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from .stage import ensure
-    from .log import Log
+    from .cache import Cache
     settings = load_settings(args)
-    progress = None
-    if not args.quiet:
-        from .sink import Progress
-        progress = Progress(args.name, sys.stderr, settings.fetch.progress_interval)
-    log = Log.from_settings(settings, echo=None if args.quiet else sys.stderr)
-    path = ensure(args.name, settings, progress, log)
+    image = settings.image(args.name)
+    cache = Cache.from_settings(settings)
+    path = cache.lookup(image)
+    if path is not None:
+        cache.record_use(path)  # warm: what a storm's waiters do once they wake
+    else:
+        from .agent.peers import Peers
+        from .log import Log
+        from .stage import stage
+        progress = None
+        if not args.quiet:
+            from .sink import Progress
+            progress = Progress(args.name, sys.stderr, settings.fetch.progress_interval)
+        log = Log.from_settings(settings, echo=None if args.quiet else sys.stderr)
+        path = stage(image, cache, settings, progress, log, Peers())
     print(path)
     return 0
 

@@ -5,6 +5,10 @@ imports. Cold path: the image's blocking lock (one download per node; the other
 callers sleep in the kernel and wake when it is released), a re-check, eviction if the
 cap needs it, a download into a private temp file verified by size and sha256, and an
 atomic publish. A killed download leaves only a temp file, swept by the next cold path.
+
+Other hosts' copies come in through `peers`, a PeerSource the caller passes (the
+prolog and the CLI pass the node agent's, sge/agent/peers.py): staging never imports
+the agent, whose layer sits above this one (tests/test_layers.py).
 """
 from __future__ import annotations
 
@@ -14,31 +18,38 @@ from .cache import Cache
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Optional
+    from typing import Callable, Optional, Protocol
 
     from .config import Image, Settings
-    from .sink import Progress
+    from .fetch import Context
+    from .sink import Progress, Sink
 
     LogFn = Callable[[str], None]
 
+    class PeerSource(Protocol):
+        def fetch(self, image: Image, sink: Sink, ctx: Context,
+                  settings: Settings) -> Optional[str]:
+            """Fill the sink from other hosts and return its verified sha256, or None
+            (the sink emptied) to go on to the catalog's sources."""
+
 
 def ensure(name: str, settings: Settings, progress: Optional[Progress] = None,
-           log: Optional[LogFn] = None) -> str:
+           log: Optional[LogFn] = None, peers: Optional[PeerSource] = None) -> str:
     image = settings.image(name)
     cache = Cache.from_settings(settings)
     path = cache.lookup(image)
     if path is not None:
         cache.record_use(path)
         return path
-    return stage(image, cache, settings, progress, log)
+    return stage(image, cache, settings, progress, log, peers)
 
 
 def stage(image: Image, cache: Cache, settings: Settings, progress: Optional[Progress] = None,
-          log: Optional[LogFn] = None) -> str:
+          log: Optional[LogFn] = None, peers: Optional[PeerSource] = None) -> str:
     from .log import Log
     logfn: LogFn = log or Log.from_settings(settings)
     try:
-        return _stage(image, cache, settings, progress, logfn)
+        return _stage(image, cache, settings, progress, logfn, peers)
     except OSError as e:
         # Out of space or inodes outside the sink's writes (a lock, pin or temp file,
         # a name-index link): the same transient "disk full", not an internal error
@@ -52,7 +63,7 @@ def stage(image: Image, cache: Cache, settings: Settings, progress: Optional[Pro
 
 
 def _stage(image: Image, cache: Cache, settings: Settings, progress: Optional[Progress],
-           log: LogFn) -> str:
+           log: LogFn, peers: Optional[PeerSource]) -> str:
     """One staging, waiting (up to cache.room_wait) while the cache is only busy.
 
     The wait happens outside the image lock, so that every task of the image on this
@@ -64,7 +75,7 @@ def _stage(image: Image, cache: Cache, settings: Settings, progress: Optional[Pr
     deadline = time.monotonic() + cache.room_wait
     while True:
         try:
-            return _stage_locked(image, cache, settings, progress, log)
+            return _stage_locked(image, cache, settings, progress, log, peers)
         except CacheBusy:
             if time.monotonic() >= deadline:
                 raise
@@ -79,7 +90,7 @@ def _stage(image: Image, cache: Cache, settings: Settings, progress: Optional[Pr
 
 
 def _stage_locked(image: Image, cache: Cache, settings: Settings,
-                  progress: Optional[Progress], log: LogFn) -> str:
+                  progress: Optional[Progress], log: LogFn, peers: Optional[PeerSource]) -> str:
     cache.ensure_layout()
     with cache.image_lock(image.name, settings.cache.lock_wait,
                           ready=lambda: cache.lookup(image)):
@@ -90,12 +101,12 @@ def _stage_locked(image: Image, cache: Cache, settings: Settings,
         for fn in cache.sweep_temps():
             log(f"removed stale temp file {fn} (its writer died)")
         try:
-            return _download(image, cache, settings, progress, log)
+            return _download(image, cache, settings, progress, log, peers)
         except _RetryAfterEviction as e:
             log(f"image {image.name}: disk full after {e.received} bytes; evicting and retrying once")
             # Without a catalog size, twice what fit is the best guess of what it needs.
             _evict(cache, image, image.size or 2 * e.received, log)
-            return _download(image, cache, settings, progress, log, final=True)
+            return _download(image, cache, settings, progress, log, peers, final=True)
 
 
 class _RetryAfterEviction(Exception):
@@ -109,7 +120,7 @@ def _evict(cache: Cache, image: Image, need: int, log: LogFn) -> None:
 
 
 def _download(image: Image, cache: Cache, settings: Settings, progress: Optional[Progress],
-              log: LogFn, final: bool = False) -> str:
+              log: LogFn, peers: Optional[PeerSource], final: bool = False) -> str:
     import time
     from .errors import CacheFull
     from .fetch import Context, fetch_image
@@ -122,12 +133,9 @@ def _download(image: Image, cache: Cache, settings: Settings, progress: Optional
     published = False
     try:
         ctx = Context(image, settings.fetch, settings.sources, log)
-        digest = None
-        if settings.agent.peers:
-            # Other exec hosts' agents first (sge/agent/peers.py): the same sink
-            # verifies their bytes, and None sends us on to the catalog's sources.
-            from .agent.peers import fetch as fetch_from_peers
-            digest = fetch_from_peers(image, sink, ctx, settings)
+        # Other exec hosts first: the same sink verifies their bytes, and None sends
+        # us on to the catalog's sources.
+        digest = peers.fetch(image, sink, ctx, settings) if peers is not None else None
         source = sink.source if digest else "origin"  # a peer's get_blob names itself
         if digest is None:
             digest = fetch_image(image, sink, ctx)

@@ -289,10 +289,11 @@ def test_a_signed_request_stages_and_unknown_names_fail_permanently(world):
 def _ensure_here(world, monkeypatch, host_ip=None):
     """Stage 'img' in this test process as the client host would (its own cache)."""
     from sge import config
+    from sge.agent.peers import Peers
     from sge.stage import ensure
     monkeypatch.setenv("PATH", world.env()["PATH"])
     settings = config.load(world.config("127.0.0.23"), use_snapshot=False)
-    return ensure("img", settings)
+    return ensure("img", settings, peers=Peers())
 
 
 def test_a_peer_that_has_it_serves_it_and_the_origin_is_not_asked(world, monkeypatch):
@@ -458,11 +459,11 @@ def test_parallel_staging_on_a_busy_host_is_busy_not_failed(world, monkeypatch, 
     out the prolog reschedules without spending the job's budget (issue 9)."""
     from sge.agent import peers
     from sge.agent.pe import stage_other_hosts
+    from sge.agent.protocol import StageAnswer
     from sge.errors import CacheBusy
     settings = _pe_settings(world, monkeypatch, tmp_path, [A], pe_wait=1)
-    monkeypatch.setattr(peers, "stage_request", lambda *a, **k: {
-        "state": "failed", "transient": True, "busy": True,
-        "message": "cache is full of images in use"})
+    monkeypatch.setattr(peers, "stage_request", lambda *a, **k: StageAnswer(
+        "failed", "cache is full of images in use", transient=True, busy=True))
     with pytest.raises(CacheBusy) as e:
         stage_other_hosts("img", settings, lambda m: None, sleep=lambda s: None)
     assert e.value.busy and A in str(e.value)
@@ -591,12 +592,13 @@ def test_a_root_pull_never_runs_a_qhost_from_the_jobs_path(world, monkeypatch):
         f.write(f"#!/bin/sh\ntouch {marker}\n")
     os.chmod(os.path.join(evil, "qhost"), 0o755)
     from sge import config
+    from sge.agent.peers import Peers
     from sge.stage import ensure
     cfg = world.config("127.0.0.23", qhost=["qhost"])
     monkeypatch.setenv("PATH", evil + os.pathsep + os.environ["PATH"])
     for k in ("SGE_ROOT", "SGE_CELL"):
         monkeypatch.delenv(k, raising=False)
-    path = ensure("img", config.load(cfg, use_snapshot=False))
+    path = ensure("img", config.load(cfg, use_snapshot=False), peers=Peers())
     assert open(path, "rb").read() == world.data
     assert not os.path.exists(marker)
 

@@ -3,7 +3,7 @@ print this shape)."""
 import time
 
 from sge.agent.hosts import live_hosts, seed_for
-from sge.ge import qhost
+from sge.cluster import qhost
 
 HEAD = ("HOSTNAME                ARCH         NCPU  NSOC  NCOR  NTHR   LOAD  MEMTOT  MEMUSE  "
         "SWAPTO  SWAPUS\n" + "-" * 98 + "\n"

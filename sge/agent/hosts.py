@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import ipaddress
     from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
-    from ..ge.qhost import HostView
+    from ..cluster.qhost import HostView
 
     # read(complexes) -> {host: what its load sensor reported}
     Reader = Callable[[Sequence[str]], Dict[str, HostView]]
@@ -68,7 +68,7 @@ def reader(argv: Sequence[str] = ("qhost",)) -> Reader:
     qhost, or a wrapper of it)."""
     def read(complexes: Sequence[str]) -> Dict[str, HostView]:
         import subprocess
-        from ..ge import qhost
+        from ..cluster import qhost
         r = subprocess.run(list(argv) + ["-F", ",".join(complexes)], capture_output=True,
                            text=True, timeout=60, stdin=subprocess.DEVNULL, env=_command_env())
         if r.returncode != 0:

@@ -22,26 +22,36 @@ If either side dies the other follows, and the supervisor starts a fresh pair.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import pwd
+import re
+import select
 import signal
 import socket
 import sys
 import threading
 import time
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import re
+from .. import config
+from ..cache import Cache
+from ..cluster.hookargs import config_arg
+from ..config import Settings
+from ..errors import SgeImageError
+from ..log import Log
+from ..metrics import agent_counts
+from ..stage import ensure
+from . import auth, hosts, user
+from .auth import AuthError, TooEarly, Verifier, sign_answer
+from .inflight import open_temp
+from .peers import Peers
+from .protocol import StageAnswer
+from .server import BlobServer
 
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Optional, Tuple
-
-    from ..cache import Cache
-    from ..config import Settings
-    from .auth import Verifier
-
-    LogFn = Callable[[str], None]
+LogFn = Callable[[str], None]
 
 _HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,254}\Z")
 FAILED_TTL = 10.0
@@ -50,9 +60,6 @@ REFUSAL_LOG_EVERY = 10.0   # seconds a failed staging is reported before a new r
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from .. import config
-    from ..ge.hookargs import config_arg
-    from ..log import Log
     path = config_arg(argv)
     watch = _watch_arg(argv)
     settings = config.load(path)
@@ -60,7 +67,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     agent = settings.agent
     if not agent.enabled:
         return _idle(settings, watch)
-    from . import hosts
     host = hosts.my_host()
     addr = agent.bind or hosts.address_of(host)
     if not addr:
@@ -78,14 +84,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     sock.listen(128)
     _warn_if_unprivileged_port(agent.port, log)
-    from ..cache import Cache
     cache = Cache.from_settings(settings)
     try:
         cache.ensure_layout()
     except Exception as e:
         log(f"cache not ready: {e}")
     _ensure_own_user(agent.user, log)
-    from ..metrics import agent_counts
     agent_counts.open_for_agent(settings, cache.root)  # before the fork: the server inherits it
     parent_end, child_end = socket.socketpair()
     pid = os.fork()
@@ -170,7 +174,6 @@ def _warn_if_unprivileged_port(port: int, log: LogFn) -> None:
 
 def _verifier(settings: Settings, log: LogFn,
               started: Optional[float] = None) -> Optional[Verifier]:
-    from . import auth, hosts
     try:
         key = auth.read_key(auth.key_path(settings))
     except (OSError, auth.AuthError) as e:
@@ -188,7 +191,6 @@ def _child(sock: socket.socket, pipe: socket.socket, settings: Settings, cache: 
     try:
         return _serve(sock, pipe, settings, cache, log)
     except BaseException as e:
-        import traceback
         where = traceback.extract_tb(e.__traceback__)[-1:] if e.__traceback__ else []
         at = f" at {where[0].filename}:{where[0].lineno}" if where else ""
         msg = f"the server stopped: {type(e).__name__}: {e}{at}"
@@ -202,8 +204,6 @@ def _child(sock: socket.socket, pipe: socket.socket, settings: Settings, cache: 
 
 def _serve(sock: socket.socket, pipe: socket.socket, settings: Settings, cache: Cache,
            log: LogFn) -> int:
-    from . import hosts
-    from .server import BlobServer
     agent = settings.agent
     _drop_privileges(agent.user)
     # After the drop: a change of credentials clears the parent-death signal.
@@ -226,7 +226,6 @@ def _serve(sock: socket.socket, pipe: socket.socket, settings: Settings, cache: 
 
 def _die_with_parent() -> None:
     try:
-        import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -240,7 +239,6 @@ def _ensure_own_user(name: str, log: LogFn) -> None:
     on (it cannot reach the others): an agent that finds it missing makes it, as root.
     A user the site named itself is never created; a missing one stops the server
     with the reason (_drop_privileges)."""
-    from . import user
     if name != user.DEFAULT or os.getuid() != 0 or user.exists(name):
         return
     try:
@@ -253,7 +251,6 @@ def _ensure_own_user(name: str, log: LogFn) -> None:
 def _drop_privileges(user: str) -> None:
     if os.getuid() != 0:
         return
-    import pwd
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
@@ -312,7 +309,6 @@ class _RootSide:
 
     def watch_eof(self) -> None:
         # The root side closes its end only by dying: follow it.
-        import select
         while True:
             r, _, _ = select.select([], [], [self.pipe], 5)
             try:
@@ -336,11 +332,10 @@ class Stager:
         self.path = path
         self.verifier = verifier
         self.log = log
-        self.states: Dict[str, Dict[str, Any]] = {}    # name -> {"state", "message", "transient", "t"}
+        # name -> (the answer for a staging under way or failed lately, when it was set)
+        self.states: Dict[str, Tuple[StageAnswer, float]] = {}
         self.refused, self.refusal_logged = 0, float("-inf")
         self.lock = threading.Lock()
-        from . import peers
-        peers.DELEGATE = False  # see peers.py: a requested staging never delegates
 
     def loop(self, pipe: socket.socket) -> None:
         rfile = pipe.makefile("rb")
@@ -360,15 +355,11 @@ class Stager:
                 try:
                     answer = self.handle(request, ip)
                 except Exception as e:  # never leave the server without an answer
-                    answer = {"http": 500, "state": "failed", "transient": True,
-                              "message": f"{type(e).__name__}"}
-                if len(answer.get("message", "")) > 2000:
-                    answer["message"] = answer["message"][:2000] + "..."
+                    answer = StageAnswer("failed", type(e).__name__, http=500)
                 pipe.sendall((json.dumps(self._signed(request, answer)) + "\n").encode())
 
     def _inflight(self, pipe: socket.socket, digest: str) -> None:
         """Answer `1 SIZE` with the temp file's descriptor, or `0`."""
-        from .inflight import open_temp
         found = None
         if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
             try:
@@ -385,49 +376,43 @@ class Stager:
         finally:
             os.close(fd)
 
-    def _signed(self, request: str, answer: Dict[str, Any]) -> Dict[str, Any]:
-        """The answer with its mac over the request line (the HTTP status stays out:
-        the server takes it off)."""
-        if self.verifier is None:
-            return answer
-        from .auth import sign_answer
-        http_status = answer.pop("http", None)
-        signed = sign_answer(self.verifier.key, request, answer)
-        if http_status is not None:
-            signed["http"] = http_status
-        return signed
+    def _signed(self, request: str, answer: StageAnswer) -> Dict[str, Any]:
+        """The answer's body with its mac over the request line, and the HTTP status
+        outside it (the server takes it off)."""
+        body = answer.body()
+        if self.verifier is not None:
+            body = sign_answer(self.verifier.key, request, body)
+        return {**body, "http": answer.http}
 
-    def handle(self, request: str, ip: str) -> Dict[str, Any]:
-        from .auth import AuthError, TooEarly
+    def handle(self, request: str, ip: str) -> StageAnswer:
         if self.verifier is None:
-            return {"http": 403, "state": "refused", "message": "this agent has no key"}
+            return StageAnswer("refused", "this agent has no key", http=403)
         try:
             name, source = self.verifier.check(request)
         except TooEarly as e:  # made before a restart: a fresh request will do
-            return {"state": "retry", "message": str(e)}
+            return StageAnswer("retry", str(e))
         except AuthError as e:
             self._log_refusal(f"refused a staging request from {ip}: {e}")
-            return {"http": 403, "state": "refused", "message": str(e)}
+            return StageAnswer("refused", str(e), http=403)
         settings = self._settings()
-        from ..errors import SgeImageError
         try:
             image = settings.image(name)
         except SgeImageError as e:
-            return {"http": 404, "state": "failed", "transient": False, "message": str(e)}
-        from ..cache import Cache
+            return StageAnswer("failed", str(e), transient=False, http=404)
         if Cache.from_settings(settings).lookup(image):
-            return {"state": "ready"}
+            return StageAnswer("ready")
         with self.lock:
             st = self.states.get(name)
-            if st and (st["state"] == "staging" or time.monotonic() - st["t"] < FAILED_TTL):
-                return {k: v for k, v in st.items() if k != "t"}
-            self.states[name] = {"state": "staging", "t": time.monotonic()}
+            if st and (st[0].state == "staging" or time.monotonic() - st[1] < FAILED_TTL):
+                return st[0]
+            self.states[name] = (StageAnswer("staging"), time.monotonic())
         self.log(f"staging {name} for {ip}" + (f" (from {source})" if source else ""))
-        from . import peers
-        if source and _HOST_RE.match(source):
-            peers.HINTS[name] = source
-        threading.Thread(target=self._stage, args=(name, settings), daemon=True).start()
-        return {"state": "staging"}
+        # A requested staging never delegates again (sge/agent/peers.py); the host that
+        # asked (a parallel job's master) is said to have the image: tried first.
+        hint = source if source and _HOST_RE.match(source) else None
+        threading.Thread(target=self._stage, args=(name, settings, Peers(False, hint)),
+                         daemon=True).start()
+        return StageAnswer("staging")
 
     def _log_refusal(self, line: str) -> None:
         """One line per REFUSAL_LOG_EVERY seconds, with a count of the rest: a flood of
@@ -442,29 +427,25 @@ class Stager:
 
     def _settings(self) -> Settings:
         if self.settings.is_stale():
-            from .. import config
             try:
                 self.settings = config.load(self.path)
             except Exception as e:
                 self.log(f"config reload failed, keeping the old one: {e}")
         return self.settings
 
-    def _stage(self, name: str, settings: Settings) -> None:
-        from ..errors import SgeImageError
-        from ..stage import ensure
+    def _stage(self, name: str, settings: Settings, peers: Peers) -> None:
         try:
-            ensure(name, settings, log=self.log)
+            ensure(name, settings, log=self.log, peers=peers)
             with self.lock:
                 self.states.pop(name, None)
             return
         except SgeImageError as e:
-            st: Dict[str, Any] = {"state": "failed", "transient": bool(e.transient), "busy": bool(e.busy),
-                  "message": str(e)}
+            st = StageAnswer("failed", str(e), bool(e.transient), bool(e.busy))
         except Exception as e:
-            st = {"state": "failed", "transient": True, "message": f"{type(e).__name__}: {e}"}
-        self.log(f"staging {name} failed: {st['message']}")
+            st = StageAnswer("failed", f"{type(e).__name__}: {e}")
+        self.log(f"staging {name} failed: {st.message}")
         with self.lock:
-            self.states[name] = {**st, "t": time.monotonic()}
+            self.states[name] = (st, time.monotonic())
 
 
 if __name__ == "__main__":

@@ -91,19 +91,18 @@ def stage_other_hosts(name: str, settings: Settings, log: Callable[[str], None],
             except Exception as e:  # agent restarting, host busy: ask again
                 pending[host] = f"agent unreachable ({type(e).__name__}: {e})"
                 continue
-            state = answer.get("state")
-            if state == "ready":
+            if answer.state == "ready":
                 del pending[host]
                 log(f"parallel job: {name} is on {host}")
-            elif state == "refused":  # a wrong key or clock: asking again cannot help
-                raise FetchError(f"host {host} refused to stage {name!r}: "
-                                 f"{answer.get('message', '')}", transient=True)
-            elif state == "failed" and not answer.get("transient", True):
-                raise FetchError(f"host {host} cannot stage {name!r}: "
-                                 f"{answer.get('message', '')}", transient=False)
+            elif answer.state == "refused":  # a wrong key or clock: asking again cannot help
+                raise FetchError(f"host {host} refused to stage {name!r}: {answer.message}",
+                                 transient=True)
+            elif answer.state == "failed" and not answer.transient:
+                raise FetchError(f"host {host} cannot stage {name!r}: {answer.message}",
+                                 transient=False)
             else:
-                pending[host] = f"{state}: {answer.get('message', '')}".rstrip(": ")
-                (busy.add if answer.get("busy") else busy.discard)(host)
+                pending[host] = f"{answer.state}: {answer.message}".rstrip(": ")
+                (busy.add if answer.busy else busy.discard)(host)
         if not pending:
             return others
         if time.monotonic() >= deadline:

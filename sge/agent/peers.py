@@ -13,8 +13,10 @@ caller goes to the origin. A busy peer (503) names the hosts it is sending the b
 to; those that are live cluster hosts are asked for their download in progress, each
 once per pull (sge/agent/redirects.py).
 
-A staging that a peer asked for never delegates again (`DELEGATE` is False in the
-agent): two hosts that disagree on the seed cannot wait on each other.
+A staging that a peer asked for never delegates again (the agent passes
+`Peers(delegate=False)`): two hosts that disagree on the seed cannot wait on each other.
+Staging (sge/stage.py) takes the peer source as a parameter; nothing here is switched
+by a module global.
 
 Time and room are bounded as tightly as bytes (issue 17). Every exchange (connect,
 request, the answer's whole head; a staging answer whole) ends by
@@ -31,24 +33,24 @@ import http.client
 import json
 import random
 import time
+from typing import TYPE_CHECKING, Callable, List, Literal, NamedTuple, Optional, Union
 
 from ..errors import CacheFull, FetchError, SgeImageError
+from ..fetch import httpwire as wire
 from ..metrics import events as _events
 from . import hosts as _hosts
-from .deadline import Budget, DeadlineSocket
+from .auth import AuthError, check_answer, key_path, read_key, sign
+from .deadline import Budget, DeadlineSocket, connect
+from .protocol import HEADER as PROTOCOL_HEADER
+from .protocol import PROTOCOL, StageAnswer
+from .redirects import HEADER as REDIRECT_HEADER
+from .redirects import Redirects
 
-
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Optional
-
     from ..config import AgentSettings, Image, Settings
     from ..fetch import Context
     from ..sink import Sink
-    from .redirects import Redirects
 
-DELEGATE = True
-HINTS: "dict[str, str]" = {}   # image name -> a host said to have it (a parallel job's master), tried first
 MAX_HAVE_TRIES = 3
 MAX_SEEDS = 3
 MAX_STREAM_TRIES = 3    # streams from a seed's download in progress, per seed
@@ -59,30 +61,64 @@ class _NoRoom(Exception):
     """The disk filled while a peer streamed: stop asking peers."""
 
 
-def fetch(image: Image, sink: Sink, ctx: Context, settings: Settings) -> Optional[str]:
-    """Fill `sink` with `image` from a peer and return its verified sha256, or None."""
-    agent = settings.agent
-    if not agent.enabled or not agent.peers or not image.sha256:
-        return None
-    budget = Budget(agent.peer_budget)
-    # A size-less entry: a peer may send up to the cache's cap, no more (issue 17:
-    # an endless body filled the cache filesystem).
-    limit = image.size if image.size is not None else settings.cache.max_size
-    try:
-        digest = _fetch(image, sink, ctx, settings, budget, limit)
-    except _NoRoom:
-        return None
-    if digest is None and budget.spent():
-        ctx.log(f"image {image.name}: {agent.peer_budget:.0f}s on peers spent "
-                f"(agent.peer_budget); using the sources")
-    return digest
+class BlobAnswer:
+    """How a peer answered a blob GET that gave no verified blob: its HTTP status
+    (404: no such blob there; 503: busy) and, when busy, the hosts it named as
+    receiving the blob (sge/agent/redirects.py)."""
+    __slots__ = ("code", "peers")
+
+    def __init__(self) -> None:
+        self.code: Optional[int] = None
+        self.peers: Optional[str] = None
+
+
+class Streamed(NamedTuple):
+    """The image came from the seed's download in progress while we waited."""
+    digest: str
+
+
+# What waiting on a seed host ends in (_await_seed): it has the image ("ready"), the
+# stream got it meanwhile (Streamed), try the next seed ("next"), or stop asking seeds.
+SeedOutcome = Union[Literal["ready", "next", "stop"], Streamed]
+
+
+class Peers:
+    """Other exec hosts' agents as a source for sge/stage.py, which takes one as a
+    parameter. `delegate`: whether this staging may ask a seed host to pull for it
+    (False for a staging a peer asked for). `hint`: a host said to have the image (a
+    parallel job's master, whose staging request named it), tried first."""
+
+    def __init__(self, delegate: bool = True, hint: Optional[str] = None) -> None:
+        self.delegate = delegate
+        self.hint = hint
+
+    def fetch(self, image: Image, sink: Sink, ctx: Context, settings: Settings) -> Optional[str]:
+        """Fill `sink` with `image` from a peer and return its verified sha256, or None."""
+        agent = settings.agent
+        if not agent.enabled or not agent.peers or not image.sha256:
+            return None
+        budget = Budget(agent.peer_budget)
+        # A size-less entry: a peer may send up to the cache's cap, no more (issue 17:
+        # an endless body filled the cache filesystem).
+        limit = image.size if image.size is not None else settings.cache.max_size
+        try:
+            digest = _fetch(image, sink, ctx, settings, budget, limit, self.delegate,
+                            self.hint)
+        except _NoRoom:
+            return None
+        if digest is None and budget.spent():
+            ctx.log(f"image {image.name}: {agent.peer_budget:.0f}s on peers spent "
+                    f"(agent.peer_budget); using the sources")
+        return digest
+
+    def __repr__(self) -> str:
+        return f"Peers(delegate={self.delegate}, hint={self.hint!r})"
 
 
 def _fetch(image: Image, sink: Sink, ctx: Context, settings: Settings, budget: Budget,
-           limit: int) -> Optional[str]:
-    assert image.sha256 is not None  # fetch() asks peers only for a digest
+           limit: int, delegate: bool, hint: Optional[str]) -> Optional[str]:
+    assert image.sha256 is not None  # Peers.fetch asks peers only for a digest
     agent = settings.agent
-    hint = HINTS.pop(image.name, None)
     if hint and not _hosts.is_me(hint):
         # The host that asked us has it (a parallel job's master): the load sensor
         # may not report it for another load_report_time.
@@ -95,9 +131,7 @@ def _fetch(image: Image, sink: Sink, ctx: Context, settings: Settings, budget: B
     except Exception as e:  # no qhost, qmaster down: the origin it is
         ctx.log(f"image {image.name}: no peer list ({type(e).__name__}: {e}); using the sources")
         return None
-    from .redirects import Redirects
     redirects = Redirects(live)
-    kw: Dict[str, Any] = {"budget": budget, "limit": limit}
     others = [h for h in have if not _hosts.is_me(h)]
     random.shuffle(others)
     # qhost does not tell a whole blob from a download in progress (the load sensor
@@ -105,27 +139,27 @@ def _fetch(image: Image, sink: Sink, ctx: Context, settings: Settings, budget: B
     # none (404), which are likely mid-download.
     missing = []
     for host in others[:MAX_HAVE_TRIES]:
-        status: Dict[str, Any] = {}
+        answer = BlobAnswer()
         if budget.spent():
             return None
-        digest = _get(host, image, sink, ctx, agent, redirects, status=status, **kw)
+        digest = _get(host, image, sink, ctx, agent, redirects, budget, limit, answer=answer)
         if digest:
             return digest
-        if status.get("code") == 403:
+        if answer.code == 403:
             # Agents serve the cluster's hosts only; this one (an admin host, a login
             # node) is not among them, and no other agent would answer otherwise.
             ctx.log(f"image {image.name}: this host is not one the cluster's agents serve "
                     f"(peer {host} answered 403); using the sources")
             return None
-        if status.get("code") == 404:
+        if answer.code == 404:
             missing.append(host)
     for host in missing:
         if budget.spent():
             return None
-        digest = _get(host, image, sink, ctx, agent, redirects, inflight=True, **kw)
+        digest = _get(host, image, sink, ctx, agent, redirects, budget, limit, inflight=True)
         if digest:
             return digest
-    if not DELEGATE:
+    if not delegate:
         return None
     # A seed that dies or cannot be reached is dropped and the seed chosen again among
     # the rest: the hosts that waited on it agree on the next one, so a killed seed
@@ -149,17 +183,17 @@ def _fetch(image: Image, sink: Sink, ctx: Context, settings: Settings, budget: B
             # waiting for its lock or for room) is free; a stream cut short counts.
             if len(streams) >= MAX_STREAM_TRIES:
                 return None
-            status: Dict[str, Any] = {}
-            digest = _get(seed, image, sink, ctx, agent, redirects, inflight=True,
-                          status=status, **kw)
-            if not digest and status.get("code") != 404:
-                streams.append(status.get("code"))
+            answer = BlobAnswer()
+            digest = _get(seed, image, sink, ctx, agent, redirects, budget, limit,
+                          inflight=True, answer=answer)
+            if not digest and answer.code != 404:
+                streams.append(answer.code)
             return digest
         outcome = _await_seed(seed, image, ctx, settings, stream, budget)
-        if isinstance(outcome, tuple):
-            return outcome[1]
+        if isinstance(outcome, Streamed):
+            return outcome.digest
         if outcome == "ready":
-            digest = _get(seed, image, sink, ctx, agent, redirects, **kw)
+            digest = _get(seed, image, sink, ctx, agent, redirects, budget, limit)
             if digest:
                 return digest
         elif outcome == "stop":
@@ -170,13 +204,12 @@ def _fetch(image: Image, sink: Sink, ctx: Context, settings: Settings, budget: B
 
 def _await_seed(seed: str, image: Image, ctx: Context, settings: Settings,
                 stream: Optional[Callable[[], Optional[str]]] = None,
-                budget: Optional[Budget] = None) -> Any:
+                budget: Optional[Budget] = None) -> SeedOutcome:
     """Ask the seed's agent to stage the image and wait until it has it: "ready";
-    ("done", sha256) when `stream()` got it from the seed's download in progress
+    Streamed(sha256) when `stream()` got it from the seed's download in progress
     meanwhile; "next" when the seed is dead, unreachable, failed for now or too slow
     (another seed may do); "stop" when asking any seed is pointless (no key, refused,
     or the image's sources refuse it for good)."""
-    from .auth import AuthError, key_path, read_key
     agent = settings.agent
     try:
         key = read_key(key_path(settings))
@@ -197,18 +230,18 @@ def _await_seed(seed: str, image: Image, ctx: Context, settings: Settings,
         except (OSError, http.client.HTTPException, ValueError, AuthError) as e:
             ctx.log(f"image {image.name}: seed host {seed} unreachable ({e})")
             return "next"
-        state = answer.get("state")
+        state = answer.state
         if state == "ready":
             return "ready"
         if state not in ("staging", "retry"):  # retry: asked again next round
-            ctx.log(f"image {image.name}: seed host {seed}: {state}: {answer.get('message', '')}")
-            return "next" if state == "failed" and answer.get("transient") else "stop"
+            ctx.log(f"image {image.name}: seed host {seed}: {state}: {answer.message}")
+            return "next" if state == "failed" and answer.transient else "stop"
         if not asked:
             ctx.log(f"image {image.name}: waiting for seed host {seed} to stage it")
             asked = True
         digest = stream() if stream else None
         if digest:
-            return ("done", digest)
+            return Streamed(digest)
         time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
         delay = min(POLL_MAX, delay * 1.5)
     ctx.log(f"image {image.name}: seed host {seed}: time on peers spent" if budget.spent()
@@ -219,17 +252,15 @@ def _await_seed(seed: str, image: Image, ctx: Context, settings: Settings,
 
 def stage_request(host: str, name: str, key: bytes, agent: AgentSettings, timeout: float = 10.0,
                   source: str = "-", deadline: Optional[float] = None,
-                  step: Optional[float] = None) -> Dict[str, Any]:
-    """One signed staging request to `host`'s agent -> its signed answer (a dict with
-    `state`: ready, staging, failed or refused), the whole exchange ending by
+                  step: Optional[float] = None) -> StageAnswer:
+    """One signed staging request to `host`'s agent -> its signed answer, the whole
+    exchange ending by
     `deadline` (default: agent.exchange_deadline from now).
 
     An answer that is not the agent's own (unsigned or forged: a process on its port,
     the server's own 503 when busy) raises AuthError or ValueError, which callers
     treat as "unreachable, ask again" (issue 17: a busy 503 became "refused" and a
     parallel job was rescheduled)."""
-    from .auth import check_answer, sign
-    from .protocol import HEADER as PROTOCOL_HEADER, PROTOCOL
     line = sign(key, name, host, source)
     body = line.encode()
     if deadline is None:
@@ -255,27 +286,25 @@ def stage_request(host: str, name: str, key: bytes, agent: AgentSettings, timeou
         raise ValueError(f"HTTP {resp.status}: an unsigned answer"
                          + (" (an agent of a kit before protocol 2: upgrade that host)"
                             if older else ""))
-    return check_answer(key, line, answer)
+    return StageAnswer.from_body(check_answer(key, line, answer), resp.status)
 
 
 def _get(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSettings,
-         redirects: Redirects, inflight: bool = False,
-         status: Optional[Dict[str, Any]] = None, budget: Optional[Budget] = None,
-         limit: Optional[int] = None) -> Optional[str]:
+         redirects: Redirects, budget: Budget, limit: Optional[int], inflight: bool = False,
+         answer: Optional[BlobAnswer] = None) -> Optional[str]:
     """get_blob, and when `host` is busy, the live hosts it names as receiving the
     blob (asked for their download in progress; a target's own 503 is not followed)."""
-    from .redirects import HEADER
-    status = {} if status is None else status
-    digest = get_blob(host, image, sink, ctx, agent, inflight=inflight, status=status,
+    answer = BlobAnswer() if answer is None else answer
+    digest = get_blob(host, image, sink, ctx, agent, inflight=inflight, answer=answer,
                       budget=budget, limit=limit)
-    if digest or status.get("code") != 503 or not status.get("peers"):
+    if digest or answer.code != 503 or not answer.peers:
         return digest
-    targets = redirects.targets(status["peers"], host)
-    ctx.log(f"image {image.name}: peer {host} is busy and names {HEADER} "
-            f"{status['peers'][:200]!r}: "
+    targets = redirects.targets(answer.peers, host)
+    ctx.log(f"image {image.name}: peer {host} is busy and names {REDIRECT_HEADER} "
+            f"{answer.peers[:200]!r}: "
             + (f"trying {', '.join(targets)}" if targets else "none to follow"))
     for target in targets:
-        if budget is not None and budget.spent():
+        if budget.spent():
             return None
         digest = get_blob(target, image, sink, ctx, agent, inflight=True, budget=budget,
                           limit=limit)
@@ -285,17 +314,15 @@ def _get(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSettings
 
 
 def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSettings,
-             inflight: bool = False, status: Optional[Dict[str, Any]] = None,
+             inflight: bool = False, answer: Optional[BlobAnswer] = None,
              budget: Optional[Budget] = None, limit: Optional[int] = None) -> Optional[str]:
     """GET the blob from `host`'s agent into the sink and verify it -> sha256, or None
     (after logging why) with the sink emptied for the next source. With `inflight`,
-    a download in progress on that host will do too. `status`, a dict, gets the
-    answer's HTTP status as "code" (404: the host has no such blob) and a busy host's
-    redirect header as "peers".
+    a download in progress on that host will do too. `answer` gets how the host
+    answered when it gave no blob.
 
     The connect and the answer's head end by agent.exchange_deadline, the body by the
     budget's end; the body is at most `limit` bytes (default: the catalog's size)."""
-    from ..fetch import httpwire as wire
     budget = budget or Budget(agent.peer_budget)
     limit = image.size if limit is None else limit
     shown = f"peer {host}"
@@ -310,23 +337,22 @@ def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSett
                 headers["X-Sge-Image-Inflight"] = "1"
             sock = conn.sock  # http.client lets go of it once the answer says close
             conn.request("GET", f"/blobs/sha256/{image.sha256}", headers=headers)
-            wire._tune(conn, ctx)
+            wire.tune(conn, ctx)
             resp = conn.getresponse()
             # The head is in: the body may take until the budget's end, at the
             # low-speed rate or better.
             if isinstance(sock, DeadlineSocket):
                 sock.extend(budget.end)
-            if status is not None:
-                status["code"] = resp.status
+            if answer is not None:
+                answer.code = resp.status
                 if resp.status == 503:
-                    from .redirects import HEADER
-                    status["peers"] = resp.getheader(HEADER)
+                    answer.peers = resp.getheader(REDIRECT_HEADER)
             if resp.getheader("X-Sge-Image-Inflight") == "1":
                 shown += " (download in progress)"
             sink.source = "peer_inflight" if resp.getheader("X-Sge-Image-Inflight") == "1" else "peer"
             if resp.status == 404 and inflight:
                 return None  # not begun there yet: nothing to log on every poll
-            if resp.status == 403 and status is not None:
+            if resp.status == 403 and answer is not None:
                 return None  # not trusted here: the caller says so once, for every peer
             if resp.status != 200:
                 raise FetchError(f"{shown}: HTTP {resp.status} {resp.reason}"
@@ -339,7 +365,7 @@ def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSett
                     or len(length) > 19 or limit is None or int(length) > limit:
                 raise FetchError(f"{shown}: offers {length} bytes, more than this pull "
                                  f"takes from a peer ({limit})")
-            wire._stream(resp, sink, ctx, shown)
+            wire.stream_body(resp, sink, ctx, shown)
         finally:
             conn.close()
         digest = sink.finish(shown)
@@ -351,7 +377,7 @@ def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSett
         ctx.log(f"image {image.name}: {shown}: {e}; not evicting for a peer, using the sources")
         sink.reset(after_full=True)
         raise _NoRoom() from None
-    except wire._Interrupted as e:
+    except wire.Interrupted as e:
         ctx.log(f"image {image.name}: {shown}: {e}")
         _events.peer_failed(sink.path, e)
     except SgeImageError as e:
@@ -374,7 +400,6 @@ def _connection(host: str, agent: AgentSettings, timeout: float, deadline: float
     several addresses must speak from the one its name resolves to. The connect
     waits at most `timeout`; it and everything after it end by `deadline`, and no
     single wait is longer than `step` (the read timeout)."""
-    from .deadline import connect
     addr = _hosts.address_of(host)
     if addr is None:
         raise OSError(f"cannot resolve host {host}")

@@ -33,6 +33,7 @@ outside the cache would leak it: hence the exact-digest path and O_NOFOLLOW.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import json
 import os
@@ -41,19 +42,18 @@ import socket
 import stat
 import threading
 import time
-
-from . import protocol
+from typing import (BinaryIO, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional,
+                    Tuple, Union)
 
 from ..metrics import agent_counts as metrics
+from . import protocol
+from .inflight import Abandoned, follow
+from .redirects import HEADER, header_value
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import BinaryIO, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
-
-    # stage(request line, client ip) -> (HTTP status, answer)
-    StageFn = Callable[[str, str], Tuple[int, Dict[str, object]]]
-    # inflight(digest) -> (read-only fd, expected size) of a download in progress
-    InflightFn = Callable[[str], Optional[Tuple[int, int]]]
+# stage(request line, client ip) -> (HTTP status, answer)
+StageFn = Callable[[str, str], Tuple[int, Dict[str, object]]]
+# inflight(digest) -> (read-only fd, expected size) of a download in progress
+InflightFn = Callable[[str], Optional[Tuple[int, int]]]
 
 MAX_HEAD = 8192
 MAX_STAGE_BODY = 512
@@ -215,9 +215,9 @@ class BlobServer:
                 extra: Dict[str, str] = {}
                 if range_header is not None:
                     r = parse_range(range_header, size)
-                    if isinstance(r, str):  # "unsatisfiable"
+                    if r is Range.UNSATISFIABLE:
                         raise _Reject(416, {"Content-Range": f"bytes */{size}"})
-                    if r is not None:
+                    if isinstance(r, ByteRange):
                         start, end = r
                         status = 206
                         extra["Content-Range"] = f"bytes {start}-{end}/{size}"
@@ -245,7 +245,6 @@ class BlobServer:
 
     def _busy(self, digest: str, ip: str) -> Dict[str, str]:
         """503's headers: Retry-After, and the hosts this blob is going to now."""
-        from .redirects import HEADER, header_value
         metrics.count("busy_slots")
         headers = {"Retry-After": str(RETRY_AFTER)}
         with self._lock:
@@ -275,15 +274,14 @@ class BlobServer:
                   range_header: Optional[str], fd: int, size: int) -> None:
         """A download in progress here, from its temp file's descriptor: the headers
         promise the expected size; the body follows the writer (inflight.follow)."""
-        from .inflight import Abandoned, follow
         with os.fdopen(fd, "rb", buffering=0) as f:
             start, status, extra = 0, 200, {}
             if range_header is not None:
                 r = parse_range(range_header, size)
-                if isinstance(r, str):  # unsatisfiable
+                if r is Range.UNSATISFIABLE:
                     raise _Reject(416, {"Content-Range": f"bytes */{size}"})
-                if r is not None and r[1] == size - 1:  # open-ended ranges only
-                    start, status = r[0], 206
+                if isinstance(r, ByteRange) and r.end == size - 1:  # open-ended ranges only
+                    start, status = r.start, 206
                     extra["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
             _respond(conn, status, {"Content-Length": str(size - start),
                                     "Accept-Ranges": "bytes", "X-Sge-Image-Inflight": "1",
@@ -395,29 +393,39 @@ def _number(digits: str) -> int:
     return (1 << 63) if len(digits) > MAX_DIGITS else int(digits)
 
 
-def parse_range(value: str, size: int) -> Union[None, str, Tuple[int, int]]:
-    """A single `bytes=` range -> (start, end) inclusive; None to ignore the header
-    (multiple ranges or a form we do not take: RFC 9110 lets a server send the whole
-    body); "unsatisfiable" for a range wholly past the end. Only ASCII digits count
+class ByteRange(NamedTuple):
+    start: int
+    end: int  # inclusive, as in the header
+
+
+class Range(enum.Enum):
+    """A Range header that names no ByteRange: IGNORE it (multiple ranges or a form we
+    do not take: RFC 9110 lets a server send the whole body), or UNSATISFIABLE (416)."""
+    IGNORE = "ignore"
+    UNSATISFIABLE = "unsatisfiable"
+
+
+def parse_range(value: str, size: int) -> Union[ByteRange, Range]:
+    """A single `bytes=` range of a body of `size` bytes. Only ASCII digits count
     (issue 17: `bytes=²-` passed isdigit() and int() raised, closing without an answer)."""
     m = RANGE.fullmatch(value.strip())
     if not m:
-        return None
+        return Range.IGNORE
     first, last = m.groups()
     if first == "":
         if last == "":
-            return None
+            return Range.IGNORE
         n = _number(last)
         if n == 0 or size == 0:
-            return "unsatisfiable"
-        return max(0, size - n), size - 1
+            return Range.UNSATISFIABLE
+        return ByteRange(max(0, size - n), size - 1)
     start = _number(first)
     if start >= size:
-        return "unsatisfiable"
+        return Range.UNSATISFIABLE
     end = _number(last) if last else size - 1
     if end < start:
-        return None
-    return start, min(end, size - 1)
+        return Range.IGNORE
+    return ByteRange(start, min(end, size - 1))
 
 
 class SlowReader(Exception):

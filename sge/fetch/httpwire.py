@@ -23,6 +23,7 @@ import time
 from contextlib import suppress
 from urllib.parse import urlsplit
 
+from .. import __version__
 from ..errors import FetchError
 from . import redact
 
@@ -40,10 +41,10 @@ LOWAT = 256 << 10       # bytes the kernel gathers before waking the reader
 SMALL_READS = 32        # small reads in a row before the low-water mark is raised
 MIN_READ = 64 << 10     # never a smaller read into a sink buffer, but for a body's tail
 LOWAT_FUSE_MS = 200     # a stream that cannot fill LOWAT in this long is read as it comes
-USER_AGENT = "sge-image-kit/0.1"
+USER_AGENT = f"sge-image-kit/{__version__}"
 
 
-class _Interrupted(Exception):
+class Interrupted(Exception):
     """The body stopped early; resumable if the server supports ranges."""
 
 
@@ -58,7 +59,7 @@ class _HTTPSConnection(_HTTPConnection, http.client.HTTPSConnection):
     """The same over TLS."""
 
 
-def _stream(resp: http.client.HTTPResponse, sink: Sink, ctx: Context, shown: str) -> None:
+def stream_body(resp: http.client.HTTPResponse, sink: Sink, ctx: Context, shown: str) -> None:
     """Fill the sink's buffers with single socket reads (readinto1), so the
     low-speed check runs between reads: a plain readinto waits for a whole buffer,
     which a server sending a byte a second never completes."""
@@ -90,7 +91,7 @@ def _stream(resp: http.client.HTTPResponse, sink: Sink, ctx: Context, shown: str
                 if not n:
                     if remaining is None:
                         break
-                    raise _Interrupted(f"connection closed after {sink.received + filled} bytes")
+                    raise Interrupted(f"connection closed after {sink.received + filled} bytes")
                 filled += n
                 if remaining is not None:
                     remaining -= n
@@ -107,14 +108,14 @@ def _stream(resp: http.client.HTTPResponse, sink: Sink, ctx: Context, shown: str
                 return
         except http.client.IncompleteRead as e:
             sink.commit(filled)
-            raise _Interrupted(f"connection closed after {sink.received} bytes "
+            raise Interrupted(f"connection closed after {sink.received} bytes "
                                f"({e.expected} more expected)") from None
         except (socket.timeout, TimeoutError):
             sink.commit(filled)
-            raise _Interrupted(f"no data for {ctx.read_timeout:.0f}s") from None
+            raise Interrupted(f"no data for {ctx.read_timeout:.0f}s") from None
         except (OSError, http.client.HTTPException) as e:
             sink.commit(filled)
-            raise _Interrupted(f"connection lost: {e}") from None
+            raise Interrupted(f"connection lost: {e}") from None
         except BaseException:
             sink.commit(filled)
             raise
@@ -188,7 +189,7 @@ class _LowWater:
             self._set(1)
 
 
-def _connection(url: str, ctx: Context) -> _HTTPConnection:
+def connection(url: str, ctx: Context) -> _HTTPConnection:
     from urllib.request import getproxies, proxy_bypass
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -221,7 +222,7 @@ def _connection(url: str, ctx: Context) -> _HTTPConnection:
     return conn
 
 
-def _tune(conn: http.client.HTTPConnection, ctx: Context) -> None:
+def tune(conn: http.client.HTTPConnection, ctx: Context) -> None:
     """After connecting: the read timeout replaces the connect timeout, and a large
     receive buffer keeps the loopback/LAN pipe full between readinto calls."""
     sock = conn.sock
@@ -232,7 +233,7 @@ def _tune(conn: http.client.HTTPConnection, ctx: Context) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
 
 
-def _status_error(resp: http.client.HTTPResponse, shown: str) -> FetchError:
+def status_error(resp: http.client.HTTPResponse, shown: str) -> FetchError:
     code = resp.status
     reason = f"HTTP {code} {resp.reason}".strip()
     if code in (404, 410):
@@ -244,7 +245,7 @@ def _status_error(resp: http.client.HTTPResponse, shown: str) -> FetchError:
     return FetchError(f"{shown}: unexpected {reason}", transient=False)
 
 
-def _range_start(content_range: Optional[str]) -> int:
+def range_start(content_range: Optional[str]) -> int:
     if content_range is None:
         return -1
     try:
@@ -253,7 +254,7 @@ def _range_start(content_range: Optional[str]) -> int:
         return -1
 
 
-def _describe(e: BaseException) -> str:
+def describe(e: BaseException) -> str:
     if isinstance(e, (socket.timeout, TimeoutError)):
         return "timed out connecting"
     if isinstance(e, ConnectionRefusedError):

@@ -63,7 +63,7 @@ def get(url: str, sink: Sink, ctx: Context, headers: Optional[Mapping[str, str]]
             url, new_headers = fresh
             headers = dict(new_headers or {})
             ctx.log(f"image {ctx.image.name}: {e.error}; renewed the credentials")
-        except wire._Interrupted as e:
+        except wire.Interrupted as e:
             if state["validator"] is None or sink.received == offset and resumes:
                 raise FetchError(f"{shown}: {e}", transient=True) from None
             resumes += 1
@@ -95,7 +95,7 @@ def _transfer(url: str, sink: Sink, ctx: Context, offset: int,
         # body is partial, and taking it for a whole file would splice the image.
         partial = resp.status == 206 or (resp.status == 200 and resp.getheader("Content-Range"))
         if partial and offset:
-            start = wire._range_start(resp.getheader("Content-Range"))
+            start = wire.range_start(resp.getheader("Content-Range"))
             if start != offset:
                 raise FetchError(f"{shown}: server resumed at byte {start}, not {offset}",
                                  transient=True)
@@ -115,7 +115,7 @@ def _transfer(url: str, sink: Sink, ctx: Context, offset: int,
         accept = (resp.getheader("Accept-Ranges") or "").lower()
         validator = resp.getheader("ETag") or resp.getheader("Last-Modified")
         state["validator"] = validator if ("bytes" in accept or partial) else None
-        wire._stream(resp, sink, ctx, shown)
+        wire.stream_body(resp, sink, ctx, shown)
     finally:
         conn.close()
 
@@ -131,7 +131,7 @@ def open_url(url: str, headers: Mapping[str, str], ctx: Context, method: str = "
     first = _origin(url)
     seen: List[str] = []
     for _ in range(wire.MAX_REDIRECTS + 1):
-        conn = wire._connection(url, ctx)
+        conn = wire.connection(url, ctx)
         parts = urlsplit(url)
         target = url if conn.absolute else (parts.path or "/") + (
             f"?{parts.query}" if parts.query else "")
@@ -141,7 +141,7 @@ def open_url(url: str, headers: Mapping[str, str], ctx: Context, method: str = "
             hdrs["Authorization"] = conn.auth
         try:
             conn.request(method, target, body=body, headers=hdrs)
-            wire._tune(conn, ctx)
+            wire.tune(conn, ctx)
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             conn.close()
@@ -150,7 +150,7 @@ def open_url(url: str, headers: Mapping[str, str], ctx: Context, method: str = "
                 raise FetchError(f"{shown or redact(url)}: the server does not speak TLS "
                                  f"(a plain-http server behind an https URL?)",
                                  transient=False) from None
-            raise FetchError(f"{shown or redact(url)}: {wire._describe(e)}",
+            raise FetchError(f"{shown or redact(url)}: {wire.describe(e)}",
                              transient=True) from None
         if resp.status in (301, 302, 303, 307, 308) and method == "GET":
             location = resp.getheader("Location")
@@ -180,7 +180,7 @@ def refusal(resp: http.client.HTTPResponse, shown: str,
     if describe is not None:
         error = describe(resp.status, resp.reason, resp, body, shown)
     if error is None:
-        error = wire._status_error(resp, shown)
+        error = wire.status_error(resp, shown)
     error.status = resp.status
     return error
 

@@ -10,7 +10,8 @@ import json
 import sys
 import time
 
-from . import qconf, qhost
+from ..cluster import qhost
+from . import qconf
 
 
 TYPE_CHECKING = False

@@ -23,7 +23,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not os.environ.get("SGE_IMAGE"):
         return 0
     from .. import claims, config
-    from .hookargs import config_arg
+    from ..cluster.hookargs import config_arg
     key = claims.job_key(os.environ.get("JOB_ID", ""), os.environ.get("SGE_TASK_ID", ""))
     if key is None:
         return 0

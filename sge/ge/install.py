@@ -25,7 +25,7 @@ import shlex
 import sys
 
 from . import qconf
-from .loadsensor import FREE_COMPLEX, LIST_COMPLEX, ROOM_COMPLEX, TIME_COMPLEX
+from ..cluster.complexes import FREE_COMPLEX, LIST_COMPLEX, ROOM_COMPLEX, TIME_COMPLEX
 
 
 TYPE_CHECKING = False

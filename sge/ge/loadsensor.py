@@ -20,6 +20,7 @@ import os
 import sys
 import time
 
+from ..cluster.complexes import FREE_COMPLEX, LIST_COMPLEX, ROOM_COMPLEX, TIME_COMPLEX
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,10 +32,6 @@ if TYPE_CHECKING:
 
 MAX_LINE = 999
 MAX_IN_LINE = 1 << 16  # execd sends empty lines and `quit`; longer input is one request
-FREE_COMPLEX = "img_cache_free"
-ROOM_COMPLEX = "img_cache_room"
-TIME_COMPLEX = "img_sensor_time"
-LIST_COMPLEX = "images"
 
 
 class Reporter:
@@ -260,7 +257,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .. import config
     from ..cache import Cache
     from ..log import Log
-    from .hookargs import config_arg
+    from ..cluster.hookargs import config_arg
     argv = sys.argv[1:] if argv is None else argv
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     _divert_stray_output()

@@ -14,7 +14,8 @@ import subprocess
 import sys
 import time
 
-from . import qconf, qhost
+from ..cluster import qhost
+from . import qconf
 
 
 TYPE_CHECKING = False

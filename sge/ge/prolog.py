@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from ..cache import Cache
     from ..config import Image, Settings
+    from ..sink import Progress
 
 GO, RESCHEDULE, JOB_ERROR = 0, 99, 100
 TRAPPED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
@@ -97,7 +98,7 @@ def _record_exit(code: int, started: float) -> None:
 def _run(name: str, argv: List[str], out: TextIO) -> int:
     from .. import config
     from ..errors import SgeImageError
-    from .hookargs import config_arg
+    from ..cluster.hookargs import config_arg
     job = _job_id()
     try:
         # Never SGE_IMAGE_CONFIG: the job owner sets the environment this root process sees.
@@ -107,7 +108,6 @@ def _run(name: str, argv: List[str], out: TextIO) -> int:
         return _reschedule_or_fail(None, job, out)
     _outcome[:] = [settings.cache_root, name, False]
     from ..cache import Cache
-    from ..stage import ensure
     try:
         image = settings.image(name)
     except SgeImageError as e:
@@ -128,7 +128,7 @@ def _run(name: str, argv: List[str], out: TextIO) -> int:
             from ..sink import Progress
             log = Log.from_settings(settings, echo=out, tag=f"sge-image prolog {job}")
             progress = Progress(name, out, settings.fetch.progress_interval, tty=False)
-            path = ensure(name, settings, progress, log)
+            path = _stage(name, settings, progress, log)
             _forget_attempts(cache, job)
         from ..runtimes import staging_refusal
         refusal = staging_refusal(name, path, settings.starter.runtime, cache.root,
@@ -137,7 +137,7 @@ def _run(name: str, argv: List[str], out: TextIO) -> int:
             _say(out, f"{refusal}; the job cannot run")
             return JOB_ERROR
         # Claimed after the format check: a job that cannot run holds nothing.
-        path = _hand_out(cache, image, lambda: ensure(name, settings))
+        path = _hand_out(cache, image, lambda: _stage(name, settings))
         _stage_parallel_hosts(name, settings, out, job)
         _export_path(path)
         return GO
@@ -152,6 +152,14 @@ def _run(name: str, argv: List[str], out: TextIO) -> int:
             return _reschedule_or_fail(cache, job, out, settings.prolog.max_reschedules)
         _say(out, f"staging {name!r} failed: {e}")
         return JOB_ERROR
+
+
+def _stage(name: str, settings: Settings, progress: Optional[Progress] = None,
+           log: Optional[Callable[[str], None]] = None) -> str:
+    """The cold path: staging, with other hosts' agents as the first source."""
+    from ..agent.peers import Peers
+    from ..stage import ensure
+    return ensure(name, settings, progress, log, Peers())
 
 
 def _hand_out(cache: Cache, image: Image, stage_again: Callable[[], str]) -> str:

@@ -43,7 +43,7 @@ def _is_job_script(path: str) -> bool:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from .hookargs import config_arg
+    from ..cluster.hookargs import config_arg
     cfg = config_arg(argv)
     if argv[:1] == ["--config"]:
         argv = argv[2:]

@@ -234,13 +234,14 @@ def test_a_trickling_redirect_target_ends_by_the_exchange_deadline(world, monkey
 def test_a_pull_with_trickling_peers_goes_to_the_origin_within_the_budget(world, monkeypatch):
     """The whole root pull: every peer trickles; the image comes from the origin after
     at most peer_budget on peers."""
+    from sge.agent.peers import Peers
     from sge.stage import ensure
     settings = client_settings(world, monkeypatch, exchange_deadline=2, peer_budget=5)
     world.set_qhost({A: ["img_img"], B: ["img_img"], C: [], CLIENT: []})
     peers = [Trickler(h, world.port, HEADS["headers"], every=0.5) for h in (A, B, C)]
     try:
         t = time.monotonic()
-        path = ensure("img", settings)
+        path = ensure("img", settings, peers=Peers())
         took = time.monotonic() - t
     finally:
         for p in peers:
@@ -466,6 +467,7 @@ def test_a_disk_filled_by_a_peer_evicts_nothing_and_the_origin_is_asked(world, m
     disk fills, the peer's bytes go, the cached image stays, the origin serves."""
     import yaml
     from sge import config
+    from sge.agent.peers import Peers
     from sge.stage import ensure
     other = payload(5 * MB, seed=8)
     world.origin.add_file("other.sif", other)
@@ -485,7 +487,7 @@ def test_a_disk_filled_by_a_peer_evicts_nothing_and_the_origin_is_asked(world, m
     head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (64 * MB)
     peer = Trickler(A, world.port, head, drip=b"\0" * (1 << 20), every=0.001)
     try:
-        got = ensure("nosize", settings)
+        got = ensure("nosize", settings, peers=Peers())
     finally:
         peer.close()
     assert open(got, "rb").read() == world.data

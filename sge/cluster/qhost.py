@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import subprocess
 
-from .loadsensor import FREE_COMPLEX, TIME_COMPLEX
+from ..errors import SgeImageError
+from .complexes import FREE_COMPLEX, TIME_COMPLEX
 
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Dict, Iterable, Optional
+
+
+class QhostError(SgeImageError):
+    exit_code = 2  # as a failing qconf: the cluster, not the image, is the problem
 
 
 class HostView:
@@ -61,8 +66,7 @@ def read(complexes: Optional[Iterable[str]] = None) -> Dict[str, HostView]:
     args = ["qhost", "-F"] + ([",".join(complexes)] if complexes else [])
     r = subprocess.run(args, capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
-        from .qconf import QconfError
-        raise QconfError(f"qhost failed: {(r.stderr or r.stdout).strip()}")
+        raise QhostError(f"qhost failed: {(r.stderr or r.stdout).strip()}")
     return parse(r.stdout)
 
 
