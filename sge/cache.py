@@ -33,6 +33,9 @@ from contextlib import contextmanager
 from .errors import CacheBusy, CacheError, CacheFull, LockTimeout
 from .fsutil import fsync_dir as _fsync_dir
 from .metrics import events as _events
+from .tempfiles import dir_is_dead as _dir_is_dead
+from .tempfiles import temp_name
+from .tempfiles import writer_alive as _writer_alive
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -246,7 +249,7 @@ class Cache:
         self.ensure_layout()
         size = expected_size if expected_size is not None else 0
         for _ in range(100):
-            path = self._p("tmp", f"{name}.{os.getpid()}.{size}.{os.urandom(4).hex()}.part")
+            path = self._p("tmp", temp_name(name, size))
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
                 break
@@ -605,62 +608,6 @@ class Cache:
         dest = self._p("quarantine", f"{digest}.{int(time.time())}")
         self._unlink_blob(digest, to=dest)
         return dest
-
-
-def sweep_command_dirs(tmpdir: str) -> None:
-    """Remove the command source's `*.cmd` directories in `tmpdir` whose stager is gone
-    (the rule sweep_temps applies to them too)."""
-    import shutil
-    try:
-        names = [n for n in os.listdir(tmpdir) if n.endswith(".cmd")]
-    except OSError:
-        return
-    for n in names:
-        path = os.path.join(tmpdir, n)
-        if _dir_is_dead(path, n[:-4]):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _dir_is_dead(path: str, temp_name: str) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False  # a live stager holds it
-    finally:
-        os.close(fd)
-    return not _writer_alive(temp_name)
-
-
-def _writer_pid(temp_name: str) -> Optional[int]:
-    try:
-        return int(temp_name.split(".")[-4])
-    except (ValueError, IndexError):
-        return None
-
-
-def _writer_alive(temp_name: str) -> bool:
-    """Temp files are named NAME.PID.SIZE.RANDOM.part; is that PID running?"""
-    pid = _writer_pid(temp_name)
-    if pid is None:
-        return False
-    if pid == os.getpid():
-        return False
-    return pid_alive(pid)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists (one owned by another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _open_pin(path: str) -> int:

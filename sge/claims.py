@@ -138,7 +138,7 @@ def sweep(root: str) -> List[str]:
     """Remove claims whose job no longer runs here (no epilog ran: `qdel -f`, an execd
     crash, a queue with another epilog) and temp files a killed prolog left; returns the
     job keys removed. The load sensor runs it every cycle."""
-    from .cache import pid_alive
+    from .tempfiles import pid_alive
     gone: List[str] = []
     base = os.path.join(root, DIR)
     for key, _, _, is_live in read(root):

@@ -255,7 +255,7 @@ def test_live_work_directory_is_not_swept(tmp_path):
         # flock is per open file: another open of the same directory must see it held.
         pid = os.fork()
         if pid == 0:
-            from sge.cache import sweep_command_dirs
+            from sge.tempfiles import sweep_command_dirs
             sweep_command_dirs(str(tmp_path / "tmp"))
             os._exit(0)
         os.waitpid(pid, 0)

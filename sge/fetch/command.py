@@ -114,7 +114,7 @@ def fetch(url: str, sink: Sink, ctx: Context) -> None:
     opts = source_options(ctx, "command")
     shown = redact(url)
     # Leftovers of a stager killed with SIGKILL, judged by the cache's one rule.
-    from ..cache import sweep_command_dirs
+    from ..tempfiles import sweep_command_dirs
     sweep_command_dirs(os.path.dirname(sink.path))
     work = sink.path + ".cmd"
     try:
