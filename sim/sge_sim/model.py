@@ -102,7 +102,7 @@ class SimConfig:
     # (a "staging" state the JSV's soft request also matches) instead of only
     # after the pull completed.
     report_inflight_as_warm: bool = False
-    # Node agent (policy "agent"): peers serve verified blobs (see sge/sim/peers.py).
+    # Node agent (policy "agent"): peers serve verified blobs (see sim/sge_sim/peers.py).
     peer_upload_gbit: float = 10.0
     peer_upload_slots: int = 4
     peer_pipeline: bool = True

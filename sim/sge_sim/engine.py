@@ -981,7 +981,7 @@ SCENARIO_SETTINGS: ScenarioSettings = {
     "registry_gbit": 100.0,
     # give up (tasks stay unstarted) after this many simulated seconds
     "max_time": 30 * 86400.0,
-    # node agent (policy "agent"; see sge/sim/peers.py): peer transfers are
+    # node agent (policy "agent"; see sim/sge_sim/peers.py): peer transfers are
     # modelled from size_gb, host_link_gbit and these, whatever download_s says
     "peer_upload_gbit": 10.0,
     "peer_upload_slots": 4,

@@ -9,7 +9,7 @@ be replayed on a real Grid Engine to calibrate the model.  The ``agent``
 policy adds the node agent: peer transfers, in-flight reports, a seed per
 image, parallel jobs staged on all their hosts (`peers`).
 
-    from sge.sim import simulate, summarize, SimConfig
+    from sge_sim import simulate, summarize, SimConfig
     print(summarize(simulate("soft", SimConfig(hosts=100, hours=2))))
 """
 from .engine import SCENARIO_SETTINGS, Engine, initial_caches, run_scenario, simulate
