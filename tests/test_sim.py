@@ -11,7 +11,8 @@ import pytest
 
 from sge_sim import (HostCache, SharedNetwork, SimConfig, WorkloadConfig, generate_jobs,
                      image_sizes, run_scenario, simulate, summarize)
-from sge_sim.model import GB, Flow
+from sge_sim.model import Flow
+from sge_sim.units import GB
 from sge_sim.workload import zipf_weights
 
 

@@ -70,15 +70,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Tuple
 
+from .units import INF
+
 if TYPE_CHECKING:
     from .workload import Job
 
     # A task waiting for a pull: (runtime, job, dispatch time, task index, run number).
     Waiter = Tuple[float, Job, float, int, int]
-
-GB = 1e9
-GBIT = 1e9 / 8.0  # bytes per second in one Gbit/s
-INF = float("inf")
 
 
 @dataclass
