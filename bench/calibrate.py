@@ -5,7 +5,7 @@
 
 Runs one small scenario twice, on the real test cluster (``lab/ge-cluster.sh``:
 qmaster + exec hosts node1..node3, schedule_interval 1 s, load_report_time 5 s) and
-in ``sge.sim.run_scenario``, and compares where the tasks ran and which host pulled
+in ``sge_sim.run_scenario``, and compares where the tasks ran and which host pulled
 which image.
 
 Real side: the kit is built and installed the way ``tests/ge/test_kit_e2e.py`` does
@@ -64,9 +64,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
+# the kit and the simulator's own distribution (sim/), installed or not
+sys.path[:0] = [REPO, os.path.join(REPO, "sim")]
 
-from sge.sim import run_scenario  # noqa: E402
+from sge_sim import run_scenario  # noqa: E402
 
 LOCK = "/var/tmp/sge-image-kit-ge.lock"
 CLUSTER = os.path.join(REPO, "lab", "ge-cluster.sh")

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Calibrate the simulator's peer model (sge/sim/peers.py) against the real node agent.
+"""Calibrate the simulator's peer model (sim/sge_sim/peers.py) against the real node agent.
 
     GE_HOSTS="node1:127.0.0.11 ... node6:127.0.0.16" python bench/calibrate_peers.py \\
         [--tasks 30 --sleep 2 --rate-mib 4 --rounds 2 --out bench/out]     (as root)
 
 What bench/calibrate.py does for placement, for the agent: one cold burst, run on the
-real cluster and replayed in ``sge.sim.run_scenario`` with policy ``agent``.
+real cluster and replayed in ``sge_sim.run_scenario`` with policy ``agent``.
 
 Real side (per round): the kit installed with the node agent on every exec host, as
 ``tests/ge/test_agent_e2e.py`` installs it; every sensor reporting before the run (the
@@ -42,12 +42,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
-sys.path.insert(0, HERE)
+# the kit and the simulator's own distribution (sim/), installed or not
+sys.path[:0] = [HERE, REPO, os.path.join(REPO, "sim")]
 
 from calibrate import CLUSTER, TASK_SCRIPT, cluster_up, take_lock, time_gets  # noqa: E402
 
-from sge.sim import run_scenario  # noqa: E402
+from sge_sim import run_scenario  # noqa: E402
 
 MB = 1 << 20
 IMAGE = "calpeer"

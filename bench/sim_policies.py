@@ -9,7 +9,7 @@ Runs every policy on the same seeded job stream, prints the headline table
 images, start latency p50/p95/p99, slot-hours idle on pulls, run time), where
 the cold starts of the top-10 images come from, and writes
 ``sim_policies.png`` and ``sim_policies.json`` to the out dir.  The model and
-its defaults are described in ``sge/sim``; the what-if flags below change one
+its defaults are described in ``sim/sge_sim``; the what-if flags below change one
 assumption at a time.
 
 ``--agent-report`` runs the node agent's before/after instead: steady state,
@@ -29,12 +29,14 @@ import random
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the kit and the simulator's own distribution (sim/), installed or not
+sys.path[:0] = [REPO, os.path.join(REPO, "sim")]
 
-from sge.sim import (DEFAULT_POLICY, POLICIES, SimConfig, WorkloadConfig,  # noqa: E402
+from sge_sim import (DEFAULT_POLICY, POLICIES, SimConfig, WorkloadConfig,  # noqa: E402
                      agent_goals, format_agent_table, format_details, format_table, plot,
                      plot_agent, run_scenario, simulate, summarize)
-from sge.sim.report import GOAL_EGRESS_RATIO, GOAL_WARM_TOP10  # noqa: E402
+from sge_sim.report import GOAL_EGRESS_RATIO, GOAL_WARM_TOP10  # noqa: E402
 
 
 def parse_args(argv=None):

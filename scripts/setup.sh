@@ -29,11 +29,13 @@ if [ ! -x .venv/bin/python ] || [ "$(readlink -f .venv/bin/python)" != "$(readli
   $PY -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-# setuptools prints a boxed deprecation notice between two `!!` lines (and the source
-# line that raised it): drop the whole box, keep anything else pip says.
-.venv/bin/python -m pip install -q -e '.[test,bench]' 2>&1 \
+# The kit, and the placement simulator, which is its own distribution (sim/): the tests
+# and the benchmarks use both. setuptools prints a boxed deprecation notice between two
+# `!!` lines (and the source line that raised it): drop the whole box, keep anything
+# else pip says.
+.venv/bin/python -m pip install -q -e '.[test,bench]' -e ./sim 2>&1 \
   | awk '/^[[:space:]]*!![[:space:]]*$/ {box = !box; next}
          box || tolower($0) ~ /warning/ || /WheelFile\(/ || /^[[:space:]]*$/ {next} {print}' || true
-.venv/bin/python -c 'import sge, yaml, psutil, filelock, pytest, hypothesis, boto3' \
+.venv/bin/python -c 'import sge, sge_sim, numpy, yaml, psutil, filelock, pytest, hypothesis, boto3' \
   || { echo "setup: the virtualenv is incomplete" >&2; exit 1; }
 echo "setup: ok"

@@ -7,8 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# The type checker over the package (settings in setup.cfg's [mypy]); a failure stops here.
-.venv/bin/python -m mypy sge/
+# The type checker over the kit and the simulator (settings in setup.cfg's [mypy]); a
+# failure stops here.
+.venv/bin/python -m mypy sge/ sim/sge_sim/
 # Build (or find cached) Open Cluster Scheduler first, in the open: a cold build takes
 # minutes, and this way it does not happen inside a test's setup.
 flavors=${GE_FLAVORS:-soge,ocs}

@@ -9,10 +9,11 @@ import math
 
 import pytest
 
-from sge.sim import (HostCache, SharedNetwork, SimConfig, WorkloadConfig, generate_jobs,
+from sge_sim import (HostCache, SharedNetwork, SimConfig, WorkloadConfig, generate_jobs,
                      image_sizes, run_scenario, simulate, summarize)
-from sge.sim.model import GB, Flow
-from sge.sim.workload import zipf_weights
+from sge_sim.model import Flow
+from sge_sim.units import GB
+from sge_sim.workload import zipf_weights
 
 
 def scenario(policy, hosts, jobs, images=None, **settings):
@@ -351,7 +352,7 @@ def test_soft_beats_no_awareness_on_egress():
 
 
 def _two_hosts(jobs, **settings):
-    from sge.sim import run_scenario
+    from sge_sim import run_scenario
     return run_scenario({
         "policy": "none",
         "hosts": [{"name": "n1", "slots": 2, "warm": ["a"]}, {"name": "n2", "slots": 2, "warm": ["a"]}],
@@ -391,7 +392,7 @@ def burst(policy, hosts=6, tasks=24, **settings):
 
 
 def seed_of(img, hosts):
-    from sge.sim.peers import rendezvous
+    from sge_sim.peers import rendezvous
     return f"n{rendezvous(img, hosts)[0]}"
 
 
@@ -499,7 +500,7 @@ def test_a_pull_in_flight_draws_the_next_tasks_of_the_image():
 
 
 def test_rendezvous_seed_is_the_same_everywhere_and_spreads_images():
-    from sge.sim.peers import rendezvous
+    from sge_sim.peers import rendezvous
     assert rendezvous(7, 1000) == rendezvous(7, 1000)
     seeds = {rendezvous(img, 1000)[0] for img in range(200)}
     assert len(seeds) > 150  # not one host seeding everything

@@ -70,15 +70,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Tuple
 
+from .units import INF
+
 if TYPE_CHECKING:
     from .workload import Job
 
     # A task waiting for a pull: (runtime, job, dispatch time, task index, run number).
     Waiter = Tuple[float, Job, float, int, int]
-
-GB = 1e9
-GBIT = 1e9 / 8.0  # bytes per second in one Gbit/s
-INF = float("inf")
 
 
 @dataclass
@@ -102,7 +100,7 @@ class SimConfig:
     # (a "staging" state the JSV's soft request also matches) instead of only
     # after the pull completed.
     report_inflight_as_warm: bool = False
-    # Node agent (policy "agent"): peers serve verified blobs (see sge/sim/peers.py).
+    # Node agent (policy "agent"): peers serve verified blobs (see sim/sge_sim/peers.py).
     peer_upload_gbit: float = 10.0
     peer_upload_slots: int = 4
     peer_pipeline: bool = True

@@ -42,7 +42,7 @@ import random
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .model import GB
+from .units import GB
 
 MONTH_DAYS = 30.0
 

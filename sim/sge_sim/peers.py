@@ -30,17 +30,36 @@ cold day, and only copies between exec hosts take it out of the path.
 from __future__ import annotations
 
 import heapq
-from typing import TYPE_CHECKING, Dict, Iterable, List, Literal, Optional, Set, Tuple, Union
+from typing import Dict, Iterable, List, Literal, Optional, Protocol, Set, Tuple, Union
 
-from .model import INF, Flow, Network
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .model import Flow, HostCache, Network, SimConfig
+from .units import INF
 
 # A peer that can serve an image: it has the whole copy, or a pull of it in flight.
 Usable = Union[Tuple[Literal[True], None], Tuple[Literal[False], Flow]]
 
 SEED_RANKS = 16  # the seed ranking kept per image (fallbacks after dead seeds)
+
+
+class AgentEngine(Protocol):
+    """The engine as the agent drives it: its state and the pull steps it lends.
+
+    Why spelled out here: the engine builds the agent, so this module may not
+    import the engine's; the engine matches this shape (mypy checks it there)."""
+
+    sim: SimConfig
+    H: int
+    caches: List[HostCache]
+    warm_view: List[Set[int]]
+    in_window: bool
+    peer_pulls: List[int]
+
+    def _start_pull(self, h: int, img: int, t: float, prewarm: bool,
+                    kind: int) -> Optional[Flow]: ...
+
+    def _origin_started(self, fl: Flow, t: float) -> None: ...
+
+    def _replace_flow(self, fl: Flow, t: float) -> Flow: ...
 
 
 def rendezvous(img: int, hosts: int, k: int = SEED_RANKS) -> List[int]:
@@ -175,7 +194,7 @@ class MixedNet:
 class Agent:
     """Source choice and failure handling for the engine's pulls (see module doc)."""
 
-    def __init__(self, eng: Engine, net: MixedNet, dead: Iterable[int] = (),
+    def __init__(self, eng: AgentEngine, net: MixedNet, dead: Iterable[int] = (),
                  lying: Iterable[int] = ()) -> None:
         self.eng = eng
         self.net = net  # the engine's network: origin, peers and timed events

@@ -64,13 +64,13 @@ from typing import (AbstractSet, Any, Dict, FrozenSet, Iterable, List, Literal, 
 
 import numpy as np
 
-from .model import (GB, GBIT, INF, FixedNetwork, Flow, HostCache, Network, SharedNetwork,
-                    SimConfig)
+from .model import FixedNetwork, Flow, HostCache, Network, SharedNetwork, SimConfig
 from .events import DL, FINISH, PAIR_BITS, PAIR_MASK, PRESSURE, PREWARM, SCHED, WINDOW
 from .parallel import ParallelJobs
 from .peers import Agent, MixedNet, PeerNet
 from .pressure import CachePressure
 from .policies import Policy, PrewarmConfig, get_policy
+from .units import GB, GBIT, INF
 from .workload import Job, WorkloadConfig, generate_jobs, image_sizes, zipf_weights
 
 COLD_REASONS = ("joined", "stale", "warm_full", "no_warm", "lag_miss")
@@ -209,7 +209,7 @@ class Engine(ParallelJobs, CachePressure):
         self.placements = [0] * H
         self.place_img: List[Dict[int, int]] = [dict() for _ in range(H)]
         self.pulls = [0] * H       # origin pulls per host
-        self.peer_pulls = [0] * H  # peer transfers per receiving host
+        self.peer_pulls: List[int] = [0] * H  # peer transfers per receiving host
         self.room_waits = 0        # pulls that waited for cache room
         self.requeued = 0          # tasks sent back to pending after waiting for room
         self.pe_pending: List[Job] = []
@@ -981,7 +981,7 @@ SCENARIO_SETTINGS: ScenarioSettings = {
     "registry_gbit": 100.0,
     # give up (tasks stay unstarted) after this many simulated seconds
     "max_time": 30 * 86400.0,
-    # node agent (policy "agent"; see sge/sim/peers.py): peer transfers are
+    # node agent (policy "agent"; see sim/sge_sim/peers.py): peer transfers are
     # modelled from size_gb, host_link_gbit and these, whatever download_s says
     "peer_upload_gbit": 10.0,
     "peer_upload_slots": 4,

@@ -28,7 +28,7 @@
     peers stream from it), a per-image seed makes the one origin pull, and a
     parallel job's image is staged on every host of the job before it starts
     (without the agent only the master host's prolog stages it).  The peer
-    model and its parameters are in ``sge/sim/peers.py`` and ``SimConfig``.
+    model and its parameters are in ``sim/sge_sim/peers.py`` and ``SimConfig``.
 """
 from __future__ import annotations
 

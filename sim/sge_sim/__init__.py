@@ -1,15 +1,19 @@
 """Placement simulator for image-aware scheduling on Grid Engine.
 
-A standalone discrete-event model (it imports nothing else from ``sge``) of
-exec hosts with slots, Grid Engine's queue sort with soft/hard requests and
-lagging load reports, per-host LRU image caches, and pulls sharing host links
-and the registry's egress.  It compares placement policies (`POLICIES`) on a
-seeded job stream, and runs small explicit scenarios (`run_scenario`) that can
-be replayed on a real Grid Engine to calibrate the model.  The ``agent``
-policy adds the node agent: peer transfers, in-flight reports, a seed per
-image, parallel jobs staged on all their hosts (`peers`).
+A discrete-event model of exec hosts with slots, Grid Engine's queue sort
+with soft/hard requests and lagging load reports, per-host LRU image caches,
+and pulls sharing host links and the registry's egress.  It compares placement
+policies (`POLICIES`) on a seeded job stream, and runs small explicit
+scenarios (`run_scenario`) that can be replayed on a real Grid Engine to
+calibrate the model.  The ``agent`` policy adds the node agent: peer transfers,
+in-flight reports, a seed per image, parallel jobs staged on all their hosts
+(`peers`).
 
-    from sge.sim import simulate, summarize, SimConfig
+It is its own distribution (``sge-image-sim``, ``sim/pyproject.toml``), not part
+of the kit, so that exec hosts never install it.  It may import the kit's pure
+policy modules (such as ``sge.eviction``); nothing in ``sge`` imports it.
+
+    from sge_sim import simulate, summarize, SimConfig
     print(summarize(simulate("soft", SimConfig(hosts=100, hours=2))))
 """
 from .engine import SCENARIO_SETTINGS, Engine, initial_caches, run_scenario, simulate
