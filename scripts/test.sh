@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The type checker over the package (settings in setup.cfg's [mypy]); a failure stops here.
 .venv/bin/python -m mypy sge/
+# The linter (ruff.toml): pyflakes, import order, no import inside a function outside
+# the warm paths. The simulator's package joins once it exists.
+lint="sge/ tests/ bench/"
+if [ -d sge_sim ]; then lint="$lint sge_sim/"; fi
+.venv/bin/python -m ruff check $lint
 # Build (or find cached) Open Cluster Scheduler first, in the open: a cold build takes
 # minutes, and this way it does not happen inside a test's setup.
 flavors=${GE_FLAVORS:-soge,ocs}
