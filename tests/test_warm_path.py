@@ -89,8 +89,8 @@ ROOT_ONLY = {
 HEAVY = ("yaml", "argparse", "typing", "dataclasses", "inspect", "subprocess", "socket",
          "ssl", "http", "urllib.request", "email", "hashlib", "threading", "logging",
          "asyncio", "concurrent", "tempfile", "shutil", "random", "difflib", "ipaddress",
-         "pathlib", "datetime", "uuid", "botocore", "boto3", "oras", "requests", "numpy",
-         "sge_sim")
+         "pathlib", "datetime", "uuid", "importlib.metadata", "zipfile", "ctypes",
+         "botocore", "boto3", "oras", "requests", "numpy", "sge_sim")
 
 MEASURE = "BENCHMARKS.md: `python bench/bench_core.py --only startup,warm`"
 
