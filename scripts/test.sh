@@ -10,6 +10,9 @@ bash scripts/setup.sh
 # The type checker over the kit and the simulator (settings in setup.cfg's [mypy]); a
 # failure stops here.
 .venv/bin/python -m mypy sge/ sim/sge_sim/
+# The linter (ruff.toml): pyflakes, import order, no import inside a function outside
+# the warm paths.
+.venv/bin/python -m ruff check sge/ sim/ tests/ bench/
 # Build (or find cached) Open Cluster Scheduler first, in the open: a cold build takes
 # minutes, and this way it does not happen inside a test's setup.
 flavors=${GE_FLAVORS:-soge,ocs}

@@ -15,11 +15,19 @@ import time
 
 import pytest
 
-from tests.support.agentkit import free_port, raw, status_of, body_of
+from tests.support.agentkit import body_of, free_port, raw, status_of
 from tests.support.common import ROOT, payload
 from tests.support.httpserver import Fault
-from tests.test_agent import A, B, MB, FakePeer, _ensure_here, get, put_blob  # noqa: F401
-from tests.test_agent import world  # noqa: F401  (the fixture)
+from tests.test_agent import (  # noqa: F401
+    MB,
+    A,
+    B,
+    FakePeer,
+    _ensure_here,
+    get,
+    put_blob,
+    world,  # noqa: F401  (the fixture)
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the agent binds, forks and drops root")
 INFLIGHT = "X-Sge-Image-Inflight: 1"

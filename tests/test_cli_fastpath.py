@@ -4,7 +4,8 @@ other subcommands) to argparse."""
 import subprocess
 import sys
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sge import cli
 

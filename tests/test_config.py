@@ -164,9 +164,10 @@ def test_an_unclosed_quote_names_the_line_it_began_on(tmp_path):
 
 
 def test_config_may_follow_the_subcommand(make_config):
-    from tests.support.common import ROOT
     import subprocess
     import sys
+
+    from tests.support.common import ROOT
     cfg = make_config({"rocky9-cuda": {"url": "/x", "sha256": "ab" * 32}})
     for argv in (["--config", cfg, "catalog", "check"], ["catalog", "check", "--config", cfg]):
         r = subprocess.run([sys.executable, "-m", "sge.cli", *argv], capture_output=True,

@@ -40,6 +40,7 @@ def test_admin_user_is_found_without_sge_root(tmp_path, monkeypatch):
     """install --dry-run without the Grid Engine environment once lost the warning: the
     admin user was taken for root. The cell is found from the qconf on PATH."""
     import os
+
     from sge.ge import install_check
     root = tmp_path / "ge"
     (root / "bin" / "lx-amd64").mkdir(parents=True)

@@ -1,7 +1,15 @@
 """The eviction decision as a pure function of a cache scan (sge/eviction.py): no
 filesystem, every case spelt out."""
-from sge.eviction import (KEPT_PINNED, KEPT_RECENT, KEPT_WANTED, CacheScan, Entry, Limits,
-                          plan_eviction, room_for_new)
+from sge.eviction import (
+    KEPT_PINNED,
+    KEPT_RECENT,
+    KEPT_WANTED,
+    CacheScan,
+    Entry,
+    Limits,
+    plan_eviction,
+    room_for_new,
+)
 
 NOW = 10_000.0
 

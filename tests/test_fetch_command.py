@@ -417,6 +417,7 @@ def test_grid_engine_bin_dirs_join_root_path_only_when_root_owns_them(tmp_path, 
     """Open Cluster Scheduler's qhost lives in $SGE_ROOT/bin/<arch>; SGE_ROOT comes from
     the job's environment, so only a directory chain only root can write counts."""
     import shutil
+
     from sge import rootenv
     base = "/opt/sge-image-kit-test-root"
     shutil.rmtree(base, ignore_errors=True)

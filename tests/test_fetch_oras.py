@@ -12,9 +12,20 @@ import pytest
 
 from sge.errors import FetchError
 from tests.support.common import cli, payload, sha256
-from tests.support.servers_oci_s3 import (OCI_MANIFEST, PASSWORD, SIF_MEDIA_TYPE, USER, HTPASSWD, Registry,
-                                  TokenServer, blob_file, push_oras, push_raw, put_manifest,
-                                  run_fetch)
+from tests.support.servers_oci_s3 import (
+    HTPASSWD,
+    OCI_MANIFEST,
+    PASSWORD,
+    SIF_MEDIA_TYPE,
+    USER,
+    Registry,
+    TokenServer,
+    blob_file,
+    push_oras,
+    push_raw,
+    put_manifest,
+    run_fetch,
+)
 
 MB = 1 << 20
 INSECURE = {"oras": {"insecure": True}}
@@ -345,10 +356,8 @@ def test_token_server_refuses_the_password(tmp_path, oci, artifact):
 def test_token_realm_over_plain_http_needs_insecure(tmp_path, oci, artifact):
     """Credentials never go to a plain-http token realm of an https registry: checked
     by talking TLS to our own TLS-less token server's URL through the error path."""
-    from sge.fetch import registry_auth
-    from sge.fetch import Context
-    from sge.config import Image
-    from sge.config import FetchSettings
+    from sge.config import FetchSettings, Image
+    from sge.fetch import Context, registry_auth
     from tests.support.servers_oci_s3 import FETCH_SETTINGS
     ctx = Context(Image("x", ["oras://h/r:t"], "1" * 64), FetchSettings(FETCH_SETTINGS))
     with pytest.raises(FetchError) as e:
@@ -483,11 +492,9 @@ def _serve(handler):
 def test_token_is_not_sent_to_the_host_a_blob_redirects_to(tmp_path):
     """A registry may redirect blobs to object storage: the token stays with the
     registry (and S3 would reject a second authorization anyway)."""
-    from sge.fetch import resumable
-    from sge.fetch import Context
-    from sge.config import Image
+    from sge.config import FetchSettings, Image
+    from sge.fetch import Context, resumable
     from sge.sink import Sink
-    from sge.config import FetchSettings
     from tests.support.servers_oci_s3 import FETCH_SETTINGS
     seen = []
     storage = _serve(type("S", (_Recorder,), {"seen": seen}))

@@ -80,6 +80,7 @@ def public(tmp_path):
 @pytest.fixture
 def site(public):
     import hashlib
+
     import yaml
     data = b"x" * 100
     (public / "a.sif").write_bytes(data)

@@ -11,7 +11,9 @@ import sys
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from sge.ge import jsv as jsvmod
 from sge.ge.jsv_protocol import MAX_OUT_LINE, Result, clean_text

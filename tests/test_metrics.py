@@ -518,6 +518,7 @@ def test_a_peer_that_refuses_or_stalls_is_counted_by_the_client(host, tmp_path):
     cycle(host.collector())
     temp = os.path.join(host.cache.root, "tmp", "alpha.1.4096.abc.part")
     import socket
+
     from sge.errors import FetchError
     events.peer_failed(temp, ConnectionRefusedError(111, "Connection refused"))
     events.peer_failed(temp, socket.timeout("timed out"))

@@ -12,9 +12,9 @@ import time
 import psutil
 import pytest
 
+from tests.reliability.conftest import cache_problems, settled_problems
 from tests.support.gekit import MB, assert_cluster_unchanged, cluster_snapshot, kit_work, make_kit
 from tests.support.httpserver import Fault
-from tests.reliability.conftest import cache_problems, settled_problems
 
 IMAGES = {"slow": {"size": 6 * MB}, "slowf": {"size": 6 * MB}, "slow2": {"size": 6 * MB},
           "warm3": {}, "capped": {}, "quick": {}}

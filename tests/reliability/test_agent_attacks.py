@@ -466,6 +466,7 @@ def test_a_disk_filled_by_a_peer_evicts_nothing_and_the_origin_is_asked(world, m
     """A size-less entry, a peer that claims a body larger than the filesystem: the
     disk fills, the peer's bytes go, the cached image stays, the origin serves."""
     import yaml
+
     from sge import config
     from sge.agent.peers import Peers
     from sge.stage import ensure
@@ -616,6 +617,7 @@ def test_non_finite_timestamps_are_refused():
         line = sign(key, "img", "node1", nonce="a" * 32).split()
         line[3] = ts
         import hmac
+
         from sge.agent.auth import _message
         line[5] = hmac.new(key, _message(line[:5]), hashlib.sha256).hexdigest()
         with pytest.raises(AuthError):

@@ -13,7 +13,9 @@ import socket
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, seed, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given, seed
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from tests.reliability.conftest import SEED
 from tests.support.agentkit import AgentWorld, body_of, free_port, raw, status_of

@@ -18,10 +18,10 @@ import tempfile
 import pytest
 
 from sge.ge import install
+from tests.reliability.conftest import exported_path, make_spool, run_prolog, write_config
+from tests.reliability.corpus import MARK
 from tests.support.common import ROOT, payload, sha256
 from tests.support.httpserver import Fault
-from tests.reliability.conftest import (exported_path, make_spool, run_prolog, write_config)
-from tests.reliability.corpus import MARK
 from tests.test_loadsensor import Sensor
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")

@@ -11,11 +11,19 @@ import time
 
 import pytest
 
+from tests.reliability.conftest import (
+    SEED,
+    cache_problems,
+    exported_path,
+    make_spool,
+    prolog_cmd,
+    prolog_env,
+    run_prolog,
+    settled_problems,
+    write_config,
+)
 from tests.support.common import payload, sha256
 from tests.support.httpserver import Fault
-from tests.reliability.conftest import (SEED, cache_problems, exported_path, make_spool,
-                                        prolog_cmd, prolog_env, run_prolog, settled_problems,
-                                        write_config)
 from tests.test_eviction import _pin_holder
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")

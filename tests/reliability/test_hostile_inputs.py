@@ -18,9 +18,9 @@ import yaml
 from sge import config
 from sge.errors import ConfigError
 from sge.names import is_valid_name, warm_complex
-from tests.support.common import ROOT, sha256
 from tests.reliability.conftest import SEED, run_prolog, tree, write_config
 from tests.reliability.corpus import MARK, hostile_entries, hostile_values
+from tests.support.common import ROOT, sha256
 from tests.test_jsv import JsvProcess, job
 
 DIGEST = sha256(b"demo image")

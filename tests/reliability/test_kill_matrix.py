@@ -18,10 +18,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.reliability.conftest import (
+    SEED,
+    cache_problems,
+    exported_path,
+    make_spool,
+    prolog_env,
+    run_prolog,
+    settled_problems,
+    write_config,
+)
 from tests.support.common import ROOT, payload, sha256
 from tests.support.httpserver import Fault
-from tests.reliability.conftest import (SEED, cache_problems, exported_path, make_spool,
-                                        prolog_env, run_prolog, settled_problems, write_config)
 
 MB = 1 << 20
 SIZE = 3 * MB          # more than one sink buffer (1 MiB): later kills leave bytes on disk

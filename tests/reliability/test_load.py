@@ -14,10 +14,16 @@ import subprocess
 import sys
 import time
 
+from tests.reliability.conftest import (
+    SEED,
+    make_spool,
+    prolog_env,
+    run_prolog,
+    settled_problems,
+    write_config,
+)
 from tests.support.common import ROOT, payload, sha256
 from tests.support.httpserver import Fault
-from tests.reliability.conftest import (SEED, make_spool, prolog_env, run_prolog,
-                                        settled_problems, write_config)
 from tests.test_eviction import _pin_holder
 
 MB = 1 << 20

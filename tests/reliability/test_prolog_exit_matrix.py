@@ -9,15 +9,20 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
-import sys
-
+from tests.reliability.conftest import (
+    PROLOG_CODES,
+    SEED,
+    exported_path,
+    make_spool,
+    prolog_env,
+    write_config,
+)
 from tests.support.common import ROOT, payload, sha256
-from tests.reliability.conftest import (PROLOG_CODES, SEED, exported_path, make_spool,
-                                        prolog_env, write_config)
 
 # The executable the launcher runs, as Grid Engine starts it.
 WRAPPER = os.path.join(ROOT, "prolog", "sge-image-prolog")

@@ -13,10 +13,12 @@ import sys
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, seed, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given, seed
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from tests.support.common import ROOT, cli, payload, sha256
 from tests.reliability.conftest import SEED
+from tests.support.common import ROOT, cli, payload, sha256
 from tests.test_jsv import COMMANDS, CORRECT_DEMO, INFO_DEMO, JsvProcess, job
 
 HOST = "nodeX"

@@ -15,10 +15,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.reliability.conftest import (
+    PROLOG_CODES,
+    SEED,
+    exported_path,
+    make_spool,
+    run_prolog,
+    settled_problems,
+    write_config,
+)
 from tests.support.common import payload, sha256
 from tests.support.httpserver import Fault
-from tests.reliability.conftest import (PROLOG_CODES, SEED, exported_path, make_spool,
-                                        run_prolog, settled_problems, write_config)
 
 SIZE = 300_000
 BOUND = 60  # seconds: generous; the point is "finishes", not "fast"
