@@ -491,10 +491,12 @@ def measure(real, args):
         t["warm"] = t["image"] in warm.get(t["host"], []) or t["recv"] >= done_at.get(k, math.inf)
     q = [t for t in ok if t.get("q_dispatch") is not None and t.get("q_end") is not None]
     if q:
-        occ = lambda t: t["q_end"] - t["q_dispatch"] - t["sleep"]
+        def occ(t):
+            return t["q_end"] - t["q_dispatch"] - t["sleep"]
         source = "qstat"
     else:  # an older record without qstat times: execd receipt to job end
-        occ = lambda t: t["end"] - t["recv"] - t["sleep"]
+        def occ(t):
+            return t["end"] - t["recv"] - t["sleep"]
         q = ok
         source = "task timestamps"
     ovh = median([occ(t) for t in q if t["warm"]])
@@ -622,7 +624,10 @@ def table(real, sim, hosts):
 
 def fmt_text(head, rows):
     w = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    line = lambda r: "  ".join(str(x).rjust(w[i]) if i >= 2 else str(x).ljust(w[i]) for i, x in enumerate(r))
+
+    def line(r):
+        return "  ".join(str(x).rjust(w[i]) if i >= 2 else str(x).ljust(w[i])
+                         for i, x in enumerate(r))
     return "\n".join([line(head), line(["-" * x for x in w])] + [line(r) for r in rows])
 
 

@@ -33,9 +33,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the kit and the simulator's own distribution (sim/), installed or not
 sys.path[:0] = [REPO, os.path.join(REPO, "sim")]
 
-from sge_sim import (DEFAULT_POLICY, POLICIES, SimConfig, WorkloadConfig,  # noqa: E402
-                     agent_goals, format_agent_table, format_details, format_table, plot,
-                     plot_agent, run_scenario, simulate, summarize)
+from sge_sim import (  # noqa: E402
+    DEFAULT_POLICY,
+    POLICIES,
+    SimConfig,
+    WorkloadConfig,
+    agent_goals,
+    format_agent_table,
+    format_details,
+    format_table,
+    plot,
+    plot_agent,
+    run_scenario,
+    simulate,
+    summarize,
+)
 from sge_sim.report import GOAL_EGRESS_RATIO, GOAL_WARM_TOP10  # noqa: E402
 
 

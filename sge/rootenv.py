@@ -9,9 +9,9 @@ registry credentials) explicitly in the config.
 from __future__ import annotations
 
 import os
+import stat
+from typing import TYPE_CHECKING
 
-
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Dict, List, Mapping, Optional
 
@@ -53,7 +53,6 @@ def _ge_bin_dirs() -> List[str]:
 
 def _root_only(path: str) -> bool:
     """`path` and every directory above it belong to root and nobody else may write."""
-    import stat
     while True:
         try:
             st = os.lstat(path)

@@ -21,9 +21,9 @@ from __future__ import annotations
 import os
 import posixpath
 
-from .imageformat import SIF, SQUASHFS
+from .imageformat import SIF, SQUASHFS, of_cached
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: it costs ~2 ms on a warm path (BENCHMARKS.md)
 if TYPE_CHECKING:
     from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
@@ -307,6 +307,5 @@ def staging_refusal(name: str, path: str, runtime_setting: Sequence[str], cache_
         return None  # nothing to refuse: no file is read on this path
     if not kit_starter_runs(spool):
         return None
-    from .imageformat import of_cached
     fmt = of_cached(cache_root, path)
     return None if runtime.runs(fmt) else runtime.refusal(name, fmt)

@@ -13,13 +13,14 @@ subdirectories and the one blob about to be used; never a walk of the cache.
 from __future__ import annotations
 
 import os
+import pwd
 import shlex
 import stat
 
 from . import cache as _cache
 from .errors import CacheError
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: it costs ~2 ms on a warm path (BENCHMARKS.md)
 if TYPE_CHECKING:
     from typing import List, Optional, Set
 
@@ -134,7 +135,6 @@ def _check(path: str, euid: int, out: List[str], follow: bool = False, ancestor:
 
 def _user(uid: int) -> str:
     try:
-        import pwd
         return pwd.getpwuid(uid).pw_name
     except (KeyError, ImportError):
         return str(uid)

@@ -19,12 +19,22 @@ waiter of a storm, once it wakes) should not pay for them.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import hashlib
 import os
+import queue
+import signal
+import stat
+import threading
 import time
+from typing import TYPE_CHECKING
 
 from .errors import CacheFull, FetchError, VerifyError
+from .units import format_duration, format_size
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     import queue
     import threading
@@ -45,8 +55,6 @@ WRITEBACK_CHUNK = 64 << 20
 def _sync_file_range() -> Optional[SyncFileRange]:
     """Linux sync_file_range(2) through libc, or None: starts writeback without waiting."""
     try:
-        import ctypes
-        import ctypes.util
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         fn = libc.sync_file_range
         fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
@@ -89,8 +97,6 @@ class Sink:
     def __init__(self, fd: int, path: str, expected_size: Optional[int] = None,
                  expected_sha256: Optional[str] = None,
                  progress: Optional[ProgressFn] = None) -> None:
-        import queue
-        import threading
         _load_sfr()
         self.fd = fd
         self.path = path
@@ -113,7 +119,6 @@ class Sink:
         self._thread.start()
 
     def _reset_state(self) -> None:
-        import hashlib
         self._hash = hashlib.sha256()
         self.received = 0      # bytes handed to commit()
         self._written = 0      # bytes on disk
@@ -173,8 +178,6 @@ class Sink:
         written after the hash would be published unverified. The caller then
         copies it through the sink instead (`write` of what it reads), which hashes
         the very bytes it publishes."""
-        import fcntl
-        import stat
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
@@ -240,7 +243,6 @@ class Sink:
                 return
 
     def _writer(self) -> None:
-        import threading
         while True:
             item = self._work.get()
             if item is None:
@@ -265,7 +267,6 @@ class Sink:
 
     def _drain(self) -> None:
         """Wait until every committed buffer is hashed and written."""
-        import threading
         done = threading.Event()
         self._hashq.put(done)
         while not done.wait(0.5):
@@ -281,7 +282,6 @@ class Sink:
         e = self._error
         if e is None:
             return
-        import errno
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise CacheFull(f"disk full while writing {os.path.basename(self.path)}: {e.strerror}")
         raise FetchError(f"cannot write the temp file {self.path}: {e.strerror}", transient=True)
@@ -310,8 +310,6 @@ def _no_writers(fd: int) -> bool:
     """True if nothing has the file of `fd` (opened read-only) open for writing: a
     read lease is granted only then. Taken and dropped at once; where leases are not
     available the answer is False (copy rather than guess)."""
-    import fcntl
-    import signal
     try:
         # Should a writer open the file in the instant the lease is held, its break
         # is signalled to us: SIGURG, ignored by default, rather than SIGIO, which
@@ -346,7 +344,6 @@ class Progress:
         self.stream.flush()
 
     def line(self, done: int, total: Optional[int], now: Optional[float] = None) -> str:
-        from .units import format_duration, format_size
         elapsed = max((now or time.monotonic()) - self.start, 1e-6)
         rate = done / elapsed
         text = f"sge-image: {self.name}: {format_size(done)}"

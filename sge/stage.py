@@ -12,11 +12,18 @@ the agent, whose layer sits above this one (tests/test_layers.py).
 """
 from __future__ import annotations
 
+import errno
 import os
+import time
+from typing import TYPE_CHECKING
 
 from .cache import Cache
+from .errors import CacheBusy, CacheFull
+from .fetch import Context, fetch_image
+from .log import Log
+from .metrics import events
+from .sink import Sink
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, Optional, Protocol
 
@@ -46,7 +53,6 @@ def ensure(name: str, settings: Settings, progress: Optional[Progress] = None,
 
 def stage(image: Image, cache: Cache, settings: Settings, progress: Optional[Progress] = None,
           log: Optional[LogFn] = None, peers: Optional[PeerSource] = None) -> str:
-    from .log import Log
     logfn: LogFn = log or Log.from_settings(settings)
     try:
         return _stage(image, cache, settings, progress, logfn, peers)
@@ -54,10 +60,8 @@ def stage(image: Image, cache: Cache, settings: Settings, progress: Optional[Pro
         # Out of space or inodes outside the sink's writes (a lock, pin or temp file,
         # a name-index link): the same transient "disk full", not an internal error
         # (found by the disk-full tests: a tmpfs without free inodes).
-        import errno
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        from .errors import CacheFull
         raise CacheFull(f"cache {cache.root}: no space left on device for image "
                         f"{image.name!r} ({e.strerror}: {e.filename})") from None
 
@@ -69,9 +73,7 @@ def _stage(image: Image, cache: Cache, settings: Settings, progress: Optional[Pr
     The wait happens outside the image lock, so that every task of the image on this
     host waits at once rather than one room_wait after another; whoever takes the
     lock first once there is room downloads, and the rest find the image."""
-    import time
-    from .errors import CacheBusy
-    from .metrics import events
+
     deadline = time.monotonic() + cache.room_wait
     while True:
         try:
@@ -121,11 +123,7 @@ def _evict(cache: Cache, image: Image, need: int, log: LogFn) -> None:
 
 def _download(image: Image, cache: Cache, settings: Settings, progress: Optional[Progress],
               log: LogFn, peers: Optional[PeerSource], final: bool = False) -> str:
-    import time
-    from .errors import CacheFull
-    from .fetch import Context, fetch_image
-    from .metrics import events
-    from .sink import Sink
+
     _evict(cache, image, image.size or 0, log)
     started = time.monotonic()
     fd, tmp = cache.new_temp(image.name, image.size)

@@ -2,13 +2,16 @@
 NAME.PID.SIZE.RANDOM.part and flocked by its writer; a command source works in
 NAME.PID.SIZE.RANDOM.cmd beside it. Whoever finds one judges it by this one rule: dead
 when no process holds its lock and its PID is gone. The cache's sweep, the claims'
-sweep and the command source all use it, so it sits below each of them."""
+sweep and the command source all use it, so it sits below each of them. On every warm
+path (the cache imports it): shutil and typing only where needed."""
 from __future__ import annotations
 
 import fcntl
 import os
-import shutil
-from typing import Optional
+
+TYPE_CHECKING = False  # not typing's: it costs ~2 ms on a warm path (BENCHMARKS.md)
+if TYPE_CHECKING:
+    from typing import Optional
 
 
 def temp_name(name: str, size: int) -> str:
@@ -19,6 +22,7 @@ def temp_name(name: str, size: int) -> str:
 def sweep_command_dirs(tmpdir: str) -> None:
     """Remove the command source's `*.cmd` directories in `tmpdir` whose stager is gone
     (the rule sweep_temps applies to them too)."""
+    import shutil
     try:
         names = [n for n in os.listdir(tmpdir) if n.endswith(".cmd")]
     except OSError:

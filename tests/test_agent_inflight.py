@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.support.agentkit import body_of, free_port, raw, status_of
+from tests.support.agentkit import body_of, status_of
 from tests.support.common import ROOT, payload
 from tests.support.httpserver import Fault
 from tests.test_agent import (  # noqa: F401

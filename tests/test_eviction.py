@@ -68,7 +68,7 @@ def test_pinned_images_survive_and_pins_die_with_their_process(tmp_path, make_co
         assert "img0" in cached_names(cfg)
         assert "img1" not in cached_names(cfg)
         status = cli(cfg, "status").stdout
-        assert [l for l in status.splitlines() if l.startswith("img0")][0].split()[-3] == "yes"
+        assert [ln for ln in status.splitlines() if ln.startswith("img0")][0].split()[-3] == "yes"
     finally:
         holder.kill()
         holder.wait()

@@ -3,7 +3,7 @@ pieces, dropped again for one too slow to fill it, and the bytes are right eithe
 (run in-process against the fault-injecting server, which writes 64 KiB pieces)."""
 import pytest
 
-from sge.fetch import http, httpwire
+from sge.fetch import httpwire
 from tests.support.common import payload, sha256
 from tests.support.httpserver import Fault
 from tests.support.servers_oci_s3 import run_fetch

@@ -23,15 +23,14 @@ from tests.support.common import ROOT
 LAYERS = [
     # base: pure helpers and formats every other part uses; they import nothing above.
     ("base", ["sge", "sge.errors", "sge.units", "sge.names", "sge.fsutil", "sge.rootenv",
-              "sge.imageformat", "sge.runtimes", "sge.eviction", "sge.peerplan",
-              "sge.procs"]),
+              "sge.imageformat", "sge.runtimes", "sge.eviction", "sge.tempfiles"]),
     # fetch/sink/config: reading the settings and moving bytes, with no cache policy.
     ("fetch", ["sge.sink", "sge.fetch", "sge.fetch.*", "sge.config"]),
     # core: the node cache and staging, usable without any cluster.
     ("core", ["sge.log", "sge.cache", "sge.claims", "sge.stage", "sge.security",
               "sge.metrics", "sge.metrics.*"]),
     # cluster: what the agent and the hooks both need of the cluster (hosts, hook args).
-    ("cluster", ["sge.cluster"]),
+    ("cluster", ["sge.cluster", "sge.cluster.*"]),
     # agent: the node agent; it knows the cluster through sge.cluster, not Grid Engine.
     ("agent", ["sge.agent", "sge.agent.*"]),
     # ge: the Grid Engine hooks and admin commands, free to use everything below.

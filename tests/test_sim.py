@@ -9,8 +9,17 @@ import math
 
 import pytest
 
-from sge_sim import (HostCache, SharedNetwork, SimConfig, WorkloadConfig, generate_jobs,
-                     image_sizes, run_scenario, simulate, summarize)
+from sge_sim import (
+    HostCache,
+    SharedNetwork,
+    SimConfig,
+    WorkloadConfig,
+    generate_jobs,
+    image_sizes,
+    run_scenario,
+    simulate,
+    summarize,
+)
 from sge_sim.model import Flow
 from sge_sim.units import GB
 from sge_sim.workload import zipf_weights

@@ -22,9 +22,11 @@ import math
 import os
 import stat
 import time
+from typing import TYPE_CHECKING
 
+from ..config import config_path
+from ..fsutil import atomic_write
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
@@ -46,7 +48,6 @@ class TooEarly(AuthError):
 def key_path(settings: Settings) -> str:
     path = settings.agent.key_file
     if not os.path.isabs(path):
-        from ..config import config_path
         path = os.path.join(os.path.dirname(os.path.abspath(settings.path or config_path())), path)
     return path
 
@@ -71,7 +72,6 @@ def create_key(path: str) -> bool:
     """Write a fresh key (0600, root's); an existing one is kept."""
     if os.path.exists(path):
         return False
-    from ..fsutil import atomic_write
     atomic_write(path, os.urandom(KEY_BYTES).hex() + "\n", mode=0o600)
     return True
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 import http.client
 import socket
 import time
+from typing import TYPE_CHECKING
 
-
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Optional
 

@@ -6,13 +6,17 @@ per minute for the trust list, is all the agent asks of qmaster.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import socket
+import subprocess
 import threading
 import time
+from typing import TYPE_CHECKING
 
+from ..cluster import qhost
+from ..rootenv import child_env
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ipaddress
     from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
@@ -67,8 +71,7 @@ def reader(argv: Sequence[str] = ("qhost",)) -> Reader:
     """read(complexes) -> {host: HostView}, running `argv -F complexes` (the site's
     qhost, or a wrapper of it)."""
     def read(complexes: Sequence[str]) -> Dict[str, HostView]:
-        import subprocess
-        from ..cluster import qhost
+
         r = subprocess.run(list(argv) + ["-F", ",".join(complexes)], capture_output=True,
                            text=True, timeout=60, stdin=subprocess.DEVNULL, env=_command_env())
         if r.returncode != 0:
@@ -80,7 +83,6 @@ def reader(argv: Sequence[str] = ("qhost",)) -> Reader:
 def _command_env() -> Optional[Dict[str, str]]:
     """qhost as root runs with sge/rootenv.py's rebuilt environment; a site whose qhost
     is not on the system path names it in `agent.qhost`."""
-    from ..rootenv import child_env
     return child_env(always=True)
 
 
@@ -142,7 +144,6 @@ class Trust:
         self.lock = threading.Lock()
         self.refreshing = False
         if setting != "cluster":
-            import ipaddress
             self.networks = [ipaddress.ip_network(x, strict=False) for x in setting if "/" in x]
             self.addresses = _resolve_all([x for x in setting if "/" not in x])
             self.loaded = float("inf")
@@ -152,7 +153,6 @@ class Trust:
             return True
         if self.setting != "cluster":
             if self.networks:
-                import ipaddress
                 addr = ipaddress.ip_address(ip)
                 return any(addr in n for n in self.networks)
             return False

@@ -24,15 +24,15 @@ import fcntl
 import os
 import stat
 import time
+from typing import TYPE_CHECKING
 
-POLL_MIN, POLL_MAX = 0.005, 0.1
-
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
     from typing import BinaryIO, Callable, Dict, Optional, Tuple
 
     from ..config import Image
+
+POLL_MIN, POLL_MAX = 0.005, 0.1
 
 
 def open_temp(cache_root: str, images: Dict[str, Image], digest: str) -> Optional[Tuple[int, int]]:

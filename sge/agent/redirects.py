@@ -10,12 +10,12 @@ sink like any others.
 """
 from __future__ import annotations
 
+import ipaddress
 import random
+from typing import TYPE_CHECKING
 
 from . import hosts as _hosts
 
-
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Dict, Iterable, List, Optional, Sequence, Set
 
@@ -44,7 +44,6 @@ def parse(value: Optional[str]) -> List[str]:
     items = [x.strip() for x in value.split(",")]
     if len(items) > MAX_NAMED:
         return []
-    import ipaddress
     try:
         return [str(ipaddress.ip_address(x)) for x in items]
     except ValueError:

@@ -42,8 +42,18 @@ import socket
 import stat
 import threading
 import time
-from typing import (BinaryIO, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional,
-                    Tuple, Union)
+from typing import (
+    BinaryIO,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Tuple,
+    Union,
+)
 
 from ..metrics import agent_counts as metrics
 from . import protocol

@@ -8,13 +8,15 @@ as it.
 """
 from __future__ import annotations
 
+import pwd
 import subprocess
+
+from ..rootenv import child_env
 
 DEFAULT = "sge-image-agent"  # agent.user's default (sge/config.py)
 
 
 def exists(name: str) -> bool:
-    import pwd
     try:
         pwd.getpwnam(name)
         return True
@@ -36,7 +38,6 @@ def remove(name: str) -> None:
 
 
 def _run(argv: list[str]) -> None:
-    from ..rootenv import child_env
     r = subprocess.run(argv, capture_output=True, text=True, timeout=60,
                        stdin=subprocess.DEVNULL, env=child_env(always=True))
     if r.returncode != 0:

@@ -6,12 +6,11 @@ shares its line with "Host Resource(s):". A BOOL load value shows as `1.000000`.
 from __future__ import annotations
 
 import subprocess
+from typing import TYPE_CHECKING
 
 from ..errors import SgeImageError
 from .complexes import FREE_COMPLEX, TIME_COMPLEX
 
-
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Dict, Iterable, Optional
 

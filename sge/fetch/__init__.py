@@ -12,11 +12,11 @@ from __future__ import annotations
 import importlib
 import random
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..errors import FetchError, VerifyError
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import AbstractSet, Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 

@@ -43,14 +43,28 @@ import subprocess
 import threading
 import time
 from contextlib import suppress
+from typing import TYPE_CHECKING
 
 from ..errors import FetchError
-from . import redact, source_options
+from ..rootenv import child_env
+from ..sink import _load_sfr, push_writeback
+from ..tempfiles import sweep_command_dirs
+from . import file, redact, source_options
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import FrameType
-    from typing import IO, AbstractSet, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+    from typing import (
+        IO,
+        AbstractSet,
+        Any,
+        Callable,
+        Dict,
+        List,
+        Mapping,
+        Optional,
+        Sequence,
+        Union,
+    )
 
     from ..sink import Sink
     from . import Context, Problem
@@ -114,7 +128,6 @@ def fetch(url: str, sink: Sink, ctx: Context) -> None:
     opts = source_options(ctx, "command")
     shown = redact(url)
     # Leftovers of a stager killed with SIGKILL, judged by the cache's one rule.
-    from ..tempfiles import sweep_command_dirs
     sweep_command_dirs(os.path.dirname(sink.path))
     work = sink.path + ".cmd"
     try:
@@ -133,7 +146,6 @@ def fetch(url: str, sink: Sink, ctx: Context) -> None:
         argv = argv_for(opts.get("template", DEFAULT_TEMPLATE), url, dest, scratch)
         # As root (the prolog) the job's environment must not choose which command
         # runs or how: a rebuilt environment plus the configured `env` (sge/rootenv.py).
-        from ..rootenv import child_env
         env = child_env(opts.get("env")) or dict(os.environ)
         follower = _Writeback(dest)
         try:
@@ -289,7 +301,6 @@ class _Writeback:
     INTERVAL = 0.05
 
     def __init__(self, path: str) -> None:
-        from ..sink import _load_sfr
         self.path = path
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -299,7 +310,6 @@ class _Writeback:
             self._thread.start()
 
     def _run(self) -> None:
-        from ..sink import push_writeback
         fd: Optional[int] = None
         ino: Optional[int] = None
         synced = 0
@@ -359,7 +369,6 @@ def copy_into(dest: str, sink: Sink, shown: str) -> None:
     try:
         if os.fstat(opened).st_size == 0:
             raise FetchError(f"{shown}: the command wrote an empty file", transient=False)
-        from . import file
         fd = None
         file.copy_into(opened, sink)  # closes it
     except OSError as e:

@@ -4,7 +4,8 @@ sge/fetch/__init__.py) keeps the `Fetcher` contract, and those that take options
 not even for type checking (no import cycle)."""
 from __future__ import annotations
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
+
 if TYPE_CHECKING:
     from typing import Tuple
 

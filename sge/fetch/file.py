@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from ..errors import FetchError
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..sink import Sink
     from . import Context

@@ -6,12 +6,14 @@ request restarts the file) is resumable.py's, shared with s3 and oras.
 """
 from __future__ import annotations
 
-TYPE_CHECKING = False
+from typing import TYPE_CHECKING
+
+from .resumable import get
+
 if TYPE_CHECKING:
     from ..sink import Sink
     from . import Context
 
 
 def fetch(url: str, sink: Sink, ctx: Context) -> None:
-    from .resumable import get
     get(url, sink, ctx)

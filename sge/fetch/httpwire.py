@@ -15,19 +15,21 @@ must not hold a job slot for hours), as curl does with --speed-limit.
 """
 from __future__ import annotations
 
+import base64
 import http.client
 import select
 import socket
 import ssl
 import time
 from contextlib import suppress
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 from .. import __version__
 from ..errors import FetchError
 from . import redact
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Optional
 
@@ -190,7 +192,6 @@ class _LowWater:
 
 
 def connection(url: str, ctx: Context) -> _HTTPConnection:
-    from urllib.request import getproxies, proxy_bypass
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FetchError(f"{redact(url)}: not an http(s) URL", transient=False)
@@ -216,7 +217,6 @@ def connection(url: str, ctx: Context) -> _HTTPConnection:
     else:
         conn = _HTTPConnection(host, port, timeout=timeout)
     if parts.username:
-        import base64
         cred = f"{parts.username}:{parts.password or ''}".encode()
         conn.auth = "Basic " + base64.b64encode(cred).decode()
     return conn

@@ -21,12 +21,12 @@ import hashlib
 import json
 import re
 from contextlib import suppress
+from typing import TYPE_CHECKING
 
 from ..errors import FetchError, VerifyError
 from . import registry_auth, resumable, source_options
 from .httpwire import USER_AGENT
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from email.message import Message
     from http.client import HTTPResponse

@@ -18,12 +18,13 @@ import json
 import os
 import re
 import subprocess
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 
 from ..errors import FetchError
 from .httpwire import USER_AGENT
+from .resumable import open_url, read_limited
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
@@ -185,7 +186,6 @@ def _from_helper(name: object, host: str, log: Optional[LogFn]) -> Optional[Cred
 def fetch_token(params: Mapping[str, str], creds: Optional[Credentials], repo: str,
                 ctx: Context, insecure: bool, shown: str) -> str:
     """A Bearer token for pulling `repo`, from the challenge's realm."""
-    from .resumable import open_url, read_limited
     realm = params.get("realm")
     if not realm or urlsplit(realm).scheme not in ("http", "https"):
         raise FetchError(f"{shown}: the registry asks for a token but names no usable realm "

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import http.client
 import ssl
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import FetchError, VerifyError
 from . import httpwire as wire
 from . import redact
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from email.message import Message
     from typing import Callable, Dict, List, Mapping, Optional, Tuple

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import html
 import re
+from typing import TYPE_CHECKING
 
 from ..errors import FetchError
 from . import redact, resumable, source_options
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from email.message import Message
     from http.client import HTTPResponse
@@ -115,11 +115,13 @@ def fetch(url: str, sink: Sink, ctx: Context) -> None:
 
 
 def _client(url: str, opts: Mapping[str, Any]) -> Any:  # a botocore S3 client
+    # botocore is the `s3` extra, and loading a catalog of s3 images must not need it:
+    # it is imported when a pull first asks for it.
     try:
-        import botocore
-        import botocore.session
-        from botocore.config import Config
-        from botocore.exceptions import BotoCoreError
+        import botocore  # noqa: PLC0415
+        import botocore.session  # noqa: PLC0415
+        from botocore.config import Config  # noqa: PLC0415
+        from botocore.exceptions import BotoCoreError  # noqa: PLC0415
     except ImportError:
         raise FetchError(f"{url}: s3 sources need botocore on this host "
                          f"(pip install 'sge-image-kit[s3]')", transient=False) from None
@@ -139,7 +141,7 @@ def _client(url: str, opts: Mapping[str, Any]) -> Any:  # a botocore S3 client
 
 
 def _presign(client: Any, url: str, bucket: str, key: str) -> str:
-    from botocore.exceptions import BotoCoreError, NoCredentialsError
+    from botocore.exceptions import BotoCoreError, NoCredentialsError  # noqa: PLC0415 (the s3 extra)
     try:
         return client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
                                              ExpiresIn=PRESIGN_SECONDS)

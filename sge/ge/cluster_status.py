@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
+from .. import config
 from ..cluster import qhost
+from ..units import format_size
 from . import qconf
 
-
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from typing import Any, Dict, List, Optional, TextIO
@@ -53,8 +54,6 @@ def gather(settings: Settings, now: Optional[float] = None) -> Dict[str, Any]:
 
 
 def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    from .. import config
-    from ..units import format_size
     qconf.require_qconf()
     settings = config.load(args.config)
     data = gather(settings)

@@ -23,12 +23,16 @@ import os
 import pwd
 import shlex
 import sys
+import time
+from typing import TYPE_CHECKING
 
-from . import qconf
+from .. import __version__
+from ..agent import auth, user
 from ..cluster.complexes import FREE_COMPLEX, LIST_COMPLEX, ROOM_COMPLEX, TIME_COMPLEX
+from ..config import config_path
+from ..fsutil import atomic_write
+from . import engine_quirks, install_check, qconf
 
-
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO
 
@@ -58,11 +62,9 @@ def kit_complexes(settings: Settings) -> Dict[str, Dict[str, str]]:
 
 def launchers(settings: Settings, python: str, hooks_dir: str) -> Dict[str, str]:
     """Launcher file name -> content."""
-    from ..config import config_path
     cfg = shlex.quote(os.path.abspath(settings.path or config_path()))
     py = shlex.quote(python)
     kit = _kit_dir()
-    from .. import __version__
     # The version in every launcher: an upgrade rewrites them all, and a changed file is
     # what makes qmaster restart its JSVs and execd its load sensor (and so the agent)
     # on the new code; an unchanged launcher would leave the old code running.
@@ -133,14 +135,12 @@ def _load_state(hooks_dir: str) -> State:
 
 def _save_state(hooks_dir: str, state: State) -> None:
     # uninstall restores the cluster from this file: it must survive a crash whole
-    from ..fsutil import atomic_write
     atomic_write(os.path.join(hooks_dir, STATE_FILE), json.dumps(state, indent=1, sort_keys=True))
 
 
 def check(settings: Settings, hooks_dir: str, python: Optional[str] = None, starter: bool = False,
           jsv: bool = True, out: TextIO = sys.stdout) -> int:
     """Run every launcher as its Grid Engine user (sge/ge/install_check.py); 0 or 2."""
-    from . import install_check
     hooks_dir = os.path.abspath(hooks_dir)
     python = python or sys.executable
     failures = install_check.check(settings, launchers(settings, python, hooks_dir), python,
@@ -285,7 +285,6 @@ def install(settings: Settings, hooks_dir: str, queues: Sequence[str] = ("all.q"
 
 
 def _interactive_warnings(qtypes: Dict[str, str]) -> List[str]:
-    from . import engine_quirks, install_check
     first = (qconf.run("-help", check=False).splitlines() or [""])[0]
     # An admin user we cannot read is not assumed to be root: the warning stays.
     admin = install_check.bootstrap_admin_user() or "(unknown: no bootstrap file found)"
@@ -296,7 +295,6 @@ def _interactive_warnings(qtypes: Dict[str, str]) -> List[str]:
 def _install_agent_key(settings: Settings, state: State, plan: Plan, hooks_dir: str) -> None:
     if not settings.agent.enabled:
         return
-    from ..agent import auth
     path = auth.key_path(settings)
     if os.path.exists(path):
         plan.same(f"agent key {path}")
@@ -315,7 +313,6 @@ def _install_agent_user(settings: Settings, state: State, plan: Plan, hooks_dir:
     agent refuses to serve as a user that does not exist, and says so in the log)."""
     if not settings.agent.enabled:
         return
-    from ..agent import user
     name = settings.agent.user
     if user.exists(name):
         plan.same(f"agent user {name}")
@@ -431,7 +428,6 @@ def uninstall(hooks_dir: str, dry_run: bool = False, out: TextIO = sys.stdout,
         def remove_complexes() -> None:
             # qmaster refuses to delete a complex a host still has a load value of; the
             # values go when each execd has restarted its sensor list and reported.
-            import time
             deadline = time.monotonic() + wait
             while True:
                 rows = qconf.parse_complexes(qconf.run("-sc"))
@@ -457,9 +453,7 @@ def uninstall(hooks_dir: str, dry_run: bool = False, out: TextIO = sys.stdout,
 
     if state.get("agent_user"):
         def remove_user(name: str = state["agent_user"]) -> None:
-            import time
 
-            from ..agent import user
             # The agents leave with their load sensors, removed above; userdel
             # refuses while one still runs as the user.
             deadline = time.monotonic() + wait
@@ -492,5 +486,4 @@ def uninstall(hooks_dir: str, dry_run: bool = False, out: TextIO = sys.stdout,
 
 
 def _write_exec(path: str, text: str) -> None:
-    from ..fsutil import atomic_write
     atomic_write(path, text, mode=0o755)

@@ -22,14 +22,27 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import tempfile
+from typing import TYPE_CHECKING
 
+import sge
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import AbstractSet, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
+    from typing import (
+        AbstractSet,
+        Callable,
+        Collection,
+        Dict,
+        List,
+        Mapping,
+        Optional,
+        Sequence,
+        Tuple,
+    )
 
     from ..config import Settings
 
@@ -136,7 +149,6 @@ def bootstrap_admin_user() -> Optional[str]:
     in /var/lib/gridengine; a classic install has SGE_ROOT/bin/ARCH/qconf), so those
     are tried too: a dry run without the environment must not lose what depends on it
     (it once dropped the interactive-queue warning)."""
-    import shutil
     cell = os.environ.get("SGE_CELL", "default")
     roots = [os.environ.get("SGE_ROOT", "")]
     if not roots[0]:
@@ -183,7 +195,6 @@ def check(settings: Settings, launcher_texts: Mapping[str, str], python: str, ho
 
     The launchers run from a private copy in a world-searchable temp dir, so nothing
     of the real hooks dir changes when a check fails."""
-    import socket
     host = host or socket.gethostname().split(".")[0]
     failures: List[Failure] = []
     tmp = tempfile.mkdtemp(prefix="sge-image-check.")
@@ -248,7 +259,6 @@ def _blame(user: str, hook: str, hooks_dir: str, python: str,
     real = os.path.realpath(python)
     if real != python:
         need.append((real, "x"))
-    import sge
     need.append((os.path.join(os.path.dirname(sge.__file__), "__init__.py"), "r"))
     if settings.path:
         need.append((settings.path, "r"))
@@ -275,7 +285,6 @@ def _run(user: str, cmd: Sequence[str], stdin_text: str,
     try:
         out, err = p.communicate(stdin_text, timeout=timeout)
     except subprocess.TimeoutExpired:
-        import signal
         try:
             os.killpg(p.pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -13,12 +13,12 @@ import os
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
+from .. import config
 from ..cluster import qhost
 from . import qconf
 
-
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from typing import Dict, List, Optional, Sequence, TextIO, Tuple
@@ -111,7 +111,6 @@ def _exit_ok(jid: str, tries: int = 30) -> bool:
 
 
 def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    from .. import config
     qconf.require_qconf()
     settings = config.load(args.config)
     targets, warm = choose_hosts(settings, args.name, args.hosts, args.hostgroup, args.all)

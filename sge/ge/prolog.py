@@ -19,8 +19,7 @@ import signal
 import sys
 import time
 
-
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: it costs ~2 ms on a warm path (BENCHMARKS.md)
 if TYPE_CHECKING:
     from types import FrameType
     from typing import Callable, List, NoReturn, Optional, TextIO
@@ -97,8 +96,8 @@ def _record_exit(code: int, started: float) -> None:
 
 def _run(name: str, argv: List[str], out: TextIO) -> int:
     from .. import config
-    from ..errors import SgeImageError
     from ..cluster.hookargs import config_arg
+    from ..errors import SgeImageError
     job = _job_id()
     try:
         # Never SGE_IMAGE_CONFIG: the job owner sets the environment this root process sees.
@@ -235,6 +234,7 @@ def _count_attempt(root: str, job: str) -> int:
     jobs: no link is followed below the root and the directory and file must be root's
     alone, else a job owner could aim the write at any file (or reset the count)."""
     import stat
+
     from ..cache import FILE_MODE
     jfd = _jobs_dir(root, create=True)
     try:
@@ -261,6 +261,7 @@ def _count_attempt(root: str, job: str) -> int:
 
 def _jobs_dir(root: str, create: bool = False) -> int:
     import stat
+
     from ..cache import DIR_MODE
     rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:

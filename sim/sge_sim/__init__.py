@@ -19,8 +19,15 @@ policy modules (such as ``sge.eviction``); nothing in ``sge`` imports it.
 from .engine import SCENARIO_SETTINGS, Engine, initial_caches, run_scenario, simulate
 from .model import FixedNetwork, HostCache, SharedNetwork, SimConfig
 from .policies import DEFAULT_POLICY, POLICIES, Policy, PrewarmConfig, get_policy
-from .report import (agent_goals, format_agent_table, format_details, format_table, plot,
-                     plot_agent, summarize)
+from .report import (
+                     agent_goals,
+                     format_agent_table,
+                     format_details,
+                     format_table,
+                     plot,
+                     plot_agent,
+                     summarize,
+)
 from .workload import Job, WorkloadConfig, generate_jobs, image_sizes
 
 __all__ = [

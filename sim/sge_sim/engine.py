@@ -59,17 +59,31 @@ import time
 from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from heapq import heapify, heappop, heappush, heapreplace
-from typing import (AbstractSet, Any, Dict, FrozenSet, Iterable, List, Literal, Optional,
-                    Sequence, Set, Tuple, TypedDict, Union, overload)
+from typing import (
+    AbstractSet,
+    Any,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    Literal,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    TypedDict,
+    Union,
+    overload,
+)
 
 import numpy as np
 
-from .model import FixedNetwork, Flow, HostCache, Network, SharedNetwork, SimConfig
 from .events import DL, FINISH, PAIR_BITS, PAIR_MASK, PRESSURE, PREWARM, SCHED, WINDOW
+from .model import FixedNetwork, Flow, HostCache, Network, SharedNetwork, SimConfig
 from .parallel import ParallelJobs
 from .peers import Agent, MixedNet, PeerNet
-from .pressure import CachePressure
 from .policies import Policy, PrewarmConfig, get_policy
+from .pressure import CachePressure
 from .units import GB, GBIT, INF
 from .workload import Job, WorkloadConfig, generate_jobs, image_sizes, zipf_weights
 

@@ -149,7 +149,7 @@ def test_permanent_failure_holds_the_job_not_the_queue(kit):
     deadline = time.monotonic() + 120
     state = ""
     while time.monotonic() < deadline:
-        line = [l for l in c.run(["qstat"]).stdout.splitlines() if l.split()[:1] == [str(jid)]]
+        line = [ln for ln in c.run(["qstat"]).stdout.splitlines() if ln.split()[:1] == [str(jid)]]
         state = line[0].split()[4] if line else ""
         if "E" in state:
             break

@@ -30,7 +30,7 @@ def _pause(phase):
 
 def _install():
     from sge import cache
-    from sge.fetch import http, httpwire
+    from sge.fetch import http
 
     real_replace, real_unlink = os.replace, os.unlink
 
