@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 DEFAULT_PATH = "/etc/sge-image/config.yaml"
-SNAPSHOT_VERSION = 8  # 3: cache.room_wait; 4: the agent section; 5: no log.level;
-                      # 6: agent bounds; 7: runtime presets, starter.binds; 8: metrics
+SNAPSHOT_VERSION = 9  # 3: cache.room_wait; 4: the agent section; 5: no log.level;
+                      # 6: agent bounds; 7: runtime presets, starter.binds; 8: metrics;
+                      # 9: agent.upload_rate
 
 # section -> key -> (kind, default). Kinds are checked by _coerce.
 SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
@@ -84,6 +85,9 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
         "header_timeout": ("seconds", 10),
         "idle_timeout": ("seconds", 30),
         "upload_min_rate": ("size", "1M"),
+        # Bytes a second all uploads to peers send together (0: no cap): leaves the
+        # host's link to its jobs. At least upload_slots x upload_min_rate (checked).
+        "upload_rate": ("rate", 0),
         # Every exchange with another host's agent ends by this (connect + whole head).
         "exchange_deadline": ("seconds", 30),
         # A pull's whole time on peers; then the catalog's sources.
@@ -206,6 +210,7 @@ class AgentSettings(Section):
     header_timeout: float
     idle_timeout: float
     upload_min_rate: int
+    upload_rate: int     # bytes/s for all uploads together; 0: no cap
     exchange_deadline: float
     peer_budget: float
     trust: Union[str, Tuple[str, ...]]   # "cluster" or hosts, addresses and networks
@@ -533,6 +538,7 @@ def _load_yaml(path: str) -> Tuple[Settings, List[str]]:
                 line = given.lines.get(key, given.line) if isinstance(given, LineDict) else 0
                 raise ConfigError(f"{path}:{line}: {section}.{key}: {e}") from None
     _check_cache_values(values, path, data)
+    _check_agent_values(values, path, data)
 
     src = data.get("sources") or {}
     if not isinstance(src, dict):
@@ -566,10 +572,47 @@ def _check_cache_values(values: Mapping[str, Mapping[str, Any]], path: str,
         raise ConfigError(f"{path}:{line}: cache.root must be an absolute path, got {root!r}")
 
 
+def _check_agent_values(values: Mapping[str, Mapping[str, Any]], path: str,
+                        data: LineDict) -> None:
+    """A cap on the agent's uploads must leave each upload slot the rate that both
+    ends hold it to: the server's own `upload_min_rate` and the receivers'
+    `fetch.low_speed_limit`. Below that, with every slot busy, each receiver would get
+    less than it waits for and drop the copy for the origin (an upload cap that sends
+    every host to the origin)."""
+    agent, fetch = values["agent"], values["fetch"]
+    rate, slots = agent["upload_rate"], max(1, agent["upload_slots"])
+    need = max(agent["upload_min_rate"], fetch["low_speed_limit"])
+    if rate and rate < slots * need:
+        from .units import format_size
+        section = data.get("agent")
+        line = section.lines.get("upload_rate", section.line) \
+            if isinstance(section, LineDict) else 0
+        which = "agent.upload_min_rate" if need == agent["upload_min_rate"] \
+            else "fetch.low_speed_limit"
+        raise ConfigError(
+            f"{path}:{line}: agent.upload_rate {format_size(rate)}/s is below "
+            f"agent.upload_slots ({slots}) x {which} ({format_size(need)}/s) = "
+            f"{format_size(slots * need)}/s: with every upload slot busy a copy would get "
+            f"less than the rate copies are held to; raise upload_rate, or lower "
+            f"upload_slots or {which}")
+
+
 def _coerce(kind: str, raw: Any) -> Any:
     from .units import parse_share, parse_size
     if kind == "size":
         return parse_size(raw)
+    if kind == "rate":
+        # Bytes a second, written as a size ("200M", "1.5G", "200M/s"); 0, "" or null:
+        # no cap.
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return 0
+        bare = raw.strip()[:-2] if isinstance(raw, str) and raw.strip().lower().endswith("/s") \
+            else raw
+        try:
+            return parse_size(bare)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a rate in bytes a second (examples: 0 for "
+                             f"no cap, 50M, 1.5G, 200M/s)") from None
     if kind == "share":
         return parse_share(raw)
     if kind == "seconds":

@@ -44,6 +44,7 @@ from ..errors import SgeImageError
 from ..log import Log
 from ..metrics import agent_counts
 from ..stage import ensure
+from ..units import format_size
 from . import auth, hosts, user
 from .auth import AuthError, TooEarly, Verifier, sign_answer
 from .inflight import open_temp
@@ -98,7 +99,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         os._exit(_child(sock, child_end, settings, cache, log))
     child_end.close()
     sock.close()
-    log(f"listening on {addr}:{agent.port} (server pid {pid} as {agent.user})")
+    cap = f", uploads capped at {format_size(agent.upload_rate)}/s" if agent.upload_rate else ""
+    log(f"listening on {addr}:{agent.port} (server pid {pid} as {agent.user}{cap})")
     # After the fork: the unprivileged server never has the key in its memory.
     verifier = _verifier(settings, log, started)
     stager = Stager(settings, path, verifier, log)
@@ -217,7 +219,8 @@ def _serve(sock: socket.socket, pipe: socket.socket, settings: Settings, cache: 
                         agent.max_connections, agent.header_timeout,
                         agent.idle_timeout, stage=root_side.stage, log=root_side.log,
                         inflight=root_side.inflight, max_per_address=agent.max_per_address,
-                        upload_min_rate=agent.upload_min_rate)
+                        upload_min_rate=agent.upload_min_rate,
+                        upload_rate=agent.upload_rate)
     signal.signal(signal.SIGTERM, lambda s, f: os._exit(0))
     threading.Thread(target=root_side.watch_eof, daemon=True).start()
     server.serve_forever()

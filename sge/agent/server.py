@@ -17,6 +17,10 @@ else. One request per connection. Each bound is there for a reason:
   origin;
 - a transfer slower than `upload_min_rate` over `idle_timeout` seconds loses its
   slot (a stalled one is the case of rate 0): slow readers cannot hold the slots;
+- all uploads together send at most `upload_rate` bytes a second (UploadCap, one
+  token bucket for every upload thread; 0: no cap), so that serving peers cannot
+  starve the jobs' own traffic on the host's link; time spent waiting on the cap
+  is not the reader's, and never counts against `upload_min_rate`;
 - the blob is opened with O_NOFOLLOW below the blobs directory and must be a regular
   file: a symlink planted there leads nowhere;
 - a client that sends `X-Sge-Image-Inflight: 1` also takes a blob this host is still
@@ -53,6 +57,7 @@ from typing import (
     Optional,
     Tuple,
     Union,
+    cast,
 )
 
 from ..metrics import agent_counts as metrics
@@ -95,7 +100,8 @@ class BlobServer:
                  stage: Optional[StageFn] = None,
                  log: Optional[Callable[[str], None]] = None,
                  inflight: Optional[InflightFn] = None,
-                 max_per_address: int = 8, upload_min_rate: int = 1 << 20) -> None:
+                 max_per_address: int = 8, upload_min_rate: int = 1 << 20,
+                 upload_rate: int = 0) -> None:
         self.sock = sock
         self.blobs_dir = blobs_dir
         self.allowed = allowed
@@ -105,6 +111,8 @@ class BlobServer:
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.upload_min_rate = max(0, upload_min_rate)
+        # agent.upload_rate: every upload's bytes go through this one bucket (None: no cap)
+        self.cap = UploadCap(upload_rate) if upload_rate > 0 else None
         self._per_address: Dict[str, int] = {}
         self.stage = stage
         self.log: Callable[[str], None] = log or (lambda msg: None)
@@ -241,7 +249,7 @@ class BlobServer:
                 _tune_send(conn)
                 try:
                     sent = send_paced(conn, f, start, count, self.upload_min_rate,
-                                      self.idle_timeout)
+                                      self.idle_timeout, cap=self.cap)
                 except SlowReader as e:
                     self.log(f"dropped a transfer of blob {digest[:16]}... to {ip}: {e}")
                     return
@@ -301,9 +309,15 @@ class BlobServer:
                 return
             conn.settimeout(self.idle_timeout)
             _tune_send(conn)
+            out: Union[socket.socket, _CappedSocket] = conn
+            clock: Callable[[], float] = time.monotonic
+            if self.cap is not None:
+                out = _CappedSocket(conn, self.cap)
+                clock = out.clock  # the time waiting on the cap is not the reader's
             try:
-                follow(conn, f, start, size, self.idle_timeout,
-                       min_rate=self.upload_min_rate)
+                # follow() sends with sendfile() only, which the capped socket has
+                follow(cast(socket.socket, out), f, start, size, self.idle_timeout,
+                       clock=clock, min_rate=self.upload_min_rate)
             except Abandoned as e:
                 # Closing short is the message: the client's body is truncated, it
                 # verifies nothing of it into a publish and tries another source.
@@ -443,26 +457,99 @@ class SlowReader(Exception):
 
 
 SEND_CHUNK = 256 << 10
+CAP_PIECE_SECONDS = 0.05   # a capped upload reserves this much of the rate at a time
+
+
+class UploadCap:
+    """`agent.upload_rate`: at most `rate` bytes a second over every upload of this
+    agent together, whole blobs and downloads in progress alike.
+
+    One token bucket in the form of a schedule: each piece of an upload reserves the
+    next stretch of time its bytes take at the rate (`take`) and waits until that
+    stretch begins, so an idle agent sends at once and a busy one never more than one
+    piece ahead of the rate. The lock covers the arithmetic only, never a wait or a
+    send. Pieces are small (CAP_PIECE_SECONDS of
+    the rate, at most SEND_CHUNK), and each upload reserves its next piece only after
+    sending the last one, so the uploads that are ready take the rate in turn: with k
+    of them busy each gets about rate/k, and one whose reader is slow leaves its share
+    to the others."""
+
+    def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if rate <= 0:
+            raise ValueError("an upload cap needs a positive rate")
+        self.rate = float(rate)
+        self.piece = max(4096, min(SEND_CHUNK, int(rate * CAP_PIECE_SECONDS)))
+        self.clock = clock
+        self.sleep = sleep
+        self._lock = threading.Lock()
+        self._due = clock()   # when the bytes reserved so far are paid for at the rate
+
+    def take(self, n: int) -> float:
+        """Wait until `n` more bytes may go out -> the seconds waited."""
+        with self._lock:
+            now = self.clock()
+            at = max(now, self._due)
+            self._due = at + n / self.rate
+        wait = at - now
+        if wait > 0:
+            self.sleep(wait)
+            return wait
+        return 0.0
+
+
+class _CappedSocket:
+    """The connection as inflight.follow() sees it when the uploads are capped: its
+    sendfile() goes piece by piece through the cap, and its clock() leaves out the time
+    spent waiting on the cap (a reader is judged only on what it was offered)."""
+
+    def __init__(self, conn: socket.socket, cap: UploadCap) -> None:
+        self.conn = conn
+        self.cap = cap
+        self.waited = 0.0
+
+    def clock(self) -> float:
+        return time.monotonic() - self.waited
+
+    def sendfile(self, f: BinaryIO, offset: int = 0, count: Optional[int] = None) -> int:
+        assert count is not None  # follow() always gives one
+        sent = 0
+        while sent < count:
+            piece = min(self.cap.piece, count - sent)
+            self.waited += self.cap.take(piece)
+            n = self.conn.sendfile(f, offset + sent, piece)
+            sent += n
+            if n < piece:
+                break  # end of the file for now: follow() looks again
+        return sent
 
 
 def send_paced(conn: socket.socket, f: BinaryIO, start: int, count: int, min_rate: int,
-               window: float, clock: Callable[[], float] = time.monotonic) -> int:
+               window: float, clock: Callable[[], float] = time.monotonic,
+               cap: Optional[UploadCap] = None) -> int:
     """sendfile `count` bytes from `start`, in pieces, raising SlowReader when fewer
     than `min_rate` bytes a second went out over the last `window` seconds (issue 17:
     four readers at 128 KiB/s held every slot for 100 s). No single wait is longer
-    than `window` (a client that reads nothing is the case of rate 0)."""
+    than `window` (a client that reads nothing is the case of rate 0). With a `cap`
+    (agent.upload_rate) each piece waits for its share of the rate first; that wait
+    is left out of the reader's rate."""
     sent = 0
+    waited = 0.0
     mark_t, mark_n = clock(), 0
     conn.settimeout(window)
+    piece = SEND_CHUNK if cap is None else cap.piece
     while sent < count:
+        n = min(piece, count - sent)
+        if cap is not None:
+            waited += cap.take(n)
         try:
-            n = conn.sendfile(f, start + sent, min(SEND_CHUNK, count - sent))
+            n = conn.sendfile(f, start + sent, n)
         except (socket.timeout, TimeoutError):
             raise SlowReader(f"nothing read for {window:.0f}s") from None
         if not n:
             return sent
         sent += n
-        now = clock()
+        now = clock() - waited
         if now - mark_t >= window:
             rate = (sent - mark_n) / (now - mark_t)
             if rate < min_rate:
