@@ -550,8 +550,10 @@ def simulate(real, args_d, lag=None):
     from sge_sim import run_scenario
     hosts = real["hosts"]
     names = sorted(hosts, key=lambda n: hosts[n]["label"])
-    seen = real.get("origin_seen_seconds") or real["origin_seconds"]
-    origin_s = statistics.median(seen) if seen else real["size"] / real["origin_rate"]
+    # the origin pull: the measured GET (the time a host spends before it, process
+    # start, qhost, choosing the seed, is not in the model: see "first origin GET")
+    got = real["origin_seconds"]
+    origin_s = statistics.median(got) if got else real["size"] / real["origin_rate"]
     link = real["link_gbit"]
     up = real["upload_gbit"]
     lag = lag if lag is not None else (statistics.median(real["pipeline_lags"])
@@ -677,9 +679,10 @@ def print_report(real, sim):
         ("time for the last host, s", f"{max(x for x in r_at if x is not None):.1f}",
          f"{max(s_at):.1f}" if s_at else "-"),
         ("time to image min/p25/median/p75/max, s", spread(r_at), spread(s_at)),
-        ("origin GET, s", ", ".join(f"{x:.1f}" for x in real["origin_seconds"]), "-"),
-        ("origin pull from its pull's start, s", ", ".join(
-            f"{x:.1f}" for x in real.get("origin_seen_seconds", [])), f"{sim['origin_s']:.1f}"),
+        ("origin GET, s (measured -> model)", ", ".join(
+            f"{x:.1f}" for x in real["origin_seconds"]), f"{sim['origin_s']:.1f}"),
+        ("first origin GET starts at, s", f"{min(g['start'] for g in gets):.1f}"
+         if gets else "-", "0.0"),
         ("pipeline lag, s (median)", f"{statistics.median(real['pipeline_lags']):.2f}"
          if real["pipeline_lags"] else "-", f"{sim['settings']['pipeline_lag_s']:.2f}"),
         ("503s met / redirects followed", f"{sum(v['busy_503'] for v in hosts.values())} / "
@@ -712,6 +715,7 @@ def parse_args(argv=None):
     ap.add_argument("--stagger", type=float, default=0.0,
                     help="pulls start spread over this many seconds, in a random order")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=1, help="runs, each on a lab of its own")
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--out", default=os.path.join("bench", "out"))
     ap.add_argument("--tag", default="")
@@ -741,7 +745,9 @@ def stale_namespaces():
     return out
 
 
-def run_real(args):
+def run_real(args, seed):
+    """One round on a lab of its own -> what was measured. `seed` picks the image's
+    bytes (and so its seed host), the sensors' phases and the pulls' order."""
     if os.geteuid() != 0:
         raise SystemExit("fanout_real.py must run as root (agents bind, fork and drop "
                          "root; namespaces)")
@@ -754,10 +760,10 @@ def run_real(args):
             os.kill(int(pid), signal.SIGKILL)
         run(["ip", "netns", "del", ns], check=False)
     size = int(args.size_mib * MB)
-    data = random.Random(args.seed).randbytes(size)
+    data = random.Random(seed).randbytes(size)
     digest = hashlib.sha256(data).hexdigest()
     lab = Lab(args)
-    rng = random.Random(args.seed)
+    rng = random.Random(seed)
     n = len(lab.hosts)
     phases = [args.report * k / n for k in range(n)]
     offsets = [args.stagger * k / max(1, n - 1) for k in range(n)]
@@ -802,29 +808,50 @@ def run_real(args):
         lab.close()
 
 
+def summary_line(i, real, sim):
+    hosts = real["hosts"].values()
+    first = min((g["start"] for g in real["origin_gets"]), default=None)
+    depth = max((v["depth"] for v in hosts if v["depth"] is not None), default=None)
+    return (f"round {i + 1}: origin {real['origin_full']} / model {sim['origin']}, depth "
+            f"{depth} / {max((d for d in sim['depth'].values() if d is not None), default='-')}, "
+            f"last host {max(v['image_at'] for v in hosts if v['image_at'] is not None):.1f} / "
+            f"{max(sim['image_at'].values()):.1f}s, first origin GET at "
+            f"{first if first is not None else '-'}s, 503s "
+            f"{sum(v['busy_503'] for v in hosts)}, redirects followed "
+            f"{sum(v['redirects_followed'] for v in hosts)}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.replay:
         with open(args.replay) as f:
-            real = json.load(f)["real"]
+            rounds = json.load(f)["rounds"]
     else:
-        stop = {"sig": None}
-
         def interrupted(sig, frame):
-            stop["sig"] = sig
             raise KeyboardInterrupt
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, interrupted)
-        real = run_real(args)
-    sim = simulate(real, vars(args), lag=args.lag)
-    print_report(real, sim)
-    if real.get("failed"):
-        print(f"\npulls that failed: {', '.join(real['failed'])}")
+        rounds = []
+        for i in range(args.rounds):
+            if i:
+                time.sleep(5)  # the machine's other work between rounds
+            rounds.append({"real": run_real(args, args.seed + i)})
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, interrupted)
+    for i, r in enumerate(rounds):
+        r["sim"] = simulate(r["real"], vars(args), lag=args.lag)
+        print(f"\n== round {i + 1} of {len(rounds)}")
+        print_report(r["real"], r["sim"])
+        if r["real"].get("failed"):
+            print(f"\npulls that failed: {', '.join(r['real']['failed'])}")
+    print()
+    for i, r in enumerate(rounds):
+        print(summary_line(i, r["real"], r["sim"]))
     if not args.replay:
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, f"fanout-real{'-' + args.tag if args.tag else ''}.json")
         with open(path, "w") as f:
-            json.dump({"args": vars(args), "real": real, "sim": sim}, f, indent=1)
+            json.dump({"args": vars(args), "rounds": rounds}, f, indent=1)
         print(f"\nwrote {path}")
 
 
