@@ -4,7 +4,7 @@ scenario in the model, side by side (run as root).
 
     python bench/fanout_real.py [--hosts 24] [--size-mib 24] [--origin-rate 3M]
         [--net netns] [--link-mbit 320] [--upload-rate 0] [--upload-slots 4]
-        [--report 5] [--stagger 0] [--out bench/out] [--tag TAG]
+        [--report 5] [--stagger 0] [--rounds 1] [--out bench/out] [--tag TAG]
     python bench/fanout_real.py --replay bench/out/fanout-real.json    (the model only)
 
 What is real: every host is a real node agent, `python -m sge.agent` with the kit's
