@@ -262,29 +262,31 @@ class Lab:
     # ------------------------------------------------------------ the run
 
     def pulls(self, t0):
-        """Start each host's pull at t0 + its offset; wait for all -> None."""
-        for h in sorted(self.hosts, key=lambda h: h.offset):
-            delay = t0 + h.offset - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            out = open(os.path.join(h.dir, "pull.out"), "wb")
-            h.started = time.time()
-            h.pull = subprocess.Popen(
-                h.argv([PY, "-m", "sge.cli", "--config", h.cfg, "pull", "-q", IMAGE]),
-                env=self.env(h), cwd=h.dir, stdout=out, stderr=subprocess.STDOUT)
-            out.close()
-            self.procs.append(h.pull)
-        deadline = time.monotonic() + self.args.timeout
-        left = list(self.hosts)
-        while left:
-            for h in list(left):
+        """Start each host's pull at t0 + its offset, and note when each exits (while
+        the later ones are still to start) -> None once all have."""
+        waiting = sorted(self.hosts, key=lambda h: h.offset)
+        running = []
+        deadline = time.monotonic() + self.args.timeout + self.args.stagger
+        while waiting or running:
+            now = time.time()
+            while waiting and t0 + waiting[0].offset <= now:
+                h = waiting.pop(0)
+                out = open(os.path.join(h.dir, "pull.out"), "wb")
+                h.started = time.time()
+                h.pull = subprocess.Popen(
+                    h.argv([PY, "-m", "sge.cli", "--config", h.cfg, "pull", "-q", IMAGE]),
+                    env=self.env(h), cwd=h.dir, stdout=out, stderr=subprocess.STDOUT)
+                out.close()
+                self.procs.append(h.pull)
+                running.append(h)
+            for h in list(running):
                 if h.pull.poll() is not None:
                     h.ended = time.time()
-                    left.remove(h)
-            if left and time.monotonic() > deadline:
-                raise RuntimeError(f"{len(left)} pulls still running after "
-                                   f"{self.args.timeout:.0f}s: {[h.label for h in left]}")
-            time.sleep(0.02)
+                    running.remove(h)
+            if running and time.monotonic() > deadline:
+                raise RuntimeError(f"{len(running)} pulls still running after "
+                                   f"{self.args.timeout:.0f}s: {[h.label for h in running]}")
+            time.sleep(0.01)
 
     # ------------------------------------------------------------ teardown
 
@@ -667,6 +669,8 @@ def print_report(real, sim):
     r_at = [v["image_at"] for v in hosts.values()]
     s_at = list(sim["image_at"].values())
     s_depth = list(sim["depth"].values()) if sim["depth"] else []
+    r_own = [v["pull_seconds"] for v in hosts.values() if v["pull_seconds"] is not None]
+    s_own = [at - hosts[n]["offset"] for n, at in sim["image_at"].items() if n in hosts]
     peer_real = sum(1 for v in hosts.values() if v["source"] not in (None, "origin"))
     rows = [
         ("origin pulls (whole GETs)", f"{real['origin_full']}", f"{sim['origin']}"),
@@ -679,6 +683,9 @@ def print_report(real, sim):
         ("time for the last host, s", f"{max(x for x in r_at if x is not None):.1f}",
          f"{max(s_at):.1f}" if s_at else "-"),
         ("time to image min/p25/median/p75/max, s", spread(r_at), spread(s_at)),
+        ("a host's own wait (image at - start), median / max, s",
+         f"{statistics.median(r_own):.1f} / {max(r_own):.1f}" if r_own else "-",
+         f"{statistics.median(s_own):.1f} / {max(s_own):.1f}" if s_own else "-"),
         ("origin GET, s (measured -> model)", ", ".join(
             f"{x:.1f}" for x in real["origin_seconds"]), f"{sim['origin_s']:.1f}"),
         ("first origin GET starts at, s", f"{min(g['start'] for g in gets):.1f}"
