@@ -468,11 +468,10 @@ class UploadCap:
     next stretch of time its bytes take at the rate (`take`) and waits until that
     stretch begins, so an idle agent sends at once and a busy one never more than one
     piece ahead of the rate. The lock covers the arithmetic only, never a wait or a
-    send. Pieces are small (CAP_PIECE_SECONDS of
-    the rate, at most SEND_CHUNK), and each upload reserves its next piece only after
-    sending the last one, so the uploads that are ready take the rate in turn: with k
-    of them busy each gets about rate/k, and one whose reader is slow leaves its share
-    to the others."""
+    send. Pieces are small (CAP_PIECE_SECONDS of the rate, at most SEND_CHUNK), and
+    each upload reserves its next piece only after sending the last one, so the
+    uploads that are ready take the rate in turn: with k of them busy each gets about
+    rate/k, and one whose reader is slow leaves its share to the others."""
 
     def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
