@@ -18,7 +18,6 @@ from ..cluster import qhost
 from ..rootenv import child_env
 
 if TYPE_CHECKING:
-    import ipaddress
     from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
     from ..cluster.qhost import HostView
@@ -71,7 +70,6 @@ def reader(argv: Sequence[str] = ("qhost",)) -> Reader:
     """read(complexes) -> {host: HostView}, running `argv -F complexes` (the site's
     qhost, or a wrapper of it)."""
     def read(complexes: Sequence[str]) -> Dict[str, HostView]:
-
         r = subprocess.run(list(argv) + ["-F", ",".join(complexes)], capture_output=True,
                            text=True, timeout=60, stdin=subprocess.DEVNULL, env=_command_env())
         if r.returncode != 0:

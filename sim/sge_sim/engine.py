@@ -79,9 +79,10 @@ from typing import (
 import numpy as np
 
 from .events import DL, FINISH, PAIR_BITS, PAIR_MASK, PRESSURE, PREWARM, SCHED, WINDOW
+from .links import MixedNet, PeerNet
 from .model import FixedNetwork, Flow, HostCache, Network, SharedNetwork, SimConfig
 from .parallel import ParallelJobs
-from .peers import Agent, MixedNet, PeerNet
+from .peers import Agent
 from .policies import Policy, PrewarmConfig, get_policy
 from .pressure import CachePressure
 from .units import GB, GBIT, INF

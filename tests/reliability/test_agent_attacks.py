@@ -209,6 +209,7 @@ def test_a_trickling_host_of_a_parallel_job_ends_by_pe_wait(world, monkeypatch, 
 
 
 def test_a_trickling_redirect_target_ends_by_the_exchange_deadline(world, monkeypatch, tmp_path):
+    from sge.agent.deadline import Budget
     from sge.agent.peers import _get
     from sge.agent.redirects import Redirects
     from sge.fetch import Context
@@ -221,7 +222,7 @@ def test_a_trickling_redirect_target_ends_by_the_exchange_deadline(world, monkey
     try:
         t = time.monotonic()
         assert _get(A, image, sink, Context(image, settings.fetch), settings.agent,
-                    Redirects([A, B])) is None
+                    Redirects([A, B]), Budget(settings.agent.peer_budget), image.size) is None
         took = time.monotonic() - t
     finally:
         busy.close()
