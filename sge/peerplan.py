@@ -117,9 +117,16 @@ class PeerPlan:
 
     def __init__(self, digest: str, live: Sequence[str], have: Sequence[str],
                  is_me: Callable[[str], bool], rng: Random, *, hint: Optional[str] = None,
-                 delegate: bool = True, seed_wait: float = 600.0) -> None:
+                 delegate: bool = True, seed_wait: float = 600.0,
+                 redirect_depth: int = MAX_REDIRECT_DEPTH, wait_when_busy: bool = True) -> None:
         self.digest = digest
         self.live = list(live)
+        # What-ifs for the simulator (the agent takes the defaults): how deep busy
+        # answers are followed, and whether a busy tree is waited for or left for the
+        # origin (what the model did before the plan).
+        self.redirect_depth = redirect_depth
+        self.wait_when_busy = wait_when_busy
+        self.round_busy = False
         self.is_me = is_me
         self.seed_wait = seed_wait
         self.steps: Deque[Ask] = deque()
@@ -184,6 +191,7 @@ class PeerPlan:
                          f"cluster's agents serve")
             return
         if answer is Answer.BUSY:
+            self.round_busy = True
             self._follow(named, ask)
         if answer is Answer.FAILED and ask.host != self.seed:
             self.bad.add(ask.host)
@@ -208,7 +216,7 @@ class PeerPlan:
     def _follow(self, named: Sequence[str], via: Ask) -> None:
         """Queue the hosts a busy answer named: their downloads in progress, one hop
         deeper, each once a round, never this host or the one that named them."""
-        if via.depth >= MAX_REDIRECT_DEPTH:
+        if via.depth >= self.redirect_depth:
             return
         hosts = [h for h in list(named)[:MAX_NAMED]
                  if h != via.host and h not in self.asked_round and h not in self.bad
@@ -236,6 +244,10 @@ class PeerPlan:
             self._origin(f"seed host {self.seed} refused ({answer.value})")
 
     def _wait_round(self) -> None:
+        if self.round_busy and not self.wait_when_busy:
+            self._origin("every peer asked is busy")
+            return
+        self.round_busy = False
         self.steps.append(Ask(Kind.WAIT, delay=self.poll))
         self.poll = min(POLL_MAX, self.poll * POLL_GROWTH)
         self.asked_round.clear()
