@@ -3,9 +3,20 @@ fan-out through busy answers, polling, seeds and the origin, as the agent and th
 simulator both follow them."""
 import random
 
-from sge.peerplan import (MAX_NAMED, MAX_REDIRECT_DEPTH, MAX_REDIRECTS, MAX_SEEDS,
-                          POLL_MAX, POLL_MIN, Answer, Ask, Kind, PeerPlan, rendezvous,
-                          seed_for)
+from sge.peerplan import (
+    MAX_NAMED,
+    MAX_REDIRECT_DEPTH,
+    MAX_REDIRECTS,
+    MAX_SEEDS,
+    POLL_MAX,
+    POLL_MIN,
+    Answer,
+    Ask,
+    Kind,
+    PeerPlan,
+    rendezvous,
+    seed_for,
+)
 
 D = "ab" * 32
 HOSTS = [f"n{i:02d}" for i in range(20)]

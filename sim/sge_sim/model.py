@@ -77,6 +77,7 @@ from .units import INF
 
 if TYPE_CHECKING:
     from sge.peerplan import Ask, PeerPlan
+
     from .workload import Job
 
     # A task waiting for a pull: (runtime, job, dispatch time, task index, run number).

@@ -38,6 +38,7 @@ from sge.peerplan import MAX_NAMED, Answer, Ask, Kind, PeerPlan, seed_for
 from .links import MixedNet
 from .model import Flow, HostCache, SimConfig
 
+
 class AgentEngine(Protocol):
     """The engine as the agent drives it: its state and the pull steps it lends.
 
