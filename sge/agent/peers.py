@@ -117,7 +117,7 @@ def follow_plan(plan: PeerPlan, image: Image, sink: Sink, ctx: Context, settings
     """Carry out the plan's steps (sge/peerplan.py) until a verified image (its
     sha256) or the origin (None). Every step ends by the pull's budget."""
     agent = settings.agent
-    by_ip = _by_ip(live)
+    by_ip: Optional[Dict[str, str]] = None  # resolved at the first busy answer only
     key: Optional[bytes] = None
     said: Set[str] = set()   # what was logged once for this pull
     while True:
@@ -153,6 +153,8 @@ def follow_plan(plan: PeerPlan, image: Image, sink: Sink, ctx: Context, settings
             return digest
         named: List[str] = []
         if blob.code == 503:
+            if by_ip is None:
+                by_ip = _by_ip(live)
             named = [h for h in (by_ip.get(ip) for ip in redirects.parse(blob.peers)) if h]
             if "busy " + ask.host not in said:
                 said.add("busy " + ask.host)
