@@ -159,8 +159,10 @@ class PeerPlan:
     def next(self, now: float) -> Ask:
         if self.done:
             return Ask(Kind.ORIGIN)
-        if self.redirects:
-            return self.redirects.popleft()
+        while self.redirects:
+            ask = self.redirects.popleft()
+            if ask.host not in self.bad:  # failed since it was queued
+                return ask
         if self.steps:
             return self.steps.popleft()
         if not self.missing_done:
@@ -218,9 +220,11 @@ class PeerPlan:
         deeper, each once a round, never this host or the one that named them."""
         if via.depth >= self.redirect_depth:
             return
-        hosts = [h for h in list(named)[:MAX_NAMED]
-                 if h != via.host and h not in self.asked_round and h not in self.bad
-                 and not self.is_me(h)]
+        hosts: List[str] = []
+        for h in list(named)[:MAX_NAMED]:  # a peer may name one host twice: asked once
+            if h != via.host and h not in hosts and h not in self.asked_round \
+                    and h not in self.bad and not self.is_me(h):
+                hosts.append(h)
         self.rng.shuffle(hosts)  # many busy clients spread over the named hosts
         hosts = hosts[:self.redirect_budget]
         self.redirect_budget -= len(hosts)

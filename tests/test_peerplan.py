@@ -200,3 +200,47 @@ def test_the_seed_ranking_is_the_same_everywhere_and_spreads_images():
     owned = sum(seed_for(f"{i:064x}", HOSTS) == HOSTS[0] for i in range(400))
     assert moved == owned
     assert POLL_MAX > POLL_MIN
+
+
+def test_any_answers_end_the_plan_within_its_bounds():
+    """Whatever peers answer (lying ones name anyone, again and again), a plan never
+    asks this host, never follows a busy answer deeper than its bound, asks at most
+    MAX_SEEDS seeds, and ends: at the origin or with a verified image, within the
+    seeds' waits."""
+    from hypothesis import given, settings, strategies as st
+
+    answers = st.sampled_from([a for a in Answer if a is not Answer.GOT])
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(st.lists(st.tuples(answers, st.lists(st.sampled_from(HOSTS), max_size=6)),
+                    min_size=1, max_size=400),
+           st.sampled_from(HOSTS), st.lists(st.sampled_from(HOSTS), max_size=5))
+    def run(script, me, have):
+        p = PeerPlan(D, HOSTS, have, lambda h: h == me, random.Random(0), seed_wait=30)
+        t, seeds, failed = 0.0, [], set()
+        for i in range(10_000):
+            a = p.next(t)
+            if a.kind is Kind.ORIGIN:
+                break
+            if a.kind is Kind.WAIT:
+                assert POLL_MIN <= a.delay <= POLL_MAX
+                t += a.delay
+                continue
+            assert a.host != me and a.depth <= MAX_REDIRECT_DEPTH
+            if a.depth:
+                assert a.host not in failed  # a host whose bytes failed is not asked again
+            if a.kind is Kind.STAGE and (not seeds or seeds[-1] != a.host):
+                seeds.append(a.host)
+            answer, named = script[i % len(script)]
+            if a.kind is not Kind.STAGE and answer in (Answer.READY, Answer.STAGING,
+                                                       Answer.NEXT, Answer.STOP):
+                answer = Answer.FAILED  # a blob GET answers with a status, not a state
+            if answer is Answer.FAILED and a.host != p.seed:
+                failed.add(a.host)
+            p.answer(a, answer, t, named)
+        else:
+            raise AssertionError("the plan did not end")
+        assert len(seeds) <= MAX_SEEDS
+        assert t <= MAX_SEEDS * (30 + POLL_MAX)
+
+    run()
