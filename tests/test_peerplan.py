@@ -207,7 +207,8 @@ def test_any_answers_end_the_plan_within_its_bounds():
     asks this host, never follows a busy answer deeper than its bound, asks at most
     MAX_SEEDS seeds, and ends: at the origin or with a verified image, within the
     seeds' waits."""
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 
     answers = st.sampled_from([a for a in Answer if a is not Answer.GOT])
 
