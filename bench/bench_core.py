@@ -336,6 +336,10 @@ def bench_warm(work, digest, size, reps=40):
             shutil.copy(cfg, own)
             shutil.copy(cfg_m, own_m)
         cmds["prolog" + suffix] = kit_prolog(own, label)
+        if i:  # each later tree's `path` and warm `pull` too, against the first's
+            cmds["path" + suffix] = [os.path.join(KITS[label], "sge-image"), "--config", own,
+                                     "path", "demo"]
+            cmds["pull" + suffix] = kit_pull(own, label)
         if subprocess.run(kit_pull(own_m, label), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL).returncode == 0:  # a tree with metrics
             os.makedirs(os.path.join(root_m, "metrics"), exist_ok=True)

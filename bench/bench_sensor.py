@@ -28,6 +28,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=10000)
+    ap.add_argument("--tree", default=None,
+                    help="run the sensor of this source tree (e.g. an older commit's "
+                         "`git archive`) instead of the installed kit")
     ap.add_argument("--cycles", type=int, default=50)
     ap.add_argument("--metrics", type=int, default=None, metavar="EVENTS_PER_CYCLE")
     args = ap.parse_args()
@@ -48,7 +51,12 @@ def main():
     cfg = os.path.join(work, "config.yaml")
     with open(cfg, "w") as f:
         f.write("\n".join(lines) + "\n")
-    p = subprocess.Popen([sys.executable, "-I", "-m", "sge.ge.loadsensor", "--config", cfg],
+    sensor = [sys.executable, "-I", "-m", "sge.ge.loadsensor"]
+    if args.tree:
+        sensor = [sys.executable, "-I", "-c",
+                  f"import runpy, sys; sys.path.insert(0, {os.path.abspath(args.tree)!r}); "
+                  f"runpy.run_module('sge.ge.loadsensor', run_name='__main__')"]
+    p = subprocess.Popen(sensor + ["--config", cfg],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                          env=dict(os.environ, HOST="bench"), cwd=os.path.dirname(HERE))
     times, count = [], 0

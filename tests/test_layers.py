@@ -23,7 +23,8 @@ from tests.support.common import ROOT
 LAYERS = [
     # base: pure helpers and formats every other part uses; they import nothing above.
     ("base", ["sge", "sge.errors", "sge.units", "sge.names", "sge.fsutil", "sge.rootenv",
-              "sge.imageformat", "sge.runtimes", "sge.eviction", "sge.tempfiles"]),
+              "sge.imageformat", "sge.runtimes", "sge.eviction", "sge.tempfiles",
+              "sge.peerplan"]),
     # fetch/sink/config: reading the settings and moving bytes, with no cache policy.
     ("fetch", ["sge.sink", "sge.fetch", "sge.fetch.*", "sge.config"]),
     # core: the node cache and staging, usable without any cluster.

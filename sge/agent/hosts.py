@@ -5,7 +5,6 @@ per minute for the trust list, is all the agent asks of qmaster.
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import socket
@@ -15,10 +14,10 @@ import time
 from typing import TYPE_CHECKING
 
 from ..cluster import qhost
+from ..peerplan import seed_for  # noqa: F401 - who asks the image's seed
 from ..rootenv import child_env
 
 if TYPE_CHECKING:
-    import ipaddress
     from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
     from ..cluster.qhost import HostView
@@ -71,7 +70,6 @@ def reader(argv: Sequence[str] = ("qhost",)) -> Reader:
     """read(complexes) -> {host: HostView}, running `argv -F complexes` (the site's
     qhost, or a wrapper of it)."""
     def read(complexes: Sequence[str]) -> Dict[str, HostView]:
-
         r = subprocess.run(list(argv) + ["-F", ",".join(complexes)], capture_output=True,
                            text=True, timeout=60, stdin=subprocess.DEVNULL, env=_command_env())
         if r.returncode != 0:
@@ -110,18 +108,6 @@ def _live(view: HostView, now: float, window: float) -> bool:
     if view.sensor_time is not None:
         return now - view.sensor_time <= window
     return view.values.get("load_avg") is not None
-
-
-def seed_for(digest: str, hosts: Iterable[str]) -> Optional[str]:
-    """Rendezvous hashing: every host computes the same seed for an image from the
-    same host list, and a host joining or leaving moves only its own share."""
-    best: Optional[bytes] = None
-    seed: Optional[str] = None
-    for h in hosts:
-        score = hashlib.sha256(f"{digest}:{h.lower()}".encode()).digest()
-        if best is None or score > best:
-            best, seed = score, h
-    return seed
 
 
 class Trust:

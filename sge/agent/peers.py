@@ -1,17 +1,12 @@
 """Fetch an image from other exec hosts' agents before the catalog's sources.
 
-Order: a live host that reports the image and holds it whole (its agent serves the
-verified blob), then one that reports it while still downloading it (its agent streams
-the download in progress, sge/agent/inflight.py), then the image's seed host, chosen
-by rendezvous hashing over the live hosts, which is asked to stage the image: when
-three cold hosts start the same image in the same second, all three pick the same
-seed, the seed pulls from the origin once and the others stream from its download as
-it lands (or copy the blob once it is done). Every peer byte goes through the sink
-that verifies an origin download; a peer that is busy, slow, dead or lying, or whose
-download in progress stops short, costs one attempt and `fetch` returns None, and the
-caller goes to the origin. A busy peer (503) names the hosts it is sending the blob
-to; those that are live cluster hosts are asked for their download in progress, each
-once per pull (sge/agent/redirects.py).
+What to ask, in what order, and when to give up is the peer plan's (sge/peerplan.py:
+the hint, hosts reporting the image, the seed, busy hosts' named receivers as a tree,
+polling, the origin), which the simulator drives as well; this module carries out its
+steps over the network. Every peer byte goes through the sink that verifies an origin
+download; a peer that is busy, slow, dead or lying, or whose download in progress
+stops short, costs one step, and when the plan says the origin, `fetch` returns None
+and the caller goes to the catalog's sources.
 
 A staging that a peer asked for never delegates again (the agent passes
 `Peers(delegate=False)`): two hosts that disagree on the seed cannot wait on each other.
@@ -33,28 +28,25 @@ import http.client
 import json
 import random
 import time
-from typing import TYPE_CHECKING, Callable, List, Literal, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set
 
 from ..errors import CacheFull, FetchError, SgeImageError
 from ..fetch import httpwire as wire
 from ..metrics import events as _events
+from ..peerplan import Answer, Kind, PeerPlan
 from . import hosts as _hosts
+from . import redirects
 from .auth import AuthError, check_answer, key_path, read_key, sign
 from .deadline import Budget, DeadlineSocket, connect
 from .protocol import HEADER as PROTOCOL_HEADER
 from .protocol import PROTOCOL, StageAnswer
 from .redirects import HEADER as REDIRECT_HEADER
-from .redirects import Redirects
 
 if TYPE_CHECKING:
     from ..config import AgentSettings, Image, Settings
     from ..fetch import Context
     from ..sink import Sink
 
-MAX_HAVE_TRIES = 3
-MAX_SEEDS = 3
-MAX_STREAM_TRIES = 3    # streams from a seed's download in progress, per seed
-POLL_MIN, POLL_MAX = 0.25, 2.0
 
 
 class _NoRoom(Exception):
@@ -70,16 +62,6 @@ class BlobAnswer:
     def __init__(self) -> None:
         self.code: Optional[int] = None
         self.peers: Optional[str] = None
-
-
-class Streamed(NamedTuple):
-    """The image came from the seed's download in progress while we waited."""
-    digest: str
-
-
-# What waiting on a seed host ends in (_await_seed): it has the image ("ready"), the
-# stream got it meanwhile (Streamed), try the next seed ("next"), or stop asking seeds.
-SeedOutcome = Union[Literal["ready", "next", "stop"], Streamed]
 
 
 class Peers:
@@ -119,135 +101,104 @@ def _fetch(image: Image, sink: Sink, ctx: Context, settings: Settings, budget: B
            limit: int, delegate: bool, hint: Optional[str]) -> Optional[str]:
     assert image.sha256 is not None  # Peers.fetch asks peers only for a digest
     agent = settings.agent
-    if hint and not _hosts.is_me(hint):
-        # The host that asked us has it (a parallel job's master): the load sensor
-        # may not report it for another load_report_time.
-        digest = get_blob(hint, image, sink, ctx, agent, budget=budget, limit=limit)
-        if digest:
-            return digest
     try:
         live, have = _hosts.live_hosts(image.complex, agent.live_window,
                                        _hosts.reader(agent.qhost))
-    except Exception as e:  # no qhost, qmaster down: the origin it is
+    except Exception as e:  # no qhost, qmaster down: the hint, if any, then the origin
         ctx.log(f"image {image.name}: no peer list ({type(e).__name__}: {e}); using the sources")
-        return None
-    redirects = Redirects(live)
-    others = [h for h in have if not _hosts.is_me(h)]
-    random.shuffle(others)
-    # qhost does not tell a whole blob from a download in progress (the load sensor
-    # reports both): ask for whole blobs first, then stream from the hosts that had
-    # none (404), which are likely mid-download.
-    missing = []
-    for host in others[:MAX_HAVE_TRIES]:
-        answer = BlobAnswer()
-        if budget.spent():
-            return None
-        digest = _get(host, image, sink, ctx, agent, redirects, budget, limit, answer=answer)
-        if digest:
-            return digest
-        if answer.code == 403:
-            # Agents serve the cluster's hosts only; this one (an admin host, a login
-            # node) is not among them, and no other agent would answer otherwise.
-            ctx.log(f"image {image.name}: this host is not one the cluster's agents serve "
-                    f"(peer {host} answered 403); using the sources")
-            return None
-        if answer.code == 404:
-            missing.append(host)
-    for host in missing:
-        if budget.spent():
-            return None
-        digest = _get(host, image, sink, ctx, agent, redirects, budget, limit, inflight=True)
-        if digest:
-            return digest
-    if not delegate:
-        return None
-    # A seed that dies or cannot be reached is dropped and the seed chosen again among
-    # the rest: the hosts that waited on it agree on the next one, so a killed seed
-    # costs one more origin download, not one per waiting host. The hosts tried
-    # above stay candidates: the seed itself is among them once its sensor reports
-    # its pull in flight (its agent serves only whole blobs: 404), and a host that
-    # dropped it chose another seed than the rest, often itself: a second origin
-    # download (a cold array made 2 in one of four runs on the 3-host cluster; this
-    # path explains it).
-    candidates = list(live)
-    for _ in range(MAX_SEEDS):
-        if budget.spent():
-            return None
-        seed = _hosts.seed_for(image.sha256, candidates)
-        if seed is None or _hosts.is_me(seed):
-            return None
-        streams: List[Optional[int]] = []
-
-        def stream(seed: str = seed, streams: List[Optional[int]] = streams) -> Optional[str]:
-            # The seed's download in progress, as it lands: a 404 (not begun yet:
-            # waiting for its lock or for room) is free; a stream cut short counts.
-            if len(streams) >= MAX_STREAM_TRIES:
-                return None
-            answer = BlobAnswer()
-            digest = _get(seed, image, sink, ctx, agent, redirects, budget, limit,
-                          inflight=True, answer=answer)
-            if not digest and answer.code != 404:
-                streams.append(answer.code)
-            return digest
-        outcome = _await_seed(seed, image, ctx, settings, stream, budget)
-        if isinstance(outcome, Streamed):
-            return outcome.digest
-        if outcome == "ready":
-            digest = _get(seed, image, sink, ctx, agent, redirects, budget, limit)
-            if digest:
-                return digest
-        elif outcome == "stop":
-            return None
-        candidates.remove(seed)
-    return None
+        live, have = [], []
+    plan = PeerPlan(image.sha256, live, have, _hosts.is_me, random.Random(), hint=hint,
+                    delegate=delegate, seed_wait=agent.seed_wait)
+    return follow_plan(plan, image, sink, ctx, settings, budget, limit, live)
 
 
-def _await_seed(seed: str, image: Image, ctx: Context, settings: Settings,
-                stream: Optional[Callable[[], Optional[str]]] = None,
-                budget: Optional[Budget] = None) -> SeedOutcome:
-    """Ask the seed's agent to stage the image and wait until it has it: "ready";
-    Streamed(sha256) when `stream()` got it from the seed's download in progress
-    meanwhile; "next" when the seed is dead, unreachable, failed for now or too slow
-    (another seed may do); "stop" when asking any seed is pointless (no key, refused,
-    or the image's sources refuse it for good)."""
+def follow_plan(plan: PeerPlan, image: Image, sink: Sink, ctx: Context, settings: Settings,
+                budget: Budget, limit: Optional[int], live: Sequence[str]) -> Optional[str]:
+    """Carry out the plan's steps (sge/peerplan.py) until a verified image (its
+    sha256) or the origin (None). Every step ends by the pull's budget."""
     agent = settings.agent
-    try:
-        key = read_key(key_path(settings))
-    except Exception as e:
-        ctx.log(f"image {image.name}: cannot sign a staging request ({e}); using the sources")
-        return "stop"
-    budget = budget or Budget(agent.peer_budget)
-    # Each poll ends by the seed's wait and the pull's budget, however slowly the
-    # seed answers (issue 17: one header byte every 4 s outlived seed_wait).
-    deadline = min(time.monotonic() + agent.seed_wait, budget.end)
-    delay = POLL_MIN
-    asked = False
-    while time.monotonic() < deadline:
-        try:
-            answer = stage_request(seed, image.name, key, agent, ctx.connect_timeout,
-                                   deadline=min(deadline, budget.until(agent.exchange_deadline)),
-                                   step=ctx.read_timeout)
-        except (OSError, http.client.HTTPException, ValueError, AuthError) as e:
-            ctx.log(f"image {image.name}: seed host {seed} unreachable ({e})")
-            return "next"
-        state = answer.state
-        if state == "ready":
-            return "ready"
-        if state not in ("staging", "retry"):  # retry: asked again next round
-            ctx.log(f"image {image.name}: seed host {seed}: {state}: {answer.message}")
-            return "next" if state == "failed" and answer.transient else "stop"
-        if not asked:
-            ctx.log(f"image {image.name}: waiting for seed host {seed} to stage it")
-            asked = True
-        digest = stream() if stream else None
+    by_ip: Optional[Dict[str, str]] = None  # resolved at the first busy answer only
+    key: Optional[bytes] = None
+    said: Set[str] = set()   # what was logged once for this pull
+    while True:
+        if budget.spent():
+            return None
+        ask = plan.next(time.monotonic())
+        if ask.kind is Kind.ORIGIN:
+            if plan.notable:
+                ctx.log(f"image {image.name}: {plan.why}; using the sources")
+            return None
+        if ask.kind is Kind.WAIT:
+            time.sleep(max(0.0, min(ask.delay, budget.left())))
+            continue
+        if ask.kind is Kind.STAGE:
+            if key is None:
+                try:
+                    key = read_key(key_path(settings))
+                except Exception as e:
+                    ctx.log(f"image {image.name}: cannot sign a staging request ({e}); "
+                            f"using the sources")
+                    return None
+            answer = ask_seed(ask.host, image, key, ctx, agent,
+                              min(plan.seed_end, budget.until(agent.exchange_deadline)))
+            if answer is Answer.STAGING and "wait " + ask.host not in said:
+                said.add("wait " + ask.host)
+                ctx.log(f"image {image.name}: waiting for seed host {ask.host} to stage it")
+            plan.answer(ask, answer, time.monotonic())
+            continue
+        blob = BlobAnswer()
+        digest = get_blob(ask.host, image, sink, ctx, agent, inflight=ask.kind is Kind.STREAM,
+                          answer=blob, budget=budget, limit=limit)
         if digest:
-            return Streamed(digest)
-        time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
-        delay = min(POLL_MAX, delay * 1.5)
-    ctx.log(f"image {image.name}: seed host {seed}: time on peers spent" if budget.spent()
-            else f"image {image.name}: seed host {seed} did not finish within "
-                 f"{agent.seed_wait:.0f}s")
-    return "next"
+            return digest
+        named: List[str] = []
+        if blob.code == 503:
+            if by_ip is None:
+                by_ip = _by_ip(live)
+            named = [h for h in (by_ip.get(ip) for ip in redirects.parse(blob.peers)) if h]
+            if "busy " + ask.host not in said:
+                said.add("busy " + ask.host)
+                ctx.log(f"image {image.name}: peer {ask.host} is busy and names "
+                        f"{REDIRECT_HEADER} {(blob.peers or '')[:200]!r}: "
+                        + (f"trying {', '.join(named)}" if named else "none to follow"))
+        plan.answer(ask, _answer_of(blob), time.monotonic(), named)
+
+
+def _answer_of(blob: BlobAnswer) -> Answer:
+    return {404: Answer.MISSING, 503: Answer.BUSY, 403: Answer.REFUSED}.get(
+        blob.code or 0, Answer.FAILED)
+
+
+def _by_ip(live: Sequence[str]) -> Dict[str, str]:
+    """Address -> live host name: a busy answer names addresses, and only a live
+    cluster host's is followed, so a lying peer cannot send a pull anywhere else (a
+    cluster host serves wrong bytes at worst, which the sink refuses)."""
+    out: Dict[str, str] = {}
+    for h in live:
+        addr = _hosts.address_of(h)
+        if addr is not None:
+            out.setdefault(addr, h)
+    return out
+
+
+def ask_seed(seed: str, image: Image, key: bytes, ctx: Context, agent: AgentSettings,
+             deadline: float) -> Answer:
+    """One signed staging request to the seed, ending by `deadline`, as the plan's
+    answer: READY, STAGING (staging, or asked again later), NEXT (dead, unreachable,
+    failed for now: another seed may do) or STOP (refused, or the image's sources
+    refuse it for good)."""
+    try:
+        answer = stage_request(seed, image.name, key, agent, ctx.connect_timeout,
+                               deadline=deadline, step=ctx.read_timeout)
+    except (OSError, http.client.HTTPException, ValueError, AuthError) as e:
+        ctx.log(f"image {image.name}: seed host {seed} unreachable ({e})")
+        return Answer.NEXT
+    if answer.state == "ready":
+        return Answer.READY
+    if answer.state in ("staging", "retry"):  # retry: asked again next round
+        return Answer.STAGING
+    ctx.log(f"image {image.name}: seed host {seed}: {answer.state}: {answer.message}")
+    return Answer.NEXT if answer.state == "failed" and answer.transient else Answer.STOP
 
 
 def stage_request(host: str, name: str, key: bytes, agent: AgentSettings, timeout: float = 10.0,
@@ -289,30 +240,6 @@ def stage_request(host: str, name: str, key: bytes, agent: AgentSettings, timeou
     return StageAnswer.from_body(check_answer(key, line, answer), resp.status)
 
 
-def _get(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSettings,
-         redirects: Redirects, budget: Budget, limit: Optional[int], inflight: bool = False,
-         answer: Optional[BlobAnswer] = None) -> Optional[str]:
-    """get_blob, and when `host` is busy, the live hosts it names as receiving the
-    blob (asked for their download in progress; a target's own 503 is not followed)."""
-    answer = BlobAnswer() if answer is None else answer
-    digest = get_blob(host, image, sink, ctx, agent, inflight=inflight, answer=answer,
-                      budget=budget, limit=limit)
-    if digest or answer.code != 503 or not answer.peers:
-        return digest
-    targets = redirects.targets(answer.peers, host)
-    ctx.log(f"image {image.name}: peer {host} is busy and names {REDIRECT_HEADER} "
-            f"{answer.peers[:200]!r}: "
-            + (f"trying {', '.join(targets)}" if targets else "none to follow"))
-    for target in targets:
-        if budget.spent():
-            return None
-        digest = get_blob(target, image, sink, ctx, agent, inflight=True, budget=budget,
-                          limit=limit)
-        if digest:
-            return digest
-    return None
-
-
 def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSettings,
              inflight: bool = False, answer: Optional[BlobAnswer] = None,
              budget: Optional[Budget] = None, limit: Optional[int] = None) -> Optional[str]:
@@ -352,8 +279,10 @@ def get_blob(host: str, image: Image, sink: Sink, ctx: Context, agent: AgentSett
             sink.source = "peer_inflight" if resp.getheader("X-Sge-Image-Inflight") == "1" else "peer"
             if resp.status == 404 and inflight:
                 return None  # not begun there yet: nothing to log on every poll
-            if resp.status == 403 and answer is not None:
-                return None  # not trusted here: the caller says so once, for every peer
+            if resp.status in (403, 503) and answer is not None:
+                # Not trusted here, or busy: the caller says so once a pull, not on
+                # every poll of a busy host (follow_plan).
+                return None
             if resp.status != 200:
                 raise FetchError(f"{shown}: HTTP {resp.status} {resp.reason}"
                                  + (" (busy)" if resp.status == 503 else ""))

@@ -453,7 +453,6 @@ def uninstall(hooks_dir: str, dry_run: bool = False, out: TextIO = sys.stdout,
 
     if state.get("agent_user"):
         def remove_user(name: str = state["agent_user"]) -> None:
-
             # The agents leave with their load sensors, removed above; userdel
             # refuses while one still runs as the user.
             deadline = time.monotonic() + wait

@@ -79,9 +79,10 @@ from typing import (
 import numpy as np
 
 from .events import DL, FINISH, PAIR_BITS, PAIR_MASK, PRESSURE, PREWARM, SCHED, WINDOW
+from .links import MixedNet, PeerNet
 from .model import FixedNetwork, Flow, HostCache, Network, SharedNetwork, SimConfig
 from .parallel import ParallelJobs
-from .peers import Agent, MixedNet, PeerNet
+from .peers import Agent
 from .policies import Policy, PrewarmConfig, get_policy
 from .pressure import CachePressure
 from .units import GB, GBIT, INF
@@ -963,8 +964,11 @@ class ScenarioSettings(TypedDict):
     pipeline_lag_s: float
     peer_seed: bool
     peer_redirect: bool
+    peer_redirect_depth: int
+    peer_wait_when_busy: bool
+    peer_seed_wait_s: float
+    peer_budget_s: float
     peer_timeout_s: float
-    peer_poll_s: float
     dead_agents: List[str]
     lying_agents: List[str]
     cache_pressure: str
@@ -1003,8 +1007,11 @@ SCENARIO_SETTINGS: ScenarioSettings = {
     "pipeline_lag_s": 1.0,
     "peer_seed": True,
     "peer_redirect": True,
+    "peer_redirect_depth": 6,
+    "peer_wait_when_busy": True,
+    "peer_seed_wait_s": 600.0,
+    "peer_budget_s": 900.0,
     "peer_timeout_s": 10.0,
-    "peer_poll_s": 0.0,
     "dead_agents": [],     # host names whose agent never answers
     "lying_agents": [],    # host names whose agent serves wrong bytes
     # a pull that pinned images keep from fitting: "overflow" or "wait"
@@ -1094,7 +1101,10 @@ def run_scenario(scenario: Dict[str, Any]) -> Dict[str, Any]:
         peer_upload_gbit=st["peer_upload_gbit"], peer_upload_slots=st["peer_upload_slots"],
         peer_pipeline=st["peer_pipeline"], pipeline_lag_s=st["pipeline_lag_s"],
         peer_seed=st["peer_seed"], peer_redirect=st["peer_redirect"],
-        peer_timeout_s=st["peer_timeout_s"], peer_poll_s=st["peer_poll_s"],
+        peer_redirect_depth=st["peer_redirect_depth"],
+        peer_wait_when_busy=st["peer_wait_when_busy"],
+        peer_seed_wait_s=st["peer_seed_wait_s"], peer_budget_s=st["peer_budget_s"],
+        peer_timeout_s=st["peer_timeout_s"],
         cache_pressure=st["cache_pressure"], pressure_wait_s=st["pressure_wait_s"],
         initial_fill=0.0, warmup_hours=0.0)
     net = None

@@ -34,10 +34,13 @@ peer_seed                  True        agent: a per-image seed host (rendezvous 
                                        pulls from the origin for the others
 peer_redirect              True        agent: a busy peer names the hosts it serves,
                                        so they are found before the sensor reports them
+peer_redirect_depth        6           agent: hops through busy answers (the kit's
+                                       sge/peerplan.py; 1: what the agent did before)
+peer_wait_when_busy        True        agent: a busy tree is waited for (polled), not
+                                       left for the origin (False: the model before)
+peer_seed_wait_s           600         agent.seed_wait: then the next seed
+peer_budget_s              900         agent.peer_budget: a pull's time on peers
 peer_timeout_s             10          agent: a dead peer costs this, then a retry
-peer_poll_s                0           agent, no pipelining: a host waiting on its seed
-                                       starts its copy this long after the seed is
-                                       done, on average (its next poll of the seed)
 cache_pressure             overflow    "overflow": a pull that pins block goes over
                                        the cap; "wait": it waits for room (bounded)
 pressure_wait_s            300         "wait": then its tasks go back to pending
@@ -73,6 +76,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Tuple
 from .units import INF
 
 if TYPE_CHECKING:
+    from sge.peerplan import Ask, PeerPlan
+
     from .workload import Job
 
     # A task waiting for a pull: (runtime, job, dispatch time, task index, run number).
@@ -107,11 +112,11 @@ class SimConfig:
     pipeline_lag_s: float = 1.0
     peer_seed: bool = True
     peer_redirect: bool = True
+    peer_redirect_depth: int = 6
+    peer_wait_when_busy: bool = True
+    peer_seed_wait_s: float = 600.0
+    peer_budget_s: float = 900.0
     peer_timeout_s: float = 10.0
-    # Without pipelining, a host waiting on its seed learns that the seed is done
-    # this long after on average (the k-th of n after (2k+1)/n times it: the real
-    # agent polls the seed with a backoff, 0.25 to 2 s).
-    peer_poll_s: float = 0.0
     # Cache pressure: "overflow" (pull over the cap) or "wait" (for room, bounded).
     cache_pressure: str = "overflow"
     pressure_wait_s: float = 300.0
@@ -193,8 +198,8 @@ class Flow:
 
     __slots__ = ("fid", "host", "img", "size", "t0", "k", "vf", "done", "waiters",
                  "prewarm", "t_done", "kind", "src", "parent", "children", "parked",
-                 "deferred", "state", "timeout", "rem", "rate", "blocked", "inpeer", "depth",
-                 "polling")
+                 "state", "timeout", "rem", "rate", "blocked", "inpeer", "depth",
+                 "polling", "plan", "ask", "t_plan")
 
     def __init__(self, fid: int, host: int, img: int, size: float, t0: float,
                  prewarm: bool = False, kind: int = 0):
@@ -215,7 +220,6 @@ class Flow:
         self.parent: Optional[Flow] = None
         self.children: List[Flow] = []  # pulls streaming from this one while it runs
         self.parked = False       # all bytes the parent had are here: waits for it
-        self.deferred = False     # waits for the parent to finish before starting
         self.state = 0            # 0 running, 1 verified, 2 failed
         self.timeout = False      # the source never answered (dead agent)
         self.rem = size
@@ -223,7 +227,10 @@ class Flow:
         self.blocked = False      # waits for cache room
         self.inpeer = False
         self.depth = 0            # pulls in flight between this one and a whole copy
-        self.polling = False      # its source is done; it has not asked again yet
+        self.polling = False      # waits out a poll round of its peer plan
+        self.plan: Optional[PeerPlan] = None  # the agent's plan for this pull (peers.py)
+        self.ask: Optional[Ask] = None        # the plan's step it is on
+        self.t_plan = 0.0                     # when the plan began (the peer budget)
 
 
 class Network(Protocol):

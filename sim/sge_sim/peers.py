@@ -29,16 +29,14 @@ cold day, and only copies between exec hosts take it out of the path.
 """
 from __future__ import annotations
 
-import heapq
-from typing import Dict, Iterable, List, Literal, Optional, Protocol, Set, Tuple, Union
+import hashlib
+import random
+from typing import Dict, Iterable, List, Optional, Protocol, Set
 
-from .model import Flow, HostCache, Network, SimConfig
-from .units import INF
+from sge.peerplan import MAX_NAMED, Answer, Ask, Kind, PeerPlan, seed_for
 
-# A peer that can serve an image: it has the whole copy, or a pull of it in flight.
-Usable = Union[Tuple[Literal[True], None], Tuple[Literal[False], Flow]]
-
-SEED_RANKS = 16  # the seed ranking kept per image (fallbacks after dead seeds)
+from .links import MixedNet
+from .model import Flow, HostCache, SimConfig
 
 
 class AgentEngine(Protocol):
@@ -62,137 +60,19 @@ class AgentEngine(Protocol):
     def _replace_flow(self, fl: Flow, t: float) -> Flow: ...
 
 
-def rendezvous(img: int, hosts: int, k: int = SEED_RANKS) -> List[int]:
-    """The k hosts with the highest hash of (image, host): the same list on every host."""
-    def score(h: int) -> int:
-        x = (img * 0x9E3779B97F4A7C15 + h * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) \
-            & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-        x = (x * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 29
-        x = (x * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-        return x ^ (x >> 32)
-    return heapq.nlargest(k, range(hosts), key=score)
-
-
-class PeerNet:
-    """Host-to-host transfers: each gets min(link / receiver's transfers,
-    upload / sender's transfers).  Few flows run at once, so rates are simply
-    recomputed for all of them at each start or end."""
-
-    def __init__(self, link_Bps: float, upload_Bps: float):
-        self.link = float(link_Bps)
-        self.up = float(upload_Bps)
-        self.flows: Set[Flow] = set()
-        self.n_dst: Dict[int, int] = {}
-        self.n_src: Dict[int, int] = {}
-        self.tu = 0.0
-
-    @property
-    def active(self) -> int:
-        return len(self.flows)
-
-    def _advance(self, t: float) -> None:
-        dt = t - self.tu
-        if dt > 0:
-            for f in self.flows:
-                f.rem -= f.rate * dt
-        self.tu = max(self.tu, t)
-
-    def _rates(self) -> None:
-        link, up, nd, ns = self.link, self.up, self.n_dst, self.n_src
-        for f in self.flows:
-            f.rate = min(link / nd[f.host], up / ns[f.src])
-
-    def _count(self, f: Flow, d: int) -> None:
-        for m, k in ((self.n_dst, f.host), (self.n_src, f.src)):
-            v = m.get(k, 0) + d
-            if v:
-                m[k] = v
-            else:
-                del m[k]
-
-    def add(self, t: float, fl: Flow) -> None:
-        self._advance(t)
-        fl.inpeer = True
-        self.flows.add(fl)
-        self._count(fl, +1)
-        self._rates()
-
-    def remove(self, t: float, fl: Flow) -> None:
-        self._advance(t)
-        if fl in self.flows:
-            self.flows.discard(fl)
-            self._count(fl, -1)
-            fl.inpeer = False
-            self._rates()
-
-    def next_time(self) -> float:
-        best = INF
-        tu = self.tu
-        for f in self.flows:
-            tt = tu + max(0.0, f.rem) / f.rate
-            if tt < best:
-                best = tt
-        return best
-
-    def pop_done(self, t: float) -> List[Flow]:
-        self._advance(t)
-        # in start order: the set's own order follows memory addresses
-        done = sorted((f for f in self.flows if f.rem <= 1.0), key=lambda f: f.fid)
-        for f in done:
-            self.flows.discard(f)
-            self._count(f, -1)
-            f.inpeer = False
-        if done:
-            self._rates()
-        return done
-
-
-class MixedNet:
-    """The origin's network model plus peer transfers plus timed events
-    (a pipelined copy's last chunk, a dead peer's timeout), one interface."""
-
-    def __init__(self, origin: Network, peer: PeerNet) -> None:
-        self.origin = origin
-        self.peer = peer
-        self.later_heap: List[Tuple[float, int, Flow]] = []
-        self.seq = 0
-
-    @property
-    def active(self) -> int:
-        return self.origin.active + self.peer.active + len(self.later_heap)
-
-    def add(self, t: float, fl: Flow) -> None:
-        if fl.src >= 0:
-            self.peer.add(t, fl)
-        else:
-            self.origin.add(t, fl)
-
-    def later(self, t: float, fl: Flow) -> None:
-        self.seq += 1
-        heapq.heappush(self.later_heap, (t, self.seq, fl))
-
-    def next_time(self) -> float:
-        best = min(self.origin.next_time(), self.peer.next_time())
-        if self.later_heap and self.later_heap[0][0] < best:
-            best = self.later_heap[0][0]
-        return best
-
-    def pop_done(self, t: float) -> List[Flow]:
-        out = list(self.origin.pop_done(t)) if self.origin.active else []
-        if self.peer.active:
-            out += self.peer.pop_done(t)
-        lh = self.later_heap
-        while lh and lh[0][0] <= t + 1e-9:
-            fl = heapq.heappop(lh)[2]
-            if fl.state == 0:
-                out.append(fl)
-        return out
+def seed_host(img: int, hosts: int) -> int:
+    """The host the agent asks first to stage image `img` (the plan's rendezvous
+    ranking over the model's host names)."""
+    digest = hashlib.sha256(f"img{img}".encode()).hexdigest()
+    return int(str(seed_for(digest, [f"h{i}" for i in range(hosts)]))[1:])
 
 
 class Agent:
-    """Source choice and failure handling for the engine's pulls (see module doc)."""
+    """The node agent's decisions, made by the kit's own peer plan (sge/peerplan.py):
+    each step a real pull would take is answered from the model's state at once
+    (a blob GET, a stream of a download in progress, a staging request, a wait), so
+    the model asks whom the code asks, follows busy answers as deep as the code does,
+    and waits or goes to the origin when the code does (see module doc)."""
 
     def __init__(self, eng: AgentEngine, net: MixedNet, dead: Iterable[int] = (),
                  lying: Iterable[int] = ()) -> None:
@@ -202,121 +82,113 @@ class Agent:
         self.slots = sim.peer_upload_slots
         self.pipeline = sim.peer_pipeline
         self.seed = sim.peer_seed
-        self.redirect = sim.peer_redirect
+        self.redirect_depth = sim.peer_redirect_depth if sim.peer_redirect else 0
+        self.wait_when_busy = sim.peer_wait_when_busy
+        self.seed_wait = sim.peer_seed_wait_s
+        self.budget = sim.peer_budget_s
         self.lag = sim.pipeline_lag_s
         self.timeout = sim.peer_timeout_s
-        self.poll = sim.peer_poll_s
         self.up_used = [0] * eng.H
-        self.tree: Dict[int, Set[int]] = {}     # image -> hosts along the seed's chain
-        self.excl: Dict[Tuple[int, int], Set[int]] = {}  # (host, image) -> peers that failed it
-        self.ranks: Dict[int, List[int]] = {}
+        self.sending: List[List[Flow]] = [[] for _ in range(eng.H)]  # what each host uploads
+        self.names = [f"h{i}" for i in range(eng.H)]
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.digests: Dict[int, str] = {}
+        self.rng = random.Random(sim.seed)
         self.dead = set(dead)
         self.lying = set(lying)
         # measurements
         self.peer_bytes = 0.0
         self.peer_transfers = 0
         self.failures = 0
-        self.saturated = 0
+        self.saturated = 0       # busy answers (503)
         self.seed_pulls = 0
+        self.waits = 0           # poll rounds spent waiting for a slot or a seed
+        self.max_depth = 0       # the longest chain of copies in flight
+
+    def _digest(self, img: int) -> str:
+        d = self.digests.get(img)
+        if d is None:
+            d = self.digests[img] = hashlib.sha256(f"img{img}".encode()).hexdigest()
+        return d
+
+    def _plan(self, fl: Flow, t: float) -> PeerPlan:
+        if fl.plan is None:
+            me = self.names[fl.host]
+            fl.plan = PeerPlan(self._digest(fl.img), self.names,
+                               [self.names[s] for s in self.eng.warm_view[fl.img]],
+                               me.__eq__, self.rng,
+                               # a staging a seed does for others never delegates
+                               delegate=self.seed and fl.kind != 2,
+                               seed_wait=self.seed_wait, redirect_depth=self.redirect_depth,
+                               wait_when_busy=self.wait_when_busy)
+            fl.t_plan = t
+        return fl.plan
 
     # ---------------------------------------------------------------- choice
 
-    def _usable(self, s: int, img: int, h: int) -> Optional[Usable]:
-        """(complete?, flow in flight) if s can serve img to h now, else None.
+    def route(self, fl: Flow, t: float) -> None:
+        """Take fl's plan forward from t until it starts a transfer, waits, or goes
+        to the origin."""
+        plan = self._plan(fl, t)
+        while True:
+            ask = plan.next(t) if t - fl.t_plan < self.budget else Ask(Kind.ORIGIN)
+            fl.ask = ask
+            if ask.kind is Kind.ORIGIN:
+                self._from_origin(fl, t)
+                return
+            if ask.kind is Kind.WAIT:
+                self.waits += 1
+                fl.src, fl.parent, fl.polling = -1, None, True
+                self.net.later(t + ask.delay, fl)
+                return
+            s = self.index[ask.host]
+            if s in self.dead:  # its agent never answers: the step's answer comes later
+                self._from_dead(fl, s, t)
+                return
+            if ask.kind is Kind.STAGE:
+                plan.answer(ask, self._stage(s, fl.img, t), t)
+                continue
+            c = self.eng.caches[s]
+            parent: Optional[Flow] = None
+            if fl.img not in c.present:
+                parent = c.inflight.get(fl.img)
+                if ask.kind is Kind.BLOB or not self.pipeline or parent is None \
+                        or not self._flowing(parent, fl.host):
+                    plan.answer(ask, Answer.MISSING, t)
+                    continue
+            if self.up_used[s] >= self.slots:
+                self.saturated += 1
+                named = [self.names[x.host] for x in self.sending[s] if x.img == fl.img]
+                plan.answer(ask, Answer.BUSY, t, named[:MAX_NAMED])
+                continue
+            self._from_peer(fl, s, parent, t)
+            return
 
-        A pull in flight serves only while its bytes move (not waiting on a
-        dead peer or for room) and if it does not itself stream from h."""
-        c = self.eng.caches[s]
-        if img in c.present:
-            return True, None
-        f = c.inflight.get(img)
-        if f is None or f.blocked or f.timeout or f.deferred or f.polling:
-            return None
+    def _flowing(self, f: Flow, h: int) -> bool:
+        """A download in progress serves while its bytes move (not waiting for room,
+        a seed or a slot) and if it does not itself stream from h."""
+        if f.blocked or f.timeout or f.polling:
+            return False
         p: Optional[Flow] = f
         while p is not None:
             if p.host == h:
-                return None
+                return False
             p = p.parent
-        return False, f
+        return True
 
-    def route(self, fl: Flow, t: float) -> None:
-        """Choose fl's source and start it (origin, peer, or wait on one)."""
-        eng = self.eng
-        h, img = fl.host, fl.img
-        ex = self.excl.get((h, img), ())
-        best = None
-        saw = False
-        groups = (self.tree.get(img, ()), eng.warm_view[img]) if self.redirect \
-            else (eng.warm_view[img],)
-        for group in groups:
-            for s in group:
-                if s == h or s in ex:
-                    continue
-                u = self._usable(s, img, h)
-                if u is None or (not u[0] and not self.pipeline):
-                    continue
-                saw = True
-                n = self.up_used[s]
-                if n >= self.slots:
-                    continue
-                # whole copies first, then the shortest chain to one, then idle
-                sc = (0, 0, n, s) if u[0] else (1, u[1].depth, n, s)
-                if best is None or sc < best[0]:
-                    best = (sc, s, u[1])
-                    if sc[0] == 0 and n == 0:
-                        break
-            if best is not None and best[0][0] == 0 and best[0][2] == 0:
-                break
-        if best is not None:
-            self._from_peer(fl, best[1], best[2], t)
-            return
-        if saw:
-            self.saturated += 1
-            self._from_origin(fl, t)
-            return
-        if self.seed:
-            ranks = self.ranks.get(img)
-            if ranks is None:
-                ranks = self.ranks[img] = rendezvous(img, eng.H)
-            for s in ranks:
-                if s in ex:
-                    continue
-                if s == h:
-                    break  # this host is the seed: it pulls from the origin
-                if s in self.dead:
-                    self._from_dead(fl, s, t)
-                    return
-                u = self._usable(s, img, h)
-                busy = eng.caches[s].inflight.get(img)
-                if u is None and busy is not None:
-                    if busy.blocked:
-                        continue  # the seed waits for room: the next seed
-                    # the seed is itself getting past a dead peer: wait for it
-                    fl.deferred, fl.src, fl.parent = True, s, busy
-                    busy.children.append(fl)
-                    return
-                if u is None:
-                    sf = eng._start_pull(s, img, t, False, kind=2)
-                    if sf is None:  # no room on the seed now: the next one
-                        self.excl.setdefault((h, img), set()).add(s)
-                        continue
-                    self.seed_pulls += 1
-                    self.tree.setdefault(img, set()).add(s)
-                    u = self._usable(s, img, h)
-                    if u is None:  # the seed itself is waiting on a dead or busy peer
-                        continue
-                if self.up_used[s] >= self.slots:
-                    self.saturated += 1
-                    break
-                if not u[0] and not self.pipeline:
-                    fl.deferred = True
-                    fl.src = s
-                    fl.parent = u[1]
-                    u[1].children.append(fl)
-                    return
-                self._from_peer(fl, s, u[1], t)
-                return
-        self._from_origin(fl, t)
+    def _stage(self, s: int, img: int, t: float) -> Answer:
+        """The seed's answer to a staging request: it has it, is at it (or starts it
+        now: one origin pull for the cluster), or cannot (no room: the next seed)."""
+        c = self.eng.caches[s]
+        if img in c.present:
+            return Answer.READY
+        f = c.inflight.get(img)
+        if f is not None:
+            return Answer.NEXT if f.blocked else Answer.STAGING
+        if self.eng._start_pull(s, img, t, False, kind=2) is None:
+            return Answer.NEXT
+        self.seed_pulls += 1
+        return Answer.STAGING
 
     def _from_origin(self, fl: Flow, t: float) -> None:
         fl.src = -1
@@ -331,19 +203,16 @@ class Agent:
         self.net.later(t + self.timeout, fl)
 
     def _from_peer(self, fl: Flow, s: int, parent: Optional[Flow], t: float) -> None:
-        if s in self.dead:
-            self._from_dead(fl, s, t)
-            return
         fl.src = s
         fl.parent = parent
-        fl.deferred = False
         fl.rem = fl.size
         fl.depth = 0
         if parent is not None:
             parent.children.append(fl)
             fl.depth = parent.depth + 1
+            self.max_depth = max(self.max_depth, fl.depth)
         self.up_used[s] += 1
-        self.tree.setdefault(fl.img, set()).add(fl.host)
+        self.sending[s].append(fl)
         eng = self.eng
         if eng.in_window:
             self.peer_bytes += fl.size
@@ -351,79 +220,70 @@ class Agent:
         eng.peer_pulls[fl.host] += 1
         self.net.add(t, fl)
 
+    def _release(self, fl: Flow) -> None:
+        self.up_used[fl.src] -= 1
+        self.sending[fl.src].remove(fl)
+
     # ---------------------------------------------------------------- outcomes
 
     def arrived(self, fl: Flow, t: float) -> bool:
-        """fl's bytes are all here (or its peer timed out).  True when it is
-        verified now; otherwise the agent has parked it, or failed and re-routed it."""
-        if fl.polling:  # its seed finished peer_poll_s ago: it asks now
+        """fl's bytes are all here (or its peer timed out, or its wait is over).
+        True when it is verified now; otherwise the agent has parked it, or taken
+        its plan a step further."""
+        if fl.polling:  # its poll round's wait is over: the plan's next step
             fl.polling = False
             self.route(fl, t)
             return False
         if fl.src < 0:
             return True
-        if fl.timeout:
-            self._fail(fl, t, exclude=True)
+        if fl.timeout:  # a dead agent: the step failed (a dead seed: the next seed)
+            fl.timeout = False
+            self.failures += 1
+            if fl.plan is not None and fl.ask is not None:
+                fl.plan.answer(fl.ask, Answer.NEXT if fl.ask.kind is Kind.STAGE
+                               else Answer.FAILED, t)
+            self.route(fl, t)
             return False
         p = fl.parent
         if p is not None and p.state == 0:
             fl.parked = True  # caught up with the source's own pull
             return False
         if fl.src in self.lying:
-            self._fail(fl, t, exclude=True)
+            self._fail(fl, t)
             return False
-        self.up_used[fl.src] -= 1
+        self._release(fl)
         return True
 
     def finished(self, fl: Flow, t: float) -> None:
         """fl is verified: what streamed from it may end now."""
         kids, fl.children = fl.children, []
-        # Hosts waiting on it poll at their own moments (each began its backoff at
-        # its own prolog's start): fl ends at a uniform point between two polls, so
-        # the k-th of n learns it after (2k+1)/n * peer_poll_s, not all in the
-        # same instant (which would find its upload slots full).
-        polls = sum(1 for ch in kids if ch.state == 0 and ch.deferred) if self.poll > 0 else 0
-        k = 0
         for ch in kids:
             if ch.state != 0:
                 continue
             ch.parent = None
-            if ch.deferred and polls:
-                ch.deferred, ch.polling = False, True
-                self.net.later(t + self.poll * (2 * k + 1) / polls, ch)
-                k += 1
-            elif ch.deferred:
-                ch.deferred = False
-                self.route(ch, t)
-            elif ch.parked:
+            if ch.parked:
                 ch.parked = False
                 self.net.later(t + self.lag, ch)
 
-    def _fail(self, fl: Flow, t: float, exclude: bool) -> None:
-        """fl cannot be used: drop it, fail what streamed from it, pull again."""
+    def _fail(self, fl: Flow, t: float) -> None:
+        """fl cannot be used (its bytes did not verify, or its source's pull failed):
+        drop it, fail what streamed from it, and take the plan a step further."""
         eng = self.eng
         if fl.inpeer:
             self.net.peer.remove(t, fl)
-        if fl.src >= 0 and not fl.timeout and not fl.deferred and not fl.polling:
-            self.up_used[fl.src] -= 1
-        if exclude:
-            self.excl.setdefault((fl.host, fl.img), set()).add(fl.src)
+        if fl.src >= 0 and not fl.timeout and not fl.polling:
+            self._release(fl)
         fl.state = 2
         self.failures += 1
         kids, fl.children = fl.children, []
         nf = eng._replace_flow(fl, t)
+        nf.plan, nf.t_plan = fl.plan, fl.t_plan
+        if fl.plan is not None and fl.ask is not None:
+            fl.plan.answer(fl.ask, Answer.FAILED, t)
         self.route(nf, t)
         for ch in kids:
-            if ch.state != 0:
-                continue
-            if ch.deferred:
-                ch.deferred = False
-                ch.parent = None
-                self.route(ch, t)
-            else:
-                self._fail(ch, t, exclude=False)
+            if ch.state == 0:
+                self._fail(ch, t)
 
     def evicted(self, h: int, img: int) -> None:
-        tr = self.tree.get(img)
-        if tr is not None:
-            tr.discard(h)
+        """Nothing to forget: who has what is read from the caches at each step."""

@@ -161,29 +161,48 @@ def test_a_trickling_body_ends_by_the_pulls_budget(world, monkeypatch, tmp_path)
     print(f"trickled body: gave up after {took:.2f}s (peer_budget 4)")
 
 
-def test_a_trickling_seed_answer_ends_by_the_exchange_deadline_and_the_seed_wait(world, monkeypatch):
-    from sge.agent.peers import _await_seed
+def _follow(settings, image, tmp_path, live, have, delegate=True):
+    """One pull's peer plan carried out by the agent's client (sge/agent/peers.py)."""
+    import random
+
+    from sge.agent.deadline import Budget
+    from sge.agent.peers import follow_plan
     from sge.fetch import Context
+    from sge.peerplan import PeerPlan
+    plan = PeerPlan(image.sha256, live, have, lambda h: False, random.Random(0),
+                    delegate=delegate, seed_wait=settings.agent.seed_wait)
+    sink, fd = _sink(tmp_path, image)
+    try:
+        got = follow_plan(plan, image, sink, Context(image, settings.fetch), settings,
+                          Budget(settings.agent.peer_budget), image.size, live)
+    finally:
+        sink.close()
+        os.close(fd)
+    return got, plan
+
+
+def test_a_trickling_seed_answer_ends_by_the_exchange_deadline_and_the_seed_wait(
+        world, monkeypatch, tmp_path):
     settings = client_settings(world, monkeypatch, exchange_deadline=3, seed_wait=60)
     image = settings.image("img")
     peer = Trickler(A, world.port, HEADS["headers"], every=0.5)
     try:
         t = time.monotonic()
-        outcome = _await_seed(A, image, Context(image, settings.fetch), settings)
+        got, plan = _follow(settings, image, tmp_path, [A], [])
         took = time.monotonic() - t
     finally:
         peer.close()
-    assert outcome == "next" and took <= 3 + SLACK, (outcome, took)
+    assert got is None and plan.seeds_asked == 1 and took <= 3 + SLACK, (plan.why, took)
     # A long exchange deadline: the seed's wait ends the exchange all the same.
     settings = client_settings(world, monkeypatch, exchange_deadline=30, seed_wait=2)
     peer = Trickler(A, world.port, HEADS["headers"], every=0.5)
     try:
         t = time.monotonic()
-        outcome = _await_seed(A, image, Context(image, settings.fetch), settings)
+        got, plan = _follow(settings, image, tmp_path, [A], [])
         took = time.monotonic() - t
     finally:
         peer.close()
-    assert outcome == "next" and took <= 2 + SLACK, (outcome, took)
+    assert got is None and took <= 2 + SLACK, (plan.why, took)
     print(f"trickled seed answer: gave up after {took:.2f}s (seed_wait 2)")
 
 
@@ -209,25 +228,19 @@ def test_a_trickling_host_of_a_parallel_job_ends_by_pe_wait(world, monkeypatch, 
 
 
 def test_a_trickling_redirect_target_ends_by_the_exchange_deadline(world, monkeypatch, tmp_path):
-    from sge.agent.peers import _get
-    from sge.agent.redirects import Redirects
-    from sge.fetch import Context
     settings = client_settings(world, monkeypatch, exchange_deadline=2)
     image = settings.image("img")
     busy = Trickler(A, world.port, b"HTTP/1.1 503 Busy\r\nX-Sge-Image-Peers: " + B.encode()
                     + b"\r\nContent-Length: 0\r\n\r\n", every=60)
     slow = Trickler(B, world.port, HEADS["headers"], every=0.5)
-    sink, fd = _sink(tmp_path, image)
     try:
         t = time.monotonic()
-        assert _get(A, image, sink, Context(image, settings.fetch), settings.agent,
-                    Redirects([A, B])) is None
+        got, _ = _follow(settings, image, tmp_path, [A, B], [A], delegate=False)
         took = time.monotonic() - t
     finally:
         busy.close()
         slow.close()
-        sink.close()
-        os.close(fd)
+    assert got is None
     assert took <= 2 * 2 + SLACK, took  # the busy peer's exchange, then the target's
 
 
