@@ -107,6 +107,7 @@ class Host:
         self.agent = None
         self.pull = None
         self.started = self.ended = None
+        self.timed_out = False
 
     def argv(self, argv):
         """`argv` run as this host: in its network namespace (netns mode) and in a
@@ -284,8 +285,14 @@ class Lab:
                     h.ended = time.time()
                     running.remove(h)
             if running and time.monotonic() > deadline:
-                raise RuntimeError(f"{len(running)} pulls still running after "
-                                   f"{self.args.timeout:.0f}s: {[h.label for h in running]}")
+                # A result too: the hosts still waiting are stopped and counted as
+                # without the image (image at: none).
+                print(f"{len(running)} pulls still running after {self.args.timeout:.0f}s: "
+                      f"{' '.join(h.label for h in running)}; stopping them", flush=True)
+                for h in running:
+                    h.pull.terminate()
+                    h.timed_out = True
+                return
             time.sleep(0.01)
 
     # ------------------------------------------------------------ teardown
@@ -492,7 +499,8 @@ def measure(lab, t0, size, digest):
         hosts[h.name] = {
             "label": h.label, "addr": h.addr, "phase": round(h.phase, 3),
             "offset": round(h.offset, 3),
-            "exit": h.pull.returncode if h.pull else None,
+            "exit": h.pull.returncode if h.pull and not h.timed_out else None,
+            "timed_out": h.timed_out,
             "source": peer.group(2) if peer else ("origin" if from_origin else None),
             "streamed": bool(peer and peer.group(3)),
             "origin_gets": len([g for g in gets if g["addr"] == h.addr]),
@@ -518,7 +526,8 @@ def measure(lab, t0, size, digest):
         }
     depth = depths(src)
     for name, d in depth.items():
-        hosts[name]["depth"] = d
+        # a host without the image (stopped at the timeout) is at no depth
+        hosts[name]["depth"] = d if hosts[name]["source"] is not None else None
     # the pipeline's lag: a streamed copy's blob after its source's
     lags = []
     for name, v in hosts.items():
@@ -670,6 +679,7 @@ def print_report(real, sim):
     s_at = list(sim["image_at"].values())
     s_depth = list(sim["depth"].values()) if sim["depth"] else []
     r_own = [v["pull_seconds"] for v in hosts.values() if v["pull_seconds"] is not None]
+    r_last = max((x for x in r_at if x is not None), default=None)
     s_own = [at - hosts[n]["offset"] for n, at in sim["image_at"].items() if n in hosts]
     peer_real = sum(1 for v in hosts.values() if v["source"] not in (None, "origin"))
     rows = [
@@ -680,7 +690,10 @@ def print_report(real, sim):
         ("max chain depth", f"{max((d for d in r_depth if d is not None), default='-')}",
          f"{max((d for d in s_depth if d is not None), default='-')}"),
         ("hosts per depth", histogram(r_depth), histogram(s_depth) if s_depth else "-"),
-        ("time for the last host, s", f"{max(x for x in r_at if x is not None):.1f}",
+        ("time for the last host, s",
+         (f"{r_last:.1f}" if r_last is not None else "-")
+         + (f" ({sum(1 for x in r_at if x is None)} without the image)"
+            if None in r_at else ""),
          f"{max(s_at):.1f}" if s_at else "-"),
         ("time to image min/p25/median/p75/max, s", spread(r_at), spread(s_at)),
         ("a host's own wait (image at - start), median / max, s",
@@ -800,6 +813,9 @@ def run_real(args, seed):
         lab.sensors.stop.set()
         m = measure(lab, t0, size, digest)
         failed = [v["label"] for v in m["hosts"].values() if v["exit"] != 0]
+        for h in lab.hosts:
+            if h.timed_out:
+                h.pull.wait(10)
         up = parse_rate(args.upload_rate)
         link_gbit = args.link_mbit / 1000 if lab.netns else 10.0
         real = {"net": args.net, "size": size, "origin_rate": parse_rate(args.origin_rate),
@@ -821,11 +837,20 @@ def summary_line(i, real, sim):
     depth = max((v["depth"] for v in hosts if v["depth"] is not None), default=None)
     return (f"round {i + 1}: origin {real['origin_full']} / model {sim['origin']}, depth "
             f"{depth} / {max((d for d in sim['depth'].values() if d is not None), default='-')}, "
-            f"last host {max(v['image_at'] for v in hosts if v['image_at'] is not None):.1f} / "
-            f"{max(sim['image_at'].values()):.1f}s, first origin GET at "
+            f"last host {max((v['image_at'] for v in hosts if v['image_at'] is not None), default=float('nan')):.1f}"
+            f"{' (' + str(sum(1 for v in hosts if v['image_at'] is None)) + ' without)' if any(v['image_at'] is None for v in hosts) else ''} / "
+            f"{max(sim['image_at'].values(), default=float('nan')):.1f}s, first origin GET at "
             f"{first if first is not None else '-'}s, 503s "
             f"{sum(v['busy_503'] for v in hosts)}, redirects followed "
             f"{sum(v['redirects_followed'] for v in hosts)}")
+
+
+def report_round(i, n, r):
+    print(f"\n== round {i + 1} of {n}")
+    print_report(r["real"], r["sim"])
+    if r["real"].get("failed"):
+        print(f"\npulls that failed or were stopped: {', '.join(r['real']['failed'])}")
+    sys.stdout.flush()
 
 
 def main(argv=None):
@@ -839,26 +864,27 @@ def main(argv=None):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, interrupted)
         rounds = []
+        path = os.path.join(args.out, f"fanout-real{'-' + args.tag if args.tag else ''}.json")
+        os.makedirs(args.out, exist_ok=True)
         for i in range(args.rounds):
             if i:
                 time.sleep(5)  # the machine's other work between rounds
-            rounds.append({"real": run_real(args, args.seed + i)})
+            r = {"real": run_real(args, args.seed + i)}
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, interrupted)
-    for i, r in enumerate(rounds):
-        r["sim"] = simulate(r["real"], vars(args), lag=args.lag)
-        print(f"\n== round {i + 1} of {len(rounds)}")
-        print_report(r["real"], r["sim"])
-        if r["real"].get("failed"):
-            print(f"\npulls that failed: {', '.join(r['real']['failed'])}")
+            r["sim"] = simulate(r["real"], vars(args), lag=args.lag)
+            rounds.append(r)
+            report_round(i, args.rounds, r)
+            with open(path, "w") as f:  # after each round: a later one may not end
+                json.dump({"args": vars(args), "rounds": rounds}, f, indent=1)
+    if args.replay:
+        for i, r in enumerate(rounds):
+            r["sim"] = simulate(r["real"], vars(args), lag=args.lag)
+            report_round(i, len(rounds), r)
     print()
     for i, r in enumerate(rounds):
         print(summary_line(i, r["real"], r["sim"]))
     if not args.replay:
-        os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, f"fanout-real{'-' + args.tag if args.tag else ''}.json")
-        with open(path, "w") as f:
-            json.dump({"args": vars(args), "rounds": rounds}, f, indent=1)
         print(f"\nwrote {path}")
 
 
