@@ -36,7 +36,7 @@ if given). Measured: origin GETs (nginx's log: address, duration, bytes), where 
 host's bytes came from (its log: "bytes from peer X[ (download in progress)],
 verified", else the origin), the depth of each copy chain (a host that pulled from the
 origin is 0, one that copied from a depth-k host k+1), each host's time to a verified
-image (its pull's exit) and when its blob landed, the 503s it met and the redirects it
+image (its pull's exit) and when its blob landed, the busy hosts it met and the redirects it
 followed, and what each agent served. Then the same scenario in the model
 (`sge_sim.run_scenario`, policy "agent": the same hosts, one task each at the same
 offsets, the image size, the origin pull's measured time, the links and upload rate,
@@ -506,6 +506,9 @@ def measure(lab, t0, size, digest):
             "origin_gets": len([g for g in gets if g["addr"] == h.addr]),
             "busy_503": len(BUSY_RE.findall(log)),
             "busy_from": BUSY_RE.findall(log),
+            # busy hosts met, each once a pull: the kit logs a busy answer once a host
+            # (a redirect line) or once an answer (an HTTP 503 line), by version
+            "busy_hosts": len(set(BUSY_RE.findall(log)) | {r[0] for r in redirects}),
             # 503s that named hosts receiving the blob, and of them those followed
             "redirects_named": len(redirects),
             "redirects_followed": sum(1 for r in redirects if r[2]),
@@ -645,7 +648,7 @@ def print_report(real, sim):
           f"slots), image {real['size'] / MB:.0f} MiB, origin {real['origin_rate'] / MB:.1f} "
           f"MiB/s per connection, reports every {real['report']:.0f}s, stagger "
           f"{real['stagger']:.1f}s, load {real['load']:.2f}")
-    print(f"{'host':5} {'start':>6} {'source':>8} {'how':>9} {'depth':>5} {'503s':>4} "
+    print(f"{'host':5} {'start':>6} {'source':>8} {'how':>9} {'depth':>5} {'busy':>4} "
           f"{'redir':>5} {'image at':>8} {'pull s':>7} {'blob at':>7} {'reported':>8} "
           f"{'served':>6}")
     for n in sorted(hosts, key=lambda n: hosts[n]["label"]):
@@ -656,7 +659,7 @@ def print_report(real, sim):
         if v["by_redirect"]:
             how += "+r"
         print(f"{v['label']:5} {v['pull_start']:>6.2f} {label.get(src, src or '-'):>8} "
-              f"{how:>9} {str(v['depth']):>5} {v['busy_503']:>4} {v['redirects_followed']:>5} "
+              f"{how:>9} {str(v['depth']):>5} {v.get('busy_hosts', v['busy_503']):>4} {v['redirects_followed']:>5} "
               f"{v['image_at'] if v['image_at'] is not None else '-':>8} "
               f"{v['pull_seconds'] if v['pull_seconds'] is not None else '-':>7} "
               f"{v['blob_landed'] if v['blob_landed'] is not None else '-':>7} "
@@ -664,7 +667,7 @@ def print_report(real, sim):
               f"{v['served']:>3}/{v['served_streamed']:<2}")
     print("  (start: its pull's start; source: the host it copied from; how: stream = "
           "its download in progress, whole = a verified blob, +r = from a host a busy "
-          "peer named; 503s: busy answers met; redir: redirects followed; image at: its "
+          "peer named; busy: busy hosts met; redir: redirects followed; image at: its "
           "pull's exit, the image verified; blob at: the blob's last write; reported: "
           "its sensor's first report of the image; served: copies sent / of them "
           "streamed; times in s from t=0)")
@@ -705,7 +708,8 @@ def print_report(real, sim):
          if gets else "-", "0.0"),
         ("pipeline lag, s (median)", f"{statistics.median(real['pipeline_lags']):.2f}"
          if real["pipeline_lags"] else "-", f"{sim['settings']['pipeline_lag_s']:.2f}"),
-        ("503s met / redirects followed", f"{sum(v['busy_503'] for v in hosts.values())} / "
+        ("busy hosts met / redirects followed",
+         f"{sum(v.get('busy_hosts', v['busy_503']) for v in hosts.values())} / "
          f"{sum(v['redirects_followed'] for v in hosts.values())}", "-"),
         ("hosts reached by a redirect", f"{sum(1 for v in hosts.values() if v['by_redirect'])}",
          "-"),
@@ -840,8 +844,8 @@ def summary_line(i, real, sim):
             f"last host {max((v['image_at'] for v in hosts if v['image_at'] is not None), default=float('nan')):.1f}"
             f"{' (' + str(sum(1 for v in hosts if v['image_at'] is None)) + ' without)' if any(v['image_at'] is None for v in hosts) else ''} / "
             f"{max(sim['image_at'].values(), default=float('nan')):.1f}s, first origin GET at "
-            f"{first if first is not None else '-'}s, 503s "
-            f"{sum(v['busy_503'] for v in hosts)}, redirects followed "
+            f"{first if first is not None else '-'}s, busy hosts met "
+            f"{sum(v.get('busy_hosts', v['busy_503']) for v in hosts)}, redirects followed "
             f"{sum(v['redirects_followed'] for v in hosts)}")
 
 
