@@ -21,8 +21,10 @@ What stands in for the cluster:
   shaped by `tc tbf` to `--link-mbit` each way (its upload at its end, its download at
   the hub's end), and the origin sits in the hub at 127.0.77.1. Every namespace and
   link is made by this run and deleted at its end; nothing is added to the machine's
-  own network. With `--net loopback` the hosts share the loopback device and
-  `--upload-rate` (agent.upload_rate) is what gives each host a finite upload rate;
+  own network. With `--net loopback` the hosts and the origin share one loopback
+  device (in one namespace of this run) and `--upload-rate` (agent.upload_rate) is
+  what gives each host a finite upload rate; the origin then sees every host as that
+  loopback's 127.0.0.1, and a verified copy from no peer is counted as the origin's;
 - Grid Engine is a stand-in `qhost` (agent.qhost) printing a file that a loop here
   rewrites: every `--report` seconds, at a phase of its own, each host's cache is read
   by the kit's own load sensor code (sge/ge/loadsensor.py Reporter: a verified blob,
@@ -72,8 +74,8 @@ from tests.support.agentkit import QHOST_HEAD  # noqa: E402
 IMAGE = "fanout"
 NET = "127.0.77."
 HUB_ADDR = NET + "1"
-ORIGIN_PORT = 8077          # inside the hub namespace (netns mode): no one else is there
-AGENT_PORT = 645            # the default agent.port, each host in its own namespace
+ORIGIN_PORT = 8077          # inside a namespace of this run: no one else is there
+AGENT_PORT = 645            # the default agent.port, in namespaces of this run
 BENCH_USER = "sge-image-fanout"   # the agents' server user: this run's own
 PY = sys.executable
 MB = 1 << 20
@@ -97,7 +99,8 @@ class Host:
         self.i = i
         self.label = f"h{i:02d}"
         self.name = self.addr = f"{NET}{10 + i}"   # a host's name is its address
-        self.ns = f"{lab.prefix}-{self.label}" if lab.netns else None
+        # its own namespace, or (loopback) the one all hosts share
+        self.ns = f"{lab.prefix}-{self.label}" if lab.netns else f"{lab.prefix}-lo"
         self.dir = os.path.join(lab.work, self.label)
         self.cache = os.path.join(self.dir, "cache")
         self.cfg = os.path.join(self.dir, "config.yaml")
@@ -112,7 +115,7 @@ class Host:
     def argv(self, argv):
         """`argv` run as this host: in its network namespace (netns mode) and in a
         UTS namespace named as the host."""
-        pre = ["ip", "netns", "exec", self.ns] if self.ns else []
+        pre = ["ip", "netns", "exec", self.ns]
         return pre + ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"',
                       self.name] + argv
 
@@ -154,6 +157,12 @@ class Lab:
 
     def network(self):
         if not self.netns:
+            # one loopback for every host, in a namespace of this run: the machine's
+            # own loopback carries none of it
+            ns = f"{self.prefix}-lo"
+            run(["ip", "netns", "add", ns])
+            self.namespaces.append(ns)
+            run(["ip", "-n", ns, "link", "set", "lo", "up"])
             return
         a = self.args
         rate = f"{a.link_mbit}mbit"
@@ -197,14 +206,10 @@ class Lab:
             f.write(data)
         os.chmod(path, 0o644)
         rate = parse_rate(self.args.origin_rate)
-        if self.netns:
-            hub = f"{self.prefix}-hub"
-            self.nginx = Nginx(root, os.path.join(self.work, "nginx"), limit_rate=rate,
-                               host=HUB_ADDR, port=ORIGIN_PORT,
-                               prefix=["ip", "netns", "exec", hub], timed=True)
-        else:
-            self.nginx = Nginx(root, os.path.join(self.work, "nginx"), limit_rate=rate,
-                               host=HUB_ADDR, timed=True)
+        ns = f"{self.prefix}-hub" if self.netns else f"{self.prefix}-lo"
+        self.nginx = Nginx(root, os.path.join(self.work, "nginx"), limit_rate=rate,
+                           host=HUB_ADDR, port=ORIGIN_PORT,
+                           prefix=["ip", "netns", "exec", ns], timed=True)
         return self.nginx.url(f"{IMAGE}.sif")
 
     def configs(self, url, digest, size):
@@ -214,9 +219,6 @@ class Lab:
         create_key(self.key)
         a = self.args
         port = AGENT_PORT
-        if not self.netns:
-            from bench.nginx import free_port
-            port = free_port(self.hosts[0].addr)
         with open(os.path.join(self.bin, "qhost"), "w") as f:
             f.write(f"#!/bin/sh\nexec cat {self.qhost_txt}\n")
         os.chmod(os.path.join(self.bin, "qhost"), 0o755)
@@ -495,6 +497,10 @@ def measure(lab, t0, size, digest):
         except OSError:
             landed, ok = None, False
         from_origin = [g for g in full if g["addr"] == h.addr]
+        # On one loopback the origin sees every host as that loopback's own address:
+        # a verified copy that came from no peer came from the origin.
+        if not peer and not from_origin and ok and not lab.netns:
+            from_origin = ["by elimination"]
         src[h.name] = peer.group(2) if peer else None
         hosts[h.name] = {
             "label": h.label, "addr": h.addr, "phase": round(h.phase, 3),
