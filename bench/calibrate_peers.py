@@ -19,11 +19,11 @@ happens, and the cluster lock (the one the tests take) is held throughout.
 
 Simulated side: the same hosts, slots, image size, array and submit time; the origin
 pull takes the measured time; load reports every 5 s (the test cluster's) with
-in-flight pulls reported; the peer model as the real agent is today: whole copies only
-(``peer_pipeline`` off), a busy agent names no other hosts (``peer_redirect`` off), a
-seed per image.  ``--poll`` gives the model's ``peer_poll_s`` (a host waiting on the
-seed learns that it is done this long after, on average: the real agent polls the
-seed with a backoff from 0.25 to 2 s; 1 s fits, see BENCHMARKS.md).
+in-flight pulls reported; the peer model's decisions are the kit's peer plan
+(sge/peerplan.py: the seed, redirects through busy hosts, the polls of the seed with
+their backoff), as the agent's are; ``--pipeline`` streams from downloads in
+progress as the agent does (off: whole copies only, the agent before it served
+downloads in progress).
 
 Output: a per-host table (first task start, real and simulated), totals, and
 ``OUT/calibration-peers[-TAG].json``.  ``--replay JSON`` reruns only the simulation.
@@ -151,9 +151,8 @@ def simulate(real, args, **over):
     settings = {
         "schedule_interval": args.sim_interval, "first_schedule": 0.0,
         "load_report_time": 5.0, "report_phase": 0.0, "load_from_running": False,
-        "peer_pipeline": args.pipeline, "peer_redirect": False, "peer_seed": True,
+        "peer_pipeline": args.pipeline, "peer_seed": True,
         "peer_upload_gbit": args.peer_gbit, "host_link_gbit": 10.0,
-        "peer_poll_s": args.poll,
     }
     settings.update(over)
     scen = {"policy": "agent",
@@ -218,13 +217,8 @@ def parse_args(argv=None):
                     help="seconds a task's slot is held beyond its sleep (prolog, shepherd)")
     ap.add_argument("--peer-gbit", type=float, default=7.5,
                     help="peer copy rate (BENCHMARKS.md, node agent: 1 GiB in 1.14 s)")
-    ap.add_argument("--poll", type=float, default=1.0,
-                    help="the model's peer_poll_s (the real agent's backoff tops out at 2 s: "
-                         "the seed ends on average 1 s before the next poll)")
     ap.add_argument("--pipeline", action="store_true",
                     help="model peers that stream a download in progress (peer_pipeline)")
-    ap.add_argument("--polls", type=lambda v: [float(x) for x in v.split(",")],
-                    default=[0.0, 0.5, 1.0, 1.5], help="peer_poll_s variants to show")
     return ap.parse_args(argv)
 
 
@@ -260,15 +254,6 @@ def main(argv=None):
                   f"{r['real']['blob_done'].get(h, '-'):>10}")
         for k, v in r["compare"].items():
             print(f"  {k}: {v}")
-        # what the poll term is worth: the model's origin pulls, peer copies and the
-        # hosts' first starts (median, last) for each peer_poll_s
-        r["poll_variants"] = {}
-        for poll in args.polls:
-            v = simulate(r["real"], args, peer_poll_s=poll)
-            lag = lags(v["first_start"])
-            r["poll_variants"][str(poll)] = v
-            print(f"  peer_poll_s {poll}: origin {v['origin']}, peer {v['peer']}, lags "
-                  f"{', '.join(f'{x:.2f}' for x in lag)} (median {statistics.median(lag):.2f})")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"calibration-peers{'-' + args.tag if args.tag else ''}.json")
     with open(path, "w") as f:

@@ -31,7 +31,8 @@ serves the cluster. A pull that finds every host of the tree busy waits for a sl
 (polls the seed) rather than pulling from the origin: the origin is asked when the
 peers cannot help (no seed, this host is the seed, the seeds fail, `seed_wait` or the
 pull's peer budget runs out). With one-level redirects and the origin for a busy
-tree, the simulator measured 1.72x one copy on day one (21.7x with weak peers).
+tree, the simulator measures 1.87x one copy on day one (24.9x with weak peers); with
+the plan, 1.00x (BENCHMARKS.md, node agent in the simulator).
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import pytest
 
 from sge_sim import (
     HostCache,
+    LinkNet,
     SharedNetwork,
     SimConfig,
     WorkloadConfig,
@@ -273,6 +274,93 @@ def test_max_min_fair_share_with_link_and_registry_limits():
     assert t == pytest.approx([2.3, 2.3, 1.5])
 
 
+def run_links(net, starts):
+    """starts: [(t, receiver, sender or -1 for the origin, size)] over a LinkNet."""
+    flows = []
+    for i, (t, h, src, size) in enumerate(starts):
+        f = Flow(i, h, i, size, t)
+        f.src = src
+        flows.append(f)
+    pending = sorted(flows, key=lambda f: f.t0)
+    done = {}
+    while pending or net.active:
+        nt = net.next_time()
+        if pending and pending[0].t0 <= nt:
+            f = pending.pop(0)
+            net.add(f.t0, f)
+            continue
+        for f in net.pop_done(nt):
+            done[f.fid] = nt
+    return [done[f.fid] for f in flows]
+
+
+def test_a_pull_is_capped_by_its_hosts_disk_and_its_own_hashing():
+    # link 10 Gbit/s = 1.25 GB/s, disk 1.03 GB/s, sha256 1.39 GB/s (SimConfig defaults):
+    # one pull of 1.03 GB takes 1 s (the disk), two on one host share the disk: 2 s
+    sim = SimConfig()
+    assert sim.host_in_Bps() == pytest.approx(1.03 * GB)
+
+    def net():
+        return LinkNet(2, sim.host_in_Bps(), 1.25 * GB, None, sim.transfer_Bps())
+    assert run_links(net(), [(0, 0, -1, 1.03 * GB)]) == pytest.approx([1.0])
+    assert run_links(net(), [(0, 0, -1, 1.03 * GB), (0, 0, -1, 1.03 * GB)]) == \
+        pytest.approx([2.0, 2.0])
+    # a fast link and no disk ceiling: each transfer is held by its own hashing
+    # thread (1.39 GB/s), not by the other transfers into the host
+    fast = LinkNet(2, 12.5 * GB, 12.5 * GB, None, 1.39 * GB)
+    assert run_links(fast, [(0, 0, -1, 1.39 * GB), (0, 0, 1, 1.39 * GB)]) == \
+        pytest.approx([1.0, 1.0])
+    # one origin pull alone, as Kraken's bound counts it: the slowest of origin,
+    # link, disk and hashing
+    assert SimConfig(registry_gbit=1.0).pull_alone_s(2 * GB) == pytest.approx(16.0)
+    assert SimConfig(registry_gbit=100.0).pull_alone_s(2.06 * GB) == pytest.approx(2.0)
+
+
+def test_a_hosts_link_is_shared_by_its_origin_pulls_and_peer_copies():
+    # links 1 GB/s each way, origin 1.5 GB/s.  Host 0 pulls from the origin (f1) and
+    # copies from host 1 (f2); host 1 pulls from the origin too (f3).  Max-min: host 0's
+    # link in is full at 0.5 each (f1, f2); the origin has 0.5 left for f3, which its
+    # own link allows, so f3 runs at 1.0 and ends at 1 s; then f1 and f2 still split
+    # host 0's link and end at 2 s.
+    net = LinkNet(3, 1 * GB, 1 * GB, 1.5 * GB)
+    assert run_links(net, [(0, 0, -1, GB), (0, 0, 1, GB), (0, 1, -1, GB)]) == \
+        pytest.approx([2.0, 2.0, 1.0])
+    # the link is full duplex: host 0 uploading to host 2 (f4) does not slow what it
+    # downloads, and f4 alone on host 0's link out and host 2's in ends at 1 s
+    net = LinkNet(3, 1 * GB, 1 * GB, 1.5 * GB)
+    assert run_links(net, [(0, 0, -1, GB), (0, 0, 1, GB), (0, 1, -1, GB), (0, 2, 0, GB)]) == \
+        pytest.approx([2.0, 2.0, 1.0, 1.0])
+    # uploads share the sender's link out: two copies from host 0 at once take 2 s
+    net = LinkNet(3, 1 * GB, 1 * GB)
+    assert run_links(net, [(0, 1, 0, GB), (0, 2, 0, GB)]) == pytest.approx([2.0, 2.0])
+
+
+def test_a_peer_copy_across_racks_is_slowed_by_the_uplink():
+    # racks of 2 hosts, 4:1: each rack's uplink carries 2 x 1 GB/s / 4 = 0.5 GB/s each way
+    def net():
+        return LinkNet(4, 1 * GB, 1 * GB, None, rack_size=2, uplink_Bps=2 * GB / 4)
+    assert run_links(net(), [(0, 1, 0, GB)]) == pytest.approx([1.0])  # same rack: the link
+    assert run_links(net(), [(0, 2, 0, GB)]) == pytest.approx([2.0])  # across: the uplink
+    # two copies leaving rack 0 share its uplink: 0.25 GB/s each
+    assert run_links(net(), [(0, 2, 0, GB), (0, 3, 1, GB)]) == pytest.approx([4.0, 4.0])
+    # origin traffic always enters the rack: a pull into host 3 and a copy into host 2
+    # share rack 1's downlink
+    assert run_links(net(), [(0, 2, 0, GB), (0, 3, -1, GB)]) == pytest.approx([4.0, 4.0])
+
+
+def test_racks_slow_a_whole_copy_in_the_engine():
+    # 2 hosts in two racks of 1 (4:1: uplink 10/4 = 2.5 Gbit/s), no pipelining: the seed
+    # pulls 2 GB from a 1 Gbit/s origin (16 s), then the other host copies it whole at
+    # its next poll of the seed: 2 GB at 2.5 Gbit/s = 6.4 s, against 2 GB at the disk's
+    # 1.03 GB/s = 1.94 s without racks
+    from sge.peerplan import POLL_MAX
+    for racks, copy in ((0, 2.0 / 1.03), (1, 6.4)):
+        res = burst("agent", hosts=2, tasks=8, peer_pipeline=False, rack_size=racks)
+        first, second = sorted({t["start"] for t in res["tasks"]})
+        assert first == pytest.approx(16.0)
+        assert 16.0 + copy - 1e-6 <= second <= 16.0 + POLL_MAX + copy + 1e-6
+
+
 def test_concurrent_pulls_in_the_engine_slow_each_other():
     # 1.25 GB = 10 Gbit: 1 s on a 10 Gbit/s link; with a 10 Gbit/s registry two
     # hosts pulling at once take 2 s each
@@ -281,8 +369,12 @@ def test_concurrent_pulls_in_the_engine_slow_each_other():
     jobs = [{"image": "a", "submit": 0, "runtime": 10}, {"image": "b", "submit": 0, "runtime": 10}]
     shared = scenario("none", hosts, jobs, images, host_link_gbit=10.0, registry_gbit=10.0)
     assert [t["start"] for t in shared["tasks"]] == pytest.approx([2.0, 2.0])
+    # alone, each is capped by its host's disk (write + fsync 1.03 GB/s) below the link
     alone = scenario("none", hosts, jobs, images, host_link_gbit=10.0, registry_gbit=100.0)
-    assert [t["start"] for t in alone["tasks"]] == pytest.approx([1.0, 1.0])
+    assert [t["start"] for t in alone["tasks"]] == pytest.approx([1.25 / 1.03] * 2)
+    free = scenario("none", hosts, jobs, images, host_link_gbit=10.0, registry_gbit=100.0,
+                    host_disk_gbyte_s=None, host_hash_gbyte_s=None)
+    assert [t["start"] for t in free["tasks"]] == pytest.approx([1.0, 1.0])
 
 
 # ---------------------------------------------------------------- workload and runs
@@ -516,6 +608,71 @@ def test_rendezvous_seed_is_the_same_everywhere_and_spreads_images():
     assert seed_host(7, 1000) == seed_host(7, 1000)
     seeds = {seed_host(img, 1000) for img in range(200)}
     assert len(seeds) > 150  # not one host seeding everything
+
+
+# ---------------------------------------------------------------- cold windows
+
+def test_cold_window_of_a_burst_worked_out_by_hand():
+    # burst(): 24 tasks on 6 cold hosts at t=0, a 2 GB image, 1 Gbit/s origin: one origin
+    # pull alone is 16 s.  The seed's pull ends at 16 (its 4 tasks start then); its 4
+    # upload slots stream to 4 hosts (end 1 s after it: 17); the last host, told by
+    # the busy seed whom it serves, streams from one of them (18).  One more task at
+    # 700 s runs warm at the next scheduling run (705).
+    res = scenario(
+        "agent", [{"name": f"n{i}", "slots": 4} for i in range(6)],
+        [{"image": "a", "submit": 0, "runtime": 300, "tasks": 24},
+         {"image": "a", "submit": 700, "runtime": 10}],
+        {"a": {"size_gb": 2.0}}, registry_gbit=1.0)
+    assert sorted(t["start"] for t in res["tasks"]) == \
+        [16.0] * 4 + [17.0] * 16 + [18.0] * 4 + [705.0]
+    (v,) = res["versions"]
+    assert (v["hosts"], v["depth"], v["pull_alone_s"]) == (6, 2, 16.0)
+    # the last of the 6 hosts had it 18 s after the first submission; Kraken's bound:
+    # 2 x 16 s + 2 hops x 1 s (pipeline_lag_s) = 34 s: met
+    assert (v["slowest_s"], v["fanout_s"], v["bound_s"]) == (18.0, 18.0, 34.0)
+    c = res["cold_window"]
+    assert c["kraken_share"] == 1.0 and c["versions"] == 1
+    assert c["over_bound_max"] == pytest.approx(18.0 / 34.0)
+    # the first 10 minutes: the 24 tasks of the burst, p50 17 s, p99 18 s; the first 30
+    # minutes add the warm start at 705 s (latency 5 s); all 25 are the new version's
+    assert (c["cold10_tasks"], c["cold30_tasks"], c["new_tasks"]) == (24, 25, 25)
+    assert (c["cold10_p50_s"], c["cold10_p99_s"]) == pytest.approx((17.0, 18.0))
+
+
+def test_whole_slow_copies_miss_krakens_bound():
+    # no pipelining, 1 Gbit/s uploads: the seed pulls 16 s, the other host copies the
+    # whole 2 GB after its next poll of the seed (16 s more): beyond 2 x 16 s
+    res = burst("agent", hosts=2, tasks=8, peer_pipeline=False, peer_upload_gbit=1.0)
+    (v,) = res["versions"]
+    assert v["depth"] == 0 and v["bound_s"] == pytest.approx(32.0)
+    assert 32.0 < v["slowest_s"] == v["fanout_s"] <= 32.0 + 2.0
+    assert res["cold_window"]["kraken_share"] == 0.0
+
+
+def test_an_image_held_at_the_start_is_no_new_version():
+    res = scenario("agent", [{"name": "n0", "slots": 4, "warm": ["a"]}, {"name": "n1", "slots": 4}],
+                   [{"image": "a", "submit": 0, "runtime": 100, "tasks": 8},
+                    {"image": "b", "submit": 0, "runtime": 100, "tasks": 1}],
+                   {"a": {"size_gb": 2.0}, "b": {"size_gb": 1.0}}, registry_gbit=1.0)
+    assert [v["image"] for v in res["versions"]] == [1]
+    c = res["cold_window"]
+    assert (c["cold10_tasks"], c["new_tasks"]) == (9, 1)
+    # b's task finds every slot taken by a's until 100 s (n1's a little later: a peer
+    # copy of a first), is dispatched to n0 by the run at 105 s, and n0, b's seed, pulls
+    # it: 1 GB at 1 Gbit/s, 8 s.  From the submit: 113 s (the scheduler's share
+    # included); its fan-out, from the dispatch: 8 s, within 2 x 8 s.
+    (v,) = res["versions"]
+    assert (v["slowest_s"], v["fanout_s"], v["bound_s"]) == pytest.approx((113.0, 8.0, 16.0))
+    assert c["kraken_share"] == 1.0 and c["kraken_share_submit"] == 0.0
+
+
+def test_cold_windows_in_the_workload():
+    sim = SimConfig(initial_fill=0.0, registry_gbit=10.0, **SMALL)
+    s = summarize(simulate("agent", sim, WorkloadConfig(**SMALL_WL)))
+    assert 0 < s["cold10_tasks"] <= s["cold30_tasks"] <= s["measured_tasks"]
+    assert s["cold10_p50_s"] <= s["cold10_p99_s"]
+    assert s["versions"] > 0 and 0.0 <= s["kraken_share"] <= 1.0
+    assert s["slowest_p50_s"] <= s["slowest_max_s"] and s["fanout_p50_s"] <= s["fanout_max_s"]
 
 
 # ---------------------------------------------------------------- parallel jobs

@@ -17,13 +17,17 @@ policy modules (such as ``sge.eviction``); nothing in ``sge`` imports it.
     print(summarize(simulate("soft", SimConfig(hosts=100, hours=2))))
 """
 from .engine import SCENARIO_SETTINGS, Engine, initial_caches, run_scenario, simulate
+from .links import LinkNet
 from .model import FixedNetwork, HostCache, SharedNetwork, SimConfig
 from .policies import DEFAULT_POLICY, POLICIES, Policy, PrewarmConfig, get_policy
 from .report import (
                      agent_goals,
+                     cold_window,
                      format_agent_table,
+                     format_cold_table,
                      format_details,
                      format_table,
+                     format_whatif_table,
                      plot,
                      plot_agent,
                      summarize,
@@ -31,8 +35,9 @@ from .report import (
 from .workload import Job, WorkloadConfig, generate_jobs, image_sizes
 
 __all__ = [
-    "DEFAULT_POLICY", "Engine", "agent_goals", "format_agent_table", "plot_agent", "FixedNetwork", "HostCache", "Job", "POLICIES", "Policy",
-    "PrewarmConfig", "SCENARIO_SETTINGS", "SharedNetwork", "SimConfig", "WorkloadConfig",
-    "format_details", "format_table", "generate_jobs", "get_policy", "image_sizes",
-    "initial_caches", "plot", "run_scenario", "simulate", "summarize",
+    "DEFAULT_POLICY", "POLICIES", "SCENARIO_SETTINGS", "Engine", "FixedNetwork", "HostCache",
+    "Job", "LinkNet", "Policy", "PrewarmConfig", "SharedNetwork", "SimConfig", "WorkloadConfig",
+    "agent_goals", "cold_window", "format_agent_table", "format_cold_table", "format_details",
+    "format_table", "format_whatif_table", "generate_jobs", "get_policy", "image_sizes",
+    "initial_caches", "plot", "plot_agent", "run_scenario", "simulate", "summarize",
 ]

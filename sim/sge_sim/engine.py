@@ -37,6 +37,11 @@ What is modelled, and which Grid Engine behaviour it stands for:
   goes over the cap, or with ``cache_pressure="wait"`` waits (`pressure`).
 * Node agent (policy ``agent``, `peers`): pulls come from peers or the
   origin, pulls in flight are reported, a seed per image pulls from the origin.
+* Transfers (`links`, model.py's doc): max-min fair shares of the origin's
+  egress, each host's link in (under its disk's write rate) and out, and with
+  racks their uplinks; no transfer faster than one sha256 thread.
+* Cold windows (`_versions`, report.py): per new image version, when each host
+  that needed it had a verified copy.
 * Parallel jobs (`parallel`): one task over several hosts, placed before the
   array tasks of a run, staged on the master only or (agent) on every host.
 
@@ -56,6 +61,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from array import array
 from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from heapq import heapify, heappop, heappush, heapreplace
@@ -79,15 +85,19 @@ from typing import (
 import numpy as np
 
 from .events import DL, FINISH, PAIR_BITS, PAIR_MASK, PRESSURE, PREWARM, SCHED, WINDOW
-from .links import MixedNet, PeerNet
+from .links import LinkNet, MixedNet
 from .model import FixedNetwork, Flow, HostCache, Network, SharedNetwork, SimConfig
 from .parallel import ParallelJobs
 from .peers import Agent
 from .policies import Policy, PrewarmConfig, get_policy
 from .pressure import CachePressure
+from .report import cold_window
 from .units import GB, GBIT, INF
 from .workload import Job, WorkloadConfig, generate_jobs, image_sizes, zipf_weights
 
+# A new version's "slowest host" counts the hosts that needed it this soon after its
+# first submission (the cold window; report.py also reports the window's first 30 min).
+COLD_WINDOW_S = 600.0
 COLD_REASONS = ("joined", "stale", "warm_full", "no_warm", "lag_miss")
 NO_WARM: FrozenSet[int] = frozenset()  # a job without a warm request sees no warm host
 
@@ -138,13 +148,30 @@ class Engine(ParallelJobs, CachePressure):
                 for img in imgs:
                     self.caches[h].add_present(img, self.sizes[img])
                     self.warm_view[img].add(h)
-        self.net: Network = network if network is not None else SharedNetwork(
-            sim.host_link_gbit * GBIT, None if sim.registry_gbit is None else sim.registry_gbit * GBIT)
+        # How fast transfers go (model.py's module doc): with the agent or racks every
+        # transfer shares the links (LinkNet); otherwise the origin's pulls alone
+        # (SharedNetwork: the same rates, faster); a given network (measured pull
+        # times) serves the origin's pulls.
+        link = sim.host_link_gbit * GBIT
+        registry = None if sim.registry_gbit is None else sim.registry_gbit * GBIT
+        self.links: Optional[LinkNet] = None
+        if self.policy.agent or sim.rack_size > 0:
+            self.links = LinkNet(
+                H, sim.host_in_Bps(), min(link, sim.peer_upload_gbit * GBIT), registry,
+                sim.transfer_Bps(), sim.rack_size,
+                sim.rack_size * link / sim.rack_oversub if sim.rack_size > 0 else INF)
+        self.net: Network
+        if network is not None:
+            self.net = network
+        elif self.links is not None:
+            self.net = self.links
+        else:
+            self.net = SharedNetwork(sim.host_in_Bps(), registry, sim.transfer_Bps())
         self.agent: Optional[Agent] = None
         self.inflight_vis = sim.report_inflight_as_warm or self.policy.agent
         if self.policy.agent:
-            mixed = MixedNet(self.net, PeerNet(sim.host_link_gbit * GBIT,
-                                               sim.peer_upload_gbit * GBIT))
+            assert self.links is not None
+            mixed = MixedNet(self.links, network)
             self.net = mixed
             self.agent = Agent(self, mixed, dead_agents, lying_agents)
         self.wait_room = sim.cache_pressure == "wait"
@@ -212,6 +239,9 @@ class Engine(ParallelJobs, CachePressure):
         self.pre_downloads = 0
         self.evictions = 0
         self.lat: List[float] = []
+        # ... and of each, the task's submit time and image (the cold windows: report.py)
+        self.lat_sub = array("d")
+        self.lat_img = array("l")
         self.wait_s = 0.0
         self.m_total = 0
         self.m_started = 0
@@ -219,6 +249,16 @@ class Engine(ParallelJobs, CachePressure):
         self.busy_img = [0] * NI  # slots held by tasks of the image
         self.peak_img = [0] * NI  # ... at most, since the window start
         self.held_img = [0] * NI  # hosts holding the image at the window start
+        # New image versions: first submitted in the window, held by no host at its
+        # start.  When each host that needed one (a measured task of it dispatched
+        # there) first did, and when it had a verified copy; the longest chain of
+        # pipelined copies each went through.
+        self.first_sub = [INF] * NI
+        self.new_img = [False] * NI
+        self.vdepth = [0] * NI
+        self.need_t: Dict[int, float] = {}  # (host, image) pair: first need
+        self.got_t: Dict[int, float] = {}   # (host, image) pair: verified copy since
+        self.pull_alone: Optional[Dict[int, float]] = getattr(network, "durations", None)
         self.img_warm = [0] * NI
         self.cold = {r: [0] * NI for r in COLD_REASONS}
         self.placements = [0] * H
@@ -340,6 +380,8 @@ class Engine(ParallelJobs, CachePressure):
         heappush(self.heap, (t + rt, FINISH, h, img | (run << PAIR_BITS)))
         if job.measured:
             self.lat.append(t - job.submit)
+            self.lat_sub.append(job.submit)
+            self.lat_img.append(img)
             self.m_started += 1
             self.img_tot[img] += 1
             if warm:
@@ -362,6 +404,10 @@ class Engine(ParallelJobs, CachePressure):
             fl.state = 1
             del c.inflight[img]
             c.present[img] = fl.size  # most recently used
+            if self.new_img[img]:
+                self.got_t.setdefault((h << PAIR_BITS) | img, t)
+                if fl.depth > self.vdepth[img]:
+                    self.vdepth[img] = fl.depth
             if not self.inflight_vis:
                 self._vis(h, img, +1, t)
                 self.hidden[img].add(h)
@@ -422,6 +468,9 @@ class Engine(ParallelJobs, CachePressure):
             lst.extend([0] * k)
         self.warm_view.extend(set() for _ in range(k))
         self.hidden.extend(set() for _ in range(k))
+        self.first_sub.extend([INF] * k)
+        self.new_img.extend([False] * k)
+        self.vdepth.extend([0] * k)
 
     def _admit(self, t: float) -> None:
         nj = self.next_job
@@ -430,6 +479,10 @@ class Engine(ParallelJobs, CachePressure):
         while nj is not None and nj.submit <= t:
             if nj.img >= self.NI:
                 self._grow_images(nj.img + 1)
+            if self.first_sub[nj.img] == INF:
+                self.first_sub[nj.img] = nj.submit
+                if W0 <= nj.submit < W1 and not self.held_img[nj.img]:
+                    self.new_img[nj.img] = True
             # JSV decision; made with the scheduler's view at admission, which
             # is at most one scheduling interval after the submit.
             nj.hard = pol.jsv_hard(len(self.warm_view[nj.img]))
@@ -538,6 +591,8 @@ class Engine(ParallelJobs, CachePressure):
         cold = self.cold
         c_joined, c_stale, c_full, c_none, c_lag = (cold[r] for r in COLD_REASONS)
         img_tot, img_warm, lat = self.img_tot, self.img_warm, self.lat
+        lat_sub, lat_img = self.lat_sub, self.lat_img
+        new_img, need_t, got_t = self.new_img, self.need_t, self.got_t
         busy_img, peak_img = self.busy_img, self.peak_img
         load_step = self._load_step
         ndisp = 0
@@ -671,7 +726,12 @@ class Engine(ParallelJobs, CachePressure):
                 pins = c.pins
                 pins[img] = pins.get(img, 0) + 1
                 if in_window and img not in init_present[h]:
-                    needed.add((h << PAIR_BITS) | img)
+                    pair = (h << PAIR_BITS) | img
+                    if new_img[img] and job.measured and pair not in need_t:
+                        need_t[pair] = t
+                        if img not in c.present:
+                            got_t.pop(pair, None)  # an earlier copy is gone: the next
+                    needed.add(pair)
                 if job.recs is not None:
                     job.recs[i]["host"] = h
                     job.recs[i]["dispatch"] = t
@@ -684,6 +744,8 @@ class Engine(ParallelJobs, CachePressure):
                     heappush(heap, (t + rt, FINISH, h, img | run))
                     if job.measured:
                         lat.append(t - job.submit)
+                        lat_sub.append(job.submit)
+                        lat_img.append(img)
                         self.m_started += 1
                         img_tot[img] += 1
                         img_warm[img] += 1
@@ -833,13 +895,63 @@ class Engine(ParallelJobs, CachePressure):
         for job in waiting:
             if job.measured:
                 self.lat.append(end - job.submit)
+                self.lat_sub.append(job.submit)
+                self.lat_img.append(job.img)
                 n += 1
         for job in (j for lst in self.pending.values() for j in lst):
             if job.measured:
                 k = len(job.runtimes) - job.next
                 self.lat.extend([end - job.submit] * k)
+                self.lat_sub.extend(array("d", [job.submit]) * k)
+                self.lat_img.extend(array("l", [job.img]) * k)
                 n += k
         return n
+
+    def _versions(self) -> List[Dict[str, Any]]:
+        """Per new image version (first submitted in the window, held by no host at
+        its start): how long it took to reach the hosts that needed it.
+
+        * ``slowest_s``: from its first submission until the last of the hosts that
+          needed it within COLD_WINDOW_S of that submission had a verified copy (the
+          issue's "slowest host"; it includes the scheduler's dispatch of the tasks);
+        * ``fanout_s``: the longest any host that needed it waited, from the
+          dispatch of its first task of the version until its verified copy (0 for
+          a host that had it already): the distribution's own share, what Kraken's
+          bound speaks of (hosts asking at once);
+        * ``bound_s``: Kraken's bound, 2 x one origin pull of the image alone plus
+          ``pipeline_lag_s`` per hop of the longest chain of pipelined copies it went
+          through (``depth``);
+        * ``censored``: a host never had it by the end (counted at the end)."""
+        end = self.end_time
+        lag = self.sim.pipeline_lag_s
+        by_img: Dict[int, List[Tuple[float, float]]] = {}
+        got = self.got_t
+        censored: Set[int] = set()
+        for pair, need in self.need_t.items():
+            img = pair & PAIR_MASK
+            ready = got.get(pair)
+            if ready is None:
+                ready = end
+                censored.add(img)
+            by_img.setdefault(img, []).append((need, ready))
+        out = []
+        for img in range(self.NI):
+            if not self.new_img[img]:
+                continue
+            t0 = self.first_sub[img]
+            hosts = by_img.get(img, [])
+            early = [r for n, r in hosts if n - t0 <= COLD_WINDOW_S]
+            alone = (self.pull_alone[img] if self.pull_alone is not None
+                     else self.sim.pull_alone_s(self.sizes[img]))
+            out.append({
+                "image": img, "first_submit": t0, "hosts": len(hosts),
+                "slowest_s": max(r for r in early) - t0 if early else math.nan,
+                "fanout_s": max(max(0.0, r - n) for n, r in hosts) if hosts else math.nan,
+                "pull_alone_s": alone, "depth": self.vdepth[img],
+                "bound_s": 2.0 * alone + lag * self.vdepth[img],
+                "censored": img in censored,
+            })
+        return out
 
     def result(self) -> Dict[str, Any]:
         sizes = self.sizes
@@ -881,6 +993,10 @@ class Engine(ParallelJobs, CachePressure):
             "evictions": self.evictions,
             "cap_overflows": sum(c.overflows for c in self.caches),
             "latencies": self.lat,
+            "lat_submit": self.lat_sub,
+            "lat_image": self.lat_img,
+            "new_versions": [i for i in range(self.NI) if self.new_img[i]],
+            "versions": self._versions(),
             "censored_latencies": censored,
             "wait_slot_seconds": self.wait_s,
             "measured_tasks": self.m_total,
@@ -956,6 +1072,10 @@ class ScenarioSettings(TypedDict):
     cache_cap_gb: Optional[float]
     cache_low_water: float
     host_link_gbit: float
+    host_disk_gbyte_s: Optional[float]
+    host_hash_gbyte_s: Optional[float]
+    rack_size: int
+    rack_oversub: float
     registry_gbit: Optional[float]
     max_time: float
     peer_upload_gbit: float
@@ -994,8 +1114,15 @@ SCENARIO_SETTINGS: ScenarioSettings = {
     # cache (no cap unless given)
     "cache_cap_gb": None,
     "cache_low_water": 0.8,
-    # only used for images without download_s
+    # only used for images without download_s (and for peer copies)
     "host_link_gbit": 10.0,
+    # what a transfer into a host costs (SimConfig): disk write + fsync shared by the
+    # host's transfers, sha256 per transfer; None: no ceiling
+    "host_disk_gbyte_s": 1.03,
+    "host_hash_gbyte_s": 1.39,
+    # racks of rack_size hosts in list order (0: none), uplink rack_size x link / oversub
+    "rack_size": 0,
+    "rack_oversub": 4.0,
     "registry_gbit": 100.0,
     # give up (tasks stay unstarted) after this many simulated seconds
     "max_time": 30 * 86400.0,
@@ -1071,7 +1198,11 @@ def run_scenario(scenario: Dict[str, Any]) -> Dict[str, Any]:
          "lower_bound_gb": 2.0,     # each host pulling each image it ran once
          "packing_bound_gb": 2.0,   # peak demand packed on whole hosts, less
                                     # the hosts holding the image at t=0
-         "end_time": 330.0}
+         "end_time": 330.0,
+         "versions": [{"image": 0, "first_submit": 0.0, "slowest_s": ...}],
+                                    # per image no host held at t=0 (Engine._versions)
+         "cold_window": {"cold10_p50_s": ..., "kraken_share": ...}}
+                                    # report.cold_window
     """
     st = SCENARIO_SETTINGS.copy()
     given = scenario.get("settings")  # JSON, of the types ScenarioSettings names
@@ -1092,6 +1223,8 @@ def run_scenario(scenario: Dict[str, Any]) -> Dict[str, Any]:
         hosts=len(hosts), slots=0,
         cache_cap_gb=st["cache_cap_gb"], cache_low_water=st["cache_low_water"],
         host_link_gbit=st["host_link_gbit"], registry_gbit=st["registry_gbit"],
+        host_disk_gbyte_s=st["host_disk_gbyte_s"], host_hash_gbyte_s=st["host_hash_gbyte_s"],
+        rack_size=st["rack_size"], rack_oversub=st["rack_oversub"],
         schedule_interval=st["schedule_interval"], load_report_time=st["load_report_time"],
         load_avg_tau=st["load_avg_tau"], load_from_running=st["load_from_running"],
         job_load_adjustment=st["job_load_adjustment"],
@@ -1185,4 +1318,7 @@ def run_scenario(scenario: Dict[str, Any]) -> Dict[str, Any]:
         "lower_bound_gb": res["lb_bytes"] / GB,
         "packing_bound_gb": res["pack_bytes"] / GB,
         "end_time": eng.end_time,
+        # new image versions (every image no host held at t=0) and the cold windows
+        "versions": res["versions"],
+        "cold_window": cold_window(res),
     }

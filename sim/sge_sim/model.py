@@ -14,7 +14,20 @@ hosts                      1000        site size
 slots                      48          32-64 slot exec hosts; one slot per task
 cache_cap_gb               200         node-local cache cap
 cache_low_water            0.8         LRU evicts down to 80 % of the cap
-host_link_gbit             10          per-host NIC
+host_link_gbit             10          per-host NIC, full duplex: shared in by every
+                                       transfer into the host (origin pulls and peer
+                                       copies), out by its uploads to peers
+host_disk_gbyte_s          1.03        write + fsync of a host's cache disk, shared by
+                                       every transfer into the host (measured here:
+                                       sequential write + fsync, 1.03 GB/s)
+host_hash_gbyte_s          1.39        sha256 of one transfer (one hashing thread per
+                                       transfer; measured here: Python hashlib from
+                                       a file, 1.39 GB/s)
+rack_size                  0           hosts per rack (0: off, a non-blocking core)
+rack_oversub               4           with racks: a rack's uplink carries
+                                       rack_size x host link / rack_oversub each way
+                                       (4: 4:1); origin traffic always crosses it,
+                                       a peer copy when the two hosts' racks differ
 registry_gbit              100         registry total egress limit
 schedule_interval          15 s        SGE default ``schedule_interval 0:0:15``
 load_report_time           40 s        SGE default ``load_report_time 0:0:40``
@@ -50,6 +63,23 @@ hours                      24          measured window (tasks submitted in it)
 max_drain_hours            12          then run on until measured tasks started
 =========================  ==========  =============================================
 
+What a transfer costs.  A pull verifies as it writes: the kit's sink reads,
+hashes and writes on separate threads (reader -> hasher -> writer), so the
+three overlap and the slowest bounds the rate (a pipeline: the min of the
+rates, not the sum of the times).  A transfer into a host therefore runs at
+most at ``host_hash_gbyte_s`` (its own hashing thread: exec hosts have cores
+to spare), and all transfers into one host together at most at
+min(host link, ``host_disk_gbyte_s``) (one cache disk).  With the defaults
+that ceiling is the disk, 1.03 GB/s (8.2 Gbit/s): the kit's own peer copy of
+1 GiB took 1.09-1.11 s on a quiet machine (BENCHMARKS.md, node agent), 7.8
+Gbit/s, and 1.5-3.5 s (2.5-5.5 Gbit/s) with other work on both cores; a
+copy's reads on the sending host are not charged (page cache).  Rates are
+max-min fair over every shared part: the registry's egress, each host's link
+in (with its disk) and out (with ``peer_upload_gbit``), each rack's uplink
+each way; they are recomputed whenever a transfer starts or ends
+(`links.LinkNet`; without the agent and without racks, the origin's pulls
+alone, `SharedNetwork`, which gives the same rates faster).
+
 The agent's parameters are the ones ``bench/calibrate.py`` can set per
 scenario (``settings``) and compare against a real multi-host run: measured
 peer transfer rate gives ``peer_upload_gbit``, the agent's config gives
@@ -73,7 +103,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Tuple
 
-from .units import INF
+from .units import GB, GBIT, INF
 
 if TYPE_CHECKING:
     from sge.peerplan import Ask, PeerPlan
@@ -93,6 +123,13 @@ class SimConfig:
     cache_cap_gb: Optional[float] = 200.0
     cache_low_water: float = 0.8
     host_link_gbit: float = 10.0
+    # What a transfer into a host costs (see the module doc): None for no ceiling.
+    host_disk_gbyte_s: Optional[float] = 1.03
+    host_hash_gbyte_s: Optional[float] = 1.39
+    # Racks (0: off): rack_size hosts each, in host order; uplink each way =
+    # rack_size x host link / rack_oversub.
+    rack_size: int = 0
+    rack_oversub: float = 4.0
     registry_gbit: Optional[float] = 100.0  # None: no registry limit
     schedule_interval: float = 15.0
     load_report_time: float = 40.0
@@ -131,6 +168,22 @@ class SimConfig:
 
     def as_dict(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def host_in_Bps(self) -> float:
+        """What all transfers into one host get together: its link or its disk."""
+        link = self.host_link_gbit * GBIT
+        disk = self.host_disk_gbyte_s
+        return link if disk is None else min(link, disk * GB)
+
+    def transfer_Bps(self) -> float:
+        """What one transfer into a host can reach (its hashing thread)."""
+        return INF if self.host_hash_gbyte_s is None else self.host_hash_gbyte_s * GB
+
+    def pull_alone_s(self, size: float) -> float:
+        """One origin pull of `size` bytes with nothing else moving: size over the
+        slowest of the registry, the host's link, its disk and its hashing."""
+        reg = INF if self.registry_gbit is None else self.registry_gbit * GBIT
+        return size / min(reg, self.host_in_Bps(), self.transfer_Bps())
 
 
 class HostCache:
@@ -250,17 +303,21 @@ class SharedNetwork:
     """Max-min fair bandwidth: per-host link shared by that host's pulls, registry
     egress shared by everyone.
 
-    A host with k concurrent pulls gives each at most link/k; the registry's
-    total egress R is split max-min fairly, so every flow gets min(link/k, r)
-    where the water level r makes the total equal R (or r is unbounded when the
-    links, not the registry, are the limit).  Flows are grouped by k: all flows
+    A host with k concurrent pulls gives each at most link/k (``host_link_Bps``:
+    what all transfers into the host get together, its link or its disk), and
+    no pull more than ``flow_Bps`` (its hashing); the registry's total egress R
+    is split max-min fairly, so every flow gets min(link/k, flow, r) where the
+    water level r makes the total equal R (or r is unbounded when the links,
+    not the registry, are the limit).  Flows are grouped by k: all flows
     of a group progress at the same rate, so each group keeps a virtual clock
     (bytes served per flow) and a heap of virtual finish marks.  A start or end
     costs O(groups + log flows) instead of touching every flow.
     """
 
-    def __init__(self, host_link_Bps: float, registry_Bps: Optional[float]):
+    def __init__(self, host_link_Bps: float, registry_Bps: Optional[float],
+                 flow_Bps: float = INF):
         self.C = float(host_link_Bps)
+        self.F = float(flow_Bps)
         self.R = INF if registry_Bps is None else float(registry_Bps)
         self.tu = 0.0
         self.V = [0.0]
@@ -293,21 +350,20 @@ class SharedNetwork:
         heapq.heappush(self.heap[k], (fl.vf, fl.fid, fl))
 
     def _rates(self) -> None:
-        C, R, n, rate = self.C, self.R, self.n, self.rate
+        C, F, R, n, rate = self.C, self.F, self.R, self.n, self.rate
         ks = [k for k in range(1, len(n)) if n[k]]
         if not ks:
             return
-        hosts = sum(n[k] / k for k in ks)  # flows in group k come k per host
-        if hosts * C <= R:
+        if sum(n[k] * min(C / k, F) for k in ks) <= R:
             for k in ks:
-                rate[k] = C / k
+                rate[k] = min(C / k, F)
             return
         # Water-filling: groups in ascending per-flow cap (descending k).
         r_left, n_left = R, sum(n[k] for k in ks)
         ks.sort(reverse=True)
         level = None
         for k in ks:
-            cap = C / k
+            cap = min(C / k, F)
             if level is None and cap * n_left <= r_left:
                 rate[k] = cap
                 r_left -= cap * n[k]

@@ -16,6 +16,8 @@ from .events import FINISH, PAIR_BITS
 from .workload import Job
 
 if TYPE_CHECKING:
+    from array import array
+
     import numpy as np
 
     from .model import Flow, HostCache, SimConfig
@@ -53,6 +55,11 @@ class ParallelJobs:
         init_present: List[FrozenSet[int]]
         needed: Set[int]
         lat: List[float]
+        lat_sub: array[float]
+        lat_img: array[int]
+        new_img: List[bool]
+        need_t: Dict[int, float]
+        got_t: Dict[int, float]
         m_started: int
         img_tot: List[int]
         img_warm: List[int]
@@ -137,7 +144,12 @@ class ParallelJobs:
             pi = self.place_img[h]
             pi[img] = pi.get(img, 0) + sp
             if self.in_window and img not in self.init_present[h]:
-                self.needed.add((h << PAIR_BITS) | img)
+                pair = (h << PAIR_BITS) | img
+                if self.new_img[img] and job.measured and pair not in self.need_t:
+                    self.need_t[pair] = t
+                    if img not in c.present:
+                        self.got_t.pop(pair, None)
+                self.needed.add(pair)
             if job.recs is not None and n == 0:
                 job.recs[0]["host"] = h
                 job.recs[0]["dispatch"] = t
@@ -172,6 +184,8 @@ class ParallelJobs:
                 heappush(self.heap, (t + rt, FINISH, h, img | run))
         if job.measured:
             self.lat.append(t - job.submit)
+            self.lat_sub.append(job.submit)
+            self.lat_img.append(img)
             self.m_started += 1
             self.img_tot[img] += 1
             if job.pe_warm:

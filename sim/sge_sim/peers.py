@@ -4,9 +4,11 @@ Why a separate piece: the origin, not the hosts' links, is what collapses a
 cold day, and only copies between exec hosts take it out of the path.
 
 * Every host that holds an image, or is pulling it, can serve it: at most
-  ``peer_upload_slots`` uploads at once, sharing ``peer_upload_gbit``.  A
-  transfer runs at min(receiver's link / its peer transfers, sender's upload /
-  its uploads), re-evaluated whenever a transfer starts or ends.
+  ``peer_upload_slots`` uploads at once, sharing ``peer_upload_gbit``.  How
+  fast a copy goes is the links' part (`links.LinkNet`): a max-min fair share
+  of the receiver's link in (with its origin pulls, under its disk's ceiling),
+  the sender's link out and, with racks, the uplinks it crosses, re-evaluated
+  whenever a transfer starts or ends.
 * Pipelining: a host may stream from a peer whose own pull is still running.
   Its bytes cannot overtake the source's: when it has caught up it parks and
   ends ``pipeline_lag_s`` after the source (last chunk, verify, publish).
