@@ -490,7 +490,8 @@ class FakePeer:
         self.answer, self.then = answer, then
         self.conns = []
         self.requests = []   # what each connection sent first
-        threading.Thread(target=self._run, daemon=True).start()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
 
     def _run(self):
         while True:
@@ -508,7 +509,15 @@ class FakePeer:
                 pass
 
     def close(self):
+        # close() alone does not wake a thread blocked in accept(): the listening
+        # socket lived on and answered the next test's requests to this address with
+        # this test's answer (a flaky redirect test). shutdown() wakes it.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
+        self.thread.join(5)
         for c in self.conns:
             c.close()
 
