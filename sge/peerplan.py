@@ -11,7 +11,8 @@ The order, for one pull:
 1. `hint`: a host said to have the image (a parallel job's master), whole blob.
 2. Hosts whose load sensor reports the image (whole, or its download in progress:
    qhost does not tell them apart), at most MAX_HAVE_TRIES, shuffled, whole blob;
-   then those that had no whole blob (404), for their download in progress.
+   then those that had no whole blob (404), for their download in progress (not in
+   a staging another host asked for: those downloads may be fed by this host).
 3. The image's seed: the first host of a rendezvous ranking of the live hosts by
    sha256(digest:host), the same on every host. The pull asks it to stage the image,
    streams from its download as it lands, and polls (POLL_MIN to POLL_MAX seconds)
@@ -168,7 +169,10 @@ class PeerPlan:
             return self.steps.popleft()
         if not self.missing_done:
             self.missing_done = True
-            if self.missing:
+            # A staging another host asked for (a seed's, a parallel job's host's)
+            # takes whole blobs only: the downloads in progress that hosts report
+            # while they wait for this seed are fed by it, at one remove or more.
+            if self.missing and self.delegate:
                 self.steps.extend(Ask(Kind.STREAM, h) for h in self.missing)
                 return self.steps.popleft()
         if not self.delegate:

@@ -245,3 +245,18 @@ def test_any_answers_end_the_plan_within_its_bounds():
         assert t <= MAX_SEEDS * (30 + POLL_MAX)
 
     run()
+
+
+def test_a_staging_another_host_asked_for_takes_whole_blobs_only():
+    """The seed's own pull (and a parallel job's host's) never streams the downloads
+    in progress that hosts report while they wait for it: they are fed by it."""
+    me = me_not_seed()
+    p = plan(me, have=["n10", "n11"], delegate=False)
+    asks = []
+    while True:
+        a = p.next(0.0)
+        asks.append(a)
+        if a.kind is Kind.ORIGIN:
+            break
+        p.answer(a, Answer.MISSING, 0.0)
+    assert [a.kind for a in asks] == [Kind.BLOB, Kind.BLOB, Kind.ORIGIN]

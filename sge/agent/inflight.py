@@ -67,6 +67,13 @@ def open_temp(cache_root: str, images: Dict[str, Image], digest: str) -> Optiona
                 os.close(fd)
     finally:
         os.close(dfd)
+    if best is not None and best[2] == 0:
+        # No byte yet: its writer is still asking peers or waiting for a slot, and a
+        # reader would wait on it, perhaps on itself at one remove (a seed's pull
+        # streamed from hosts that were waiting for the seed: 30-211 s stalls on 24
+        # hosts, BENCHMARKS.md). "Not begun" (404) sends the reader on.
+        os.close(best[0])
+        return None
     return best[:2] if best else None
 
 
