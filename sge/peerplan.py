@@ -120,7 +120,8 @@ class PeerPlan:
     def __init__(self, digest: str, live: Sequence[str], have: Sequence[str],
                  is_me: Callable[[str], bool], rng: Random, *, hint: Optional[str] = None,
                  delegate: bool = True, seed_wait: float = 600.0,
-                 redirect_depth: int = MAX_REDIRECT_DEPTH, wait_when_busy: bool = True) -> None:
+                 redirect_depth: int = MAX_REDIRECT_DEPTH, wait_when_busy: bool = True,
+                 whole_only: Optional[bool] = None) -> None:
         self.digest = digest
         self.live = list(live)
         # What-ifs for the simulator (the agent takes the defaults): how deep busy
@@ -129,6 +130,11 @@ class PeerPlan:
         self.redirect_depth = redirect_depth
         self.wait_when_busy = wait_when_busy
         self.round_busy = False
+        # A staging another host asked for (a seed's, a parallel job's host's) takes
+        # whole blobs only from the hosts that report the image: their downloads in
+        # progress may be fed by this host, at one remove or more. (The simulator's
+        # "no seed" what-if has pulls that do not delegate yet stream.)
+        self.whole_only = (not delegate) if whole_only is None else whole_only
         self.is_me = is_me
         self.seed_wait = seed_wait
         self.steps: Deque[Ask] = deque()
@@ -169,10 +175,7 @@ class PeerPlan:
             return self.steps.popleft()
         if not self.missing_done:
             self.missing_done = True
-            # A staging another host asked for (a seed's, a parallel job's host's)
-            # takes whole blobs only: the downloads in progress that hosts report
-            # while they wait for this seed are fed by it, at one remove or more.
-            if self.missing and self.delegate:
+            if self.missing and not self.whole_only:
                 self.steps.extend(Ask(Kind.STREAM, h) for h in self.missing)
                 return self.steps.popleft()
         if not self.delegate:

@@ -120,7 +120,7 @@ class Agent:
                                [self.names[s] for s in self.eng.warm_view[fl.img]],
                                me.__eq__, self.rng,
                                # a staging a seed does for others never delegates
-                               delegate=self.seed and fl.kind != 2,
+                               delegate=self.seed and fl.kind != 2, whole_only=fl.kind == 2,
                                seed_wait=self.seed_wait, redirect_depth=self.redirect_depth,
                                wait_when_busy=self.wait_when_busy)
             fl.t_plan = t
