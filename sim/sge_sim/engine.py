@@ -379,19 +379,25 @@ class Engine(ParallelJobs, CachePressure):
             self._load_step(h, t, +1)
         heappush(self.heap, (t + rt, FINISH, h, img | (run << PAIR_BITS)))
         if job.measured:
-            self.lat.append(t - job.submit)
-            self.lat_sub.append(job.submit)
-            self.lat_img.append(img)
-            self.m_started += 1
-            self.img_tot[img] += 1
-            if warm:
-                self.img_warm[img] += 1
+            self._measured_start(job, img, t, warm)
             self.wait_s += t - tdisp
         if job.recs is not None:
             r = job.recs[i]
             r["start"] = t
             r["end"] = t + rt
             r["warm"] = warm
+
+    def _measured_start(self, job: Job, img: int, t: float, warm: bool) -> None:
+        """A measured job starts (one task, or a parallel job on all its hosts): its
+        start latency, when it was submitted and its image (the cold windows), and
+        the image's warm-start count."""
+        self.lat.append(t - job.submit)
+        self.lat_sub.append(job.submit)
+        self.lat_img.append(img)
+        self.m_started += 1
+        self.img_tot[img] += 1
+        if warm:
+            self.img_warm[img] += 1
 
     def _pulls_done(self, t: float) -> None:
         self.dl_next = None

@@ -16,7 +16,6 @@ from .events import FINISH, PAIR_BITS
 from .workload import Job
 
 if TYPE_CHECKING:
-    from array import array
 
     import numpy as np
 
@@ -54,15 +53,9 @@ class ParallelJobs:
         in_window: bool
         init_present: List[FrozenSet[int]]
         needed: Set[int]
-        lat: List[float]
-        lat_sub: array[float]
-        lat_img: array[int]
         new_img: List[bool]
         need_t: Dict[int, float]
         got_t: Dict[int, float]
-        m_started: int
-        img_tot: List[int]
-        img_warm: List[int]
         wait_s: float
         pe_pending: List[Job]
         pe_missing: int
@@ -72,6 +65,8 @@ class ParallelJobs:
         def _start_pull(self, h: int, img: int, t: float, prewarm: bool) -> Flow: ...
 
         def _load_step(self, h: int, t: float, d: int) -> None: ...
+
+        def _measured_start(self, job: Job, img: int, t: float, warm: bool) -> None: ...
 
     def _ring_row(self, cnt: Dict[int, int], t: float) -> None:
         """Record this run's dispatches per host (for the load adjustment)."""
@@ -183,13 +178,7 @@ class ParallelJobs:
             for _ in range(sp):
                 heappush(self.heap, (t + rt, FINISH, h, img | run))
         if job.measured:
-            self.lat.append(t - job.submit)
-            self.lat_sub.append(job.submit)
-            self.lat_img.append(img)
-            self.m_started += 1
-            self.img_tot[img] += 1
-            if job.pe_warm:
-                self.img_warm[img] += 1
+            self._measured_start(job, img, t, job.pe_warm)
             self.wait_s += (t - job.pe_t) * k * sp
             if missing:
                 self.pe_missing += 1
